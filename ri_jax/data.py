@@ -1,0 +1,271 @@
+"""Labelled image sets behind one function, ``load_dataset(spec, split)``.
+
+Three sources (§6.2):
+  * ``"default"`` — the embedded ASIRRA subset (cats vs dogs, 96×96), shipped in the package;
+  * a folder laid out as ``root/<split>/<class>/<image>`` (how the paper's Kaggle sets unpack);
+  * ``"tfds:NAME"`` — a TensorFlow Datasets name read through ``tfds.data_source``
+    (array_record, no TensorFlow needed once the dataset is prepared).
+
+Images are decoded lazily, converted to RGB, resized so the shorter side is
+``image_size`` and centre-cropped. ``ImageSet.raw`` gives float32 images in
+[0, 1] (the metrics black out pixels in this space); models normalise them with
+``ModelFns.normalize``. Large sets are read in batches with ``ImageSet.batches``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+EMBEDDED_ROOT = Path(__file__).parent / "assets" / "asirra_mini"
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class DatasetError(ValueError):
+    """Raised for unusable data; the message names the file or folder and the reason."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImageSet:
+    """Random-access labelled images of one split.
+
+    Attributes:
+      name: the spec it was loaded from.
+      split: split name.
+      class_names: class names in label order.
+      labels: int32[N] ground-truth labels.
+      image_size: side of the square images produced.
+      read_uint8: ``indices -> uint8[B, S, S, 3]``.
+      ids: per-image identifiers (file paths or TFDS indices), for reports.
+    """
+
+    name: str
+    split: str
+    class_names: tuple[str, ...]
+    labels: np.ndarray
+    image_size: int
+    read_uint8: Callable[[np.ndarray], np.ndarray]
+    ids: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def raw(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """float32[B, S, S, 3] images in [0, 1]."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"indices: out of range for {len(self)} images in {self.name}/{self.split}")
+        return self.read_uint8(idx).astype(np.float32) / 255.0
+
+    def batches(self, batch_size: int, indices: Sequence[int] | None = None
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yields ``(indices[B], raw[B, S, S, 3])`` in order; the last batch may be short."""
+        if batch_size <= 0:
+            raise ValueError(f"batch_size: must be positive, got {batch_size}")
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, np.int64)
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start:start + batch_size]
+            yield chunk, self.raw(chunk)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "ImageSet":
+        """The images at ``indices`` (in that order) as a new set."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        parent = self.read_uint8
+        return dataclasses.replace(self, labels=self.labels[idx],
+                                   read_uint8=lambda i: parent(idx[np.asarray(i)]),
+                                   ids=tuple(self.ids[i] for i in idx))
+
+    def cached(self) -> "ImageSet":
+        """Decodes every image once into memory (uint8) and serves reads from there."""
+        data = self.read_uint8(np.arange(len(self)))
+        return dataclasses.replace(self, read_uint8=lambda i: data[np.asarray(i)])
+
+
+def load_dataset(spec: str, split: str, *, image_size: int = 96,
+                 class_names: Sequence[str] | None = None,
+                 data_dir: str | None = None) -> ImageSet:
+    """Loads one split of a dataset.
+
+    Args:
+      spec: ``"default"``, a folder ``root`` with ``root/<split>/<class>/<image>``, or ``"tfds:NAME"``.
+      split: split name (``"train"``, ``"test"``; TFDS split strings such as ``"train[:80%]"`` too).
+      image_size: side of the square output images.
+      class_names: expected classes in label order (e.g. from a model's config); a folder split
+        missing one of them is an error, and labels follow this order.
+      data_dir: TFDS data directory (TFDS sources only).
+
+    Returns:
+      An ``ImageSet``.
+    """
+    if image_size <= 0:
+        raise ValueError(f"image_size: must be positive, got {image_size}")
+    if spec == "default":
+        return _folder_set(EMBEDDED_ROOT, split, image_size, class_names, name="default")
+    if spec.startswith("tfds:"):
+        return _tfds_set(spec[len("tfds:"):], split, image_size, class_names, data_dir)
+    return _folder_set(Path(spec), split, image_size, class_names, name=spec)
+
+
+def decode_image(path: str | os.PathLike, image_size: int) -> np.ndarray:
+    """uint8[S, S, 3]: any PIL-readable image as RGB, shorter side resized to S, centre-cropped."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return _to_square_rgb(im, image_size)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+
+
+def _to_square_rgb(im: Image.Image, size: int) -> np.ndarray:
+    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+        # Composite transparency over white rather than letting it turn black.
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    im = im.convert("RGB")
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def _folder_set(root: Path, split: str, image_size: int, class_names: Sequence[str] | None,
+                name: str) -> ImageSet:
+    if not root.is_dir():
+        raise DatasetError(f"{root}: data folder does not exist")
+    split_dir = root / split
+    if not split_dir.is_dir():
+        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+        raise DatasetError(f"{split_dir}: missing split {split!r} (found splits: {found})")
+    found_classes = sorted(p.name for p in split_dir.iterdir()
+                           if p.is_dir() and not p.name.startswith("."))
+    if class_names is None:
+        class_names = found_classes
+    else:
+        class_names = list(class_names)
+        missing = [c for c in class_names if c not in found_classes]
+        if missing:
+            raise DatasetError(f"{split_dir}: missing class folder(s) {missing} "
+                               f"(expected {class_names}, found {found_classes})")
+        extra = sorted(set(found_classes) - set(class_names))
+        if extra:
+            raise DatasetError(f"{split_dir}: class folder(s) {extra} are not among the "
+                               f"expected classes {class_names}")
+    if len(class_names) < 2:
+        raise DatasetError(f"{split_dir}: need at least 2 class folders, found {found_classes}")
+    paths, labels = [], []
+    for label, cls in enumerate(class_names):
+        files = sorted(p for p in (split_dir / cls).iterdir()
+                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                       and not p.name.startswith("."))
+        if not files:
+            raise DatasetError(f"{split_dir / cls}: class folder has no images "
+                               f"(extensions {sorted(IMAGE_EXTENSIONS)})")
+        paths += files
+        labels += [label] * len(files)
+    path_arr = np.array([str(p) for p in paths])
+
+    def read(indices: np.ndarray) -> np.ndarray:
+        out = np.empty((len(indices), image_size, image_size, 3), np.uint8)
+        for j, i in enumerate(np.asarray(indices)):  # file decoding is inherently per file
+            out[j] = decode_image(path_arr[i], image_size)
+        return out
+
+    return ImageSet(name=name, split=split, class_names=tuple(class_names),
+                    labels=np.asarray(labels, np.int32), image_size=image_size,
+                    read_uint8=read, ids=tuple(path_arr))
+
+
+def _tfds_set(tfds_name: str, split: str, image_size: int, class_names: Sequence[str] | None,
+              data_dir: str | None) -> ImageSet:
+    if not tfds_name:
+        raise DatasetError("data: empty TFDS name in 'tfds:'")
+    import tensorflow_datasets as tfds  # imported lazily: heavy, and only this source needs it
+
+    try:
+        source = tfds.data_source(tfds_name, split=split, data_dir=data_dir)
+    except Exception as e:  # tfds raises many types; the message is what matters to the user
+        raise DatasetError(
+            f"tfds:{tfds_name} split {split!r}: cannot open as a data source ({type(e).__name__}: {e}). "
+            "Prepare it once with `pip install ri_jax[tfds-prepare]` and "
+            f"`tfds build {tfds_name} --file_format=array_record`.") from None
+    info = getattr(source, "dataset_info", None) or tfds.builder(tfds_name, data_dir=data_dir).info
+    features = info.features
+    image_key = "image" if "image" in features else None
+    label_key = "label" if "label" in features else None
+    if image_key is None or label_key is None:
+        raise DatasetError(f"tfds:{tfds_name}: needs 'image' and 'label' features, "
+                           f"has {sorted(features.keys())}")
+    names = tuple(features[label_key].names)
+    if class_names is not None and tuple(class_names) != names:
+        raise DatasetError(f"tfds:{tfds_name}: classes {list(names)} differ from the expected "
+                           f"{list(class_names)}")
+    if len(names) < 2:
+        raise DatasetError(f"tfds:{tfds_name}: need at least 2 classes, found {list(names)}")
+    n = len(source)
+    if n == 0:
+        raise DatasetError(f"tfds:{tfds_name} split {split!r}: no examples")
+    # Labels are read once (cheap); images are decoded on demand.
+    labels = np.array([int(source[i][label_key]) for i in range(n)], np.int32)
+
+    def read(indices: np.ndarray) -> np.ndarray:
+        out = np.empty((len(indices), image_size, image_size, 3), np.uint8)
+        for j, i in enumerate(np.asarray(indices)):
+            arr = np.asarray(source[int(i)][image_key])
+            if arr.ndim == 3 and arr.shape[-1] == 1:
+                arr = arr[..., 0]
+            out[j] = _to_square_rgb(Image.fromarray(arr.astype(np.uint8)), image_size)
+        return out
+
+    return ImageSet(name=f"tfds:{tfds_name}", split=split, class_names=names, labels=labels,
+                    image_size=image_size, read_uint8=read,
+                    ids=tuple(f"tfds:{tfds_name}/{split}/{i}" for i in range(n)))
+
+
+def stratified_split(labels: np.ndarray, fraction: float, *, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Splits indices into (rest, held_out) with ``fraction`` of each class held out, seeded."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction: must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    held = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = max(1, int(round(fraction * len(idx))))
+        held.append(rng.choice(idx, size=k, replace=False))
+    held_out = np.sort(np.concatenate(held))
+    rest = np.setdiff1d(np.arange(len(labels)), held_out)
+    return rest, held_out
+
+
+def sample_per_class(labels: np.ndarray, per_class: int, *, seed: int) -> np.ndarray:
+    """Sorted indices of up to ``per_class`` images of every class (0 = all), seeded (§6.2)."""
+    if per_class < 0:
+        raise ValueError(f"per_class: must be >= 0, got {per_class}")
+    if per_class == 0:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(idx, size=min(per_class, len(idx)), replace=False)
+             for idx in (np.flatnonzero(labels == c) for c in np.unique(labels))]
+    return np.sort(np.concatenate(picks))
+
+
+def sample_count(n: int, count: int, *, seed: int) -> np.ndarray:
+    """Sorted indices of ``count`` images drawn without replacement (0 or ≥ n = all), seeded."""
+    if count < 0:
+        raise ValueError(f"count: must be >= 0, got {count}")
+    if count == 0 or count >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))

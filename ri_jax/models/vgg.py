@@ -1,0 +1,191 @@
+"""VGG family (Simonyan & Zisserman) split into the paper's ψ and G (§3.1).
+
+ψ (``features``) is the output of the last conv+ReLU, before the final max-pool
+(14×14×512 for VGG-19 at 224 px). G (``head``) is everything after it: the final
+max-pool, the flatten and the three fully connected layers. There is no batch
+norm: the head has to stay piecewise linear, since RI reads its linear
+decision boundaries.
+
+Parameters are a plain pytree ``{"params": {...}}`` with layers named
+``conv_0 … conv_{n-1}`` and ``fc_0, fc_1, fc_2`` (kernels HWIO / [in, out]); the
+first FC kernel expects a channels-last (H, W, C) flatten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = Any
+
+# "M" is a 2×2 max-pool. The last "M" of every config belongs to G.
+VGG_LAYERS: dict[str, tuple] = {
+    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+              512, 512, 512, "M"),
+    "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"),
+}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model; saved with every checkpoint.
+
+    Attributes:
+      arch: one of ``VGG_LAYERS``.
+      width: channel multiplier (1.0 is the standard VGG; 0.125 the embedded model).
+      image_size: square input side in pixels, divisible by 32.
+      num_classes: number of output logits C.
+      class_names: optional names of the C classes, in label order.
+      mean, std: per-channel normalisation applied to raw [0, 1] RGB images.
+      dropout: dropout rate between FC layers (training only).
+    """
+
+    arch: str = "vgg19"
+    width: float = 1.0
+    image_size: int = 224
+    num_classes: int = 1000
+    class_names: tuple[str, ...] = ()
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    dropout: float = 0.5
+
+    def __post_init__(self):
+        if self.arch not in VGG_LAYERS:
+            raise ValueError(f"arch: unknown VGG configuration {self.arch!r}; "
+                             f"choose one of {sorted(VGG_LAYERS)}")
+        if not self.width > 0:
+            raise ValueError(f"width: must be positive, got {self.width}")
+        if self.image_size <= 0 or self.image_size % 32:
+            raise ValueError(f"image_size: must be a positive multiple of 32, got {self.image_size}")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes: need at least 2 classes, got {self.num_classes}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names: {len(self.class_names)} names for "
+                             f"{self.num_classes} classes")
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    @property
+    def conv_channels(self) -> tuple[int, ...]:
+        return tuple(_scale(c, self.width) for c in VGG_LAYERS[self.arch] if c != "M")
+
+    @property
+    def fc_width(self) -> int:
+        return _scale(4096, self.width)
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        """Shape of ψ for one image: (H/16, W/16, last conv channels)."""
+        side = self.image_size // 16
+        return (side, side, self.conv_channels[-1])
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"model config: unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+
+def _scale(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+class VGG(nn.Module):
+    """Flax VGG with ``features`` (ψ) and ``head`` (G) as separate methods."""
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        self.convs = [nn.Conv(c, (3, 3), padding="SAME", name=f"conv_{i}",
+                              kernel_init=nn.initializers.kaiming_normal())
+                      for i, c in enumerate(cfg.conv_channels)]
+        self.fcs = [nn.Dense(cfg.fc_width, name="fc_0", kernel_init=nn.initializers.kaiming_normal()),
+                    nn.Dense(cfg.fc_width, name="fc_1", kernel_init=nn.initializers.kaiming_normal()),
+                    nn.Dense(cfg.num_classes, name="fc_2")]
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def features(self, images: Array) -> Array:
+        """images [B, S, S, 3] normalised → ψ [B, S/16, S/16, C_last]."""
+        layers = VGG_LAYERS[self.config.arch][:-1]  # the final pool is part of G
+        x, conv = images, iter(self.convs)
+        for layer in layers:
+            if layer == "M":
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            else:
+                x = nn.relu(next(conv)(x))
+        return x
+
+    def head(self, psi: Array, train: bool = False) -> Array:
+        """ψ [B, h, w, c] → logits [B, C]."""
+        x = nn.max_pool(psi, (2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))
+        x = self.drop(nn.relu(self.fcs[0](x)), deterministic=not train)
+        x = self.drop(nn.relu(self.fcs[1](x)), deterministic=not train)
+        return self.fcs[2](x)
+
+    def __call__(self, images: Array, train: bool = False) -> Array:
+        return self.head(self.features(images), train=train)
+
+
+class ModelFns(NamedTuple):
+    """Pure functions of one model configuration.
+
+    Attributes:
+      init: ``init(key) -> params``.
+      features: ``features(params, images [B,S,S,3]) -> ψ [B,h,w,c]`` (normalised images).
+      head: ``head(params, ψ [B,h,w,c]) -> logits [B,C]`` (G, deterministic).
+      apply: ``apply(params, images, *, train=False, dropout_key=None) -> logits``.
+      normalize: ``normalize(raw [..., 3] in [0,1]) -> normalised images``.
+    """
+
+    init: Callable[..., Params]
+    features: Callable[[Params, Array], Array]
+    head: Callable[[Params, Array], Array]
+    apply: Callable[..., Array]
+    normalize: Callable[[Array], Array]
+
+
+def make_vgg(config: ModelConfig) -> ModelFns:
+    """Builds the pure ψ/G functions for ``config``; ``head(p, features(p, x)) == apply(p, x)``."""
+    model = VGG(config)
+    mean = jnp.asarray(config.mean, jnp.float32)
+    std = jnp.asarray(config.std, jnp.float32)
+
+    def init(key: Array) -> Params:
+        dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+        return model.init(key, dummy)
+
+    def features(params: Params, images: Array) -> Array:
+        return model.apply(params, images, method=VGG.features)
+
+    def head(params: Params, psi: Array) -> Array:
+        return model.apply(params, psi, method=VGG.head)
+
+    def apply(params: Params, images: Array, *, train: bool = False,
+              dropout_key: Array | None = None) -> Array:
+        rngs = {"dropout": dropout_key} if train else None
+        return model.apply(params, images, train=train, rngs=rngs)
+
+    def normalize(raw: Array) -> Array:
+        return (raw - mean) / std
+
+    return ModelFns(init=init, features=features, head=head, apply=apply, normalize=normalize)
