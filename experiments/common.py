@@ -1,0 +1,147 @@
+"""Plumbing shared by the experiment scripts: arguments, data/model setup, outputs.
+
+Every script takes ``--data`` (``default``, a folder ``root/<split>/<class>/``, or
+``tfds:NAME``), ``--checkpoint`` (a folder written by ``experiments/train.py``;
+``default`` is the embedded model), ``--out`` (a new or empty results folder;
+``--resume`` reuses a folder and its feature cache), ``--seed`` and, where runs
+repeat, ``--runs``. References are sampled from the train split
+(``--refs-per-class``, 0 = all, §6.2) and unseen images from the test split
+(``--unseen``), both seeded by ``--seed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+from ri_jax.checkpoint import load_checkpoint
+from ri_jax.data import ImageSet, load_dataset, sample_count, sample_per_class
+from ri_jax.featurize import Features, compute_features
+from ri_jax.models.vgg import ModelConfig, ModelFns, make_vgg
+
+
+def add_common_args(p: argparse.ArgumentParser, *, runs: int | None = None,
+                    refs_per_class: int = 0, unseen: int = 1000) -> argparse.ArgumentParser:
+    """Adds the stable, shared command-line options to ``p``."""
+    p.add_argument("--data", default="default",
+                   help="'default' (embedded set), a folder root/<split>/<class>/, or tfds:NAME")
+    p.add_argument("--checkpoint", default="default",
+                   help="checkpoint folder from experiments/train.py ('default' = embedded model)")
+    p.add_argument("--out", required=True, help="results folder (new or empty, unless --resume)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse --out and its cached features; result files there are rewritten")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    if runs is not None:
+        p.add_argument("--runs", type=int, default=runs, help="repetitions with seeds seed..seed+runs-1")
+    p.add_argument("--refs-per-class", type=int, default=refs_per_class,
+                   help="reference images per class from the train split (0 = all)")
+    p.add_argument("--unseen", type=int, default=unseen,
+                   help="unseen images from the test split (0 = all)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def prepare_output(out: str | Path, resume: bool) -> Path:
+    """Creates the results folder; refuses to write into a non-empty one unless resuming."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        sys.exit(f"--out: {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not resume:
+        sys.exit(f"--out: {out} is not empty; choose a new folder, or pass --resume to reuse it")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+class Setup(NamedTuple):
+    """Model, reference set and unseen set of one experiment, with their features."""
+
+    fns: ModelFns
+    params: Any
+    model_config: ModelConfig
+    references: ImageSet
+    unseen: ImageSet
+    ref_features: Features
+    unseen_features: Features
+
+
+def load_setup(args: argparse.Namespace, out: Path, *, need_unseen: bool = True) -> Setup:
+    """Loads the checkpoint and data, samples references/unseen images, computes (cached) features."""
+    params, model_config, _ = load_checkpoint(None if args.checkpoint == "default" else args.checkpoint)
+    fns = make_vgg(model_config)
+    classes = model_config.class_names or None
+    train = load_dataset(args.data, "train", image_size=model_config.image_size, class_names=classes)
+    if train.num_classes != model_config.num_classes:
+        sys.exit(f"--data: {args.data} has {train.num_classes} classes but --checkpoint "
+                 f"{args.checkpoint} predicts {model_config.num_classes}")
+    refs = train.subset(sample_per_class(train.labels, args.refs_per_class, seed=args.seed))
+    cache = out / "cache"
+    progress = not args.no_progress
+    ref_feats = compute_features(fns, params, refs, batch_size=args.batch_size, cache_dir=cache,
+                                 progress=progress, desc="reference features")
+    if need_unseen:
+        test = load_dataset(args.data, "test", image_size=model_config.image_size,
+                            class_names=train.class_names)
+        unseen = test.subset(sample_count(len(test), args.unseen, seed=args.seed + 1))
+        unseen_feats = compute_features(fns, params, unseen, batch_size=args.batch_size,
+                                         cache_dir=cache, progress=progress, desc="unseen features")
+    else:
+        unseen, unseen_feats = refs.subset([]), None
+    return Setup(fns, params, model_config, refs, unseen, ref_feats, unseen_feats)
+
+
+def mean_std(values: Sequence[float]) -> dict:
+    """``{"mean", "std"}`` (population std over runs, like the paper's ±)."""
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std())}
+
+
+def describe_run(args: argparse.Namespace, **extra: Any) -> dict:
+    """The configuration block written with every result file."""
+    return {**{k: v for k, v in vars(args).items() if k != "no_progress"},
+            "jax": jax.__version__, "backend": jax.default_backend(),
+            "machine": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2, default=_json_default))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        path.write_text("")
+        return
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    fmt = lambda x: f"{x:.2f}" if isinstance(x, float) else str(x)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(x) for x in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer, np.floating, np.bool_)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
