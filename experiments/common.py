@@ -31,8 +31,8 @@ from ri_jax.models.vgg import ModelConfig, ModelFns, make_vgg
 
 
 def add_common_args(p: argparse.ArgumentParser, *, runs: int | None = None,
-                    refs_per_class: int = 0, unseen: int = 1000) -> argparse.ArgumentParser:
-    """Adds the stable, shared command-line options to ``p``."""
+                    refs_per_class: int = 0, unseen: int | None = 1000) -> argparse.ArgumentParser:
+    """Adds the stable, shared command-line options to ``p`` (``unseen=None``: no ``--unseen``)."""
     p.add_argument("--data", default="default",
                    help="'default' (embedded set), a folder root/<split>/<class>/, or tfds:NAME")
     p.add_argument("--checkpoint", default="default",
@@ -45,8 +45,11 @@ def add_common_args(p: argparse.ArgumentParser, *, runs: int | None = None,
         p.add_argument("--runs", type=int, default=runs, help="repetitions with seeds seed..seed+runs-1")
     p.add_argument("--refs-per-class", type=int, default=refs_per_class,
                    help="reference images per class from the train split (0 = all)")
-    p.add_argument("--unseen", type=int, default=unseen,
-                   help="unseen images from the test split (0 = all)")
+    if unseen is not None:
+        p.add_argument("--unseen", type=int, default=unseen,
+                       help="unseen images from the test split (0 = all)")
+    p.add_argument("--cache-dir", default=None,
+                   help="feature cache folder (default <out>/cache); scripts may share one")
     p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
@@ -85,7 +88,7 @@ def load_setup(args: argparse.Namespace, out: Path, *, need_unseen: bool = True)
         sys.exit(f"--data: {args.data} has {train.num_classes} classes but --checkpoint "
                  f"{args.checkpoint} predicts {model_config.num_classes}")
     refs = train.subset(sample_per_class(train.labels, args.refs_per_class, seed=args.seed))
-    cache = out / "cache"
+    cache = Path(args.cache_dir) if getattr(args, "cache_dir", None) else out / "cache"
     progress = not args.no_progress
     ref_feats = compute_features(fns, params, refs, batch_size=args.batch_size, cache_dir=cache,
                                  progress=progress, desc="reference features")
@@ -104,6 +107,11 @@ def mean_std(values: Sequence[float]) -> dict:
     """``{"mean", "std"}`` (population std over runs, like the paper's ±)."""
     v = np.asarray(values, np.float64)
     return {"mean": float(v.mean()), "std": float(v.std())}
+
+
+def format_mean_std(d: dict, digits: int = 2) -> str:
+    """``"mean ± std"`` of a ``mean_std`` dict, for Markdown tables."""
+    return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
 
 
 def describe_run(args: argparse.Namespace, **extra: Any) -> dict:

@@ -68,7 +68,10 @@ def main(argv=None) -> dict:
         kind, _, path = args.init.partition(":")
         if kind != "imagenet" or not path:
             sys.exit(f"--init: expected imagenet:PATH, got {args.init!r}")
-        from ri_jax.pretrained import load_imagenet_params
+        from ri_jax.pretrained import imagenet_normalization, load_imagenet_params, weight_format
+        # Use the normalisation under which the imported network is reproduced exactly.
+        mean, std = imagenet_normalization(weight_format(path))
+        model_config = dataclasses.replace(model_config, mean=mean, std=std)
         init_params = load_imagenet_params(path, model_config, key=jax.random.key(args.seed + 1))
     out.mkdir(parents=True, exist_ok=True)
     summary = train_and_evaluate(model_config, train_config, args.data, out, resume=args.resume,

@@ -55,7 +55,8 @@ def load_checkpoint(path: str | Path | None = None) -> tuple[Any, ModelConfig, d
                                               for k, v in meta.pop("model").items()})
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"checkpoint: {cfg_file} is not a valid config ({e})") from None
-    template = make_vgg(model_config).init(jax.random.key(0))
+    # Only shapes are needed for the template; eval_shape avoids running init.
+    template = jax.eval_shape(make_vgg(model_config).init, jax.random.key(0))
     try:
         params = flax.serialization.from_bytes(template, params_file.read_bytes())
     except Exception as e:  # msgpack/flax raise several types for a bad file

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -194,6 +195,7 @@ def _tfds_set(tfds_name: str, split: str, image_size: int, class_names: Sequence
         raise DatasetError("data: empty TFDS name in 'tfds:'")
     import tensorflow_datasets as tfds  # imported lazily: heavy, and only this source needs it
 
+    split = _tfds_split(tfds, tfds_name, split, data_dir)
     try:
         source = tfds.data_source(tfds_name, split=split, data_dir=data_dir)
     except Exception as e:  # tfds raises many types; the message is what matters to the user
@@ -232,6 +234,25 @@ def _tfds_set(tfds_name: str, split: str, image_size: int, class_names: Sequence
     return ImageSet(name=f"tfds:{tfds_name}", split=split, class_names=names, labels=labels,
                     image_size=image_size, read_uint8=read,
                     ids=tuple(f"tfds:{tfds_name}/{split}/{i}" for i in range(n)))
+
+
+def _tfds_split(tfds, tfds_name: str, split: str, data_dir: str | None) -> str:
+    """Maps ``train``/``test`` onto a TFDS set that only has ``train`` (e.g. cats_vs_dogs).
+
+    Such sets are split deterministically: the first 80 % of ``train`` is our train split and
+    the last 20 % our test split. Explicit TFDS split strings pass through unchanged.
+    """
+    if split not in ("train", "test"):
+        return split
+    try:
+        splits = set(tfds.builder(tfds_name, data_dir=data_dir).info.splits.keys())
+    except Exception:  # unknown name or unprepared data: let data_source report it
+        return split
+    if "test" in splits or "train" not in splits:
+        return split  # nothing to carve: both exist, or the set has neither
+    mapped = "train[:80%]" if split == "train" else "train[80%:]"
+    warnings.warn(f"tfds:{tfds_name} has no {split!r} split; using {mapped!r}", stacklevel=3)
+    return mapped
 
 
 def stratified_split(labels: np.ndarray, fraction: float, *, seed: int

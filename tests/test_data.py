@@ -97,3 +97,17 @@ def test_seeded_sampling():
     rest, held = stratified_split(labels, 0.1, seed=0)
     assert len(np.intersect1d(rest, held)) == 0 and len(rest) + len(held) == 80
     assert np.bincount(labels[held]).tolist() == [5, 3]
+
+
+def test_tfds_set_without_test_split_is_carved_from_train():
+    from types import SimpleNamespace
+
+    from ri_jax.data import _tfds_split
+
+    fake = SimpleNamespace(builder=lambda name, data_dir=None: SimpleNamespace(
+        info=SimpleNamespace(splits={"train": None})))
+    with pytest.warns(UserWarning, match="no 'test' split"):
+        assert _tfds_split(fake, "cats_vs_dogs", "test", None) == "train[80%:]"
+    with pytest.warns(UserWarning):
+        assert _tfds_split(fake, "cats_vs_dogs", "train", None) == "train[:80%]"
+    assert _tfds_split(fake, "cats_vs_dogs", "train[:10]", None) == "train[:10]"

@@ -35,7 +35,7 @@ def test_a_few_steps_lower_the_loss(tiny_config):
     state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
     x = jax.random.uniform(jax.random.key(1), (16, 32, 32, 3))
     y = jnp.arange(16) % 2
-    x = x.at[y == 1].multiply(0.3)
+    x = (x.at[y == 1].multiply(0.3) * 255).astype(jnp.uint8)
     losses = []
     for i in range(25):
         state, loss = train_step(state, x, y, jax.random.key(i))
