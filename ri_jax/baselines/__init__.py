@@ -7,9 +7,11 @@ all methods share upsampling and normalisation. To draw one α on many images:
 ``jax.vmap(heatmap, in_axes=(None, 0, None))(alpha, psis, image_size)``.
 
 ACE (segments and concepts rather than channel weights) lives in
-``ri_jax.baselines.ace``.
+``ri_jax.baselines.ace``; its segmentation needs the ``ace`` extra (scikit-image).
 """
 
+from ri_jax.baselines.ace import (ACECache, ACEConfig, ACEResult, Explanation, ace_keep_mask,
+                                  discover_concepts, explain, explain_batch)
 from ri_jax.baselines.gradcam import class_score_grad, gradcam_weights, gradcam_weights_batch
 from ri_jax.baselines.gradcam_pp import gradcam_pp_weights, gradcam_pp_weights_batch
 from ri_jax.baselines.scorecam import (scorecam_mask, scorecam_scores, scorecam_weights,
@@ -17,6 +19,14 @@ from ri_jax.baselines.scorecam import (scorecam_mask, scorecam_scores, scorecam_
 from ri_jax.heatmaps import cam as heatmap
 
 __all__ = [
+    "ACECache",
+    "ACEConfig",
+    "ACEResult",
+    "Explanation",
+    "ace_keep_mask",
+    "discover_concepts",
+    "explain",
+    "explain_batch",
     "class_score_grad",
     "gradcam_weights",
     "gradcam_weights_batch",
