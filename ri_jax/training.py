@@ -34,9 +34,9 @@ HISTORY_FILE = "history.json"
 class TrainConfig:
     """Optimisation settings (everything overridable from experiments/train.py)."""
 
-    epochs: int = 60
+    epochs: int = 70
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 5e-4
     optimizer: str = "adamw"  # or "sgd" (momentum 0.9), the usual VGG fine-tuning choice
     warmup_epochs: int = 2
