@@ -1,0 +1,37 @@
+"""ri_jax: representative interpretations (Lam et al., ICCV 2021) for CNNs in JAX.
+
+The pure functions of each step of the paper live in their own module (see the
+README's table); the most used ones are re-exported here.
+"""
+
+from ri_jax.boundaries import Boundaries, sample_boundaries, sample_indices, sides, sides_packed
+from ri_jax.heatmaps import cam, polytope_heatmap, ri_channel_weights
+from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
+from ri_jax.ranking import rank_covered, semantic_distance
+from ri_jax.regions import DecisionRegions, covers, predict
+from ri_jax.solver import GreedyResult, pack_bits, solve_batch, solve_greedy, unpack_bits
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Boundaries",
+    "DecisionRegions",
+    "GreedyResult",
+    "Interpretation",
+    "RepresentativeInterpreter",
+    "cam",
+    "covers",
+    "pack_bits",
+    "polytope_heatmap",
+    "predict",
+    "rank_covered",
+    "ri_channel_weights",
+    "sample_boundaries",
+    "sample_indices",
+    "semantic_distance",
+    "sides",
+    "sides_packed",
+    "solve_batch",
+    "solve_greedy",
+    "unpack_bits",
+]

@@ -170,9 +170,22 @@ def make_vgg(config: ModelConfig) -> ModelFns:
     mean = jnp.asarray(config.mean, jnp.float32)
     std = jnp.asarray(config.std, jnp.float32)
 
-    def init(key: Array) -> Params:
+    def init_traced(key: Array) -> Params:
         dummy = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
         return model.init(key, dummy)
+
+    compiled_init = []
+
+    def init(key: Array) -> Params:
+        if isinstance(key, jax.core.Tracer):
+            return init_traced(key)
+        if not compiled_init:
+            # Initialisation runs once: compiling it without XLA optimisations takes ~1 s
+            # instead of ~10 s (and eager init dispatches op by op, slower still).
+            lowered = jax.jit(init_traced).lower(key)
+            compiled_init.append(lowered.compile(
+                compiler_options={"xla_backend_optimization_level": 0}))
+        return compiled_init[0](key)
 
     def features(params: Params, images: Array) -> Array:
         return model.apply(params, images, method=VGG.features)

@@ -1,0 +1,121 @@
+"""Interpretations used as classifiers (appendix D).
+
+Each interpretation v is a convex polytope P(x_v): the boundaries it selected and
+the side of x_v on each. It predicts Class(x_v) for every image it covers. An
+image covered by several polytopes takes the label of the one covering the most
+reference images (ties: the lowest region index); an image covered by none is
+reported as uncovered (label −1).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ri_jax.boundaries import Boundaries, sides
+
+Array = jax.Array
+
+
+class DecisionRegions(NamedTuple):
+    """V polytopes over one shared sample of boundaries Q.
+
+    Attributes:
+      w: [Q, *feat_shape] boundary normals.
+      b: [Q] boundary offsets.
+      selected: bool[V, Q], boundaries of each polytope.
+      signs: bool[V, Q], the side of each polytope's input x_v on every boundary.
+      label: int32[V], Class(x_v).
+      num_covered_refs: int32[V], reference images each polytope covers.
+    """
+
+    w: Array
+    b: Array
+    selected: Array
+    signs: Array
+    label: Array
+    num_covered_refs: Array
+
+
+class RegionPrediction(NamedTuple):
+    """Labels from ``predict``.
+
+    Attributes:
+      label: int32[N], the chosen region's class, −1 when uncovered.
+      covered_any: bool[N], covered by at least one region.
+      chosen_region: int32[N], index of the region that decided, −1 when uncovered.
+    """
+
+    label: Array
+    covered_any: Array
+    chosen_region: Array
+
+
+def _check_regions(regions: DecisionRegions) -> None:
+    w, b = regions.w, regions.b
+    if w.ndim < 2 or b.shape != w.shape[:1]:
+        raise ValueError(f"regions: expected w [Q, *feat_shape] and b [Q], got {w.shape} "
+                         f"and {b.shape}")
+    q = w.shape[0]
+    sel, signs = regions.selected, regions.signs
+    if sel.dtype != jnp.bool_ or sel.ndim != 2 or sel.shape[1] != q:
+        raise ValueError(f"regions.selected: expected bool[V, {q}], got {sel.dtype}{sel.shape}")
+    if signs.dtype != jnp.bool_ or signs.shape != sel.shape:
+        raise ValueError(f"regions.signs: expected bool{sel.shape}, got "
+                         f"{signs.dtype}{signs.shape}")
+    v = sel.shape[0]
+    if v == 0:
+        raise ValueError("regions: need at least one region (V >= 1)")
+    for name in ("label", "num_covered_refs"):
+        arr = getattr(regions, name)
+        if arr.shape != (v,) or not jnp.issubdtype(arr.dtype, jnp.integer):
+            raise ValueError(f"regions.{name}: expected int[{v}], got {arr.dtype}{arr.shape}")
+
+
+def covers(regions: DecisionRegions, feats: Array, *, chunk_size: int = 1024) -> Array:
+    """Which polytopes cover which feature maps.
+
+    Args:
+      regions: ``DecisionRegions`` with V polytopes.
+      feats: [N, *feat_shape].
+      chunk_size: feature maps per side computation (see ``boundaries.sides``).
+
+    Returns:
+      bool[N, V]: True when feature map n is on x_v's side of every boundary selected by v
+      (an empty polytope covers everything).
+    """
+    regions = DecisionRegions(*map(jnp.asarray, regions))
+    _check_regions(regions)
+    side = sides(Boundaries(regions.w, regions.b), feats, chunk_size=chunk_size).T  # [N, Q]
+    # Count the selected boundaries on which n and x_v disagree; exact in float32 for Q < 2^24.
+    wrong_if_true = (regions.selected & ~regions.signs).astype(jnp.float32)
+    wrong_if_false = (regions.selected & regions.signs).astype(jnp.float32)
+    s = side.astype(jnp.float32)
+    hi = jax.lax.Precision.HIGHEST
+    mismatches = (jnp.dot(s, wrong_if_true.T, precision=hi)
+                  + jnp.dot(1.0 - s, wrong_if_false.T, precision=hi))
+    return mismatches == 0
+
+
+def predict(regions: DecisionRegions, feats: Array, *, chunk_size: int = 1024) -> RegionPrediction:
+    """Labels feature maps with the covering polytope that covers the most references.
+
+    Args:
+      regions: ``DecisionRegions`` with V polytopes.
+      feats: [N, *feat_shape].
+      chunk_size: as in ``covers``.
+
+    Returns:
+      ``RegionPrediction``; label and chosen_region are −1 for uncovered feature maps.
+    """
+    regions = DecisionRegions(*map(jnp.asarray, regions))
+    cov = covers(regions, feats, chunk_size=chunk_size)
+    covered_any = jnp.any(cov, axis=1)
+    # argmax returns the first maximum: ties go to the lowest region index.
+    score = jnp.where(cov, regions.num_covered_refs.astype(jnp.int32)[None, :], -1)
+    best = jnp.argmax(score, axis=1).astype(jnp.int32)
+    chosen = jnp.where(covered_any, best, -1)
+    label = jnp.where(covered_any, regions.label.astype(jnp.int32)[best], -1)
+    return RegionPrediction(label=label, covered_any=covered_any, chosen_region=chosen)

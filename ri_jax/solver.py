@@ -1,0 +1,399 @@
+"""Algorithm 1: the greedy SCSC solver over bit-packed coverage (§4.1–4.2).
+
+For one input x and the sampled boundaries Q, a reference n "matches" boundary h
+when it lies on x's side of h. Selecting a set P(x) ⊆ Q covers the references
+that match every selected boundary. Starting from P(x) = ∅ (everything
+covered), the greedy loop adds the boundary h minimising Eq. 4
+
+    nom(h) / den(h) = |covered same-class refs h removes| / |covered D(x) refs h removes|
+
+until at most ``delta`` references of D(x) (the other classes) stay covered.
+
+Sets of references are stored as bit sets: uint32 words along the reference
+axis, little-endian within a word (bit j of word k is reference 32·k + j), the
+padding bits past the last reference always zero. The inner loop then works on
+Q × ⌈N/32⌉ words with ``lax.population_count``. A batch shares the references'
+packed side matrix [Q, W]; each input adds only its side bits [Q] and class
+bits [W], so 1,000 inputs × |Q| = 50 × |R| = 5,000 need well under 10 MiB.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Array = jax.Array
+
+WORD_BITS = 32
+_BIT_WEIGHTS = np.left_shift(np.uint32(1), np.arange(WORD_BITS, dtype=np.uint32))
+
+
+def num_words(num_refs: int) -> int:
+    """Number of uint32 words that hold ``num_refs`` bits."""
+    return -(-int(num_refs) // WORD_BITS)
+
+
+def pack_bits(bits: Array) -> Array:
+    """Packs booleans along the last axis into uint32 words.
+
+    Args:
+      bits: bool[..., N].
+
+    Returns:
+      uint32[..., ⌈N/32⌉]: bit j of word k is ``bits[..., 32k + j]``; padding bits are zero.
+    """
+    bits = jnp.asarray(bits)
+    if bits.dtype != jnp.bool_:
+        raise ValueError(f"bits: expected a bool array, got dtype {bits.dtype}")
+    if bits.ndim < 1:
+        raise ValueError("bits: expected at least one axis (the bits to pack)")
+    n = bits.shape[-1]
+    words = num_words(n)
+    pad = [(0, 0)] * (bits.ndim - 1) + [(0, words * WORD_BITS - n)]
+    grouped = jnp.pad(bits, pad).reshape(bits.shape[:-1] + (words, WORD_BITS))
+    # Distinct powers of two: the sum is the bitwise OR and cannot overflow.
+    return jnp.sum(jnp.where(grouped, _BIT_WEIGHTS, np.uint32(0)), axis=-1, dtype=jnp.uint32)
+
+
+def unpack_bits(words: Array, num_bits: int) -> Array:
+    """Inverse of ``pack_bits``.
+
+    Args:
+      words: uint32[..., W].
+      num_bits: N ≤ 32·W, the number of meaningful bits.
+
+    Returns:
+      bool[..., N].
+    """
+    words = jnp.asarray(words)
+    if words.dtype != jnp.uint32:
+        raise ValueError(f"words: expected uint32 words, got dtype {words.dtype}")
+    if words.ndim < 1:
+        raise ValueError("words: expected at least one axis (the words)")
+    if not 0 <= num_bits <= words.shape[-1] * WORD_BITS:
+        raise ValueError(f"num_bits: {num_bits} does not fit in {words.shape[-1]} words")
+    bits = (words[..., None] & _BIT_WEIGHTS) != 0
+    return bits.reshape(words.shape[:-1] + (-1,))[..., :num_bits]
+
+
+def valid_words(num_refs, num_word: int) -> Array:
+    """uint32[num_word] with the first ``num_refs`` bits set (``num_refs`` may be traced)."""
+    index = jnp.arange(num_word * WORD_BITS).reshape(num_word, WORD_BITS)
+    return jnp.sum(jnp.where(index < num_refs, _BIT_WEIGHTS, np.uint32(0)), axis=-1,
+                   dtype=jnp.uint32)
+
+
+def popcount(words: Array) -> Array:
+    """Number of set bits along the last axis, int32[...]."""
+    # Summing in uint32 keeps XLA's CPU loop vectorised (~5× faster than summing int32 casts).
+    return jnp.sum(lax.population_count(words), axis=-1, dtype=jnp.uint32).astype(jnp.int32)
+
+
+class GreedyResult(NamedTuple):
+    """The polytope P(x) chosen by Algorithm 1 (add a leading batch axis under vmap).
+
+    Attributes:
+      selected: bool[Q], boundaries in P(x).
+      order: int32[Q], selected boundaries in selection order, then -1.
+      num_selected: int32 |P(x)|; 0 is the empty polytope (everything covered).
+      covered: uint32[W], packed references covered by P(x) (``unpack_bits(covered, N)``).
+      num_covered_positive: int32, covered references of Class(x).
+      num_covered_negative: int32, covered references of D(x).
+      delta: int32, the bound used (τ(x) when none was given).
+      tau: int32 τ(x), the D(x) references on x's side of every boundary in Q.
+      reached: bool, ``num_covered_negative <= delta``. False only when the loop ran out
+        of candidates first, which happens when delta < τ(x).
+    """
+
+    selected: Array
+    order: Array
+    num_selected: Array
+    covered: Array
+    num_covered_positive: Array
+    num_covered_negative: Array
+    delta: Array
+    tau: Array
+    reached: Array
+
+
+def _mul_wide(a: Array, b: Array) -> tuple[Array, Array]:
+    """Exact 64-bit product of uint32 arrays as (high, low) uint32 words (no x64 needed)."""
+    mask = np.uint32(0xFFFF)
+    a_lo, a_hi = a & mask, a >> 16
+    b_lo, b_hi = b & mask, b >> 16
+    ll, lh, hl, hh = a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi
+    mid = (ll >> 16) + (lh & mask) + (hl & mask)  # < 3·2^16, no overflow
+    low = (ll & mask) | (mid << 16)
+    high = hh + (lh >> 16) + (hl >> 16) + (mid >> 16)
+    return high, low
+
+
+def _better(a, b):
+    """Whether candidate a = (valid, nom, den, index) beats b under Algorithm 1's rule.
+
+    Smaller nom/den wins, compared exactly as nom_a·den_b < nom_b·den_a; then the
+    larger den; then the lower index. Invalid candidates always lose.
+    """
+    valid_a, nom_a, den_a, idx_a = a
+    valid_b, nom_b, den_b, idx_b = b
+    lhs_hi, lhs_lo = _mul_wide(nom_a.astype(jnp.uint32), den_b.astype(jnp.uint32))
+    rhs_hi, rhs_lo = _mul_wide(nom_b.astype(jnp.uint32), den_a.astype(jnp.uint32))
+    less = (lhs_hi < rhs_hi) | ((lhs_hi == rhs_hi) & (lhs_lo < rhs_lo))
+    equal = (lhs_hi == rhs_hi) & (lhs_lo == rhs_lo)
+    wins = less | (equal & ((den_a > den_b) | ((den_a == den_b) & (idx_a < idx_b))))
+    return ~valid_b | (valid_a & wins)
+
+
+def _best_candidate(candidate: Array, nom: Array, den: Array) -> Array:
+    """Index of the best candidate boundary by a pairwise tournament (log2 Q levels)."""
+    q = candidate.shape[0]
+    size = 1 << max(q - 1, 0).bit_length()
+    pad = size - q
+    state = (jnp.pad(candidate, (0, pad)), jnp.pad(nom, (0, pad)), jnp.pad(den, (0, pad)),
+             jnp.arange(size, dtype=jnp.int32))
+    while size > 1:  # unrolled over the log2(Q) levels of the tree, not over boundaries
+        size //= 2
+        left = tuple(x[:size] for x in state)
+        right = tuple(x[size:] for x in state)
+        keep_left = _better(left, right)
+        state = tuple(jnp.where(keep_left, l, r) for l, r in zip(left, right))
+    return state[3][0]
+
+
+def _flip_words(x_side: Array) -> Array:
+    """uint32[Q, 1]: all ones where x is on the positive side of h, zeros elsewhere."""
+    return jnp.where(x_side, np.uint32(0xFFFFFFFF), np.uint32(0))[:, None]
+
+
+# Words per partial sum in ``_removal_counts``: 32 · 2047 < 2^16, so one uint32 holds two sums.
+_HALF_WORDS = 2047
+
+
+def _removal_counts(side_words: Array, flip: Array, pos: Array, neg: Array) -> tuple[Array, Array]:
+    """Per boundary, how many references of ``pos`` and of ``neg`` leave x's side.
+
+    Both popcounts go into one uint32 (low and high 16 bits), so XLA makes one pass and
+    one reduction over the [Q, W] words instead of two (~1.6× faster on CPU).
+
+    Args:
+      side_words: uint32[Q, W]; flip: uint32[Q, 1]; pos, neg: uint32[W].
+
+    Returns:
+      (int32[Q], int32[Q]).
+    """
+    leaving = side_words ^ flip
+    both = (lax.population_count(leaving & pos)
+            + (lax.population_count(leaving & neg) << np.uint32(16)))
+    w = both.shape[-1]
+    chunk = min(w, _HALF_WORDS)
+    both = jnp.pad(both, ((0, 0), (0, -w % chunk))).reshape(both.shape[0], -1, chunk)
+    sums = jnp.sum(both, axis=-1, dtype=jnp.uint32)  # [Q, chunks], no carry between halves
+    low = (sums & np.uint32(0xFFFF)).astype(jnp.int32)
+    high = (sums >> np.uint32(16)).astype(jnp.int32)
+    return jnp.sum(low, axis=-1), jnp.sum(high, axis=-1)
+
+
+def _greedy(side_words: Array, x_side: Array, positive: Array, negative: Array,
+            delta: Array | None) -> GreedyResult:
+    """Algorithm 1 for one input on packed sets.
+
+    A reference leaves the polytope when h is added iff its side of h differs from x's,
+    i.e. its bit in ``side_words[h] ^ flip[h]`` is set. That XOR is recomputed inside each
+    popcount rather than stored, so a vmapped batch shares one [Q, W] side matrix and the
+    loop stays compute-bound instead of streaming a [B, Q, W] match tensor.
+
+    Args:
+      side_words: uint32[Q, W], packed sides of the references (any padding).
+      x_side: bool[Q], x's side of each boundary.
+      positive: uint32[W], Class(x) references (padding zero).
+      negative: uint32[W], D(x) references (disjoint from ``positive``; padding zero).
+      delta: int32 scalar bound, or None for τ(x).
+    """
+    q = side_words.shape[0]
+    flip = _flip_words(x_side)
+    ever_removed = lax.reduce((side_words ^ flip) & negative, np.uint32(0), lax.bitwise_or, (0,))
+    tau = popcount(negative & ~ever_removed)
+    delta = tau if delta is None else jnp.asarray(delta, jnp.int32)
+
+    def counts(covered):
+        return _removal_counts(side_words, flip, covered & positive, covered & negative)
+
+    def cond(state):
+        _, selected, _, _, _, den, neg_count = state
+        return (neg_count > delta) & jnp.any(~selected & (den > 0))
+
+    def body(state):
+        covered, selected, order, step, nom, den, _ = state
+        h = _best_candidate(~selected & (den > 0), nom, den)
+        covered = covered & ~(side_words[h] ^ flip[h])
+        nom, den = counts(covered)
+        return (covered, selected.at[h].set(True), order.at[step].set(h), step + 1, nom, den,
+                popcount(covered & negative))
+
+    covered0 = positive | negative
+    nom0, den0 = counts(covered0)
+    init = (covered0, jnp.zeros((q,), jnp.bool_), jnp.full((q,), -1, jnp.int32),
+            jnp.asarray(0, jnp.int32), nom0, den0, popcount(negative))
+    covered, selected, order, step, _, _, neg_count = lax.while_loop(cond, body, init)
+    return GreedyResult(selected=selected, order=order, num_selected=step, covered=covered,
+                        num_covered_positive=popcount(covered & positive),
+                        num_covered_negative=neg_count, delta=delta, tau=tau,
+                        reached=neg_count <= delta)
+
+
+def _check_delta(delta) -> None:
+    if delta is None:
+        return
+    d = jnp.asarray(delta)
+    if d.ndim != 0 or not jnp.issubdtype(d.dtype, jnp.integer):
+        raise ValueError(f"delta: expected an integer scalar or None, got {d.dtype}{d.shape}")
+    if not isinstance(delta, jax.core.Tracer) and int(d) < 0:
+        raise ValueError(f"delta: must be >= 0, got {int(d)}")
+
+
+def _classes(positive_words, num_refs):
+    valid = valid_words(num_refs, positive_words.shape[-1])
+    return positive_words & valid, ~positive_words & valid
+
+
+@jax.jit
+def _solve_packed(match_words, positive_words, delta, num_refs):
+    # match = side XNOR x's side; with x on the positive side of every row, side = match.
+    positive, negative = _classes(positive_words, num_refs)
+    x_side = jnp.ones(match_words.shape[:1], jnp.bool_)
+    return _greedy(match_words, x_side, positive, negative, delta)
+
+
+def solve_greedy_packed(match_words: Array, positive_words: Array, delta=None, *,
+                        num_refs) -> GreedyResult:
+    """Algorithm 1 on packed sets (jittable; vmap over all array arguments for a batch).
+
+    Args:
+      match_words: uint32[Q, W], packed ``match`` (bit n of row h: reference n is on x's
+        side of boundary h).
+      positive_words: uint32[W], packed references predicted as Class(x).
+      delta: int scalar ≥ 0, or None for τ(x).
+      num_refs: N ≤ 32·W, the number of references; bits past it are ignored (may be traced).
+
+    Returns:
+      ``GreedyResult``.
+    """
+    match_words = jnp.asarray(match_words)
+    positive_words = jnp.asarray(positive_words)
+    if match_words.dtype != jnp.uint32 or match_words.ndim != 2:
+        raise ValueError(f"match_words: expected uint32[Q, W], got "
+                         f"{match_words.dtype}{match_words.shape}")
+    if match_words.shape[0] == 0:
+        raise ValueError("match_words: need at least one boundary (Q >= 1)")
+    if positive_words.dtype != jnp.uint32 or positive_words.shape != match_words.shape[1:]:
+        raise ValueError(f"positive_words: expected uint32{match_words.shape[1:]}, got "
+                         f"{positive_words.dtype}{positive_words.shape}")
+    if not isinstance(num_refs, jax.core.Tracer) and not (
+            0 <= int(num_refs) <= match_words.shape[1] * WORD_BITS):
+        raise ValueError(f"num_refs: {num_refs} does not fit in {match_words.shape[1]} words")
+    _check_delta(delta)
+    return _solve_packed(match_words, positive_words, delta, num_refs)
+
+
+def solve_greedy(match: Array, positive: Array, delta=None) -> GreedyResult:
+    """Algorithm 1 on boolean matrices: packs them and runs ``solve_greedy_packed``.
+
+    Args:
+      match: bool[Q, N], True where reference n lies on x's side of boundary h.
+      positive: bool[N], True where reference n is predicted as Class(x) (the rest is D(x)).
+      delta: int scalar ≥ 0, or None for τ(x).
+
+    Returns:
+      ``GreedyResult`` (``covered`` packed; ``unpack_bits(result.covered, N)`` for bools).
+    """
+    match = jnp.asarray(match)
+    positive = jnp.asarray(positive)
+    if match.dtype != jnp.bool_ or match.ndim != 2:
+        raise ValueError(f"match: expected bool[Q, N], got {match.dtype}{match.shape}")
+    if positive.dtype != jnp.bool_ or positive.shape != match.shape[1:]:
+        raise ValueError(f"positive: expected bool{match.shape[1:]}, got "
+                         f"{positive.dtype}{positive.shape}")
+    return solve_greedy_packed(pack_bits(match), pack_bits(positive), delta,
+                               num_refs=match.shape[1])
+
+
+def match_words(side_words: Array, x_side: Array, num_refs) -> Array:
+    """Packed match matrix of one input: XNOR of the reference sides with x's side bits.
+
+    Args:
+      side_words: uint32[Q, W], packed sides of the references (``boundaries.sides_packed``).
+      x_side: bool[Q], x's side of each boundary.
+      num_refs: N, the number of references (padding bits are cleared).
+
+    Returns:
+      uint32[Q, W].
+    """
+    return ~(side_words ^ _flip_words(x_side)) & valid_words(num_refs, side_words.shape[-1])
+
+
+_CHUNK_WORDS = 1 << 20
+
+
+@jax.jit
+def _solve_batch(side_words, num_refs, x_sides, positive_words, delta):
+    def one(args):
+        x_side, positive_words, d = args
+        positive, negative = _classes(positive_words, num_refs)
+        return _greedy(side_words, x_side, positive, negative, d)
+
+    # Vmapped chunks of ~2^20 words of [chunk, Q, W] temporaries, one chunk after another:
+    # XLA:CPU allocates temporaries per call, and past glibc's 32 MiB mmap threshold every
+    # call pays fresh page faults (measured 5-10× slower). Each chunk's while loop also
+    # stops at its own longest input rather than the batch's.
+    q, w = side_words.shape
+    chunk = max(1, min(x_sides.shape[0], _CHUNK_WORDS // (q * w)))
+    return lax.map(one, (x_sides, positive_words, delta), batch_size=chunk)
+
+
+def solve_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words: Array,
+                delta: Array | None = None) -> GreedyResult:
+    """Algorithm 1 for a batch of inputs against one reference set, in one jitted call.
+
+    Inside, the per-input solver is vmapped over chunks of inputs that run one after another
+    (``lax.map``), which bounds the temporaries; there is no Python loop over inputs.
+
+    Args:
+      side_words: uint32[Q, W], packed sides of the N references.
+      num_refs: N.
+      x_sides: bool[B, Q], each input's side of each boundary.
+      positive_words: uint32[B, W], packed references predicted as each input's class.
+      delta: int32[B] (each input its own bound ≥ 0), or None for each input's τ.
+
+    Returns:
+      ``GreedyResult`` with a leading batch axis B on every field.
+    """
+    side_words = jnp.asarray(side_words)
+    x_sides = jnp.asarray(x_sides)
+    positive_words = jnp.asarray(positive_words)
+    if side_words.dtype != jnp.uint32 or side_words.ndim != 2 or side_words.shape[0] == 0:
+        raise ValueError(f"side_words: expected uint32[Q >= 1, W], got "
+                         f"{side_words.dtype}{side_words.shape}")
+    q, w = side_words.shape
+    if not 0 <= int(num_refs) <= w * WORD_BITS:
+        raise ValueError(f"num_refs: {num_refs} does not fit in {w} words")
+    if x_sides.dtype != jnp.bool_ or x_sides.ndim != 2 or x_sides.shape[1] != q:
+        raise ValueError(f"x_sides: expected bool[B, {q}], got {x_sides.dtype}{x_sides.shape}")
+    b = x_sides.shape[0]
+    if b == 0:
+        raise ValueError("x_sides: empty batch")
+    if positive_words.dtype != jnp.uint32 or positive_words.shape != (b, w):
+        raise ValueError(f"positive_words: expected uint32[{b}, {w}], got "
+                         f"{positive_words.dtype}{positive_words.shape}")
+    if delta is not None:
+        delta = jnp.asarray(delta)
+        if delta.shape != (b,) or not jnp.issubdtype(delta.dtype, jnp.integer):
+            raise ValueError(f"delta: expected int[{b}] or None, got {delta.dtype}{delta.shape}")
+        if bool(jnp.any(delta < 0)):
+            raise ValueError("delta: every bound must be >= 0")
+        delta = delta.astype(jnp.int32)
+    return _solve_batch(side_words, jnp.asarray(num_refs, jnp.int32), x_sides,
+                        positive_words, delta)

@@ -1,0 +1,212 @@
+"""Eq. 2 boundaries and sides (ri_jax.boundaries) against finite differences and NumPy."""
+
+import contextlib
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ri_jax.boundaries import (Boundaries, delta_g, sample_boundaries, sample_indices, sides,
+                               sides_packed)
+from ri_jax.models.vgg import ModelConfig, make_vgg
+from ri_jax.solver import pack_bits
+
+FEAT = (2, 2, 3)
+
+
+def mlp_params(seed, classes=3, hidden=16):
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(seed), 4)
+    d = int(np.prod(FEAT))
+    return (jax.random.normal(k1, (d, hidden)) / np.sqrt(d), jax.random.normal(k2, (hidden,)),
+            jax.random.normal(k3, (hidden, classes)) / np.sqrt(hidden),
+            jax.random.normal(k4, (classes,)))
+
+
+def relu_head(params, t):
+    w1, b1, w2, b2 = params
+    return jax.nn.relu(t.reshape(t.shape[0], -1) @ w1 + b1) @ w2 + b2
+
+
+def tanh_head(params, t):
+    w1, b1, w2, b2 = params
+    return jnp.tanh(t.reshape(t.shape[0], -1) @ w1 + b1) @ w2 + b2
+
+
+def numpy_head(params, t):
+    """The ReLU head in float64 NumPy, for one flat feature map (the slow obvious version)."""
+    w1, b1, w2, b2 = (np.asarray(p, np.float64) for p in params)
+    pre = t @ w1 + b1
+    return pre, np.maximum(pre, 0) @ w2 + b2
+
+
+def numpy_delta_g(params, t):
+    _, logits = numpy_head(params, t)
+    top = np.sort(logits)[::-1]
+    return top[0] - top[1]
+
+
+def same_piece(params, t, s):
+    """Whether t and s share the ReLU pattern and the ordered top-2 classes (one linear piece)."""
+    (pre_t, lt), (pre_s, ls) = numpy_head(params, t), numpy_head(params, s)
+    return (np.array_equal(pre_t > 0, pre_s > 0)
+            and np.array_equal(np.argsort(-lt)[:2], np.argsort(-ls)[:2]))
+
+
+@contextlib.contextmanager
+def no_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_eq2_is_the_linear_piece_of_delta_g(seed):
+    params = mlp_params(seed)
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(64,) + FEAT).astype(np.float32)
+    with no_warnings():
+        w, b = sample_boundaries(functools.partial(relu_head, params), jnp.asarray(feats))
+    w = np.asarray(w, np.float64).reshape(64, -1)
+    b = np.asarray(b, np.float64)
+    checked = 0
+    for i, t in enumerate(feats.reshape(64, -1).astype(np.float64)):
+        v = rng.normal(size=t.shape)
+        # Central finite differences (float64) of ΔG equal ⟨W, e⟩ along every axis e.
+        h = 1e-6
+        fd = [(numpy_delta_g(params, t + h * e) - numpy_delta_g(params, t - h * e)) / (2 * h)
+              for e in np.eye(t.size)]
+        np.testing.assert_allclose(fd, w[i], rtol=1e-3, atol=1e-4)
+        # Within the linear piece around t, ΔG is exactly the affine function ⟨W, ·⟩ + b.
+        eps = 1e-2
+        for s in (t, t + eps * v, t - eps * v):
+            if same_piece(params, t, s):
+                np.testing.assert_allclose(w[i] @ s + b[i], numpy_delta_g(params, s),
+                                           rtol=1e-4, atol=1e-4)
+                checked += 1
+    assert checked > 64  # most small steps stay in the piece, so the check is not vacuous
+
+
+def test_vmapped_boundaries_equal_per_sample_gradients():
+    params = mlp_params(1)
+    head = functools.partial(relu_head, params)
+    feats = jax.random.normal(jax.random.key(3), (9,) + FEAT)
+    w, b = sample_boundaries(head, feats)
+    assert w.shape == feats.shape and b.shape == (9,)
+    for i in range(9):
+        f = lambda t: delta_g(head(t[None])[0])  # noqa: E731
+        np.testing.assert_allclose(w[i], jax.grad(f)(feats[i]), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(b[i], f(feats[i]) - jnp.vdot(w[i], feats[i]), atol=1e-5)
+
+
+def test_delta_g_tie_subgradient_is_deterministic():
+    logits = jnp.asarray([0.5, 2.0, 2.0, 2.0])
+    assert float(delta_g(logits)) == 0.0
+    np.testing.assert_array_equal(jax.grad(delta_g)(logits), [0.0, 1.0, -1.0, 0.0])
+
+
+def test_tied_top_logits_give_finite_boundaries():
+    w1, b1, w2, b2 = mlp_params(2)
+    # Classes 0 and 1 share their weights, so their logits always tie.
+    w2 = w2.at[:, 1].set(w2[:, 0])
+    b2 = b2.at[1].set(b2[0]).at[2].set(-100.0)
+    head = functools.partial(relu_head, (w1, b1, w2, b2))
+    feats = jax.random.normal(jax.random.key(4), (6,) + FEAT)
+    w, b = sample_boundaries(head, feats)
+    assert np.all(np.isfinite(w)) and np.all(np.isfinite(b))
+    # ΔG = G_0 − G_1 ≡ 0 there: the subgradient is ∇G_0 − ∇G_1 = 0.
+    np.testing.assert_array_equal(w, 0.0)
+    np.testing.assert_array_equal(b, 0.0)
+
+
+def test_smooth_head_warns_and_declaration_is_respected():
+    params = mlp_params(5)
+    feats = jax.random.normal(jax.random.key(5), (4,) + FEAT)
+    with pytest.warns(UserWarning, match="not piecewise linear"):
+        w, b = sample_boundaries(functools.partial(tanh_head, params), feats)
+    assert np.all(np.isfinite(w)) and np.all(np.isfinite(b))
+    with pytest.warns(UserWarning, match="not piecewise linear"):
+        sample_boundaries(functools.partial(relu_head, params), feats, piecewise_linear=False)
+    with no_warnings():
+        declared = sample_boundaries(functools.partial(tanh_head, params), feats,
+                                     piecewise_linear=True)
+    np.testing.assert_allclose(declared.w, w, rtol=1e-6)
+
+
+def test_vgg_head_is_detected_piecewise_linear():
+    config = ModelConfig(arch="vgg11", width=1 / 16, image_size=32, num_classes=2)
+    fns = make_vgg(config)
+    # He-normal weights built from the parameter shapes (much faster than an eager fns.init).
+    shapes, tree = jax.tree.flatten(jax.eval_shape(fns.init, jax.random.key(0)))
+    rng = np.random.default_rng(0)
+    params = jax.tree.unflatten(tree, [
+        rng.normal(size=s.shape).astype(np.float32) * np.sqrt(2 / np.prod(s.shape[:-1]))
+        if len(s.shape) > 1 else rng.normal(size=s.shape).astype(np.float32) for s in shapes])
+    feats = jax.nn.relu(jax.random.normal(jax.random.key(1), (3,) + config.feature_shape))
+    with no_warnings():
+        w, b = sample_boundaries(functools.partial(fns.head, params), feats)
+    assert w.shape == feats.shape and np.all(np.isfinite(b))
+
+
+def test_sample_indices():
+    idx = np.asarray(sample_indices(30, 10, key=jax.random.key(0)))
+    assert idx.dtype == np.int32 and len(set(idx)) == 10 and idx.min() >= 0 and idx.max() < 30
+    np.testing.assert_array_equal(idx, sample_indices(30, 10, key=jax.random.key(0)))
+    assert not np.array_equal(idx, sample_indices(30, 10, key=jax.random.key(1)))
+    with pytest.warns(UserWarning, match="num_boundaries"):
+        capped = np.asarray(sample_indices(7, 50, key=jax.random.key(0)))
+    assert sorted(capped) == list(range(7))
+    with pytest.raises(ValueError, match="num_boundaries"):
+        sample_indices(7, 0, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="num_refs"):
+        sample_indices(0, 3, key=jax.random.key(0))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.sampled_from([1, 31, 70]),
+       chunk=st.sampled_from([1, 32, 1024]))
+def test_sides_match_numpy(seed, n, chunk):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(5,) + FEAT).astype(np.float32)
+    b = rng.normal(size=5).astype(np.float32)
+    feats = rng.normal(size=(n,) + FEAT).astype(np.float32)
+    values = np.einsum("qijk,nijk->qn", w.astype(np.float64), feats.astype(np.float64)) + b[:, None]
+    got = np.asarray(sides(Boundaries(jnp.asarray(w), jnp.asarray(b)), jnp.asarray(feats),
+                           chunk_size=chunk))
+    assert got.shape == (5, n) and got.dtype == bool
+    clear = np.abs(values) > 1e-4  # float32 rounding may flip values this close to 0
+    np.testing.assert_array_equal(got[clear], (values > 0)[clear])
+    packed = sides_packed(Boundaries(jnp.asarray(w), jnp.asarray(b)), jnp.asarray(feats),
+                          chunk_size=chunk)
+    np.testing.assert_array_equal(packed, pack_bits(jnp.asarray(got)))
+
+
+def test_bad_inputs():
+    params = mlp_params(0)
+    head = functools.partial(relu_head, params)
+    feats = jnp.ones((2,) + FEAT)
+    with pytest.raises(ValueError, match="feats"):
+        sample_boundaries(head, jnp.ones(3))
+    with pytest.raises(ValueError, match="feats"):
+        sample_boundaries(head, jnp.ones((2,) + FEAT, jnp.int32))
+    with pytest.raises(ValueError, match="feats"):
+        sample_boundaries(head, feats.at[0, 0, 0, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match="head_fn"):
+        sample_boundaries(lambda t: head(t)[:, 0], feats)
+    with pytest.raises(ValueError, match="head_fn"):
+        sample_boundaries(lambda t: head(t)[:, :1], feats)
+    with pytest.raises(ValueError, match="head_fn"):
+        sample_boundaries(head, jnp.ones((2, 3, 3, 3)))
+    with pytest.raises(ValueError, match="piecewise_linear"):
+        sample_boundaries(head, feats, piecewise_linear="yes")
+    bounds = Boundaries(jnp.ones((3,) + FEAT), jnp.zeros(3))
+    with pytest.raises(ValueError, match="feats"):
+        sides(bounds, jnp.ones((2, 3, 3, 3)))
+    with pytest.raises(ValueError, match="boundaries"):
+        sides(Boundaries(jnp.ones((3,) + FEAT), jnp.zeros(4)), feats)
+    with pytest.raises(ValueError, match="chunk_size"):
+        sides(bounds, feats, chunk_size=0)

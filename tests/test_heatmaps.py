@@ -1,0 +1,108 @@
+"""Heat maps from channel weights (ri_jax.heatmaps) against NumPy loops."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ri_jax.heatmaps import cam, normalize_map, polytope_heatmap, ri_channel_weights, upsample
+
+
+def numpy_upsample(m, size):
+    """Bilinear resize with half-pixel centres and edge weights renormalised (clamped edges)."""
+    h, w = m.shape
+
+    def weights(n_in):
+        u = (np.arange(size) + 0.5) * n_in / size - 0.5
+        k = np.maximum(0.0, 1.0 - np.abs(u[:, None] - np.arange(n_in)[None, :]))
+        return k / k.sum(axis=1, keepdims=True)
+
+    return weights(h) @ m @ weights(w).T
+
+
+def numpy_normalize(m):
+    span = m.max() - m.min()
+    return np.zeros_like(m) if span == 0 else (m - m.min()) / span
+
+
+def numpy_cam(alpha, psi, size):
+    raw = np.maximum(0.0, sum(alpha[k] * psi[:, :, k] for k in range(len(alpha))))
+    return numpy_normalize(numpy_upsample(raw, size))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), size=st.sampled_from([4, 12]))
+def test_cam_matches_numpy(seed, size):
+    rng = np.random.default_rng(seed)
+    psi = np.maximum(rng.normal(size=(2, 2, 3)), 0).astype(np.float32)
+    alpha = rng.normal(size=3).astype(np.float32)
+    got = np.asarray(cam(jnp.asarray(alpha), jnp.asarray(psi), size))
+    np.testing.assert_allclose(got, numpy_cam(alpha.astype(np.float64), psi, size), atol=1e-5)
+    assert got.min() >= 0 and got.max() <= 1
+
+
+def test_upsample_is_bilinear():
+    m = np.arange(6, dtype=np.float32).reshape(2, 3) ** 2
+    np.testing.assert_allclose(upsample(jnp.asarray(m), 6), numpy_upsample(m, 6), atol=1e-5)
+
+
+def test_constant_and_zero_maps_give_zeros_not_nan():
+    np.testing.assert_array_equal(normalize_map(jnp.full((3, 3), 2.5)), 0.0)
+    psi = jnp.ones((2, 2, 3))
+    # Negative evidence everywhere: ReLU zeroes the raw map.
+    np.testing.assert_array_equal(cam(-jnp.ones(3), psi, 8), 0.0)
+    np.testing.assert_array_equal(cam(jnp.ones(3), jnp.zeros((2, 2, 3)), 8), 0.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_channel_weights_are_oriented_towards_x(seed):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(4, 2, 2, 3)).astype(np.float32)
+    b = rng.normal(size=4).astype(np.float32)
+    psi = rng.normal(size=(2, 2, 3)).astype(np.float32)
+    got = np.asarray(ri_channel_weights(jnp.asarray(w), jnp.asarray(b), jnp.asarray(psi)))
+    for h in range(4):
+        value = np.sum(w[h] * psi) + b[h]
+        sign = 1.0 if value > 0 else -1.0
+        np.testing.assert_allclose(got[h], sign * w[h].mean(axis=(0, 1)), rtol=1e-5, atol=1e-6)
+        # The oriented hyperplane puts x on its positive side.
+        assert sign * value >= 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_polytope_heatmap_is_the_mean_of_selected_maps(seed):
+    rng = np.random.default_rng(seed)
+    alphas = rng.normal(size=(5, 3)).astype(np.float32)
+    selected = rng.random(5) < 0.5
+    psi = np.maximum(rng.normal(size=(2, 2, 3)), 0).astype(np.float32)
+    got = np.asarray(polytope_heatmap(jnp.asarray(alphas), jnp.asarray(selected),
+                                      jnp.asarray(psi), 8))
+    maps = [numpy_cam(alphas[h].astype(np.float64), psi, 8) for h in range(5) if selected[h]]
+    expected = np.mean(maps, axis=0) if maps else np.zeros((8, 8))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert np.all(np.isfinite(got))
+
+
+def test_weights_from_x_are_reused_unchanged_on_other_images():
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(size=(3, 2, 2, 4)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=3), jnp.float32)
+    psi_x, psi_y = (jnp.asarray(np.maximum(rng.normal(size=(2, 2, 4)), 0), jnp.float32)
+                    for _ in range(2))
+    alphas = ri_channel_weights(w, b, psi_x)
+    selected = jnp.asarray([True, False, True])
+    on_y = polytope_heatmap(alphas, selected, psi_y, 8)
+    expected = (cam(alphas[0], psi_y, 8) + cam(alphas[2], psi_y, 8)) / 2
+    np.testing.assert_allclose(on_y, expected, atol=1e-6)
+    jitted = jax.jit(polytope_heatmap, static_argnums=3)
+    np.testing.assert_allclose(jitted(alphas, selected, psi_y, 8), on_y, atol=1e-6)
+
+
+def test_point_on_the_boundary_is_oriented_like_its_side_bit():
+    # ⟨W, 0⟩ + 0 = 0: boundaries.sides puts x on the negative side, so α must be −mean(W).
+    w = jnp.asarray(np.arange(12, dtype=np.float32).reshape(1, 2, 2, 3))
+    alphas = ri_channel_weights(w, jnp.zeros(1), jnp.zeros((2, 2, 3)))
+    np.testing.assert_allclose(alphas[0], -w[0].mean(axis=(0, 1)))

@@ -1,0 +1,176 @@
+"""The RI flow end to end (ri_jax.interpreter) on a tiny random VGG."""
+
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ri_jax import interpreter as interpreter_module
+from ri_jax import solver
+from ri_jax.boundaries import sides
+from ri_jax.heatmaps import polytope_heatmap
+from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
+from ri_jax.models.vgg import ModelConfig, make_vgg
+from ri_jax.regions import covers, predict
+from ri_jax.solver import unpack_bits
+
+CONFIG = ModelConfig(arch="vgg11", width=1 / 16, image_size=32, num_classes=2)
+N_REFS, Q, TOP_K = 64, 12, 4
+heatmap = jax.jit(jax.vmap(polytope_heatmap, in_axes=(None, None, 0, None)), static_argnums=3)
+
+
+def tiny_vgg():
+    """Random He-normal VGG parameters (much faster than an eager ``fns.init``)."""
+    fns = make_vgg(CONFIG)
+    shapes, tree = jax.tree.flatten(jax.eval_shape(fns.init, jax.random.key(0)))
+    rng = np.random.default_rng(0)
+    params = jax.tree.unflatten(tree, [
+        rng.normal(size=s.shape).astype(np.float32) * np.sqrt(2 / np.prod(s.shape[:-1]))
+        if len(s.shape) > 1 else np.zeros(s.shape, np.float32) for s in shapes])
+    return fns, params
+
+
+@pytest.fixture(scope="module")
+def setup():
+    fns, params = tiny_vgg()
+    raw = np.random.default_rng(1).random((N_REFS + 6, 32, 32, 3), np.float32)
+    images = fns.normalize(raw)
+    refs, others = images[:N_REFS], images[N_REFS:]
+    # Centre the logit gap on the references so both classes are predicted.
+    logits = jax.jit(fns.apply)(params, refs)
+    gap = np.median(np.asarray(logits[:, 0] - logits[:, 1]))
+    params["params"]["fc_2"]["bias"] = np.array([0.0, gap], np.float32)
+    interp = RepresentativeInterpreter(functools.partial(fns.features, params),
+                                       functools.partial(fns.head, params), refs,
+                                       key=jax.random.key(2), num_boundaries=Q, batch_size=16,
+                                       progress=False)
+    return fns, params, refs, others, interp
+
+
+def check_one(interp, r: Interpretation, psi_x, x_side):
+    n = interp.num_refs
+    refs = interp.reference_set
+    for name, value in r._asdict().items():
+        assert np.all(np.isfinite(value)) or name == "similar_distances", name
+    assert r.selected.shape == (Q,) and r.order.shape == (Q,) and r.covered.shape == (n,)
+    assert r.alphas.shape == (Q, CONFIG.feature_shape[-1])
+    assert r.heatmap.shape == (32, 32) and r.similar_heatmaps.shape == (TOP_K, 32, 32)
+    assert bool(r.empty) == (int(r.num_selected) == 0)
+    # Coverage follows the definition: same side as x on every selected boundary.
+    ref_sides = np.asarray(unpack_bits(refs.side_words, n))
+    sel = np.asarray(r.selected)
+    expected = np.all(ref_sides[sel] == np.asarray(x_side)[sel, None], axis=0)
+    np.testing.assert_array_equal(r.covered, expected)
+    same = np.asarray(refs.preds) == int(r.predicted_class)
+    assert int(r.num_covered) == expected.sum()
+    assert int(r.num_covered_other) == (expected & ~same).sum()
+    assert bool(r.reached) and int(r.delta) == int(r.tau)
+    # Ranking: covered first, ascending distance; the top-k are its head.
+    k = int(r.num_covered)
+    ranked = np.asarray(r.ranked)
+    assert np.all(expected[ranked[:k]]) and not np.any(expected[ranked[k:]])
+    assert np.all(np.diff(np.asarray(r.ranked_distances)[:k]) >= 0)
+    present = min(k, TOP_K)
+    np.testing.assert_array_equal(np.asarray(r.similar)[:present], ranked[:present])
+    assert np.all(np.asarray(r.similar)[present:] == -1)
+    # Heat maps reuse x's α.
+    np.testing.assert_allclose(r.heatmap, heatmap(r.alphas, r.selected, psi_x[None], 32)[0],
+                               atol=1e-6)
+    maps = heatmap(r.alphas, r.selected, refs.feats[np.asarray(r.similar)[:present]], 32)
+    np.testing.assert_allclose(r.similar_heatmaps[:present], maps, atol=1e-6)
+    np.testing.assert_array_equal(r.similar_heatmaps[present:], 0.0)
+
+
+def test_interpret_end_to_end(setup):
+    fns, params, refs, others, interp = setup
+    preds = np.asarray(interp.reference_set.preds)
+    assert 0 < preds.sum() < N_REFS, "the fixture should predict both classes"
+    for i in (0, 5, 17):
+        r = interp.interpret(refs[i], top_k=TOP_K)
+        psi_x = interp.reference_set.feats[i]
+        x_side = sides(interp.reference_set.boundaries, psi_x[None])[:, 0]
+        check_one(interp, r, psi_x, x_side)
+        assert bool(r.covered[i]), "a reference is covered by its own polytope"
+        assert int(r.predicted_class) == preds[i]
+    r = interp.interpret(others[0], top_k=TOP_K)
+    psi = interp.features(others[:1])[0]
+    check_one(interp, r, psi, sides(interp.reference_set.boundaries, psi[None])[:, 0])
+    assert int(r.predicted_class) == int(jnp.argmax(fns.apply(params, others[:1])[0]))
+
+
+def test_interpret_batch_agrees_and_does_not_retrace(setup):
+    _, _, refs, others, interp = setup
+    xs = jnp.concatenate([refs[:5], others[:3]])
+    batch = interp.interpret_batch(xs, top_k=TOP_K)
+    assert batch.selected.shape == (8, Q) and batch.heatmap.shape == (8, 32, 32)
+    for i in range(8):
+        single = interp.interpret(xs[i], top_k=TOP_K)
+        for name in Interpretation._fields:
+            np.testing.assert_allclose(getattr(batch, name)[i], getattr(single, name),
+                                       rtol=1e-5, atol=1e-5, err_msg=name)
+    sizes = (solver._solve_batch._cache_size(), interpreter_module._explain_batch._cache_size())
+    interp.interpret_batch(jnp.concatenate([others[3:], refs[10:15]]), top_k=TOP_K)
+    assert (solver._solve_batch._cache_size(),
+            interpreter_module._explain_batch._cache_size()) == sizes
+
+
+def test_regions_for_agree_with_interpretations(setup):
+    _, _, refs, _, interp = setup
+    feats = interp.reference_set.feats
+    regions = interp.regions_for(feats[:8])  # 8 inputs: reuses the batch test's compilations
+    batch = interp.interpret_batch(refs[:8], top_k=TOP_K)
+    np.testing.assert_array_equal(regions.selected, batch.selected)
+    np.testing.assert_array_equal(regions.label, batch.predicted_class)
+    np.testing.assert_array_equal(regions.num_covered_refs, batch.num_covered)
+    np.testing.assert_array_equal(covers(regions, feats).T, batch.covered)
+    # Each input's own polytope covers it, so every input gets a label.
+    pred = predict(regions, feats[:8])
+    assert np.all(np.asarray(pred.covered_any))
+
+
+def test_single_class_references_give_an_explicit_empty_polytope():
+    fns, params = tiny_vgg()
+    params["params"]["fc_2"]["bias"] = np.array([1e4, 0.0], np.float32)  # always class 0
+    # Same shapes as the fixture, so the solver and explain compilations are reused.
+    feats = np.maximum(np.random.default_rng(3).normal(
+        size=(N_REFS,) + CONFIG.feature_shape), 0).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        interp = RepresentativeInterpreter(functools.partial(fns.features, params),
+                                           functools.partial(fns.head, params), feats,
+                                           key=jax.random.key(0), num_boundaries=Q,
+                                           is_features=True, progress=False)
+        r = interp.interpret(fns.normalize(jnp.full((32, 32, 3), 0.5)), top_k=TOP_K)
+    assert bool(r.empty) and int(r.num_selected) == 0 and int(r.tau) == 0
+    assert int(r.num_covered) == N_REFS and np.all(np.asarray(r.covered))
+    np.testing.assert_array_equal(r.heatmap, 0.0)
+    np.testing.assert_array_equal(r.similar_heatmaps, 0.0)
+    np.testing.assert_array_equal(r.similar, np.arange(TOP_K))  # all distances 0: index order
+
+
+def test_bad_inputs(setup):
+    _, _, refs, _, interp = setup
+    with pytest.raises(ValueError, match="x"):
+        interp.interpret(refs[:2])
+    with pytest.raises(ValueError, match="x"):
+        interp.interpret(jnp.ones((32, 32, 3), jnp.int32))
+    with pytest.raises(ValueError, match="x"):
+        interp.interpret(refs[0].at[0, 0, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match="x"):
+        interp.interpret(jnp.ones((16, 16, 3)))
+    with pytest.raises(ValueError, match="top_k"):
+        interp.interpret(refs[0], top_k=0)
+    with pytest.raises(ValueError, match="top_k"):
+        interp.interpret_batch(refs[:2], top_k=N_REFS + 1)
+    with pytest.raises(ValueError, match="xs"):
+        interp.interpret_batch(refs[0])
+    with pytest.raises(ValueError, match="feats"):
+        interp.regions_for(jnp.ones((2, 3, 3, 32)))
+    with pytest.raises(ValueError, match="references"):
+        RepresentativeInterpreter(lambda x: x, lambda t: t, jnp.ones((4, 3)),
+                                  key=jax.random.key(0))
+    with pytest.raises(ValueError, match="head_fn"):
+        RepresentativeInterpreter(lambda x: x, None, refs, key=jax.random.key(0))

@@ -1,0 +1,294 @@
+"""Algorithm 1 (ri_jax.solver) against a plain NumPy/Fraction implementation of the same rule."""
+
+from fractions import Fraction
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ri_jax import solver as solver_module
+from ri_jax.solver import (GreedyResult, _mul_wide, match_words, num_words, pack_bits, popcount,
+                           solve_batch, solve_greedy, solve_greedy_packed, unpack_bits)
+
+SHAPES = [(1, 5), (4, 33), (6, 64), (7, 70)]
+
+
+def greedy_reference(match, positive, delta):
+    """Algorithm 1 written out with Python loops and exact fractions."""
+    q, n = match.shape
+    negative = ~positive
+    tau = int(np.sum(negative & match.all(axis=0)))
+    bound = tau if delta is None else int(delta)
+    covered = np.ones(n, bool)
+    selected = np.zeros(q, bool)
+    order = []
+    while np.sum(covered & negative) > bound:
+        best = None
+        for h in range(q):
+            if selected[h]:
+                continue
+            removed = covered & ~match[h]
+            nom, den = int(np.sum(removed & positive)), int(np.sum(removed & negative))
+            if den == 0:
+                continue
+            rank = (Fraction(nom, den), -den, h)
+            if best is None or rank < best:
+                best = rank
+        if best is None:
+            break
+        h = best[2]
+        selected[h] = True
+        order.append(h)
+        covered &= match[h]
+    return dict(selected=selected, order=np.array(order + [-1] * (q - len(order))),
+                covered=covered, num_selected=len(order), tau=tau, delta=bound,
+                num_covered_positive=int(np.sum(covered & positive)),
+                num_covered_negative=int(np.sum(covered & negative)),
+                reached=bool(np.sum(covered & negative) <= bound))
+
+
+def random_instance(rng, q, n, patterns):
+    """Few distinct columns and a few classes, so ties in Eq. 4 are frequent."""
+    columns = rng.random((q, patterns)) < rng.uniform(0.3, 0.9)
+    match = columns[:, rng.integers(0, patterns, n)]
+    positive = rng.random(n) < rng.uniform(0.1, 0.9)
+    return match, positive
+
+
+def assert_matches_reference(result: GreedyResult, ref, n):
+    np.testing.assert_array_equal(np.asarray(result.selected), ref["selected"])
+    np.testing.assert_array_equal(np.asarray(result.order), ref["order"])
+    np.testing.assert_array_equal(np.asarray(unpack_bits(result.covered, n)), ref["covered"])
+    for name in ("num_selected", "tau", "delta", "num_covered_positive", "num_covered_negative",
+                 "reached"):
+        assert int(getattr(result, name)) == ref[name], name
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), shape=st.sampled_from(SHAPES),
+       patterns=st.integers(1, 5), delta=st.one_of(st.none(), st.integers(0, 12)))
+def test_matches_reference(seed, shape, patterns, delta):
+    rng = np.random.default_rng(seed)
+    match, positive = random_instance(rng, *shape, patterns)
+    result = solve_greedy(jnp.asarray(match), jnp.asarray(positive), delta)
+    ref = greedy_reference(match, positive, delta)
+    assert_matches_reference(result, ref, shape[1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), shape=st.sampled_from(SHAPES),
+       patterns=st.integers(1, 6), delta=st.one_of(st.none(), st.integers(0, 8)))
+def test_invariants(seed, shape, patterns, delta):
+    rng = np.random.default_rng(seed)
+    q, n = shape
+    match, positive = random_instance(rng, q, n, patterns)
+    x = rng.integers(0, n)
+    match[:, x] = True  # x is a reference: it lies on its own side of every boundary
+    positive[x] = True
+    r = solve_greedy(jnp.asarray(match), jnp.asarray(positive), delta)
+    covered = np.asarray(unpack_bits(r.covered, n))
+    assert covered[x], "x must be covered by its own polytope"
+    order = np.asarray(r.order)
+    k = int(r.num_selected)
+    assert np.all(order[k:] == -1) and len(set(order[:k])) == k
+    np.testing.assert_array_equal(np.asarray(r.selected), np.isin(np.arange(q), order[:k]))
+    # Covered sets shrink strictly in D(x) along the order (each pick has den > 0).
+    prefix = np.ones(n, bool)
+    for h in order[:k]:
+        nxt = prefix & match[h]
+        assert np.sum(nxt & ~positive) < np.sum(prefix & ~positive)
+        assert np.all(nxt <= prefix)
+        prefix = nxt
+    np.testing.assert_array_equal(prefix, covered)
+    tau = int(np.sum(~positive & match.all(axis=0)))
+    bound = tau if delta is None else delta
+    assert int(r.tau) == tau and int(r.delta) == bound
+    # τ(x) is always reachable (select everything), so the bound holds whenever delta >= τ;
+    # below τ the loop may run out of candidates and stop above the bound.
+    if bound >= tau:
+        assert bool(r.reached) and int(r.num_covered_negative) <= bound
+    else:
+        assert int(r.num_covered_negative) >= tau
+    assert bool(r.reached) == (int(r.num_covered_negative) <= bound)
+
+
+def test_empty_polytope_when_delta_already_met():
+    match = jnp.asarray(np.random.default_rng(0).random((5, 40)) < 0.5)
+    positive = jnp.arange(40) < 30
+    r = solve_greedy(match, positive, 10)  # 10 negatives in total
+    assert int(r.num_selected) == 0 and not np.any(np.asarray(r.selected))
+    assert np.all(np.asarray(r.order) == -1)
+    assert np.all(np.asarray(unpack_bits(r.covered, 40)))
+    assert int(r.num_covered_positive) == 30 and int(r.num_covered_negative) == 10
+
+
+def test_single_class_gives_empty_polytope_and_zero_tau():
+    match = jnp.asarray(np.random.default_rng(1).random((4, 37)) < 0.5)
+    r = solve_greedy(match, jnp.ones(37, bool))
+    assert int(r.tau) == 0 and int(r.delta) == 0 and int(r.num_selected) == 0
+    assert int(r.num_covered_positive) == 37 and bool(r.reached)
+
+
+def test_stops_when_no_candidate_left():
+    # Both negatives lie on x's side of every boundary: τ = 2 and nothing can remove them.
+    match = jnp.asarray([[True, True, False, True], [True, True, True, False]])
+    positive = jnp.asarray([False, False, True, True])
+    r = solve_greedy(match, positive, 0)
+    assert int(r.num_selected) == 0 and not bool(r.reached)
+    assert int(r.num_covered_negative) == 2 and int(r.tau) == 2
+
+
+def test_tie_breaks_by_larger_denominator_then_lower_index():
+    # Boundary 0 removes 1 positive and 1 negative, boundary 1 removes 2 and 2 (same ratio,
+    # larger den), boundary 2 is a copy of boundary 1 (same key, higher index).
+    positive = np.array([True, True, False, False, True])
+    match = np.array([[False, True, False, True, True],
+                      [False, False, False, False, True],
+                      [False, False, False, False, True]])
+    match[:, 4] = True
+    r = solve_greedy(jnp.asarray(match), jnp.asarray(positive), 0)
+    assert list(np.asarray(r.order)) == [1, -1, -1]
+
+
+def test_jit_vmap_and_no_retrace():
+    rng = np.random.default_rng(3)
+    q, n, b = 5, 45, 6
+    cases = [random_instance(rng, q, n, 4) for _ in range(b)]
+    match = jnp.asarray(np.stack([c[0] for c in cases]))
+    positive = jnp.asarray(np.stack([c[1] for c in cases]))
+    deltas = jnp.asarray(rng.integers(0, 5, b), jnp.int32)
+
+    traced = jax.jit(chex.assert_max_traces(solve_greedy, n=1))
+    singles = [traced(match[i], positive[i], deltas[i]) for i in range(b)]
+    batched = jax.vmap(solve_greedy)(match, positive, deltas)
+    batched_tau = jax.vmap(solve_greedy, in_axes=(0, 0, None))(match, positive, None)
+    for i in range(b):
+        chex.assert_trees_all_equal(singles[i], jax.tree.map(lambda a: a[i], batched))
+        ref = greedy_reference(np.asarray(match[i]), np.asarray(positive[i]), None)
+        assert_matches_reference(jax.tree.map(lambda a: a[i], batched_tau), ref, n)
+
+
+def test_packed_and_bool_paths_agree():
+    rng = np.random.default_rng(4)
+    for n in (3, 32, 50):
+        match, positive = random_instance(rng, 6, n, 3)
+        garbage = np.uint32(0xFFFFFFFF) << np.uint32(n % 32) if n % 32 else np.uint32(0)
+        mw = np.array(pack_bits(jnp.asarray(match)))
+        pw = np.array(pack_bits(jnp.asarray(positive)))
+        mw[:, -1] |= garbage  # bits past num_refs must be ignored
+        pw[-1] |= garbage
+        packed = solve_greedy_packed(jnp.asarray(mw), jnp.asarray(pw), None, num_refs=n)
+        chex.assert_trees_all_equal(packed, solve_greedy(jnp.asarray(match), jnp.asarray(positive)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), use_delta=st.booleans())
+def test_solve_batch_matches_per_input(seed, use_delta):
+    rng = np.random.default_rng(seed)
+    q, n, b = 6, 70, 5
+    side = rng.random((q, n)) < 0.5
+    x_sides = rng.random((b, q)) < 0.5
+    ref_class = rng.integers(0, 3, n)
+    x_class = rng.integers(0, 3, b)
+    positive = ref_class[None, :] == x_class[:, None]
+    delta = jnp.asarray(rng.integers(0, 6, b), jnp.int32) if use_delta else None
+    r = solve_batch(pack_bits(jnp.asarray(side)), n, jnp.asarray(x_sides),
+                    pack_bits(jnp.asarray(positive)), delta)
+    for i in range(b):
+        match = side == x_sides[i][:, None]
+        ref = greedy_reference(match, positive[i], None if delta is None else int(delta[i]))
+        assert_matches_reference(jax.tree.map(lambda a: a[i], r), ref, n)
+
+
+def test_match_words_is_xnor_with_zero_padding():
+    rng = np.random.default_rng(5)
+    side = rng.random((3, 40)) < 0.5
+    x_side = np.array([True, False, True])
+    words = match_words(pack_bits(jnp.asarray(side)), jnp.asarray(x_side), 40)
+    np.testing.assert_array_equal(np.asarray(unpack_bits(words, 64)),
+                                  np.pad(side == x_side[:, None], ((0, 0), (0, 24))))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.sampled_from([0, 1, 31, 32, 33, 63, 70]), seed=st.integers(0, 2**32 - 1))
+def test_pack_unpack_round_trip(n, seed):
+    bits = np.random.default_rng(seed).random((2, n)) < 0.5
+    words = pack_bits(jnp.asarray(bits))
+    assert words.dtype == jnp.uint32 and words.shape == (2, num_words(n))
+    np.testing.assert_array_equal(np.asarray(unpack_bits(words, n)), bits)
+    np.testing.assert_array_equal(np.asarray(unpack_bits(words, 32 * num_words(n)))[:, n:], False)
+    np.testing.assert_array_equal(np.asarray(popcount(words)), bits.sum(axis=1))
+    # Little-endian: reference 32k + j is bit j of word k.
+    expected = [sum(int(b) << j for j, b in enumerate(row[k * 32:(k + 1) * 32]))
+                for row in bits for k in range(num_words(n))]
+    np.testing.assert_array_equal(np.asarray(words).reshape(-1), expected)
+
+
+@settings(max_examples=100, deadline=None)
+@given(a=st.integers(0, 2**32 - 1), b=st.integers(0, 2**32 - 1))
+def test_wide_multiplication_is_exact(a, b):
+    high, low = _mul_wide(jnp.uint32(a), jnp.uint32(b))
+    assert (int(high) << 32) | int(low) == a * b
+
+
+def test_bad_inputs():
+    match = jnp.ones((3, 10), bool)
+    positive = jnp.ones(10, bool)
+    with pytest.raises(ValueError, match="match"):
+        solve_greedy(jnp.ones((3, 10), jnp.int32), positive)
+    with pytest.raises(ValueError, match="match"):
+        solve_greedy(jnp.ones(10, bool), positive)
+    with pytest.raises(ValueError, match="positive"):
+        solve_greedy(match, jnp.ones(11, bool))
+    with pytest.raises(ValueError, match="delta"):
+        solve_greedy(match, positive, -1)
+    with pytest.raises(ValueError, match="delta"):
+        solve_greedy(match, positive, 1.5)
+    with pytest.raises(ValueError, match="num_refs"):
+        solve_greedy_packed(pack_bits(match), pack_bits(positive), num_refs=33)
+    with pytest.raises(ValueError, match="match_words"):
+        solve_greedy_packed(jnp.zeros((0, 1), jnp.uint32), jnp.zeros(1, jnp.uint32), num_refs=1)
+    with pytest.raises(ValueError, match="x_sides"):
+        solve_batch(pack_bits(match), 10, jnp.ones((2, 4), bool), jnp.zeros((2, 1), jnp.uint32))
+    with pytest.raises(ValueError, match="delta"):
+        solve_batch(pack_bits(match), 10, jnp.ones((2, 3), bool), jnp.zeros((2, 1), jnp.uint32),
+                    jnp.asarray([0, -1]))
+    with pytest.raises(ValueError, match="bits"):
+        pack_bits(jnp.ones(3, jnp.int32))
+    with pytest.raises(ValueError, match="num_bits"):
+        unpack_bits(jnp.zeros(1, jnp.uint32), 33)
+
+
+def test_solve_batch_in_chunks(monkeypatch):
+    # Chunks of 3 inputs (and a remainder of 2) must give the same answers as one by one.
+    q, n, b = 5, 40, 8
+    monkeypatch.setattr(solver_module, "_CHUNK_WORDS", 3 * q * num_words(n))
+    rng = np.random.default_rng(7)
+    side = rng.random((q, n)) < 0.5
+    x_sides = rng.random((b, q)) < 0.5
+    positive = rng.random((b, n)) < 0.5
+    r = solve_batch(pack_bits(jnp.asarray(side)), n, jnp.asarray(x_sides),
+                    pack_bits(jnp.asarray(positive)))
+    for i in range(b):
+        ref = greedy_reference(side == x_sides[i][:, None], positive[i], None)
+        assert_matches_reference(jax.tree.map(lambda a: a[i], r), ref, n)
+
+
+def test_removal_counts_do_not_carry_between_halves():
+    # 4,100 words span three partial sums; all-ones words push each half to 32·2047.
+    rng = np.random.default_rng(8)
+    w = 4100
+    side = np.full((2, w), 0xFFFFFFFF, np.uint32)
+    side[1] = rng.integers(0, 2**32, w, dtype=np.uint32)
+    pos = np.full(w, 0xFFFFFFFF, np.uint32)
+    neg = rng.integers(0, 2**32, w, dtype=np.uint32)
+    flip = jnp.zeros((2, 1), jnp.uint32)
+    nom, den = solver_module._removal_counts(jnp.asarray(side), flip, jnp.asarray(pos),
+                                             jnp.asarray(neg))
+    bits = lambda a: np.unpackbits(a.view(np.uint8)).sum(axis=-1)  # noqa: E731
+    np.testing.assert_array_equal(nom, [bits(side[h] & pos) for h in range(2)])
+    np.testing.assert_array_equal(den, [bits(side[h] & neg) for h in range(2)])
