@@ -1,0 +1,198 @@
+"""The main job: representative interpretations of a few test images (Figures 2 and 8).
+
+    python experiments/interpret.py --out runs/interpret
+
+For each chosen input x of the test split, RI (§3–5) finds the polytope P(x) over
+|Q| boundaries sampled from the reference set, ranks the references it covers by
+the semantic distance of Eq. 6 and reuses x's channel weights (Eq. 5) to draw heat
+maps on x and on its top-k similar references. Written into ``--out``:
+
+* ``input_<i>.png`` per input (i = its index in the test split): the input and its
+  top-k similar references, raw on top and with the RI heat map below, predicted
+  class and probability under each image and the Eq. 6 distance under each map;
+* ``summary.json`` / ``summary.csv`` / ``summary.md``: per input its test index and
+  file, true label, predicted class and probability, |P(x)|, references covered (how
+  many share x's predicted class, how many have x's predicted class as ground truth),
+  δ = τ(x), whether P(x) is empty, and the ranked similar references with distances.
+  The Markdown summary is also printed.
+
+Choices the paper leaves open: inputs default to ``--num-inputs`` test images drawn
+with ``--seed``, alternating between classes so every class appears (``--inputs``
+picks test indices instead); references are the whole train split by default
+(``--refs-per-class 0``); Q is drawn with key ``--seed``. A polytope can cover fewer
+than k references; the figure then shows only those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from common import add_common_args, describe_run, load_setup, prepare_output, write_csv, write_json
+from ri_jax.data import load_dataset
+from ri_jax.interpreter import RepresentativeInterpreter
+from ri_jax.plots import interpretation_figure
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, refs_per_class=0, unseen=None)
+    p.add_argument("--num-inputs", type=int, default=4, help="test images to interpret (seeded)")
+    p.add_argument("--inputs", default=None,
+                   help="comma-separated test-split indices to interpret (overrides --num-inputs)")
+    p.add_argument("--top-k", type=int, default=4, help="similar references shown per input")
+    p.add_argument("--num-boundaries", type=int, default=50, help="|Q|, boundaries sampled")
+    args = p.parse_args(argv)
+    if args.num_inputs < 1:
+        p.error(f"--num-inputs: must be >= 1, got {args.num_inputs}")
+    if args.top_k < 1:
+        p.error(f"--top-k: must be >= 1, got {args.top_k}")
+    if args.num_boundaries < 1:
+        p.error(f"--num-boundaries: must be >= 1, got {args.num_boundaries}")
+    return args
+
+
+def parse_indices(text: str, size: int) -> np.ndarray:
+    """Test-split indices from ``"i,j,k"``; each must lie in [0, size), no repeats."""
+    try:
+        idx = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--inputs: expected comma-separated integers, got {text!r}") from None
+    if not idx:
+        raise ValueError("--inputs: no index given")
+    bad = [i for i in idx if not 0 <= i < size]
+    if bad:
+        raise ValueError(f"--inputs: indices {bad} are outside the test split [0, {size})")
+    if len(set(idx)) != len(idx):
+        raise ValueError(f"--inputs: repeated indices in {idx}")
+    return np.asarray(idx, np.int64)
+
+
+def choose_inputs(labels: np.ndarray, count: int, *, seed: int) -> np.ndarray:
+    """``count`` indices drawn with ``seed``, alternating between classes (capped by the set)."""
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    alternating = [i for group in itertools.zip_longest(*per_class) for i in group if i is not None]
+    return np.asarray(alternating[:count], np.int64)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def summary_markdown(records: list[dict], config: dict) -> str:
+    """The human-readable summary: one table row per input, then each input's similar references."""
+    lines = ["# Representative interpretations", "",
+             f"Model `{config['checkpoint']}`, data `{config['data']}`, {config['num_references']} "
+             f"references, |Q| = {config['num_boundaries']}, seed {config['seed']}.", "",
+             "|P(x)|: boundaries of the polytope; covered: references inside it (same class = "
+             "predicted as x's class; labelled = ground truth is x's predicted class); "
+             "δ: references of other classes allowed inside (τ(x), §4.2).", "",
+             "| test index | file | true | predicted (p) | \\|P(x)\\| | covered (same class / "
+             "labelled) | δ / τ | empty |", "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['test_index']} | {Path(r['file']).name} | {r['true_label']} | "
+                     f"{r['predicted_class']} ({r['probability']:.3f}) | {r['num_boundaries']} | "
+                     f"{r['num_covered']} ({r['num_covered_same_class']} / "
+                     f"{r['num_covered_label_matches']}) | {r['delta']} / {r['tau']} | "
+                     f"{'yes' if r['empty_polytope'] else 'no'} |")
+    for r in records:
+        lines += ["", f"## Test image {r['test_index']} ({Path(r['file']).name}): "
+                      f"{r['figure']}", ""]
+        if not r["similar"]:
+            lines.append("No reference is covered by P(x).")
+        for s in r["similar"]:
+            lines.append(f"{s['rank']}. {Path(s['file']).name}: distance {s['distance']:.4g}, "
+                         f"true {s['true_label']}, predicted {s['predicted_class']} "
+                         f"({s['probability']:.3f})")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = prepare_output(args.out, args.resume)
+    setup = load_setup(args, out, need_unseen=False)
+    fns, params, model_config = setup.fns, setup.params, setup.model_config
+    refs, ref_feats = setup.references, setup.ref_features
+    classes = refs.class_names
+    test = load_dataset(args.data, "test", image_size=model_config.image_size, class_names=classes)
+    try:
+        chosen = (parse_indices(args.inputs, len(test)) if args.inputs is not None
+                  else choose_inputs(test.labels, args.num_inputs, seed=args.seed))
+    except ValueError as e:
+        sys.exit(str(e))
+    top_k = min(args.top_k, len(refs))
+
+    interpreter = RepresentativeInterpreter(
+        lambda x: fns.features(params, x), lambda psi: fns.head(params, psi), ref_feats.psi,
+        key=jax.random.key(args.seed), num_boundaries=args.num_boundaries,
+        batch_size=args.batch_size, is_features=True, progress=not args.no_progress)
+    raw_inputs = test.raw(chosen)
+    normalised = fns.normalize(raw_inputs)
+    res = jax.device_get(interpreter.interpret_batch(normalised, top_k=top_k))
+    input_probs = _softmax(np.asarray(jax.jit(fns.apply)(params, normalised), np.float64))
+    ref_probs = _softmax(ref_feats.logits.astype(np.float64))
+    ref_preds = np.asarray(interpreter.reference_set.preds)
+
+    records = []
+    for b, test_index in enumerate(chosen):  # a handful of inputs: only reporting and drawing
+        pred = int(res.predicted_class[b])
+        covered = np.asarray(res.covered[b])
+        present = np.asarray(res.similar[b]) >= 0
+        sim = np.asarray(res.similar[b])[present]
+        dist = np.asarray(res.similar_distances[b])[present]
+        similar = [{"rank": r + 1, "reference_index": int(j), "file": refs.ids[j],
+                    "distance": float(d), "true_label": classes[refs.labels[j]],
+                    "predicted_class": classes[ref_preds[j]],
+                    "probability": float(ref_probs[j, ref_preds[j]])}
+                   for r, (j, d) in enumerate(zip(sim, dist))]
+        rec = {"test_index": int(test_index), "file": test.ids[test_index],
+               "true_label": classes[test.labels[test_index]], "predicted_class": classes[pred],
+               "probability": float(input_probs[b, pred]),
+               "num_boundaries": int(res.num_selected[b]),
+               "num_covered": int(res.num_covered[b]),
+               "num_covered_same_class": int(res.num_covered[b] - res.num_covered_other[b]),
+               "num_covered_other_class": int(res.num_covered_other[b]),
+               "num_covered_label_matches": int(np.sum(covered & (refs.labels == pred))),
+               "delta": int(res.delta[b]), "tau": int(res.tau[b]), "reached": bool(res.reached[b]),
+               "empty_polytope": bool(res.empty[b]), "similar": similar,
+               "figure": f"input_{int(test_index)}.png"}
+        records.append(rec)
+        note = " (empty polytope: every reference covered, heat maps are zero)" if rec["empty_polytope"] else ""
+        interpretation_figure(
+            raw_inputs[b], res.heatmap[b], refs.raw(sim), res.similar_heatmaps[b][present],
+            captions=[f"input (test {int(test_index)})\ntrue {rec['true_label']}, "
+                      f"pred {rec['predicted_class']} {rec['probability']:.2f}"]
+                     + [f"#{s['rank']} (true {s['true_label']})\npred {s['predicted_class']} "
+                        f"{s['probability']:.2f}" for s in similar],
+            heatmap_captions=["RI on input"] + [f"d = {s['distance']:.3g}" for s in similar],
+            title=f"{Path(rec['file']).name}: |P(x)| = {rec['num_boundaries']}, covers "
+                  f"{rec['num_covered']} references ({rec['num_covered_same_class']} same class), "
+                  f"δ = {rec['delta']}{note}",
+            path=out / rec["figure"])
+
+    config = describe_run(args, num_references=len(refs), top_k=top_k,
+                          inputs_used=[int(i) for i in chosen],
+                          boundary_references=np.asarray(interpreter.reference_set.boundary_refs))
+    payload = {"inputs": records, "config": config}
+    write_json(out / "summary.json", payload)
+    write_csv(out / "summary.csv", [
+        {**{k: v for k, v in r.items() if k != "similar"},
+         "similar_files": " ".join(Path(s["file"]).name for s in r["similar"]),
+         "similar_distances": " ".join(f"{s['distance']:.6g}" for s in r["similar"])}
+        for r in records])
+    text = summary_markdown(records, config)
+    (out / "summary.md").write_text(text)
+    print(text)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
