@@ -7,9 +7,10 @@ image before and after masking. The library returns fractions in [0, 1];
 experiment scripts multiply by 100 for the paper's percentages.
 
 Which pixels are kept: exactly k = floor(fraction · S² + 1/2) pixels (round half
-up), the first k of a stable sort by (−value, row-major pixel index). Among pixels
-tied at the cut, the lower pixel index is kept; ``cut_ties`` counts the tied pixels
-that were dropped. NaN heat-map values rank below every number.
+up), the highest values first. Among pixels tied at the cut, those earlier in the
+fixed pseudo-random pixel order of ``tie_priority`` are kept (so a tied flat region is
+sampled evenly over the image, not from its top rows); ``cut_ties`` counts the tied
+pixels that were dropped. NaN heat-map values rank below every number.
 """
 
 from __future__ import annotations
@@ -71,11 +72,27 @@ def _check_map(heatmap: Array) -> None:
         raise ValueError(f"heatmap: expected one map [S, S], got shape {jnp.shape(heatmap)}")
 
 
+TIE_HASH = 2654435761  # Knuth's multiplicative hash constant (odd, so i -> i·K mod 2³² is a bijection)
+
+
+def tie_priority(num_pixels: int) -> np.ndarray:
+    """Fixed order in which tied pixels are kept: row-major indices sorted by (i·K mod 2³²).
+
+    Heat maps often have fewer than 20 % non-zero pixels, so the cut falls inside a large
+    tied (zero) region. Keeping tied pixels in row-major order would always keep the top
+    rows of the image; this fixed pseudo-random order spreads them over the image instead,
+    and is the same for every map and every run.
+    """
+    keys = (np.arange(num_pixels, dtype=np.uint64) * TIE_HASH) % (1 << 32)
+    return np.argsort(keys, kind="stable")
+
+
 def _keep_order(heatmap: Array) -> Array:
-    """Pixel indices, most important first; ties keep row-major order; NaN last."""
+    """Pixel indices, most important first; ties in ``tie_priority`` order; NaN last."""
     flat = heatmap.reshape(-1)
     flat = jnp.where(jnp.isnan(flat), -jnp.inf, flat)
-    return jnp.argsort(flat, descending=True, stable=True)
+    priority = jnp.asarray(tie_priority(flat.size), jnp.int32)
+    return priority[jnp.argsort(flat[priority], descending=True, stable=True)]
 
 
 def top_fraction_mask(heatmap: Array, fraction: float = KEEP_FRACTION) -> Array:
@@ -87,7 +104,7 @@ def top_fraction_mask(heatmap: Array, fraction: float = KEEP_FRACTION) -> Array:
 
     Returns:
       bool[S, S] with exactly ``num_kept(S*S, fraction)`` True entries: the highest
-      values, ties broken by the lower row-major pixel index.
+      values, ties broken by the fixed pixel order of ``tie_priority``.
     """
     _check_map(heatmap)
     k = num_kept(heatmap.size, fraction)

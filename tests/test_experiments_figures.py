@@ -1,0 +1,256 @@
+"""The main job, Figure 4 and the case studies end to end on a tiny checkpoint and folder dataset,
+and their array helpers against plain loops."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
+
+import case_studies  # noqa: E402
+import figure4  # noqa: E402
+import interpret  # noqa: E402
+from ri_jax import explainers  # noqa: E402
+from ri_jax.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from ri_jax.data import load_dataset, sample_count  # noqa: E402
+
+PER_CLASS = 10
+COMMON = ["--batch-size", "16", "--no-progress", "--num-boundaries", "4"]
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, tiny_model, tiny_config):
+    """10 PNGs per class and split (class "b" brighter) and a random tiny VGG predicting both classes."""
+    root = tmp_path_factory.mktemp("figures")
+    rng = np.random.default_rng(0)
+    train = []
+    for split in ("train", "test"):
+        for c, name in enumerate(("a", "b")):
+            (root / "data" / split / name).mkdir(parents=True)
+            for i in range(PER_CLASS):
+                img = (rng.random((32, 32, 3)) * (0.5 + 0.5 * c) * 255).astype(np.uint8)
+                Image.fromarray(img).save(root / "data" / split / name / f"{i}.png")
+                if split == "train":
+                    train.append(img / 255.0)
+    fns, params = tiny_model
+    logits = np.asarray(fns.apply(params, fns.normalize(np.asarray(train, np.float32))))
+    # Shift the last bias so the random model splits the references between the classes.
+    params = jax.tree.map(lambda a: a, params)
+    shift = np.median(logits[:, 0] - logits[:, 1])
+    params["params"]["fc_2"]["bias"] = params["params"]["fc_2"]["bias"].at[1].add(shift)
+    save_checkpoint(root / "ckpt", params, tiny_config)
+    return root, ["--data", str(root / "data"), "--checkpoint", str(root / "ckpt")] + COMMON
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------- helpers against loops
+
+def slow_input_first(inputs, candidates, valid, k):
+    lists, used = np.zeros((len(inputs), k), int), np.zeros((len(inputs), k), bool)
+    for v, x in enumerate(inputs):
+        row = [x] + [c for c, ok in zip(candidates[v], valid[v]) if ok and c != x]
+        row = row[:k]
+        lists[v, :len(row)] = row
+        used[v, :len(row)] = True
+    return lists, used
+
+
+@settings(max_examples=80, deadline=None)
+@given(v=st.integers(1, 5), n=st.integers(1, 12), k=st.integers(1, 14), seed=st.integers(0, 2**31 - 1))
+def test_input_first_matches_loop(v, n, k, seed):
+    rng = np.random.default_rng(seed)
+    inputs = rng.integers(0, n, v)
+    m = int(rng.integers(1, n + 1))
+    candidates = np.stack([rng.permutation(n)[:m] for _ in range(v)])
+    valid = rng.random((v, m)) < 0.7
+    lists, used = figure4.input_first(inputs, candidates, valid, k)
+    want_lists, want_used = slow_input_first(inputs, candidates, valid, k)
+    assert lists.shape == used.shape == (v, k)
+    np.testing.assert_array_equal(used, want_used)
+    np.testing.assert_array_equal(np.where(used, lists, -1), np.where(want_used, want_lists, -1))
+
+
+@settings(max_examples=80, deadline=None)
+@given(v=st.integers(1, 6), kmax=st.integers(1, 9), seed=st.integers(0, 2**31 - 1))
+def test_curves_over_k_matches_loop(v, kmax, seed):
+    rng = np.random.default_rng(seed)
+    drop = rng.random((v, kmax))
+    increase = rng.random((v, kmax)) < 0.5
+    counts = rng.integers(1, kmax + 1, v)
+    used = np.arange(kmax)[None] < counts[:, None]
+    ks = sorted(set(rng.integers(1, kmax + 1, 3).tolist()))
+    got = figure4.curves_over_k(drop, increase, used, ks)
+    for i, k in enumerate(ks):
+        ads, ais, sizes = [], [], []
+        for row in range(v):
+            s = [r for r in range(k) if used[row, r]]
+            ads.append(np.mean([drop[row, r] for r in s]))
+            ais.append(np.mean([increase[row, r] for r in s]))
+            sizes.append(len(s))
+        assert got["mAD"][i] == pytest.approx(100 * np.mean(ads))
+        assert got["mAI"][i] == pytest.approx(100 * np.mean(ais))
+        assert got["images_used"][i] == pytest.approx(np.mean(sizes))
+
+
+def test_drop_and_increase_follow_eqs_7_and_8():
+    y = np.array([0.8, 0.5, 0.0, 0.4])
+    y_masked = np.array([0.2, 0.9, 0.3, 0.4])
+    drop, inc = figure4.drop_and_increase(y, y_masked)
+    np.testing.assert_allclose(drop, [0.75, 0.0, 0.0, 0.0])
+    assert inc.tolist() == [False, True, True, False]
+
+
+def test_masked_class_scores_match_a_direct_computation(tiny_model):
+    fns, params = tiny_model
+    rng = np.random.default_rng(5)
+    raw = rng.random((5, 32, 32, 3)).astype(np.float32)
+    # Coarse values create ties at the 20 % cut; one constant map ties everywhere.
+    maps = (rng.integers(0, 6, (5, 32, 32)) / 5.0).astype(np.float32)
+    maps[2] = 0.5
+    classes = np.array([0, 1, 1, 0, 1])
+    y_masked, tied, flat = figure4.masked_class_scores(fns, params, raw, maps, classes, batch_size=2)
+    keep = round(0.2 * 32 * 32)
+    for b in range(5):
+        flat_map = maps[b].reshape(-1)
+        tie_key = (np.arange(flat_map.size, dtype=np.uint64) * 2654435761) % 2**32
+        order = np.lexsort((tie_key, -flat_map))  # by value, ties in the fixed pixel order
+        mask = np.zeros(flat_map.size, bool)
+        mask[order[:keep]] = True
+        masked = raw[b] * mask.reshape(32, 32, 1)
+        probs = np.asarray(jax.nn.softmax(fns.apply(params, fns.normalize(masked[None]))))[0]
+        assert y_masked[b] == pytest.approx(probs[classes[b]], abs=1e-5)
+        threshold = flat_map[order[keep - 1]]
+        assert tied[b] == np.sum((flat_map == threshold) & ~mask)
+        assert flat[b] == (b == 2)
+    with pytest.raises(ValueError, match="classes"):
+        figure4.masked_class_scores(fns, params, raw, maps, classes[:2])
+
+
+# ---------------------------------------------------------------- scripts end to end
+
+def test_interpret_writes_figures_and_summary(tiny_setup, capsys):
+    root, base = tiny_setup
+    out = root / "interp"
+    result = interpret.main(base + ["--out", str(out), "--num-inputs", "2", "--top-k", "3"])
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["inputs"] == json.loads(json.dumps(result["inputs"]))
+    test = load_dataset(str(root / "data"), "test", image_size=32)
+    labels = [test.labels[r["test_index"]] for r in saved["inputs"]]
+    assert sorted(labels) == [0, 1]  # alternating between classes
+    for r in saved["inputs"]:
+        assert (out / r["figure"]).is_file() and r["figure"] == f"input_{r['test_index']}.png"
+        assert r["file"] == test.ids[r["test_index"]]
+        assert 0.5 <= r["probability"] <= 1.0  # the predicted class's probability (2 classes)
+        assert 0 <= r["num_boundaries"] <= 4
+        assert r["num_covered"] == r["num_covered_same_class"] + r["num_covered_other_class"]
+        assert r["num_covered_other_class"] <= r["delta"] or not r["reached"]
+        assert len(r["similar"]) == min(3, r["num_covered"])
+        dists = [s["distance"] for s in r["similar"]]
+        assert dists == sorted(dists) and all(np.isfinite(dists))
+        if r["num_covered_other_class"] == 0:
+            assert all(s["predicted_class"] == r["predicted_class"] for s in r["similar"])
+    rows = read_csv(out / "summary.csv")
+    assert [int(row["test_index"]) for row in rows] == [r["test_index"] for r in saved["inputs"]]
+    md = (out / "summary.md").read_text()
+    assert md in capsys.readouterr().out
+    assert all(Path(r["file"]).name in md for r in saved["inputs"])
+    assert not hasattr(interpret.parse_args(["--out", "x"]), "unseen")  # inputs come from --inputs
+
+    chosen = interpret.main(base + ["--out", str(out), "--resume", "--inputs", "3,15"])
+    assert [r["test_index"] for r in chosen["inputs"]] == [3, 15]
+    with pytest.raises(SystemExit, match="outside"):
+        interpret.main(base + ["--out", str(root / "interp3"), "--inputs", "3,99"])
+
+
+def test_figure4_curves_controls_and_k1_cross_check(tiny_setup):
+    root, base = tiny_setup
+    out = root / "fig4"
+    result = figure4.main(base + ["--out", str(out), "--num-inputs", "4", "--ks", "1,3,8,50",
+                                  "--runs", "2", "--block-size", "3"])
+    saved = json.loads((out / "figure4.json").read_text())
+    assert saved["ks"] == [1, 3, 8] and saved["ks_dropped"] == [50]
+    assert saved["methods"].keys() == set(explainers.METHODS)
+    assert saved["controls"].keys() == set(explainers.CONTROLS)
+    for name, block in list(saved["methods"].items()) + list(saved["controls"].items()):
+        for metric in ("mAD", "mAI"):
+            assert all(0 <= v <= 100 for v in block[metric]["mean"])
+            assert len(block[metric]["std"]) == 3 and min(block[metric]["std"]) >= 0
+        used = block["images_used"]
+        assert used[0] == 1.0
+        if name == "RI":
+            assert all(u <= k for u, k in zip(used, [1, 3, 8]))
+        else:
+            assert used == [1.0, 3.0, 8.0]
+    assert len(saved["runs"]) == 2 and len(saved["interpretations"]["RI"]) == 2
+    assert saved["interpretations"]["RI"][0]["interpretations"] == 4
+    for t in saved["ties"].values():
+        assert t["maps"] > 0 and 0 <= t["tied_maps"] <= t["maps"]
+    assert "covered references only" in saved["notes"]["fewer_than_k"]
+    assert len(read_csv(out / "figure4.csv")) == 6 * 3
+    assert (out / "figure4.png").stat().st_size > 0 and "K=8" in (out / "figure4.md").read_text()
+
+    # K = 1 is x alone: Grad-CAM reused at x is Grad-CAM with x's own weights, and both
+    # equal an independent evaluation of the inputs' own maps.
+    for run in saved["runs"]:
+        gc, own = run["curves"]["Grad-CAM"], run["curves"]["Grad-CAM (own weights)"]
+        assert gc["mAD"][0] == pytest.approx(own["mAD"][0]) and gc["mAI"][0] == own["mAI"][0]
+    params, config, _ = load_checkpoint(root / "ckpt")
+    from ri_jax.models.vgg import make_vgg
+    fns = make_vgg(config)
+    refs = load_dataset(str(root / "data"), "train", image_size=32, class_names=config.class_names)
+    inputs = sample_count(len(refs), 4, seed=0)
+    raw = refs.raw(inputs)
+    psi = np.asarray(fns.features(params, fns.normalize(raw)))
+    preds = np.asarray(fns.head(params, psi)).argmax(axis=1)
+    interps = explainers.cam_interpretations("Grad-CAM", fns, params, raw, psi, preds)
+    maps = explainers.interpretation_heatmaps(interps, np.arange(4), psi, 32)
+    ev = explainers.evaluate_heatmaps(fns, params, raw, maps)
+    first = saved["runs"][0]["curves"]["Grad-CAM"]
+    assert first["mAD"][0] == pytest.approx(ev.ad, abs=1e-3)
+    assert first["mAI"][0] == pytest.approx(ev.ai)
+    assert result["ks"] == saved["ks"]
+
+
+def test_case_studies_blocks_scores_and_layout(tiny_setup):
+    root, base = tiny_setup
+    out = root / "cases"
+    result = case_studies.main(base + ["--out", str(out), "--num-inputs", "2", "--top-k", "3",
+                                       "--with-controls", "--layout", "paper"])
+    saved = json.loads((out / "case_studies.json").read_text())
+    assert saved["inputs"] == json.loads(json.dumps(result["inputs"]))
+    methods = set(explainers.METHODS) | set(explainers.CONTROLS)
+    assert saved["mean_masked_scores"].keys() == methods
+    for rec in saved["inputs"]:
+        assert (out / rec["figure"]).is_file()
+        assert rec["blocks"].keys() == set(case_studies.BLOCKS)
+        ri_block, eu_block = (rec["blocks"][b] for b in case_studies.BLOCKS)
+        assert len(eu_block) == 4 and 1 <= len(ri_block) <= 4
+        assert len(ri_block) == 1 + min(3, rec["ri"]["num_covered"])
+        for block in (ri_block, eu_block):
+            first = block[0]
+            assert first["reference_index"] is None and first["file"] == rec["file"]
+            assert first["score"] == pytest.approx(rec["probability"], abs=1e-5)
+            dists = [e["distance"] for e in block]
+            assert dists == sorted(dists)
+            for e in block:
+                assert e["masked_scores"].keys() == methods
+                assert all(0 <= s <= 1 for s in e["masked_scores"].values())
+        # x's own weights and the reused weights coincide on x itself.
+        assert first["masked_scores"]["Grad-CAM"] == pytest.approx(
+            first["masked_scores"]["Grad-CAM (own weights)"], abs=1e-6)
+    rows = read_csv(out / "case_studies.csv")
+    per_input = sum(len(b) for rec in saved["inputs"] for b in rec["blocks"].values())
+    assert len(rows) == per_input * len(methods)
+    assert "similar by RI" in (out / "case_studies.md").read_text()
