@@ -1,0 +1,182 @@
+"""Writes RESULTS.md from the benchmarks' JSON records; no figure is typed by hand.
+
+    python -m benchmarks.report [RESULTS_DIR] [--output benchmarks/RESULTS.md]
+
+RESULTS_DIR (default ``benchmarks/results``) holds the main records
+(``*.json``); each sub-folder (e.g. ``gpu/`` written by ``gpu_suite.sh``, or
+``gpu_dry_run/``) becomes its own section. Folders named ``*dry_run*`` are listed
+without their tables: their sizes are tiny and only check that the suite runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from benchmarks.common import DEFAULT_OUT, describe_machine
+
+ORDER = ["features", "solver", "boundaries", "end_to_end"]
+TITLES = {
+    "features": "Feature extraction throughput",
+    "solver": "Algorithm 1: batched solver vs the NumPy peer, and scaling",
+    "boundaries": "Eq. 2 boundary sampling vs one backward pass per sample",
+    "end_to_end": "End to end: interpreting every reference of the embedded default",
+}
+SOLVER_TARGET = 30.0
+BOUNDARY_TARGET = 10.0
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        return f"{v:.3g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 10_000 else str(v)
+    return "" if v is None else str(v)
+
+
+def table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    if not rows:
+        return "(no rows)\n"
+    columns = list(columns or rows[0].keys())
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    # A "|" inside a cell would split it.
+    lines += ["| " + " | ".join(fmt(r.get(c)).replace("|", "\\|") for c in columns) + " |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def load_records(folder: Path) -> list[dict]:
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return sorted(records, key=lambda r: rank.get(r["benchmark"], len(ORDER)))
+
+
+def provenance(rec: dict) -> str:
+    return (f"- command: `{rec['command']}`\n- date: {rec['date']}\n"
+            f"- machine: {describe_machine(rec['machine'])}\n"
+            f"- load average (1/5/15 min) before: {rec['load_before']}, after: "
+            f"{rec.get('load_after')}\n")
+
+
+def render(rec: dict) -> str:
+    out = [provenance(rec)]
+    name = rec["benchmark"]
+    if name == "solver":
+        comp = rec["comparison"]
+        out.append(f"\nComparison at |Q| = {comp['Q']}, |R| = {comp['R']}, batch = "
+                   f"{comp['batch']} (greedy steps: mean {fmt(comp['iterations_mean'])}, max "
+                   f"{comp['iterations_max']}; identical selections: "
+                   f"{fmt(comp['identical_selections'])}):\n\n")
+        out.append(table(comp["rows"]))
+        if rec.get("chunk_sweep"):
+            out.append("\nInputs solved together per device (`sharded_solve_batch`, "
+                       "`chunk_size`), same problem:\n\n" + table(rec["chunk_sweep"]))
+        if rec.get("rows"):
+            out.append("\nScaling (seconds; memory in MiB):\n\n" + table(rec["rows"]))
+        for solver, e in rec.get("exponents", {}).items():
+            fitted = " · ".join(f"{a}^{v:.2f}" for a, v in e.items())
+            out.append(f"\nFitted growth of `{solver}` over batch ≥ 100: time ∝ {fitted} "
+                       "(bound: Q^2 · R · batch, i.e. at most Q greedy steps of Q · ⌈R/32⌉ "
+                       "words each).\n")
+    elif name == "end_to_end":
+        out.append(f"\n{rec['images']} images: {fmt(rec['images_per_s']['first_run'])} images/s "
+                   f"(first run, with compilation), {fmt(rec['images_per_s']['second_run'])} "
+                   "images/s (second run).\n\n")
+        out.append(table(rec["rows"]))
+    else:
+        out.append("\n" + table(rec["rows"]))
+    if rec.get("notes"):
+        out.append("\nNotes:\n\n" + "".join(f"- {n}\n" for n in rec["notes"]))
+    return "".join(out)
+
+
+def targets(records: Sequence[dict]) -> str:
+    """The issue's targets, each checked against the figures of the records."""
+    rows = []
+    for rec in records:
+        where = f"{rec['benchmark']} ({rec['machine']['backend']}, {rec['date']})"
+        if rec["benchmark"] == "solver":
+            comp = rec["comparison"]
+            for r in comp["rows"][:-1]:
+                rows.append({"target": f"solver ≥ {SOLVER_TARGET:g}× peer at Q={comp['Q']}, "
+                                       f"R={comp['R']}, batch={comp['batch']}",
+                             "method": r["solver"],
+                             "measured": f"{r['speedup_wall']:.1f}× wall, "
+                                         f"{r['speedup_cpu']:.1f}× CPU",
+                             "met": r["speedup_wall"] >= SOLVER_TARGET,
+                             "record": where})
+        elif rec["benchmark"] == "boundaries":
+            largest = max(r["Q"] for r in rec["rows"])
+            for r in rec["rows"]:
+                if r["Q"] == largest and not r["method"].startswith("peer"):
+                    rows.append({"target": f"boundaries ≥ {BOUNDARY_TARGET:g}× peer throughput "
+                                           f"(Q = {largest})",
+                                 "method": r["method"], "measured": f"{r['vs_peer']:.2f}×",
+                                 "met": r["vs_peer"] >= BOUNDARY_TARGET, "record": where})
+        elif rec["benchmark"] == "end_to_end":
+            stages = [r for r in rec["rows"] if "first_run_s" in r and r["stage"] != "total"]
+            slowest = max(stages, key=lambda r: r["second_run_s"])
+            rows.append({"target": "end-to-end images/s (second run), slowest stage",
+                         "method": f"{rec['images']} images",
+                         "measured": f"{rec['images_per_s']['second_run']:.1f} images/s; "
+                                     f"slowest: {slowest['stage']} "
+                                     f"({100 * slowest['second_run_share']:.0f} %)",
+                         "met": None, "record": where})
+    for r in rows:  # the targets are wall-clock ratios; CPU ratios are shown beside them
+        r["met (wall)"] = r.pop("met")
+    return table(rows, ["target", "method", "measured", "met (wall)", "record"])
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", nargs="?", default=str(DEFAULT_OUT), help="folder of JSON records")
+    p.add_argument("--output", default=str(Path(__file__).parent / "RESULTS.md"))
+    args = p.parse_args(argv)
+    folder = Path(args.results)
+    main_records = load_records(folder)
+    sections = [(sub.name, load_records(sub)) for sub in sorted(folder.iterdir()) if sub.is_dir()]
+    try:
+        shown = folder.resolve().relative_to(Path.cwd())
+    except ValueError:
+        shown = folder
+    parts = ["# Benchmark results\n\n",
+             f"Generated by `python -m benchmarks.report {shown}` from the JSON records "
+             "the benchmarks wrote; every figure below comes from a run, with the command, "
+             "date, machine and load that produced it. Rerun the benchmarks and this script "
+             "instead of editing this file.\n\n"]
+    measured = main_records + [r for name, recs in sections if "dry_run" not in name
+                               for r in recs]
+    if not any(r["machine"]["backend"] in ("gpu", "tpu") for r in measured):
+        parts.append("**GPU:** no GPU was available in the session that produced these "
+                     "results, so `benchmarks/gpu_suite.sh` (paper scale: VGG-19 width 1 at "
+                     "224 px, |R| = 5,000, |Q| = 50, 1,000 inputs) has not run on one yet. It "
+                     "is ready; its CPU-side logic is exercised with `--dry-run` (records at "
+                     "the end when present). On a GPU machine run "
+                     "`benchmarks/gpu_suite.sh benchmarks/results/gpu`, then this script.\n\n")
+    parts.append("## Targets\n\n" + targets(main_records) + "\n")
+    for rec in main_records:
+        parts.append(f"## {TITLES.get(rec['benchmark'], rec['benchmark'])}\n\n{render(rec)}\n")
+    for name, recs in sections:
+        parts.append(f"## Folder `{name}`\n\n")
+        if "dry_run" in name:
+            parts.append("Tiny sizes that only check the suite runs end to end; not "
+                         "performance figures.\n\n")
+            parts += [f"### {rec['benchmark']}\n\n{provenance(rec)}\n" for rec in recs]
+            continue
+        if recs:
+            parts.append("### Targets\n\n" + targets(recs) + "\n")
+        for rec in recs:
+            parts.append(f"### {TITLES.get(rec['benchmark'], rec['benchmark'])}\n\n"
+                         f"{render(rec)}\n")
+    Path(args.output).write_text("".join(parts).rstrip() + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

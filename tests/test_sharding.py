@@ -1,0 +1,166 @@
+"""Sharded stages (ri_jax.sharding) give exactly the one-device results.
+
+The multi-device checks run in a subprocess with 4 forced host devices, since
+XLA_FLAGS must be set before JAX initialises; the rest runs on this process's
+single CPU device.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ri_jax import sharding
+from ri_jax.boundaries import Boundaries, sides_packed
+from ri_jax.models.vgg import make_vgg
+from ri_jax.solver import pack_bits, solve_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MULTI_DEVICE_SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np
+    from ri_jax import sharding
+    from ri_jax.boundaries import Boundaries, sides, sides_packed
+    from ri_jax.models.vgg import ModelConfig, make_vgg
+    from ri_jax.solver import pack_bits, solve_batch
+
+    assert jax.device_count() == 4, jax.devices()
+    mesh = sharding.make_mesh()
+    one = sharding.make_mesh(jax.devices()[:1])
+    rng = np.random.default_rng(0)
+
+    # shard_batch: padded to a multiple of 4, one equal shard per device, data kept.
+    x = rng.normal(size=(10, 3)).astype(np.float32)
+    placed = sharding.shard_batch(x, mesh)
+    assert placed.shape == (12, 3) and len(placed.addressable_shards) == 4
+    assert {s.data.shape for s in placed.addressable_shards} == {(3, 3)}
+    np.testing.assert_array_equal(np.asarray(placed)[:10], x)
+    assert not np.asarray(placed)[10:].any()
+
+    # Features: 4 devices == 1 device at the same per-device batch, ≈ the plain forward.
+    config = ModelConfig(arch="vgg11", width=1 / 16, image_size=32, num_classes=2)
+    fns = make_vgg(config)
+    shapes = jax.eval_shape(fns.init, jax.random.key(0))
+    params = jax.tree.map(lambda s: (rng.normal(size=s.shape) * np.sqrt(
+        2 / max(1, int(np.prod(s.shape[:-1]))))).astype(np.float32) if len(s.shape) > 1
+        else np.zeros(s.shape, np.float32), shapes)
+    raw = rng.random((7, 32, 32, 3)).astype(np.float32)
+    four = sharding.sharded_features(fns, params, raw, mesh, batch_size=2)
+    single = sharding.sharded_features(fns, params, raw, one, batch_size=2)
+    np.testing.assert_array_equal(four.psi, single.psi)
+    np.testing.assert_array_equal(four.logits, single.logits)
+    psi = jax.jit(lambda p, r: fns.features(p, fns.normalize(r)))(params, raw)
+    np.testing.assert_allclose(four.psi, np.asarray(psi), rtol=1e-5, atol=1e-5)
+    assert four.psi.shape == (7, 2, 2, 32) and np.abs(four.psi).max() > 0
+
+    # Sides: N = 70 is not a multiple of 4 · 32, so shares and words are padded.
+    bounds = Boundaries(w=jnp.asarray(rng.normal(size=(5, 2, 2, 32)), jnp.float32),
+                        b=jnp.asarray(rng.normal(size=5), jnp.float32))
+    feats = np.maximum(rng.normal(size=(70, 2, 2, 32)), 0).astype(np.float32)
+    np.testing.assert_array_equal(sharding.sharded_sides(bounds, feats, mesh),
+                                  np.asarray(sides(bounds, feats)))
+    words = sharding.sharded_sides_packed(bounds, feats, mesh)
+    np.testing.assert_array_equal(words, np.asarray(sides_packed(bounds, feats)))
+
+    # Solve: B = 7 inputs over 4 devices, with each input's tau and with given bounds.
+    x_sides = rng.random((7, 5)) < 0.5
+    preds = rng.integers(0, 2, 70)
+    x_preds = rng.integers(0, 2, 7)
+    positive = np.asarray(pack_bits(jnp.asarray(preds[None] == x_preds[:, None])))
+    bounds_given = rng.integers(0, 5, 7).astype(np.int32)
+    for delta, chunk in ((None, "auto"), (bounds_given, None), (None, 3)):
+        ours = sharding.sharded_solve_batch(words, 70, x_sides, positive, delta, mesh=mesh,
+                                            chunk_size=chunk)
+        ref = solve_batch(jnp.asarray(words), 70, jnp.asarray(x_sides), jnp.asarray(positive),
+                          None if delta is None else jnp.asarray(delta))
+        for name, a, b in zip(ref._fields, ours, ref):
+            np.testing.assert_array_equal(a, np.asarray(b), err_msg=name)
+        assert ours.num_selected.max() > 0
+    print("OK")
+""")
+
+
+def test_four_devices_match_one_device():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-4000:]
+
+
+def test_shard_batch_pads_to_the_device_count():
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    x = np.arange(6, dtype=np.int32).reshape(3, 2)
+    placed = sharding.shard_batch(x, mesh, size=5)
+    assert placed.shape == (5, 2)
+    np.testing.assert_array_equal(np.asarray(placed), np.pad(x, ((0, 2), (0, 0))))
+    assert sharding.padded_size(33, mesh, granule=32) == 64
+    assert sharding.padded_size(64, mesh, granule=32) == 64
+
+
+def test_bad_arguments_raise_value_errors(tiny_config):
+    mesh = sharding.make_mesh()
+    with pytest.raises(ValueError, match="devices"):
+        sharding.make_mesh([])
+    with pytest.raises(ValueError, match="mesh"):
+        sharding.shard_batch(np.zeros(3), "not a mesh")
+    with pytest.raises(ValueError, match="size"):
+        sharding.shard_batch(np.zeros(3), mesh, size=2)
+    with pytest.raises(ValueError, match="x"):
+        sharding.shard_batch(np.float32(1), mesh)
+    words = np.zeros((2, 1), np.uint32)
+    with pytest.raises(ValueError, match="side_words"):
+        sharding.sharded_solve_batch(words.astype(np.int32), 5, np.zeros((1, 2), bool),
+                                     np.zeros((1, 1), np.uint32), mesh=mesh)
+    with pytest.raises(ValueError, match="num_refs"):
+        sharding.sharded_solve_batch(words, 33, np.zeros((1, 2), bool),
+                                     np.zeros((1, 1), np.uint32), mesh=mesh)
+    with pytest.raises(ValueError, match="x_sides"):
+        sharding.sharded_solve_batch(words, 5, np.zeros((1, 3), bool),
+                                     np.zeros((1, 1), np.uint32), mesh=mesh)
+    with pytest.raises(ValueError, match="positive_words"):
+        sharding.sharded_solve_batch(words, 5, np.zeros((1, 2), bool),
+                                     np.zeros((2, 1), np.uint32), mesh=mesh)
+    with pytest.raises(ValueError, match="delta"):
+        sharding.sharded_solve_batch(words, 5, np.zeros((1, 2), bool),
+                                     np.zeros((1, 1), np.uint32), np.array([-1]), mesh=mesh)
+    with pytest.raises(ValueError, match="chunk_size"):
+        sharding.sharded_solve_batch(words, 5, np.zeros((1, 2), bool),
+                                     np.zeros((1, 1), np.uint32), mesh=mesh, chunk_size=0)
+    bounds = Boundaries(w=jnp.zeros((2, 3)), b=jnp.zeros(2))
+    with pytest.raises(ValueError, match="feats"):
+        sharding.sharded_sides(bounds, np.zeros((4, 5), np.float32), mesh)
+    with pytest.raises(ValueError, match="feats"):
+        sharding.sharded_sides_packed(bounds, np.full((4, 3), np.nan, np.float32), mesh)
+    with pytest.raises(ValueError, match="fns"):
+        sharding.sharded_features(None, {}, np.zeros((1, 32, 32, 3)), mesh)
+    with pytest.raises(ValueError, match="raw_images"):
+        sharding.sharded_features(make_vgg(tiny_config), {}, np.zeros((1, 32, 32)), mesh)
+
+
+@settings(max_examples=12, deadline=None)
+@given(n=st.sampled_from([1, 33, 70]), chunk=st.sampled_from([None, 2, "auto"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_one_device_sides_and_solve_match_unsharded(n, chunk, seed):
+    q = 4
+    rng = np.random.default_rng(seed)
+    mesh = sharding.make_mesh()
+    bounds = Boundaries(w=jnp.asarray(rng.normal(size=(q, 6)), jnp.float32),
+                        b=jnp.asarray(rng.normal(size=q), jnp.float32))
+    feats = rng.normal(size=(n, 6)).astype(np.float32)
+    words = sharding.sharded_sides_packed(bounds, feats, mesh)
+    np.testing.assert_array_equal(words, np.asarray(sides_packed(bounds, feats)))
+    x_sides = rng.random((3, q)) < 0.5
+    positive = np.asarray(pack_bits(jnp.asarray(rng.random((3, n)) < 0.5)))
+    ours = sharding.sharded_solve_batch(words, n, x_sides, positive, mesh=mesh, chunk_size=chunk)
+    ref = solve_batch(jnp.asarray(words), n, jnp.asarray(x_sides), jnp.asarray(positive))
+    for name, a, b in zip(ref._fields, ours, ref):
+        np.testing.assert_array_equal(a, np.asarray(b), err_msg=name)
