@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ri_jax.boundaries import sample_boundaries, sample_indices, sides
+from ri_jax.checkpoint import json_default
 from ri_jax.solver import pack_bits
 
 DEFAULT_OUT = Path(__file__).parent / "results"
@@ -123,17 +124,9 @@ def finish(rec: dict[str, Any], out_dir: str | Path, name: str | None = None) ->
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name or rec['benchmark']}.json"
-    path.write_text(json.dumps(rec, indent=2, default=_json_default) + "\n")
+    path.write_text(json.dumps(rec, indent=2, default=json_default) + "\n")
     print(f"wrote {path}")
     return path
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer, np.floating, np.bool_)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:

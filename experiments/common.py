@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import platform
 import sys
@@ -24,7 +23,7 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from ri_jax.checkpoint import load_checkpoint
+from ri_jax.checkpoint import json_default, load_checkpoint
 from ri_jax.data import ImageSet, load_dataset, sample_count, sample_per_class
 from ri_jax.featurize import Features, compute_features
 from ri_jax.models.vgg import ModelConfig, ModelFns, make_vgg
@@ -122,7 +121,7 @@ def describe_run(args: argparse.Namespace, **extra: Any) -> dict:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2, default=_json_default))
+    path.write_text(json.dumps(payload, indent=2, default=json_default))
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
@@ -141,15 +140,3 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(x) for x in r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer, np.floating, np.bool_)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if dataclasses.is_dataclass(o):
-        return dataclasses.asdict(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -303,7 +303,7 @@ def main(argv=None) -> dict:
         for m in methods + controls for i, k in enumerate(ks)])
     header = ["method"] + [f"K={k}" for k in ks]
     fmt = lambda s, i: f"{s['mean'][i]:.2f} ± {s['std'][i]:.2f}"
-    text = [f"# Figure 4: representativeness on reference images",
+    text = ["# Figure 4: representativeness on reference images",
             "", f"{runs[0]['num_inputs']} inputs from {n_refs} references, {args.runs} run(s), "
             f"|Q| = {args.num_boundaries}, seed {args.seed}. Percent, mean ± std over runs. "
             "Controls are marked with *.", ""]

@@ -31,7 +31,7 @@ def save_checkpoint(path: str | Path, params: Any, model_config: ModelConfig,
     params = jax.device_get(params)
     (path / PARAMS_FILE).write_bytes(flax.serialization.to_bytes(params))
     meta = {"model": dataclasses.asdict(model_config), **(extra or {})}
-    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2, default=_json_default))
+    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2, default=json_default))
     return path
 
 
@@ -65,8 +65,9 @@ def load_checkpoint(path: str | Path | None = None) -> tuple[Any, ModelConfig, d
     return params, model_config, meta
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer, np.floating)):
+def json_default(o: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy scalars/arrays, dataclasses and paths."""
+    if isinstance(o, (np.integer, np.floating, np.bool_)):
         return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()
