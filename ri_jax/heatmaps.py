@@ -21,9 +21,20 @@ def normalize_map(m: Array) -> Array:
     return jnp.where(span > 0, (m - lo) / jnp.where(span > 0, span, 1.0), jnp.zeros_like(m))
 
 
+def _interpolation_matrix(n: int, image_size: int) -> Array:
+    """[image_size, n]: ``jax.image.resize``'s bilinear weights along one axis."""
+    return jax.image.resize(jnp.eye(n, dtype=jnp.float32), (image_size, n), method="bilinear")
+
+
 def upsample(m: Array, image_size: int) -> Array:
-    """Bilinear upsampling of a [h, w] map to [image_size, image_size]."""
-    return jax.image.resize(m, (image_size, image_size), method="bilinear")
+    """Bilinear upsampling of a [h, w] map to [image_size, image_size].
+
+    The same result as ``jax.image.resize(m, (S, S), "bilinear")`` (which is separable and
+    linear), written as two small matrix products: about twice as fast for many maps.
+    """
+    rows = _interpolation_matrix(m.shape[0], image_size)
+    cols = _interpolation_matrix(m.shape[1], image_size)
+    return jnp.einsum("sh,hw,tw->st", rows, m, cols, precision=jax.lax.Precision.HIGHEST)
 
 
 def cam(alpha: Array, psi: Array, image_size: int) -> Array:

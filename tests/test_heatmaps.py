@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -106,3 +107,10 @@ def test_point_on_the_boundary_is_oriented_like_its_side_bit():
     w = jnp.asarray(np.arange(12, dtype=np.float32).reshape(1, 2, 2, 3))
     alphas = ri_channel_weights(w, jnp.zeros(1), jnp.zeros((2, 2, 3)))
     np.testing.assert_allclose(alphas[0], -w[0].mean(axis=(0, 1)))
+
+
+@pytest.mark.parametrize("shape,size", [((6, 6), 96), ((2, 3), 32), ((14, 14), 224), ((1, 1), 8)])
+def test_upsample_equals_jax_image_resize(shape, size):
+    m = jax.random.normal(jax.random.key(sum(shape)), shape)
+    expected = jax.image.resize(m, (size, size), method="bilinear")
+    np.testing.assert_allclose(upsample(m, size), expected, rtol=1e-5, atol=1e-6)
