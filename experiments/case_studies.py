@@ -20,7 +20,12 @@ Written into ``--out``: ``case_<i>.png`` per input (i = test index), and
 ``case_studies.json`` / ``.csv`` / ``.md`` with every score, the neighbours (files
 and distances) and RI's polytope (|P(x)|, references covered, δ). ``--with-controls``
 adds the rows "Random" (uniformly random 20 % of pixels) and "Grad-CAM (own weights)"
-(Grad-CAM computed at each image itself).
+(Grad-CAM computed at each image itself). ``--ace`` adds an ACE row (slow; the ``--ace-*``
+settings as in ``table1.py``): ACE discovers concepts on x and its 49 nearest references
+in Ω (``--ace-max-images`` sets the set's size, x included; 0 = 50), explaining x's
+predicted class, and on every image keeps the segments of its significant concepts, in
+order of importance, until more than 20 % of the pixels are kept; its "heat map" is
+that keep mask (1 kept, 0 black), its score the probability of c on the kept pixels.
 
 Choices the paper leaves open: the score class is x's predicted class for every
 image (as the paper's Figures 2–3 score one class throughout); a polytope covering
@@ -36,11 +41,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from common import (add_common_args, describe_run, load_setup, markdown_table, prepare_output,
+from common import (ace_config, ace_random_images, add_ace_args, add_common_args, check_ace_args,
+                    describe_run, load_setup, markdown_table, prepare_output,
                     write_csv, write_json)
-from figure4 import masked_class_scores
+from figure4 import ACE_DISCOVERY_IMAGES, masked_class_scores
 from interpret import choose_inputs, parse_indices
 from ri_jax import explainers
+from ri_jax.baselines.ace import ACECache
 from ri_jax.data import load_dataset
 from ri_jax.featurize import compute_features
 from ri_jax.plots import CaseBlock, case_study_figure
@@ -61,7 +68,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "baselines under the Euclidean neighbours (Figure 2)")
     p.add_argument("--with-controls", action="store_true",
                    help="add the Random and Grad-CAM (own weights) rows")
+    add_ace_args(p, max_images_help=f"ACE discovery set size: x and its nearest references "
+                                    f"(0 = {ACE_DISCOVERY_IMAGES})")
     args = p.parse_args(argv)
+    check_ace_args(p, args)
     for name in ("num_inputs", "top_k", "num_boundaries"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
@@ -142,9 +152,27 @@ def main(argv=None) -> dict:
             own, np.arange(len(owner)), t_psi, size)
     masked = {m: masked_class_scores(fns, params, t_raw, maps[m], score_class,
                                      batch_size=args.batch_size)[0] for m in maps}
+    ace_report = None
+    if args.ace:
+        # Discovery set: x and its nearest references in Ω (the Euclidean block's ranking).
+        n_near = min((args.ace_max_images or ACE_DISCOVERY_IMAGES) - 1, len(refs))
+        near = (explainers.euclidean_neighbours(in_feats.psi, psi, n_near) if n_near
+                else np.zeros((len(chosen), 0), int))
+        cache = ACECache()
+        k_discover, k_random = jax.random.split(jax.random.fold_in(jax.random.key(args.seed), 2))
+        results = explainers.ace_interpretations(
+            fns, params, [np.concatenate([in_raw[b:b + 1], refs.raw(near[b])]) for b in
+                          range(len(chosen))], in_pred, ace_config(args), key=k_discover,
+            cache=cache, random_images=ace_random_images(refs, args, k_random), progress=progress)
+        found = explainers.ace_masks(results, owner, t_raw, fns, params, cache=cache)
+        maps[explainers.ACE] = found.masks.astype(np.float32)
+        probs = explainers.masked_probabilities(fns, params, t_raw, found.masks,
+                                                batch_size=args.batch_size)
+        masked[explainers.ACE] = probs[np.arange(len(owner)), score_class]
+        ace_report = {**explainers.ace_summary(results, found), "discovery_images": 1 + n_near}
 
     def shown(method: str, block: str) -> bool:
-        if args.layout == "full" or method not in explainers.METHODS:
+        if args.layout == "full" or method not in explainers.METHODS + (explainers.ACE,):
             return True
         return (method == "RI") == (block == BLOCKS[0])
 
@@ -198,9 +226,16 @@ def main(argv=None) -> dict:
                "notes": {"score": "softmax probability of the input's predicted class c",
                          "masked_score": "the same on the image keeping the top 20 % pixels of the "
                                          "map (rest black); ties: " + explainers.TIE_RULE,
-                         "layout": args.layout},
+                         "layout": args.layout,
+                         **({"ace": "ACE's map is its keep mask (whole segments of its significant "
+                                    "concepts, in order of importance, until more than 20 % of "
+                                    "the pixels are kept); discovery set: the input and its "
+                                    f"{ace_report['discovery_images'] - 1} nearest references "
+                                    "in Ω"} if args.ace else {})},
+               **({"ace": ace_report} if args.ace else {}),
                "config": describe_run(args, num_references=len(refs), top_k=k,
-                                      inputs_used=[int(i) for i in chosen])}
+                                      inputs_used=[int(i) for i in chosen],
+                                      ace_config=ace_config(args) if args.ace else None)}
     write_json(out / "case_studies.json", payload)
     write_csv(out / "case_studies.csv", rows)
     fmt = lambda v: "–" if v is None else f"{v:.3f}"

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import numpy as np
 
+from ri_jax.baselines.ace import ACEConfig
 from ri_jax.checkpoint import json_default, load_checkpoint
 from ri_jax.data import ImageSet, load_dataset, sample_count, sample_per_class
 from ri_jax.featurize import Features, compute_features
@@ -52,6 +53,47 @@ def add_common_args(p: argparse.ArgumentParser, *, runs: int | None = None,
     p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
+
+
+def add_ace_args(p: argparse.ArgumentParser, *, max_images_help: str) -> argparse.ArgumentParser:
+    """Adds ``--ace`` and the ``--ace-*`` settings shared by Table 1, Figure 4 and the case studies."""
+    p.add_argument("--ace", action="store_true", help="add ACE (slow: segments every image)")
+    p.add_argument("--ace-segments", default="15,50,80",
+                   help="ACE's SLIC segment counts, comma-separated")
+    p.add_argument("--ace-max-images", type=int, default=0, help=max_images_help)
+    p.add_argument("--ace-min-members", type=int, default=ACEConfig.min_members,
+                   help="patches a cluster needs to become an ACE concept")
+    p.add_argument("--ace-repeats", type=int, default=ACEConfig.repeats,
+                   help="TCAV random counterparts per ACE concept")
+    p.add_argument("--ace-random-images", type=int, default=50,
+                   help="references (any class, seeded) whose patches form TCAV's random sets")
+    return p
+
+
+def check_ace_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Rejects bad ``--ace-*`` values (``p.error``)."""
+    if args.ace_max_images < 0:
+        p.error(f"--ace-max-images: must be >= 0, got {args.ace_max_images}")
+    if args.ace_random_images < 1:
+        p.error(f"--ace-random-images: must be >= 1, got {args.ace_random_images}")
+
+
+def ace_config(args: argparse.Namespace) -> ACEConfig:
+    """ACE settings from the command line."""
+    try:
+        segments = tuple(int(s) for s in args.ace_segments.split(","))
+        return ACEConfig(n_segments=segments, min_members=args.ace_min_members,
+                         repeats=args.ace_repeats, batch_size=args.batch_size)
+    except ValueError as e:
+        raise SystemExit(f"--ace-*: {e}") from None
+
+
+def ace_random_images(refs: ImageSet, args: argparse.Namespace, key: jax.Array) -> np.ndarray:
+    """Raw images of ``--ace-random-images`` references (any class) drawn with ``key``, whose
+    patches form TCAV's random counterparts."""
+    chosen = np.sort(np.asarray(jax.random.choice(
+        key, len(refs), (min(args.ace_random_images, len(refs)),), replace=False)))
+    return refs.raw(chosen)
 
 
 def prepare_output(out: str | Path, resume: bool) -> Path:

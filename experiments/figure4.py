@@ -12,6 +12,13 @@ inputs, for K in ``--ks`` (default 1, 5, 10, 20, 30, 40, 50).
   the heat map on each is drawn with x's channel weights (Eq. 5).
 * Grad-CAM, Grad-CAM++, Score-CAM: S = the K nearest references to x by Euclidean
   distance in Ω; x's channel weights are reused on each (§6.1).
+* ACE (``--ace``, slow, on only the first ``--ace-inputs`` sampled inputs, default 10):
+  its discovery set is x plus its 49 nearest references in Ω (``--ace-max-images`` sets
+  the set's size, x included; 0 = 50), explaining the class predicted on x; TCAV's
+  random counterparts are patches of ``--ace-random-images`` references drawn per run.
+  S = the same Euclidean neighbours as the CAMs; on each image the segments of ACE's
+  significant concepts are kept in order of importance until more than 20 % of the
+  pixels are (§6.2), the rest black.
 * Controls (``controls`` in the JSON, dashed in the plot; ``--no-controls`` drops
   them): "Random" keeps a uniformly random 20 % of each image's pixels and
   "Grad-CAM (own weights)" computes Grad-CAM at each image itself (no reuse), both
@@ -43,14 +50,17 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from common import (add_common_args, describe_run, load_setup, markdown_table, prepare_output,
+from common import (ace_config, ace_random_images, add_ace_args, add_common_args, check_ace_args,
+                    describe_run, load_setup, markdown_table, prepare_output,
                     write_csv, write_json)
 from ri_jax import explainers
+from ri_jax.baselines.ace import ACECache
 from ri_jax.data import sample_count
 from ri_jax.metrics import KEEP_FRACTION, cut_ties, mask_image, top_fraction_mask
 from ri_jax.plots import k_curves_figure
 
 DEFAULT_KS = (1, 5, 10, 20, 30, 40, 50)
+ACE_DISCOVERY_IMAGES = 50  # x and its 49 nearest references
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,14 +73,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-controls", action="store_true", help="skip the Random and own-weights controls")
     p.add_argument("--block-size", type=int, default=16,
                    help="inputs whose K similar images are evaluated together (memory ~ block·K images)")
+    add_ace_args(p, max_images_help=f"ACE discovery set size: x and its nearest references "
+                                    f"(0 = {ACE_DISCOVERY_IMAGES})")
+    p.add_argument("--ace-inputs", type=int, default=10,
+                   help="ACE is evaluated on only the first N sampled inputs (it is slow)")
     args = p.parse_args(argv)
+    check_ace_args(p, args)
     try:
         args.ks = sorted(set(int(k) for k in args.ks.split(",") if k.strip()))
     except ValueError:
         p.error(f"--ks: expected comma-separated integers, got {args.ks!r}")
     if not args.ks or args.ks[0] < 1:
         p.error(f"--ks: need positive K values, got {args.ks}")
-    for name in ("num_inputs", "num_boundaries", "block_size", "runs"):
+    for name in ("num_inputs", "num_boundaries", "block_size", "runs", "ace_inputs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
     return args
@@ -164,7 +179,48 @@ def curves_over_k(drop: np.ndarray, increase: np.ndarray, used: np.ndarray, ks: 
             "images_used": count[:, cols].mean(axis=0).tolist()}
 
 
-def run_once(setup, refs, args: argparse.Namespace, seed: int, ks: list[int]) -> dict:
+def ace_curves(setup, refs, args: argparse.Namespace, inputs: np.ndarray, lists: np.ndarray,
+               used: np.ndarray, ks: list[int], *, key: jax.Array, cache: ACECache
+               ) -> tuple[dict, dict]:
+    """ACE's curves on the first ``--ace-inputs`` inputs and what its interpretations were.
+
+    Args:
+      setup, refs, args: as for ``run_once``.
+      inputs: int[V] the sampled inputs (reference indices).
+      lists, used: ``input_first`` Euclidean similar-image lists of every input, [V, Kmax].
+      ks: K values.
+      key: this run's ACE key (discovery and the random set).
+      cache: the model's ``ACECache``.
+    """
+    fns, params, feats = setup.fns, setup.params, setup.ref_features
+    psi, preds = feats.psi, feats.predictions
+    n = min(args.ace_inputs, len(inputs))
+    size = min(args.ace_max_images or ACE_DISCOVERY_IMAGES, len(psi))
+    near = explainers.euclidean_neighbours(psi[inputs[:n]], psi, size)
+    sets, set_used = input_first(inputs[:n], near, np.ones_like(near, bool), size)
+    k_discover, k_random = jax.random.split(key)
+    results = explainers.ace_interpretations(
+        fns, params, [refs.raw(row[ok]) for row, ok in zip(sets, set_used)], preds[inputs[:n]],
+        ace_config(args), key=k_discover, cache=cache,
+        random_images=ace_random_images(refs, args, k_random), progress=not args.no_progress)
+    v, r = np.nonzero(used[:n])
+    targets = lists[:n][v, r]
+    raw_t = refs.raw(targets)
+    found = explainers.ace_masks(results, v, raw_t, fns, params, cache=cache)
+    ev = explainers.evaluate_masks(fns, params, raw_t, found.masks, logits=feats.logits[targets],
+                                   batch_size=args.batch_size)
+    drop, inc = np.zeros(used[:n].shape), np.zeros(used[:n].shape, bool)
+    drop[v, r], inc[v, r] = ev.drop, ev.increase
+    report = {**explainers.ace_summary(results, found), "inputs_evaluated": n,
+              "inputs_sampled": len(inputs),
+              "discovery_images": {"mean": float(set_used.sum(1).mean()),
+                                   "min": int(set_used.sum(1).min())},
+              "similar_images": "x, then its nearest references by Euclidean distance in Ω"}
+    return curves_over_k(drop, inc, used[:n], ks), report
+
+
+def run_once(setup, refs, args: argparse.Namespace, seed: int, ks: list[int],
+             ace_cache: ACECache | None = None) -> dict:
     """One repetition: every method's curves, tie counts and interpretation report.
 
     Args:
@@ -173,6 +229,7 @@ def run_once(setup, refs, args: argparse.Namespace, seed: int, ks: list[int]) ->
       args: parsed arguments.
       seed: this run's seed (inputs, Q, random masks).
       ks: K values, increasing, at most the number of references.
+      ace_cache: with ``--ace``, the model's ``ACECache`` (shared across runs).
     """
     fns, params = setup.fns, setup.params
     feats = setup.ref_features
@@ -236,6 +293,10 @@ def run_once(setup, refs, args: argparse.Namespace, seed: int, ks: list[int]) ->
     for m in explainers.CAM_METHODS:
         report[m] = {"interpretations": len(inputs), "channel_weights": f"{m} at each input x",
                      "similar_images": "x, then its nearest references by Euclidean distance in Ω"}
+    if args.ace:
+        curves[explainers.ACE], report[explainers.ACE] = ace_curves(
+            setup, refs, args, inputs, *similar["Euclidean"], ks,
+            key=jax.random.fold_in(key, 2**20), cache=ace_cache)
     return {"seed": seed, "num_inputs": len(inputs), "curves": curves, "ties": ties,
             "interpretations": report}
 
@@ -266,13 +327,14 @@ def main(argv=None) -> dict:
         sys.exit(f"--ks: every K exceeds the {n_refs} references")
     # Every reference may be a target many times over: decode the set once (uint8 in memory).
     refs = setup.references.cached()
-    runs = [run_once(setup, refs, args, args.seed + r, ks) for r in range(args.runs)]
+    ace_cache = ACECache() if args.ace else None
+    runs = [run_once(setup, refs, args, args.seed + r, ks, ace_cache) for r in range(args.runs)]
 
-    methods = list(explainers.METHODS)
+    methods = list(explainers.METHODS) + ([explainers.ACE] if args.ace else [])
     controls = [] if args.no_controls else list(explainers.CONTROLS)
     summary = aggregate(runs, methods + controls)
     ties = {m: {k: sum(r["ties"][m][k] for r in runs) for k in runs[0]["ties"][m]}
-            for m in methods + controls}
+            for m in runs[0]["ties"]}
     notes = {
         "similar_images": "RI: x first, then the references covered by P(x) by ascending Eq. 6 "
                           "distance; baselines and controls: x first, then the nearest references "
@@ -283,6 +345,15 @@ def main(argv=None) -> dict:
         "ties": explainers.TIE_RULE,
         "fallback": "not applicable: every input is a reference and uses its own interpretation",
     }
+    if args.ace:
+        ace_n = runs[0]["interpretations"][explainers.ACE]["inputs_evaluated"]
+        notes["ace"] = (f"ACE is evaluated on only the first {ace_n} of the "
+                        f"{runs[0]['num_inputs']} sampled inputs (--ace-inputs; it is slow), so "
+                        "its curves average fewer inputs than the other methods'. Its discovery "
+                        f"set is x and its {(args.ace_max_images or ACE_DISCOVERY_IMAGES) - 1} "
+                        "nearest references in Ω; S = the same Euclidean neighbours as the "
+                        "CAMs; kept pixels are whole segments of its significant concepts, in "
+                        "order of importance, until more than 20 % are kept (no ties).")
     payload = {"ks": ks, "ks_dropped": dropped,
                "methods": {m: summary[m] for m in methods},
                "controls": {m: summary[m] for m in controls},
@@ -293,7 +364,8 @@ def main(argv=None) -> dict:
                         for r in runs],
                "notes": notes,
                "config": describe_run(args, num_references=n_refs,
-                                      num_inputs_used=runs[0]["num_inputs"])}
+                                      num_inputs_used=runs[0]["num_inputs"],
+                                      ace_config=ace_config(args) if args.ace else None)}
     write_json(out / "figure4.json", payload)
     write_csv(out / "figure4.csv", [
         {"method": m, "kind": "method" if m in methods else "control", "K": k,
@@ -313,7 +385,7 @@ def main(argv=None) -> dict:
             for m in methods + controls])]
     text += ["## Images used per K (mean |S|)", "", markdown_table(header, [
         [m] + [summary[m]["images_used"][i] for i in range(len(ks))] for m in methods + controls]),
-        "", notes["fewer_than_k"], "",
+        "", notes["fewer_than_k"], ""] + ([notes["ace"], ""] if args.ace else []) + [
         "## RI's interpretations", "", markdown_table(
             ["run", "inputs", "distinct polytopes", "boundaries per polytope (mean, min–max)",
              "references covered (mean, min–max)", "τ (mean)", "empty polytopes"],

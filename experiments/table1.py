@@ -58,10 +58,11 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from common import (add_common_args, describe_run, format_mean_std, load_setup, markdown_table,
+from common import (ace_config, ace_random_images, add_ace_args, add_common_args, check_ace_args,
+                    describe_run, format_mean_std, load_setup, markdown_table,
                     mean_std, prepare_output, write_csv, write_json)
 from ri_jax import explainers as ex
-from ri_jax.baselines.ace import ACECache, ACEConfig
+from ri_jax.baselines.ace import ACECache
 from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES
 from ri_jax.metrics import KEEP_FRACTION
 
@@ -72,36 +73,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--per-class", type=int, default=10,
                    help="interpretations per class: |V| = per-class × classes")
     p.add_argument("--num-boundaries", type=int, default=DEFAULT_NUM_BOUNDARIES, help="|Q| for RI")
-    p.add_argument("--ace", action="store_true", help="add ACE (slow: segments every image)")
-    p.add_argument("--ace-segments", default="15,50,80",
-                   help="ACE's SLIC segment counts, comma-separated")
-    p.add_argument("--ace-max-images", type=int, default=0,
-                   help="ACE discovery images per cluster, nearest the centre first (0 = all)")
-    p.add_argument("--ace-min-members", type=int, default=ACEConfig.min_members,
-                   help="patches a cluster needs to become an ACE concept")
-    p.add_argument("--ace-repeats", type=int, default=ACEConfig.repeats,
-                   help="TCAV random counterparts per ACE concept")
-    p.add_argument("--ace-random-images", type=int, default=50,
-                   help="references (any class, seeded) whose patches form TCAV's random sets")
+    add_ace_args(p, max_images_help="ACE discovery images per cluster, nearest the centre first "
+                                    "(0 = all)")
     args = p.parse_args(argv)
     for name in ("runs", "per_class", "num_boundaries"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
-    if args.ace_max_images < 0:
-        p.error(f"--ace-max-images: must be >= 0, got {args.ace_max_images}")
-    if args.ace_random_images < 1:
-        p.error(f"--ace-random-images: must be >= 1, got {args.ace_random_images}")
+    check_ace_args(p, args)
     return args
-
-
-def ace_config(args: argparse.Namespace) -> ACEConfig:
-    """ACE settings from the command line."""
-    try:
-        segments = tuple(int(s) for s in args.ace_segments.split(","))
-        return ACEConfig(n_segments=segments, min_members=args.ace_min_members,
-                         repeats=args.ace_repeats, batch_size=args.batch_size)
-    except ValueError as e:
-        raise SystemExit(f"--ace-*: {e}") from None
 
 
 def routing_report(routing: ex.Routing) -> dict:
@@ -150,11 +129,9 @@ def run_once(setup, args, seed: int, raw_unseen: np.ndarray, ace_cache: ACECache
             dist = ((ref_f.psi.reshape(len(ref_f.psi), -1) - km.centres[km.assignment]) ** 2).sum(1)
             members = [m[np.argsort(dist[m], kind="stable")[:args.ace_max_images]] for m in members]
         k_discover, k_random_set = jax.random.split(keys.ace)
-        random_refs = np.sort(np.asarray(jax.random.choice(
-            k_random_set, len(refs), (min(args.ace_random_images, len(refs)),), replace=False)))
         results = ex.ace_interpretations(fns, params, [refs.raw(m) for m in members], in_cls,
                                          ace_config(args), key=k_discover, cache=ace_cache,
-                                         random_images=refs.raw(random_refs))
+                                         random_images=ace_random_images(refs, args, k_random_set))
         found = ex.ace_masks(results, nearest.which, raw_unseen, fns, params, cache=ace_cache)
         ev = ex.evaluate_masks(fns, params, raw_unseen, found.masks, logits=un_f.logits,
                                batch_size=args.batch_size)

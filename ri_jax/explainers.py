@@ -531,6 +531,25 @@ def _masked_probs(fns: ModelFns, params: Params, raw: Array, masks: Array) -> Ar
     return jax.nn.softmax(fns.apply(params, fns.normalize(masked)), axis=-1)
 
 
+def masked_probabilities(fns: ModelFns, params: Params, raw: np.ndarray, masks: np.ndarray, *,
+                         batch_size: int = 64) -> np.ndarray:
+    """Softmax probabilities of images keeping only the pixels in ``masks`` (the rest black).
+
+    Args:
+      fns, params: the model.
+      raw: float32[B, S, S, 3] raw images in [0, 1].
+      masks: bool[B, S, S] pixels kept (e.g. ``ace_masks``).
+      batch_size: images per forward chunk.
+
+    Returns:
+      float32[B, C].
+    """
+    raw = _check_batch(raw, "raw", 4)
+    masks = _check_batch(masks, "masks", 3, len(raw))
+    return map_chunks(functools.partial(_masked_probs, fns, params),
+                      (raw, masks.astype(bool)), _check_positive(batch_size, "batch_size"))
+
+
 def evaluate_masks(fns: ModelFns, params: Params, raw: np.ndarray, masks: np.ndarray, *,
                    logits: np.ndarray | None = None, batch_size: int = 64) -> Evaluation:
     """AD / AI when only the pixels in ``masks`` are kept (e.g. ACE's segments).
@@ -560,8 +579,7 @@ def evaluate_masks(fns: ModelFns, params: Params, raw: np.ndarray, masks: np.nda
         logits = _check_batch(logits, "logits", 2, len(raw))
         probs = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
         classes = probs.argmax(axis=1).astype(np.int32)
-        masked = map_chunks(functools.partial(_masked_probs, fns, params),
-                            (raw, masks.astype(bool)), batch_size)
+        masked = masked_probabilities(fns, params, raw, masks, batch_size=batch_size)
         rows = np.arange(len(raw))
         y, y_masked = probs[rows, classes], masked[rows, classes]
     # Eq. 7 per image; an image with Y = 0 contributes 0, as in metrics.average_drop.

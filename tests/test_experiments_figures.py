@@ -254,3 +254,46 @@ def test_case_studies_blocks_scores_and_layout(tiny_setup):
     per_input = sum(len(b) for rec in saved["inputs"] for b in rec["blocks"].values())
     assert len(rows) == per_input * len(methods)
     assert "similar by RI" in (out / "case_studies.md").read_text()
+
+
+ACE_TINY = ["--ace", "--ace-segments", "4", "--ace-min-members", "1", "--ace-repeats", "2",
+            "--ace-random-images", "20", "--ace-max-images", "6"]
+
+
+def test_figure4_with_ace_on_the_first_inputs(tiny_setup):
+    root, base = tiny_setup
+    out = root / "fig4_ace"
+    figure4.main(base + ["--out", str(out), "--num-inputs", "3", "--ks", "1,3,5",
+                          "--no-controls", "--ace-inputs", "1"] + ACE_TINY)
+    saved = json.loads((out / "figure4.json").read_text())
+    ace = saved["methods"][explainers.ACE]
+    assert set(saved["methods"]) == set(explainers.METHODS) | {explainers.ACE}
+    for metric in ("mAD", "mAI"):
+        assert len(ace[metric]["mean"]) == len(ace[metric]["std"]) == 3
+        assert all(np.isfinite(v) and 0 <= v <= 100 for v in ace[metric]["mean"])
+    assert ace["images_used"] == [1.0, 3.0, 5.0]
+    report = saved["interpretations"][explainers.ACE][0]
+    assert report["inputs_evaluated"] == 1 and report["inputs_sampled"] == 3
+    assert report["interpretations"] == 1 and report["discovery_images"]["min"] == 6
+    assert "first 1 of the 3" in saved["notes"]["ace"]
+    assert explainers.ACE not in saved["ties"]
+    assert [r["method"] for r in read_csv(out / "figure4.csv")].count(explainers.ACE) == 3
+    assert "| ACE |" in (out / "figure4.md").read_text()
+    assert saved["config"]["ace_config"]["n_segments"] == [4]
+
+
+def test_case_studies_with_ace_row(tiny_setup):
+    root, base = tiny_setup
+    out = root / "cases_ace"
+    case_studies.main(base + ["--out", str(out), "--num-inputs", "1", "--top-k", "2",
+                              "--layout", "paper"] + ACE_TINY)
+    saved = json.loads((out / "case_studies.json").read_text())
+    assert explainers.ACE in saved["mean_masked_scores"]
+    assert all(np.isfinite(v) for v in saved["mean_masked_scores"][explainers.ACE].values()
+               if v is not None)
+    assert saved["ace"]["interpretations"] == 1 and saved["ace"]["discovery_images"] == 6
+    for rec in saved["inputs"]:
+        assert (out / rec["figure"]).is_file()
+        for block in rec["blocks"].values():
+            assert all(0 <= e["masked_scores"][explainers.ACE] <= 1 for e in block)
+    assert "| ACE |" in (out / "case_studies.md").read_text()

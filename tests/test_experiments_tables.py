@@ -212,3 +212,18 @@ def test_run_all_settings_parse_in_every_script(tmp_path):
         args = run_all.parse_args(["--out", str(tmp_path)] + quick)
         for step in run_all.STEPS:
             run_all.MODULES[step].parse_args(run_all.step_argv(step, args, tmp_path))
+
+
+def test_run_all_passes_ace_to_figure4_and_case_studies(tmp_path):
+    for quick in ([], ["--quick"]):
+        args = run_all.parse_args(["--out", str(tmp_path)] + quick)
+        for step in ("figure4", "case_studies"):
+            parsed = run_all.MODULES[step].parse_args(run_all.step_argv(step, args, tmp_path))
+            assert parsed.ace and parsed.ace_max_images == 0 and parsed.ace_segments == "15"
+        f4 = run_all.MODULES["figure4"].parse_args(
+            run_all.step_argv("figure4", args, tmp_path))
+        assert f4.ace_inputs == (2 if quick else 10) and f4.ace_repeats == 5
+        assert table1.parse_args(run_all.step_argv("table1", args, tmp_path)).ace_max_images == 20
+    args = run_all.parse_args(["--out", str(tmp_path), "--no-ace"])
+    for step in run_all.STEPS:
+        assert "--ace" not in run_all.step_argv(step, args, tmp_path)
