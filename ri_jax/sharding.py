@@ -29,8 +29,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ri_jax.boundaries import Boundaries
 from ri_jax.models.vgg import ModelFns
-from ri_jax.solver import (WORD_BITS, GreedyResult, match_words, num_words, pack_bits,
-                           solve_greedy_packed, valid_words)
+from ri_jax.solver import (WORD_BITS, GreedyResult, check_batch_args, match_words, num_words,
+                           pack_bits, solve_greedy_packed, valid_words)
 
 Array = jax.Array
 
@@ -320,19 +320,7 @@ def sharded_solve_batch(side_words, num_refs: int, x_sides, positive_words, delt
     side_words = np.asarray(side_words)
     x_sides = np.asarray(x_sides)
     positive_words = np.asarray(positive_words)
-    if side_words.dtype != np.uint32 or side_words.ndim != 2 or side_words.shape[0] == 0:
-        raise ValueError(f"side_words: expected uint32[Q >= 1, W], got "
-                         f"{side_words.dtype}{side_words.shape}")
-    q, w = side_words.shape
-    if not 0 <= int(num_refs) <= w * WORD_BITS:
-        raise ValueError(f"num_refs: {num_refs} does not fit in {w} words")
-    if x_sides.dtype != np.bool_ or x_sides.ndim != 2 or x_sides.shape[1] != q \
-            or x_sides.shape[0] == 0:
-        raise ValueError(f"x_sides: expected bool[B >= 1, {q}], got {x_sides.dtype}{x_sides.shape}")
-    b = x_sides.shape[0]
-    if positive_words.dtype != np.uint32 or positive_words.shape != (b, w):
-        raise ValueError(f"positive_words: expected uint32[{b}, {w}], got "
-                         f"{positive_words.dtype}{positive_words.shape}")
+    q, w, b = check_batch_args(side_words, num_refs, x_sides, positive_words)
     if delta is not None:
         delta = np.asarray(delta)
         if delta.shape != (b,) or not np.issubdtype(delta.dtype, np.integer):

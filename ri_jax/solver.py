@@ -354,6 +354,25 @@ def _solve_batch(side_words, num_refs, x_sides, positive_words, delta):
     return lax.map(one, (x_sides, positive_words, delta), batch_size=chunk)
 
 
+def check_batch_args(side_words, num_refs, x_sides, positive_words) -> tuple[int, int, int]:
+    """Validates ``solve_batch``'s arrays (NumPy or JAX); returns (Q, W, B)."""
+    if side_words.dtype != np.uint32 or side_words.ndim != 2 or side_words.shape[0] == 0:
+        raise ValueError(f"side_words: expected uint32[Q >= 1, W], got "
+                         f"{side_words.dtype}{side_words.shape}")
+    q, w = side_words.shape
+    if not 0 <= int(num_refs) <= w * WORD_BITS:
+        raise ValueError(f"num_refs: {num_refs} does not fit in {w} words")
+    if x_sides.dtype != np.bool_ or x_sides.ndim != 2 or x_sides.shape[1] != q:
+        raise ValueError(f"x_sides: expected bool[B, {q}], got {x_sides.dtype}{x_sides.shape}")
+    b = x_sides.shape[0]
+    if b == 0:
+        raise ValueError("x_sides: empty batch")
+    if positive_words.dtype != np.uint32 or positive_words.shape != (b, w):
+        raise ValueError(f"positive_words: expected uint32[{b}, {w}], got "
+                         f"{positive_words.dtype}{positive_words.shape}")
+    return q, w, b
+
+
 def solve_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words: Array,
                 delta: Array | None = None) -> GreedyResult:
     """Algorithm 1 for a batch of inputs against one reference set, in one jitted call.
@@ -374,20 +393,7 @@ def solve_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words
     side_words = jnp.asarray(side_words)
     x_sides = jnp.asarray(x_sides)
     positive_words = jnp.asarray(positive_words)
-    if side_words.dtype != jnp.uint32 or side_words.ndim != 2 or side_words.shape[0] == 0:
-        raise ValueError(f"side_words: expected uint32[Q >= 1, W], got "
-                         f"{side_words.dtype}{side_words.shape}")
-    q, w = side_words.shape
-    if not 0 <= int(num_refs) <= w * WORD_BITS:
-        raise ValueError(f"num_refs: {num_refs} does not fit in {w} words")
-    if x_sides.dtype != jnp.bool_ or x_sides.ndim != 2 or x_sides.shape[1] != q:
-        raise ValueError(f"x_sides: expected bool[B, {q}], got {x_sides.dtype}{x_sides.shape}")
-    b = x_sides.shape[0]
-    if b == 0:
-        raise ValueError("x_sides: empty batch")
-    if positive_words.dtype != jnp.uint32 or positive_words.shape != (b, w):
-        raise ValueError(f"positive_words: expected uint32[{b}, {w}], got "
-                         f"{positive_words.dtype}{positive_words.shape}")
+    q, w, b = check_batch_args(side_words, num_refs, x_sides, positive_words)
     if delta is not None:
         delta = jnp.asarray(delta)
         if delta.shape != (b,) or not jnp.issubdtype(delta.dtype, jnp.integer):
