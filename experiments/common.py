@@ -13,21 +13,26 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from ri_jax.baselines.ace import ACEConfig
+from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES
 from ri_jax.checkpoint import json_default, load_checkpoint
 from ri_jax.data import ImageSet, load_dataset, sample_count, sample_per_class
 from ri_jax.featurize import Features, compute_features
 from ri_jax.models.vgg import ModelConfig, ModelFns, make_vgg
+from ri_jax.protocols.ace_adapter import ACESettings
+from ri_jax.protocols.report import format_mean_std, markdown_table  # noqa: F401 (for the scripts)
+from ri_jax.protocols.statistics import mean_std  # noqa: F401 (for the scripts)
 
 
 def add_common_args(p: argparse.ArgumentParser, *, runs: int | None = None,
@@ -55,6 +60,23 @@ def add_common_args(p: argparse.ArgumentParser, *, runs: int | None = None,
     return p
 
 
+def add_polytope_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds ``--per-class`` (|V| = per-class × classes) and ``--num-boundaries`` (|Q|)."""
+    p.add_argument("--per-class", type=int, default=10,
+                   help="interpretations per class: |V| = per-class × classes")
+    p.add_argument("--num-boundaries", type=int, default=DEFAULT_NUM_BOUNDARIES, help="|Q| for RI")
+    return p
+
+
+def check_positive_args(p: argparse.ArgumentParser, args: argparse.Namespace,
+                        names: tuple[str, ...]) -> argparse.Namespace:
+    """Rejects (``p.error``) any of the options ``names`` (attribute names) below 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
+    return args
+
+
 def add_ace_args(p: argparse.ArgumentParser, *, max_images_help: str) -> argparse.ArgumentParser:
     """Adds ``--ace`` and the ``--ace-*`` settings shared by Table 1, Figure 4 and the case studies."""
     p.add_argument("--ace", action="store_true", help="add ACE (slow: segments every image)")
@@ -78,6 +100,14 @@ def check_ace_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None
         p.error(f"--ace-random-images: must be >= 1, got {args.ace_random_images}")
 
 
+def ace_settings(args: argparse.Namespace) -> ACESettings | None:
+    """The protocols' ACE settings from the command line (None without ``--ace``)."""
+    if not args.ace:
+        return None
+    return ACESettings(config=ace_config(args), max_images=args.ace_max_images,
+                       random_images=args.ace_random_images)
+
+
 def ace_config(args: argparse.Namespace) -> ACEConfig:
     """ACE settings from the command line."""
     try:
@@ -86,14 +116,6 @@ def ace_config(args: argparse.Namespace) -> ACEConfig:
                          repeats=args.ace_repeats, batch_size=args.batch_size)
     except ValueError as e:
         raise SystemExit(f"--ace-*: {e}") from None
-
-
-def ace_random_images(refs: ImageSet, args: argparse.Namespace, key: jax.Array) -> np.ndarray:
-    """Raw images of ``--ace-random-images`` references (any class) drawn with ``key``, whose
-    patches form TCAV's random counterparts."""
-    chosen = np.sort(np.asarray(jax.random.choice(
-        key, len(refs), (min(args.ace_random_images, len(refs)),), replace=False)))
-    return refs.raw(chosen)
 
 
 def prepare_output(out: str | Path, resume: bool) -> Path:
@@ -144,17 +166,6 @@ def load_setup(args: argparse.Namespace, out: Path, *, need_unseen: bool = True)
     return Setup(fns, params, model_config, refs, unseen, ref_feats, unseen_feats)
 
 
-def mean_std(values: Sequence[float]) -> dict:
-    """``{"mean", "std"}`` (population std over runs, like the paper's ±)."""
-    v = np.asarray(values, np.float64)
-    return {"mean": float(v.mean()), "std": float(v.std())}
-
-
-def format_mean_std(d: dict, digits: int = 2) -> str:
-    """``"mean ± std"`` of a ``mean_std`` dict, for Markdown tables."""
-    return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
-
-
 def describe_run(args: argparse.Namespace, **extra: Any) -> dict:
     """The configuration block written with every result file."""
     return {**{k: v for k, v in vars(args).items() if k != "no_progress"},
@@ -177,8 +188,25 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    fmt = lambda x: f"{x:.2f}" if isinstance(x, float) else str(x)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(x) for x in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+def parse_indices(text: str, size: int) -> np.ndarray:
+    """Test-split indices from ``"i,j,k"``; each must lie in [0, size), no repeats."""
+    try:
+        idx = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--inputs: expected comma-separated integers, got {text!r}") from None
+    if not idx:
+        raise ValueError("--inputs: no index given")
+    bad = [i for i in idx if not 0 <= i < size]
+    if bad:
+        raise ValueError(f"--inputs: indices {bad} are outside the test split [0, {size})")
+    if len(set(idx)) != len(idx):
+        raise ValueError(f"--inputs: repeated indices in {idx}")
+    return np.asarray(idx, np.int64)
+
+
+def choose_inputs(labels: np.ndarray, count: int, *, seed: int) -> np.ndarray:
+    """``count`` indices drawn with ``seed``, alternating between classes (capped by the set)."""
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    alternating = [i for group in itertools.zip_longest(*per_class) for i in group if i is not None]
+    return np.asarray(alternating[:count], np.int64)

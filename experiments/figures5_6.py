@@ -13,7 +13,7 @@ Written into --out: ``figures5_6.json`` (per set and metric, one mean ± std per
 plus CVR), ``figures5_6.csv`` (one row per |Q|, run and set), ``figures5_6.md`` (also
 printed) and ``figures5_6.png``.
 
-Choices the paper leaves open: as Table 2 (``table2.py``); --num-boundaries is
+Choices the paper leaves open: as Table 2 (``table2.py``, ``protocols.table2``); --num-boundaries is
 ignored (``--qs`` replaces it). With one seed every |Q| uses the same k-means inputs
 and the samples are nested: Q is the first |Q| references of one seeded permutation
 (``boundaries.sample_indices``), so a larger Q only adds boundaries. |Q| above the
@@ -28,21 +28,25 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
-from common import (describe_run, format_mean_std, load_setup, markdown_table,  # noqa: E402
-                    prepare_output, write_csv, write_json)
-from table2 import (METRICS, SETS, check_args, make_parser, model_accuracy,  # noqa: E402
-                    region_scores, summarise)
+from common import (add_common_args, add_polytope_args, check_positive_args,  # noqa: E402
+                    describe_run, format_mean_std, load_setup, markdown_table, prepare_output,
+                    write_csv, write_json)
+from ri_jax.protocols.figures5_6 import run_figures5_6  # noqa: E402
+from ri_jax.protocols.methods import RIOptions  # noqa: E402
+from ri_jax.protocols.table2 import METRICS, SETS, Table2Config  # noqa: E402
 
 DEFAULT_QS = (1, 5, 10, 30, 50, 70)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = make_parser(__doc__)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, runs=5, refs_per_class=2500, unseen=1000)
+    add_polytope_args(p)
     p.add_argument("--qs", default=",".join(map(str, DEFAULT_QS)),
                    help="comma-separated |Q| values")
-    args = check_args(p, p.parse_args(argv))
+    args = check_positive_args(p, p.parse_args(argv), ("runs", "per_class", "num_boundaries"))
     try:
         args.qs = sorted({int(q) for q in args.qs.split(",")})
     except ValueError:
@@ -55,23 +59,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     out = prepare_output(args.out, args.resume)
-    progress = not args.no_progress
     setup = load_setup(args, out)
     seeds = [args.seed + r for r in range(args.runs)]
     qs_used = [min(q, len(setup.references)) for q in args.qs]
-    per_q, rows = [], []
-    for q in tqdm(args.qs, desc="|Q| sweep", disable=not progress):
-        runs = [region_scores(setup, seed=s, per_class=args.per_class, num_boundaries=q,
-                              batch_size=args.batch_size) for s in seeds]
-        per_q.append(summarise(runs))
-        rows += [{"num_boundaries": q, "run": i, "seed": s, "set": name, **r[name],
-                  "boundaries_per_polytope": r["interpretations"]["boundaries_per_polytope"]["mean"]}
-                 for i, (s, r) in enumerate(zip(seeds, runs)) for name in SETS]
+    config = Table2Config(per_class=args.per_class, ri=RIOptions(batch_size=args.batch_size))
+    result = run_figures5_6(setup.fns, setup.params, setup.ref_features, setup.unseen_features,
+                            setup.references.raw, num_classes=setup.references.num_classes,
+                            qs=args.qs, seeds=seeds, config=config,
+                            progress=not args.no_progress)
     payload = {
-        "qs": args.qs,
-        **{s: {m: [table[s][m] for table, _ in per_q] for m in METRICS} for s in SETS},
-        "runs_without_coverage": {s: [empty[s] for _, empty in per_q] for s in SETS},
-        "model": model_accuracy(setup),
+        **result.to_json(),
         "config": describe_run(args, seeds=seeds, qs_used=qs_used,
                                num_interpretations=args.per_class * setup.references.num_classes,
                                num_references=len(setup.references),
@@ -79,7 +76,7 @@ def main(argv=None) -> dict:
                                std="population std over runs"),
     }
     write_json(out / "figures5_6.json", payload)
-    write_csv(out / "figures5_6.csv", rows)
+    write_csv(out / "figures5_6.csv", result.csv_rows())
     plot(payload, out / "figures5_6.png")
     md = render_markdown(payload)
     (out / "figures5_6.md").write_text(md)

@@ -26,14 +26,14 @@ than k references; the figure then shows only those.
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from common import add_common_args, describe_run, load_setup, prepare_output, write_csv, write_json
+from common import (add_common_args, choose_inputs, describe_run, load_setup, parse_indices,
+                    prepare_output, write_csv, write_json)
 from ri_jax.data import load_dataset
 from ri_jax.interpreter import RepresentativeInterpreter
 from ri_jax.plots import interpretation_figure
@@ -55,30 +55,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.num_boundaries < 1:
         p.error(f"--num-boundaries: must be >= 1, got {args.num_boundaries}")
     return args
-
-
-def parse_indices(text: str, size: int) -> np.ndarray:
-    """Test-split indices from ``"i,j,k"``; each must lie in [0, size), no repeats."""
-    try:
-        idx = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ValueError(f"--inputs: expected comma-separated integers, got {text!r}") from None
-    if not idx:
-        raise ValueError("--inputs: no index given")
-    bad = [i for i in idx if not 0 <= i < size]
-    if bad:
-        raise ValueError(f"--inputs: indices {bad} are outside the test split [0, {size})")
-    if len(set(idx)) != len(idx):
-        raise ValueError(f"--inputs: repeated indices in {idx}")
-    return np.asarray(idx, np.int64)
-
-
-def choose_inputs(labels: np.ndarray, count: int, *, seed: int) -> np.ndarray:
-    """``count`` indices drawn with ``seed``, alternating between classes (capped by the set)."""
-    rng = np.random.default_rng(seed)
-    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-    alternating = [i for group in itertools.zip_longest(*per_class) for i in group if i is not None]
-    return np.asarray(alternating[:count], np.int64)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ Choices the paper leaves open:
 * A CAM explains the class the model predicts on its input image, as RI does. Y_c on
   the unmasked unseen images comes from the cached feature pass (same model).
 * Two centres may share their nearest reference; both interpretations then coincide.
-* Ties at the 20 % cut follow ``explainers.TIE_RULE``; empty polytopes draw all-zero
+* Ties at the 20 % cut follow ``protocols.scoring.TIE_RULE``; empty polytopes draw all-zero
   maps, whose kept pixels are then 20 % spread by the fixed tie order (counted as
   ``flat_maps``).
 * ACE's discovery set for cluster v is its members (--ace-max-images keeps the ones
@@ -54,131 +54,44 @@ from __future__ import annotations
 
 import argparse
 
-import jax
 import numpy as np
-from tqdm.auto import tqdm
 
-from common import (ace_config, ace_random_images, add_ace_args, add_common_args, check_ace_args,
-                    describe_run, format_mean_std, load_setup, markdown_table,
-                    mean_std, prepare_output, write_csv, write_json)
-from ri_jax import explainers as ex
-from ri_jax.baselines.ace import ACECache
-from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES
+from common import (ace_config, ace_settings, add_ace_args, add_common_args, add_polytope_args,
+                    check_ace_args, check_positive_args, describe_run, format_mean_std,
+                    load_setup, markdown_table, prepare_output, write_csv, write_json)
 from ri_jax.metrics import KEEP_FRACTION
+from ri_jax.protocols.methods import RIOptions
+from ri_jax.protocols.table1 import Table1Config, run_table1
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, runs=5, refs_per_class=2500, unseen=1000)
-    p.add_argument("--per-class", type=int, default=10,
-                   help="interpretations per class: |V| = per-class × classes")
-    p.add_argument("--num-boundaries", type=int, default=DEFAULT_NUM_BOUNDARIES, help="|Q| for RI")
+    add_polytope_args(p)
     add_ace_args(p, max_images_help="ACE discovery images per cluster, nearest the centre first "
                                     "(0 = all)")
     args = p.parse_args(argv)
-    for name in ("runs", "per_class", "num_boundaries"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
+    check_positive_args(p, args, ("runs", "per_class", "num_boundaries"))
     check_ace_args(p, args)
     return args
-
-
-def routing_report(routing: ex.Routing) -> dict:
-    return {"routed_by_polytope": int(routing.covered.sum()),
-            "routed_to_nearest_centre": int(routing.fallback.sum()),
-            "interpretations_used": int(len(np.unique(routing.which)))}
-
-
-def tie_report(ev: ex.Evaluation) -> dict:
-    return {"tied_images": ev.tied_images, "tied_pixels": ev.tied_pixels, "flat_maps": ev.flat_maps}
-
-
-def run_once(setup, args, seed: int, raw_unseen: np.ndarray, ace_cache: ACECache | None,
-             own_weights: tuple[ex.Evaluation, dict],
-             progress: bool) -> dict[str, tuple[ex.Evaluation, dict]]:
-    """One run of the protocol: every method's and control's evaluation and report."""
-    fns, params = setup.fns, setup.params
-    refs, ref_f, un_f = setup.references, setup.ref_features, setup.unseen_features
-    size = setup.model_config.image_size
-    keys = ex.protocol_keys(seed)
-    num_v = args.per_class * setup.references.num_classes
-    km = ex.kmeans_inputs(ref_f.psi, num_v, key=keys.kmeans)
-    raw_inputs = refs.raw(km.inputs)
-    in_psi, in_cls = ref_f.psi[km.inputs], ref_f.predictions[km.inputs]
-    nearest = ex.nearest_centre(un_f.psi, km.centres)
-    common = {"interpretations": num_v, "distinct_inputs": int(len(np.unique(km.inputs)))}
-    evaluate = lambda maps: ex.evaluate_heatmaps(fns, params, raw_unseen, maps,
-                                                 logits=un_f.logits, batch_size=args.batch_size)
-    out = {}
-    for method in tqdm(ex.METHODS, desc=f"run seed={seed}", disable=not progress, leave=False):
-        if method == "RI":
-            interpreter = ex.make_interpreter(fns, params, ref_f.psi, key=keys.boundaries,
-                                              num_boundaries=args.num_boundaries,
-                                              batch_size=args.batch_size)
-            ri = ex.ri_interpretations(interpreter, fns, raw_inputs)
-            routing, interps = ex.route_ri(ri.regions, un_f.psi, km.centres), ri.interpretations
-            extra = ex.ri_summary(ri)
-        else:
-            interps = ex.cam_interpretations(method, fns, params, raw_inputs, in_psi, in_cls)
-            routing, extra = nearest, {}
-        ev = evaluate(ex.interpretation_heatmaps(interps, routing.which, un_f.psi, size))
-        out[method] = (ev, {**common, **extra, **routing_report(routing), **tie_report(ev)})
-    if args.ace:
-        members = [np.flatnonzero(km.assignment == v) for v in range(num_v)]
-        if args.ace_max_images:
-            dist = ((ref_f.psi.reshape(len(ref_f.psi), -1) - km.centres[km.assignment]) ** 2).sum(1)
-            members = [m[np.argsort(dist[m], kind="stable")[:args.ace_max_images]] for m in members]
-        k_discover, k_random_set = jax.random.split(keys.ace)
-        results = ex.ace_interpretations(fns, params, [refs.raw(m) for m in members], in_cls,
-                                         ace_config(args), key=k_discover, cache=ace_cache,
-                                         random_images=ace_random_images(refs, args, k_random_set))
-        found = ex.ace_masks(results, nearest.which, raw_unseen, fns, params, cache=ace_cache)
-        ev = ex.evaluate_masks(fns, params, raw_unseen, found.masks, logits=un_f.logits,
-                               batch_size=args.batch_size)
-        out[ex.ACE] = (ev, {**common, **ex.ace_summary(results, found),
-                            "discovery_images": {"mean": float(np.mean([len(m) for m in members])),
-                                                 "min": int(min(len(m) for m in members))},
-                            **routing_report(nearest)})
-    ev = evaluate(ex.random_heatmaps(len(raw_unseen), size, key=keys.random))
-    out["Random"] = (ev, {"reuse": False, **tie_report(ev)})
-    out["Grad-CAM (own weights)"] = own_weights
-    return out
-
-
-def own_weights_control(setup, raw_unseen: np.ndarray, batch_size: int) -> tuple[ex.Evaluation, dict]:
-    """Grad-CAM at each unseen image itself; it involves no random choice, so it runs once."""
-    un_f = setup.unseen_features
-    maps = ex.control_heatmaps("Grad-CAM (own weights)", setup.fns, setup.params, raw_unseen,
-                               un_f.psi, un_f.predictions, key=None)
-    ev = ex.evaluate_heatmaps(setup.fns, setup.params, raw_unseen, maps, logits=un_f.logits,
-                              batch_size=batch_size)
-    return ev, {"reuse": False, **tie_report(ev)}
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     out = prepare_output(args.out, args.resume)
-    progress = not args.no_progress
     setup = load_setup(args, out)
     raw_unseen = setup.unseen.raw(np.arange(len(setup.unseen)))
-    ace_cache = ACECache() if args.ace else None
     seeds = [args.seed + r for r in range(args.runs)]
-    own = own_weights_control(setup, raw_unseen, args.batch_size)
-    per_run = [run_once(setup, args, s, raw_unseen, ace_cache, own, progress)
-               for s in tqdm(seeds, desc="Table 1 runs", disable=not progress)]
-    names = list(per_run[0])
-    rows = [{"run": r, "seed": s, "method": n,
-             "kind": "control" if n in ex.CONTROLS else "method",
-             "AD": res[n][0].ad, "AI": res[n][0].ai,
-             **{k: v for k, v in res[n][1].items() if not isinstance(v, dict)}}
-            for r, (s, res) in enumerate(zip(seeds, per_run)) for n in names]
-    summary = {n: {"mAD": mean_std([res[n][0].ad for res in per_run]),
-                   "mAI": mean_std([res[n][0].ai for res in per_run])} for n in names}
+    config = Table1Config(per_class=args.per_class, batch_size=args.batch_size,
+                          ri=RIOptions(num_boundaries=args.num_boundaries,
+                                       batch_size=args.batch_size),
+                          ace=ace_settings(args))
+    result = run_table1(setup.fns, setup.params, setup.ref_features, setup.unseen_features,
+                        setup.references.raw, raw_unseen,
+                        num_classes=setup.references.num_classes, seeds=seeds, config=config,
+                        progress=not args.no_progress)
     payload = {
-        "methods": {n: summary[n] for n in names if n not in ex.CONTROLS},
-        "controls": {n: summary[n] for n in ex.CONTROLS},
-        "interpretations": {n: [res[n][1] for res in per_run] for n in names},
-        "tie_rule": ex.TIE_RULE,
+        **result.to_json(),
         "config": describe_run(args, seeds=seeds, num_interpretations=args.per_class
                                * setup.references.num_classes,
                                num_references=len(setup.references), num_unseen=len(raw_unseen),
@@ -187,7 +100,7 @@ def main(argv=None) -> dict:
                                ace_config=ace_config(args) if args.ace else None),
     }
     write_json(out / "table1.json", payload)
-    write_csv(out / "table1.csv", rows)
+    write_csv(out / "table1.csv", result.csv_rows())
     md = render_markdown(payload)
     (out / "table1.md").write_text(md)
     print(md)

@@ -9,8 +9,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
@@ -18,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
 import case_studies  # noqa: E402
 import figure4  # noqa: E402
 import interpret  # noqa: E402
-from ri_jax import explainers  # noqa: E402
+from ri_jax.protocols import methods, scoring  # noqa: E402
 from ri_jax.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from ri_jax.data import load_dataset, sample_count  # noqa: E402
 
@@ -53,89 +51,6 @@ def tiny_setup(tmp_path_factory, tiny_model, tiny_config):
 def read_csv(path):
     with open(path) as f:
         return list(csv.DictReader(f))
-
-
-# ---------------------------------------------------------------- helpers against loops
-
-def slow_input_first(inputs, candidates, valid, k):
-    lists, used = np.zeros((len(inputs), k), int), np.zeros((len(inputs), k), bool)
-    for v, x in enumerate(inputs):
-        row = [x] + [c for c, ok in zip(candidates[v], valid[v]) if ok and c != x]
-        row = row[:k]
-        lists[v, :len(row)] = row
-        used[v, :len(row)] = True
-    return lists, used
-
-
-@settings(max_examples=80, deadline=None)
-@given(v=st.integers(1, 5), n=st.integers(1, 12), k=st.integers(1, 14), seed=st.integers(0, 2**31 - 1))
-def test_input_first_matches_loop(v, n, k, seed):
-    rng = np.random.default_rng(seed)
-    inputs = rng.integers(0, n, v)
-    m = int(rng.integers(1, n + 1))
-    candidates = np.stack([rng.permutation(n)[:m] for _ in range(v)])
-    valid = rng.random((v, m)) < 0.7
-    lists, used = figure4.input_first(inputs, candidates, valid, k)
-    want_lists, want_used = slow_input_first(inputs, candidates, valid, k)
-    assert lists.shape == used.shape == (v, k)
-    np.testing.assert_array_equal(used, want_used)
-    np.testing.assert_array_equal(np.where(used, lists, -1), np.where(want_used, want_lists, -1))
-
-
-@settings(max_examples=80, deadline=None)
-@given(v=st.integers(1, 6), kmax=st.integers(1, 9), seed=st.integers(0, 2**31 - 1))
-def test_curves_over_k_matches_loop(v, kmax, seed):
-    rng = np.random.default_rng(seed)
-    drop = rng.random((v, kmax))
-    increase = rng.random((v, kmax)) < 0.5
-    counts = rng.integers(1, kmax + 1, v)
-    used = np.arange(kmax)[None] < counts[:, None]
-    ks = sorted(set(rng.integers(1, kmax + 1, 3).tolist()))
-    got = figure4.curves_over_k(drop, increase, used, ks)
-    for i, k in enumerate(ks):
-        ads, ais, sizes = [], [], []
-        for row in range(v):
-            s = [r for r in range(k) if used[row, r]]
-            ads.append(np.mean([drop[row, r] for r in s]))
-            ais.append(np.mean([increase[row, r] for r in s]))
-            sizes.append(len(s))
-        assert got["mAD"][i] == pytest.approx(100 * np.mean(ads))
-        assert got["mAI"][i] == pytest.approx(100 * np.mean(ais))
-        assert got["images_used"][i] == pytest.approx(np.mean(sizes))
-
-
-def test_drop_and_increase_follow_eqs_7_and_8():
-    y = np.array([0.8, 0.5, 0.0, 0.4])
-    y_masked = np.array([0.2, 0.9, 0.3, 0.4])
-    drop, inc = figure4.drop_and_increase(y, y_masked)
-    np.testing.assert_allclose(drop, [0.75, 0.0, 0.0, 0.0])
-    assert inc.tolist() == [False, True, True, False]
-
-
-def test_masked_class_scores_match_a_direct_computation(tiny_model):
-    fns, params = tiny_model
-    rng = np.random.default_rng(5)
-    raw = rng.random((5, 32, 32, 3)).astype(np.float32)
-    # Coarse values create ties at the 20 % cut; one constant map ties everywhere.
-    maps = (rng.integers(0, 6, (5, 32, 32)) / 5.0).astype(np.float32)
-    maps[2] = 0.5
-    classes = np.array([0, 1, 1, 0, 1])
-    y_masked, tied, flat = figure4.masked_class_scores(fns, params, raw, maps, classes, batch_size=2)
-    keep = round(0.2 * 32 * 32)
-    for b in range(5):
-        flat_map = maps[b].reshape(-1)
-        tie_key = (np.arange(flat_map.size, dtype=np.uint64) * 2654435761) % 2**32
-        order = np.lexsort((tie_key, -flat_map))  # by value, ties in the fixed pixel order
-        mask = np.zeros(flat_map.size, bool)
-        mask[order[:keep]] = True
-        masked = raw[b] * mask.reshape(32, 32, 1)
-        probs = np.asarray(jax.nn.softmax(fns.apply(params, fns.normalize(masked[None]))))[0]
-        assert y_masked[b] == pytest.approx(probs[classes[b]], abs=1e-5)
-        threshold = flat_map[order[keep - 1]]
-        assert tied[b] == np.sum((flat_map == threshold) & ~mask)
-        assert flat[b] == (b == 2)
-    with pytest.raises(ValueError, match="classes"):
-        figure4.masked_class_scores(fns, params, raw, maps, classes[:2])
 
 
 # ---------------------------------------------------------------- scripts end to end
@@ -181,8 +96,8 @@ def test_figure4_curves_controls_and_k1_cross_check(tiny_setup):
                                   "--runs", "2", "--block-size", "3"])
     saved = json.loads((out / "figure4.json").read_text())
     assert saved["ks"] == [1, 3, 8] and saved["ks_dropped"] == [50]
-    assert saved["methods"].keys() == set(explainers.METHODS)
-    assert saved["controls"].keys() == set(explainers.CONTROLS)
+    assert saved["methods"].keys() == set(methods.METHODS)
+    assert saved["controls"].keys() == set(methods.CONTROLS)
     for name, block in list(saved["methods"].items()) + list(saved["controls"].items()):
         for metric in ("mAD", "mAI"):
             assert all(0 <= v <= 100 for v in block[metric]["mean"])
@@ -214,9 +129,9 @@ def test_figure4_curves_controls_and_k1_cross_check(tiny_setup):
     raw = refs.raw(inputs)
     psi = np.asarray(fns.features(params, fns.normalize(raw)))
     preds = np.asarray(fns.head(params, psi)).argmax(axis=1)
-    interps = explainers.cam_interpretations("Grad-CAM", fns, params, raw, psi, preds)
-    maps = explainers.interpretation_heatmaps(interps, np.arange(4), psi, 32)
-    ev = explainers.evaluate_heatmaps(fns, params, raw, maps)
+    interps = methods.cam_interpretations("Grad-CAM", fns, params, raw, psi, preds)
+    maps = methods.interpretation_heatmaps(interps, np.arange(4), psi, 32)
+    ev = scoring.evaluate_heatmaps(fns, params, raw, maps)
     first = saved["runs"][0]["curves"]["Grad-CAM"]
     assert first["mAD"][0] == pytest.approx(ev.ad, abs=1e-3)
     assert first["mAI"][0] == pytest.approx(ev.ai)
@@ -230,8 +145,8 @@ def test_case_studies_blocks_scores_and_layout(tiny_setup):
                                        "--with-controls", "--layout", "paper"])
     saved = json.loads((out / "case_studies.json").read_text())
     assert saved["inputs"] == json.loads(json.dumps(result["inputs"]))
-    methods = set(explainers.METHODS) | set(explainers.CONTROLS)
-    assert saved["mean_masked_scores"].keys() == methods
+    names = set(methods.METHODS) | set(methods.CONTROLS)
+    assert saved["mean_masked_scores"].keys() == names
     for rec in saved["inputs"]:
         assert (out / rec["figure"]).is_file()
         assert rec["blocks"].keys() == set(case_studies.BLOCKS)
@@ -245,14 +160,14 @@ def test_case_studies_blocks_scores_and_layout(tiny_setup):
             dists = [e["distance"] for e in block]
             assert dists == sorted(dists)
             for e in block:
-                assert e["masked_scores"].keys() == methods
+                assert e["masked_scores"].keys() == names
                 assert all(0 <= s <= 1 for s in e["masked_scores"].values())
         # x's own weights and the reused weights coincide on x itself.
         assert first["masked_scores"]["Grad-CAM"] == pytest.approx(
             first["masked_scores"]["Grad-CAM (own weights)"], abs=1e-6)
     rows = read_csv(out / "case_studies.csv")
     per_input = sum(len(b) for rec in saved["inputs"] for b in rec["blocks"].values())
-    assert len(rows) == per_input * len(methods)
+    assert len(rows) == per_input * len(names)
     assert "similar by RI" in (out / "case_studies.md").read_text()
 
 
@@ -266,18 +181,18 @@ def test_figure4_with_ace_on_the_first_inputs(tiny_setup):
     figure4.main(base + ["--out", str(out), "--num-inputs", "3", "--ks", "1,3,5",
                           "--no-controls", "--ace-inputs", "1"] + ACE_TINY)
     saved = json.loads((out / "figure4.json").read_text())
-    ace = saved["methods"][explainers.ACE]
-    assert set(saved["methods"]) == set(explainers.METHODS) | {explainers.ACE}
+    ace = saved["methods"][methods.ACE]
+    assert set(saved["methods"]) == set(methods.METHODS) | {methods.ACE}
     for metric in ("mAD", "mAI"):
         assert len(ace[metric]["mean"]) == len(ace[metric]["std"]) == 3
         assert all(np.isfinite(v) and 0 <= v <= 100 for v in ace[metric]["mean"])
     assert ace["images_used"] == [1.0, 3.0, 5.0]
-    report = saved["interpretations"][explainers.ACE][0]
+    report = saved["interpretations"][methods.ACE][0]
     assert report["inputs_evaluated"] == 1 and report["inputs_sampled"] == 3
     assert report["interpretations"] == 1 and report["discovery_images"]["min"] == 6
     assert "first 1 of the 3" in saved["notes"]["ace"]
-    assert explainers.ACE not in saved["ties"]
-    assert [r["method"] for r in read_csv(out / "figure4.csv")].count(explainers.ACE) == 3
+    assert methods.ACE not in saved["ties"]
+    assert [r["method"] for r in read_csv(out / "figure4.csv")].count(methods.ACE) == 3
     assert "| ACE |" in (out / "figure4.md").read_text()
     assert saved["config"]["ace_config"]["n_segments"] == [4]
 
@@ -288,12 +203,12 @@ def test_case_studies_with_ace_row(tiny_setup):
     case_studies.main(base + ["--out", str(out), "--num-inputs", "1", "--top-k", "2",
                               "--layout", "paper"] + ACE_TINY)
     saved = json.loads((out / "case_studies.json").read_text())
-    assert explainers.ACE in saved["mean_masked_scores"]
-    assert all(np.isfinite(v) for v in saved["mean_masked_scores"][explainers.ACE].values()
+    assert methods.ACE in saved["mean_masked_scores"]
+    assert all(np.isfinite(v) for v in saved["mean_masked_scores"][methods.ACE].values()
                if v is not None)
     assert saved["ace"]["interpretations"] == 1 and saved["ace"]["discovery_images"] == 6
     for rec in saved["inputs"]:
         assert (out / rec["figure"]).is_file()
         for block in rec["blocks"].values():
-            assert all(0 <= e["masked_scores"][explainers.ACE] <= 1 for e in block)
+            assert all(0 <= e["masked_scores"][methods.ACE] <= 1 for e in block)
     assert "| ACE |" in (out / "case_studies.md").read_text()

@@ -12,13 +12,18 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
 
+import case_studies  # noqa: E402
+import figure4  # noqa: E402
 import figures5_6  # noqa: E402
 import run_all  # noqa: E402
 import table1  # noqa: E402
 import table2  # noqa: E402
 from ri_jax.checkpoint import save_checkpoint  # noqa: E402
+from ri_jax.protocols.report import format_mean_std  # noqa: E402
 
 PER_CLASS = 10
+SCRIPTS = {"table1": table1, "table2": table2, "figure4": figure4, "figures5_6": figures5_6,
+           "case_studies": case_studies}
 TINY_ARGS = ["--refs-per-class", "0", "--unseen", "0", "--batch-size", "16", "--no-progress",
              "--per-class", "2"]
 
@@ -150,17 +155,6 @@ def test_table2_writes_the_stable_schema_and_shares_table1_polytopes(results):
         assert run["distinct_polytopes"] == summary["distinct_polytopes"]
 
 
-def test_table2_summary_leaves_out_runs_without_coverage():
-    covered = {"ACU-GT": 80.0, "ACU-MD": 90.0, "CVR": 50.0, "covered": 5}
-    empty = {"ACU-GT": 0.0, "ACU-MD": 0.0, "CVR": 0.0, "covered": 0}
-    table, missing = table2.summarise([{"reference": covered, "unseen": empty},
-                                       {"reference": covered, "unseen": empty}])
-    assert table["reference"]["ACU-GT"] == {"mean": 80.0, "std": 0.0}
-    assert table["unseen"]["ACU-GT"] == {"mean": None, "std": None}
-    assert table["unseen"]["CVR"] == {"mean": 0.0, "std": 0.0}
-    assert missing == {"reference": 0, "unseen": 2}
-
-
 def test_figures5_6_sweep_and_plot(results):
     out = results[0] / "figures5_6"
     saved = json.loads((out / "figures5_6.json").read_text())
@@ -200,8 +194,8 @@ def test_run_all_writes_results_md_from_the_json(results):
         assert "30.72" not in (out / step / f"{step}.json").read_text()
     assert "30.72 ± 0.83" in text
     # Our numbers in RESULTS.md are the ones the steps just wrote.
-    assert f"| RI | {run_all.format_mean_std(t1['methods']['RI']['mAD'])} | " in text
-    assert run_all.format_mean_std(t2["unseen"]["CVR"]) in text
+    assert f"| RI | {format_mean_std(t1['methods']['RI']['mAD'])} | " in text
+    assert format_mean_std(t2["unseen"]["CVR"]) in text
     assert "(all/figures5_6/figures5_6.png)" in text and "(all/figure4/figure4.png)" in text
     assert "does NOT hold" in text or "holds here" in text
     assert json.loads((out / "run_all.json").read_text())["total_wall_seconds"] > 0
@@ -211,16 +205,16 @@ def test_run_all_settings_parse_in_every_script(tmp_path):
     for quick in ([], ["--quick"]):
         args = run_all.parse_args(["--out", str(tmp_path)] + quick)
         for step in run_all.STEPS:
-            run_all.MODULES[step].parse_args(run_all.step_argv(step, args, tmp_path))
+            SCRIPTS[step].parse_args(run_all.step_argv(step, args, tmp_path))
 
 
 def test_run_all_passes_ace_to_figure4_and_case_studies(tmp_path):
     for quick in ([], ["--quick"]):
         args = run_all.parse_args(["--out", str(tmp_path)] + quick)
         for step in ("figure4", "case_studies"):
-            parsed = run_all.MODULES[step].parse_args(run_all.step_argv(step, args, tmp_path))
+            parsed = SCRIPTS[step].parse_args(run_all.step_argv(step, args, tmp_path))
             assert parsed.ace and parsed.ace_max_images == 0 and parsed.ace_segments == "15"
-        f4 = run_all.MODULES["figure4"].parse_args(
+        f4 = SCRIPTS["figure4"].parse_args(
             run_all.step_argv("figure4", args, tmp_path))
         assert f4.ace_inputs == (2 if quick else 10) and f4.ace_repeats == 5
         assert table1.parse_args(run_all.step_argv("table1", args, tmp_path)).ace_max_images == 20

@@ -1,0 +1,385 @@
+"""The channel-weight methods in one shape, so the §6 protocols treat them alike (§6.1, §6.4).
+
+A method gives *interpretations at input images* and draws them as *heat maps on
+target images*:
+
+1. ``Interpretations(alphas [V, Q, c], selected bool[V, Q])``, one per input image x_v.
+   RI keeps the channel weights of all |Q| sampled boundaries oriented towards x_v
+   and the boundaries of P(x_v) (Eq. 5); a CAM method keeps its one weight vector
+   as Q = 1, always selected.
+2. ``interpretation_heatmaps(interps, which, ψ)`` draws interpretation ``which[b]``
+   on target b with ``heatmaps.polytope_heatmap``: the mean of the selected rows'
+   min–max normalised CAMs, which for Q = 1 is exactly ``heatmaps.cam``. Reusing an
+   interpretation on a new image is therefore the same operation for every method
+   (the paper's extension of the CAMs, §6.1). An empty RI polytope draws all zeros.
+
+The class a CAM explains at x is the model's prediction Class(x), as for RI.
+
+RI's interpretations are built in one place, ``ri_at_inputs``, from an ``RIOptions``;
+every protocol calls it.
+
+Controls (``CONTROLS``; not the paper's methods, they make the numbers readable):
+  * ``"Random"``: i.i.d. uniform heat-map values, i.e. a uniformly random 20 % of
+    the pixels (ties have probability zero);
+  * ``"Grad-CAM (own weights)"``: Grad-CAM computed at each target itself, no reuse.
+
+ACE explains with image segments instead (``protocols.ace_adapter``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ri_jax.baselines.gradcam import gradcam_weights_batch
+from ri_jax.baselines.gradcam_pp import gradcam_pp_weights_batch
+from ri_jax.baselines.scorecam import scorecam_weights_batch
+from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES, sides
+from ri_jax.heatmaps import polytope_heatmap
+from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
+from ri_jax.models.vgg import ModelFns
+from ri_jax.protocols.batching import check_batch, check_choice, check_positive, map_chunks
+from ri_jax.regions import DecisionRegions
+
+Array = jax.Array
+Params = Any
+
+METHODS = ("RI", "Grad-CAM", "Grad-CAM++", "Score-CAM")
+CAM_METHODS = ("Grad-CAM", "Grad-CAM++", "Score-CAM")
+CONTROLS = ("Random", "Grad-CAM (own weights)")
+ACE = "ACE"  # segment-based; see protocols.ace_adapter
+
+
+class Interpretations(NamedTuple):
+    """V reusable interpretations, one per input image.
+
+    Attributes:
+      alphas: float32[V, Q, c] channel weights (CAM methods: Q = 1).
+      selected: bool[V, Q] rows drawn (RI: the boundaries of P(x_v); CAMs: all True).
+    """
+
+    alphas: np.ndarray
+    selected: np.ndarray
+
+
+class RIInterpretations(NamedTuple):
+    """RI at V input images.
+
+    Attributes:
+      interpretations: ``Interpretations`` with Q = |Q|.
+      details: the interpreter's ``Interpretation`` batch (τ, |P(x)|, coverage, …), [V, …].
+      regions: ``DecisionRegions`` of the V polytopes (appendix D).
+    """
+
+    interpretations: Interpretations
+    details: Interpretation
+    regions: DecisionRegions
+
+
+@dataclasses.dataclass(frozen=True)
+class RIOptions:
+    """How RI's interpretations are built (the one place RI settings enter a protocol).
+
+    Attributes:
+      num_boundaries: |Q|, boundaries sampled from the references (capped at N).
+      batch_size: images per forward pass inside the interpreter.
+      chunk_size: inputs per ``interpret_batch`` call.
+    """
+
+    num_boundaries: int = DEFAULT_NUM_BOUNDARIES
+    batch_size: int = 64
+    chunk_size: int = 32
+
+
+@functools.partial(jax.jit, static_argnames=("fns", "method", "channel_chunk"))
+def _cam_weights_chunk(fns: ModelFns, method: str, params: Params, raw: Array, psi: Array,
+                       classes: Array, channel_chunk: int) -> Array:
+    head = functools.partial(fns.head, params)
+    if method == "Grad-CAM":
+        return gradcam_weights_batch(head, psi, classes)
+    if method == "Grad-CAM++":
+        return gradcam_pp_weights_batch(head, psi, classes)
+    forward = functools.partial(fns.apply, params)
+    return scorecam_weights_batch(forward, fns.normalize, raw, psi, classes,
+                                  chunk_size=channel_chunk)
+
+
+def cam_weights(method: str, fns: ModelFns, params: Params, raw: np.ndarray, psi: np.ndarray,
+                classes: np.ndarray, *, chunk_size: int = 16, channel_chunk: int = 32,
+                progress: bool = False) -> np.ndarray:
+    """Channel weights of a CAM method at input images.
+
+    Args:
+      method: one of ``CAM_METHODS``.
+      fns, params: the model.
+      raw: float32[V, S, S, 3] raw input images in [0, 1] (only Score-CAM reads them).
+      psi: float32[V, h, w, c] their feature maps ψ.
+      classes: int[V] class to explain at each input (its predicted class).
+      chunk_size: inputs per jitted call.
+      channel_chunk: Score-CAM's masked images per forward pass.
+      progress: show a progress bar.
+
+    Returns:
+      float32[V, c].
+    """
+    check_choice(method, CAM_METHODS)
+    psi = check_batch(psi, "psi", 4)
+    raw = check_batch(raw, "raw", 4, len(psi))
+    classes = check_batch(classes, "classes", 1, len(psi)).astype(np.int32)
+    num_classes = jax.eval_shape(fns.head, params, jax.ShapeDtypeStruct((1, *psi.shape[1:]),
+                                                                        psi.dtype)).shape[-1]
+    if classes.min() < 0 or classes.max() >= num_classes:
+        raise ValueError(f"classes: values must lie in [0, {num_classes})")
+    fn = functools.partial(_cam_weights_chunk, fns, method, params,
+                           channel_chunk=check_positive(channel_chunk, "channel_chunk"))
+    return map_chunks(fn, (raw, psi, classes), chunk_size, progress=progress,
+                      desc=f"{method} weights")
+
+
+def cam_interpretations(method: str, fns: ModelFns, params: Params, raw: np.ndarray,
+                        psi: np.ndarray, classes: np.ndarray, **kwargs) -> Interpretations:
+    """A CAM method's interpretations at V input images (Q = 1, always selected).
+
+    Args:
+      method, fns, params, raw, psi, classes: as in ``cam_weights``.
+      **kwargs: passed to ``cam_weights`` (``chunk_size``, ``channel_chunk``, ``progress``).
+
+    Returns:
+      ``Interpretations`` with alphas [V, 1, c].
+    """
+    alphas = cam_weights(method, fns, params, raw, psi, classes, **kwargs)
+    return Interpretations(alphas=alphas[:, None, :], selected=np.ones((len(alphas), 1), bool))
+
+
+def make_interpreter(fns: ModelFns, params: Params, ref_psi: np.ndarray, *, key: Array,
+                     num_boundaries: int = DEFAULT_NUM_BOUNDARIES, batch_size: int = 64,
+                     progress: bool = False) -> RepresentativeInterpreter:
+    """RI over references given by their (cached) feature maps.
+
+    Args:
+      fns, params: the model.
+      ref_psi: float32[N, h, w, c] reference feature maps.
+      key: PRNG key drawing the sample Q.
+      num_boundaries: |Q| (capped at N with a warning).
+      batch_size: images per forward pass inside the interpreter.
+      progress: show the interpreter's progress bars.
+
+    Returns:
+      ``RepresentativeInterpreter`` with ``is_features=True``.
+    """
+    return RepresentativeInterpreter(functools.partial(fns.features, params),
+                                     functools.partial(fns.head, params), ref_psi, key=key,
+                                     num_boundaries=num_boundaries, batch_size=batch_size,
+                                     is_features=True, piecewise_linear=True, progress=progress)
+
+
+def ri_interpretations(interpreter: RepresentativeInterpreter, fns: ModelFns, raw: np.ndarray, *,
+                       top_k: int = 1, chunk_size: int = 32,
+                       progress: bool = False) -> RIInterpretations:
+    """RI's interpretations at V input images, in chunks of ``interpret_batch``.
+
+    Args:
+      interpreter: from ``make_interpreter``.
+      fns: the model (for ``normalize``).
+      raw: float32[V, S, S, 3] raw input images in [0, 1].
+      top_k: similar references kept per input in ``details``.
+      chunk_size: inputs per ``interpret_batch`` call (bounds its [chunk, Q, S, S] maps).
+      progress: show a progress bar.
+
+    Returns:
+      ``RIInterpretations``; ``regions`` use the same ψ(x_v) the solver saw, so a polytope
+      always covers its own input.
+    """
+    raw = check_batch(raw, "raw", 4)
+    top_k = check_positive(top_k, "top_k")
+
+    def one_chunk(chunk):
+        xs = fns.normalize(jnp.asarray(chunk))
+        # interpreter.features is deterministic, so these are the ψ interpret_batch solves on.
+        return interpreter.interpret_batch(xs, top_k=top_k), interpreter.features(xs)
+
+    details, feats = map_chunks(one_chunk, (raw,), chunk_size, progress=progress,
+                                desc="RI interpretations")
+    bounds = interpreter.reference_set.boundaries
+    regions = DecisionRegions(w=bounds.w, b=bounds.b, selected=jnp.asarray(details.selected),
+                              signs=sides(bounds, feats).T,
+                              label=jnp.asarray(details.predicted_class),
+                              num_covered_refs=jnp.asarray(details.num_covered))
+    interps = Interpretations(alphas=details.alphas, selected=details.selected)
+    return RIInterpretations(interpretations=interps, details=details, regions=regions)
+
+
+def ri_at_inputs(fns: ModelFns, params: Params, ref_psi: np.ndarray, raw_inputs: np.ndarray,
+                 options: RIOptions = RIOptions(), *, key: Array, top_k: int = 1,
+                 progress: bool = False) -> RIInterpretations:
+    """RI's interpretations at V input images over the references ``ref_psi``.
+
+    The one function every protocol builds RI with: ``make_interpreter`` then
+    ``ri_interpretations``, both set by ``options``.
+
+    Args:
+      fns, params: the model.
+      ref_psi: float32[N, h, w, c] reference feature maps.
+      raw_inputs: float32[V, S, S, 3] raw input images in [0, 1].
+      options: ``RIOptions``.
+      key: PRNG key drawing the sample Q.
+      top_k: similar references kept per input in ``details``.
+      progress: show a progress bar over input chunks.
+
+    Returns:
+      ``RIInterpretations``.
+    """
+    interpreter = make_interpreter(fns, params, ref_psi, key=key,
+                                   num_boundaries=options.num_boundaries,
+                                   batch_size=options.batch_size)
+    return ri_interpretations(interpreter, fns, raw_inputs, top_k=top_k,
+                              chunk_size=options.chunk_size, progress=progress)
+
+
+def distinct_polytopes(regions: DecisionRegions) -> int:
+    """Number of different polytopes among the V: same selected boundaries and same sides on them.
+
+    Args:
+      regions: ``DecisionRegions``.
+
+    Returns:
+      int in [1, V].
+    """
+    selected = np.asarray(regions.selected, bool)
+    sides_on_selected = selected & np.asarray(regions.signs, bool)
+    keys = np.concatenate([selected, sides_on_selected], axis=1)
+    return int(len(np.unique(keys, axis=0)))
+
+
+def ri_summary(ri: RIInterpretations) -> dict:
+    """What RI's V interpretations were, for the results files.
+
+    Args:
+      ri: from ``ri_interpretations``.
+
+    Returns:
+      dict: ``interpretations`` V, ``distinct_polytopes``, ``empty_polytopes`` and
+      ``not_reached`` counts, and {mean, min, max} of ``boundaries_per_polytope``,
+      ``references_covered``, ``other_class_covered`` and ``tau``.
+    """
+    d = ri.details
+
+    def stats(values) -> dict:
+        v = np.asarray(values, np.float64)
+        return {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
+
+    return {"interpretations": int(len(d.selected)),
+            "distinct_polytopes": distinct_polytopes(ri.regions),
+            "empty_polytopes": int(np.sum(d.empty)),
+            "not_reached": int(np.sum(~np.asarray(d.reached))),
+            "boundaries_per_polytope": stats(d.num_selected),
+            "references_covered": stats(d.num_covered),
+            "other_class_covered": stats(d.num_covered_other),
+            "tau": stats(d.tau)}
+
+
+@functools.partial(jax.jit, static_argnames=("image_size",))
+def _draw(alphas: Array, selected: Array, psi: Array, image_size: int) -> Array:
+    return jax.vmap(polytope_heatmap, in_axes=(0, 0, 0, None))(alphas, selected, psi, image_size)
+
+
+def interpretation_heatmaps(interps: Interpretations, which: np.ndarray, psi: np.ndarray,
+                            image_size: int, *, chunk_size: int = 32,
+                            progress: bool = False) -> np.ndarray:
+    """Draws interpretation ``which[b]`` on target b (reuse, §5.1 / §6.1).
+
+    Args:
+      interps: V interpretations.
+      which: int[B] interpretation index of each target, in [0, V).
+      psi: float32[B, h, w, c] target feature maps.
+      image_size: side S of the maps.
+      chunk_size: targets per jitted call (memory ~ chunk · Q · S² floats).
+      progress: show a progress bar.
+
+    Returns:
+      float32[B, S, S] maps in [0, 1].
+    """
+    alphas = check_batch(interps.alphas, "interps.alphas", 3)
+    selected = check_batch(interps.selected, "interps.selected", 2, len(alphas))
+    if selected.shape[1] != alphas.shape[1] or selected.dtype != bool:
+        raise ValueError(f"interps.selected: expected bool{alphas.shape[:2]}, got "
+                         f"{selected.dtype}{selected.shape}")
+    psi = check_batch(psi, "psi", 4)
+    if psi.shape[-1] != alphas.shape[-1]:
+        raise ValueError(f"psi: {psi.shape[-1]} channels but the interpretations weigh "
+                         f"{alphas.shape[-1]}")
+    which = check_batch(which, "which", 1, len(psi))
+    if not np.issubdtype(which.dtype, np.integer) or which.min() < 0 or which.max() >= len(alphas):
+        raise ValueError(f"which: expected integer indices in [0, {len(alphas)})")
+    image_size = check_positive(image_size, "image_size")
+    draw = functools.partial(_draw, image_size=image_size)
+    # Gather per chunk so at most chunk_size copies of an interpretation exist at once.
+    return map_chunks(lambda w, p: draw(alphas[w], selected[w], p), (which, psi), chunk_size,
+                      progress=progress, desc="heat maps")
+
+
+def random_heatmaps(n: int, image_size: int, *, key: Array) -> np.ndarray:
+    """The "Random" control: i.i.d. uniform maps, so the kept 20 % is a uniform random subset.
+
+    Args:
+      n: number of maps.
+      image_size: side S.
+      key: PRNG key.
+
+    Returns:
+      float32[n, S, S] in [0, 1).
+    """
+    n = check_positive(n, "n")
+    image_size = check_positive(image_size, "image_size")
+    return np.asarray(jax.random.uniform(key, (n, image_size, image_size)))
+
+
+def own_gradcam_heatmaps(fns: ModelFns, params: Params, raw: np.ndarray, psi: np.ndarray,
+                         classes: np.ndarray, *, chunk_size: int = 32) -> np.ndarray:
+    """The "Grad-CAM (own weights)" control: Grad-CAM computed at each target itself.
+
+    Args:
+      fns, params: the model.
+      raw: float32[B, S, S, 3] raw target images.
+      psi: float32[B, h, w, c] their feature maps.
+      classes: int[B] the class explained on each target.
+      chunk_size: targets per jitted call.
+
+    Returns:
+      float32[B, S, S].
+    """
+    raw = check_batch(raw, "raw", 4)
+    own = cam_interpretations("Grad-CAM", fns, params, raw, psi, classes, chunk_size=chunk_size)
+    return interpretation_heatmaps(own, np.arange(len(raw)), psi, raw.shape[1],
+                                   chunk_size=chunk_size)
+
+
+def control_heatmaps(control: str, fns: ModelFns, params: Params, raw: np.ndarray,
+                     psi: np.ndarray, classes: np.ndarray, *, key: Array | None = None,
+                     chunk_size: int = 32) -> np.ndarray:
+    """Heat maps of a control on target images.
+
+    Args:
+      control: one of ``CONTROLS``.
+      fns, params: the model.
+      raw: float32[B, S, S, 3] raw target images.
+      psi: float32[B, h, w, c] their feature maps.
+      classes: int[B] the model's prediction on each target.
+      key: PRNG key, required by "Random".
+      chunk_size: targets per jitted call.
+
+    Returns:
+      float32[B, S, S].
+    """
+    check_choice(control, CONTROLS)
+    raw = check_batch(raw, "raw", 4)
+    if control == "Random":
+        if key is None:
+            raise ValueError('key: the "Random" control needs a PRNG key')
+        return random_heatmaps(len(raw), raw.shape[1], key=key)
+    return own_gradcam_heatmaps(fns, params, raw, psi, classes, chunk_size=chunk_size)

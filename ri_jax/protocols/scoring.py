@@ -1,0 +1,236 @@
+"""Masking and scoring: AD / AI of heat maps or pixel masks on their target images (§6.2).
+
+Every protocol masks and scores here. ``MaskingOptions`` says how many pixels a heat
+map keeps; ``_keep_masks`` (top share of each map, with its tie report) and
+``_masked_softmax`` (the kept pixels, the rest black, through the model) are the two
+traced steps every scoring function below is built from.
+
+``evaluate_heatmaps`` keeps each map's top 20 % pixels and reports AD / AI (Eqs. 7–8)
+in percent with ``ri_jax.metrics``, with per-image scores and how ties at the cut
+were broken (``TIE_RULE``); given the cached logits of the unmasked images, only the
+masked ones go through the model. ``evaluate_masks`` scores given masks (ACE's
+segments); ``masked_class_scores`` scores each image's own class on many (input,
+similar image) pairs at once (Figure 4, case studies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ri_jax.metrics import (KEEP_FRACTION, cut_ties, mask_image, masked_scores_from_masks,
+                            num_kept, top_fraction_mask)
+from ri_jax.models.vgg import ModelFns
+from ri_jax.protocols.batching import check_batch, check_positive, map_chunks
+
+Array = jax.Array
+Params = Any
+
+TIE_RULE = ("exactly round(20% of pixels) are kept; among pixels tied at the cut, those first in "
+            "a fixed pseudo-random pixel order are kept, spread evenly over the image "
+            "(ri_jax.metrics.tie_priority)")
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskingOptions:
+    """How a heat map becomes a masked image.
+
+    Attributes:
+      keep_fraction: share of pixels kept, highest map values first (0.2 in the paper).
+    """
+
+    keep_fraction: float = KEEP_FRACTION
+
+
+class Evaluation(NamedTuple):
+    """AD / AI of heat maps (or pixel masks) on their target images.
+
+    Attributes:
+      ad: Average Drop (Eq. 7), percent.
+      ai: Average Increase (Eq. 8), percent.
+      drop: float32[B] per-image max(0, Y − Y′)/Y (0 where Y = 0); ``ad = 100·mean(drop)``.
+      increase: bool[B] per-image Y < Y′; ``ai = 100·mean(increase)``.
+      y: float32[B] Y_c on the unmasked image (c = the model's prediction there).
+      y_masked: float32[B] Y_c on the masked image.
+      classes: int32[B] c.
+      tied_images: images whose 20 % cut fell among tied values (−1 for masks).
+      tied_pixels: tied pixels dropped by the tie rule, summed over images (−1 for masks).
+      flat_maps: constant heat maps (every pixel tied; e.g. empty polytopes) (−1 for masks).
+    """
+
+    ad: float
+    ai: float
+    drop: np.ndarray
+    increase: np.ndarray
+    y: np.ndarray
+    y_masked: np.ndarray
+    classes: np.ndarray
+    tied_images: int
+    tied_pixels: int
+    flat_maps: int
+
+    def tie_report(self) -> dict:
+        """The tie counts as written into the results files."""
+        return {"tied_images": self.tied_images, "tied_pixels": self.tied_pixels,
+                "flat_maps": self.flat_maps}
+
+
+def _keep_masks(heatmaps: Array, fraction: float) -> tuple[Array, Array, Array]:
+    """bool[B, S, S] top-``fraction`` masks, int[B] tied pixels dropped, bool[B] constant maps."""
+    masks = jax.vmap(lambda m: top_fraction_mask(m, fraction))(heatmaps)
+    ties = jax.vmap(lambda m: cut_ties(m, fraction))(heatmaps)
+    flat = jnp.min(heatmaps, axis=(1, 2)) == jnp.max(heatmaps, axis=(1, 2))
+    return masks, ties, flat
+
+
+def _masked_softmax(fns: ModelFns, params: Params, raw: Array, masks: Array) -> Array:
+    """float32[B, C] softmax of the images keeping only ``masks`` (the rest black)."""
+    masked = jax.vmap(mask_image)(raw, masks)
+    return jax.nn.softmax(fns.apply(params, fns.normalize(masked)), axis=-1)
+
+
+_keep_masks_jit = jax.jit(_keep_masks, static_argnames=("fraction",))
+_masked_softmax_jit = jax.jit(_masked_softmax, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(fns: ModelFns, params: Params, images: Array) -> Array:
+    return fns.apply(params, images)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _masked_class_chunk(fns, params, raw, heatmaps, classes, fraction):
+    masks, ties, flat = _keep_masks(heatmaps, fraction)
+    probs = _masked_softmax(fns, params, raw, masks)
+    return jnp.take_along_axis(probs, classes[:, None], axis=1)[:, 0], ties, flat
+
+
+def masked_probabilities(fns: ModelFns, params: Params, raw: np.ndarray, masks: np.ndarray, *,
+                         batch_size: int = 64) -> np.ndarray:
+    """Softmax probabilities of images keeping only the pixels in ``masks`` (the rest black).
+
+    Args:
+      fns, params: the model.
+      raw: float32[B, S, S, 3] raw images in [0, 1].
+      masks: bool[B, S, S] pixels kept (e.g. ``ace_adapter.ace_masks``).
+      batch_size: images per forward chunk.
+
+    Returns:
+      float32[B, C].
+    """
+    raw = check_batch(raw, "raw", 4)
+    masks = check_batch(masks, "masks", 3, len(raw))
+    return map_chunks(functools.partial(_masked_softmax_jit, fns, params),
+                      (raw, masks.astype(bool)), check_positive(batch_size, "batch_size"))
+
+
+def drop_and_increase(y: np.ndarray, y_masked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image terms of Eq. 7 (max(0, Y − Y′)/Y, 0 where Y = 0) and Eq. 8 (Y < Y′)."""
+    safe = np.where(y > 0, y, 1.0)
+    return np.where(y > 0, np.maximum(y - y_masked, 0.0) / safe, 0.0), y < y_masked
+
+
+def evaluate_masks(fns: ModelFns, params: Params, raw: np.ndarray, masks: np.ndarray, *,
+                   logits: np.ndarray | None = None, batch_size: int = 64) -> Evaluation:
+    """AD / AI when only the pixels in ``masks`` are kept (e.g. ACE's segments).
+
+    Args:
+      fns, params: the model.
+      raw: float32[B, S, S, 3] raw target images in [0, 1].
+      masks: bool[B, S, S] pixels kept; the rest is painted black (0 in raw space).
+      logits: optional float32[B, C] the model's logits on the unmasked targets (e.g. the
+        cached ``Features.logits``): then only the masked images go through the model.
+        Without them ``metrics.masked_scores_from_masks`` forwards both.
+      batch_size: images per forward chunk.
+
+    Returns:
+      ``Evaluation`` with the tie fields set to −1.
+    """
+    raw = check_batch(raw, "raw", 4)
+    masks = check_batch(masks, "masks", 3, len(raw))
+    batch_size = check_positive(batch_size, "batch_size")
+    if logits is None:
+        scores = masked_scores_from_masks(functools.partial(_forward, fns, params),
+                                          fns.normalize, jnp.asarray(raw),
+                                          jnp.asarray(masks, bool), batch_size=batch_size)
+        y, y_masked = np.asarray(scores.y_orig), np.asarray(scores.y_masked)
+        classes = np.asarray(scores.classes)
+    else:
+        logits = check_batch(logits, "logits", 2, len(raw))
+        probs = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
+        classes = probs.argmax(axis=1).astype(np.int32)
+        masked = masked_probabilities(fns, params, raw, masks, batch_size=batch_size)
+        rows = np.arange(len(raw))
+        y, y_masked = probs[rows, classes], masked[rows, classes]
+    # Eq. 7 per image; an image with Y = 0 contributes 0, as in metrics.average_drop.
+    drop, increase = drop_and_increase(y, y_masked)
+    return Evaluation(ad=float(100.0 * drop.mean()), ai=float(100.0 * increase.mean()),
+                      drop=drop.astype(np.float32), increase=increase, y=y, y_masked=y_masked,
+                      classes=classes, tied_images=-1, tied_pixels=-1, flat_maps=-1)
+
+
+def _check_heatmaps(raw: np.ndarray, heatmaps: np.ndarray, masking: MaskingOptions
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    raw = check_batch(raw, "raw", 4)
+    heatmaps = check_batch(heatmaps, "heatmaps", 3, len(raw))
+    if heatmaps.shape[1:] != raw.shape[1:3]:
+        raise ValueError(f"heatmaps: maps of shape {heatmaps.shape[1:]} do not match images "
+                         f"{raw.shape[1:3]}")
+    num_kept(heatmaps[0].size, masking.keep_fraction)  # validates the fraction
+    return raw, heatmaps
+
+
+def evaluate_heatmaps(fns: ModelFns, params: Params, raw: np.ndarray, heatmaps: np.ndarray, *,
+                      logits: np.ndarray | None = None,
+                      masking: MaskingOptions = MaskingOptions(),
+                      batch_size: int = 64) -> Evaluation:
+    """AD / AI of heat maps: keep each map's top ``masking.keep_fraction`` of pixels (§6.2).
+
+    Args:
+      fns, params: the model.
+      raw: float32[B, S, S, 3] raw target images in [0, 1].
+      heatmaps: float32[B, S, S] heat maps drawn on those images.
+      logits: optional cached logits on the unmasked targets (see ``evaluate_masks``).
+      masking: ``MaskingOptions``.
+      batch_size: maps per jitted mask call and images per forward chunk.
+
+    Returns:
+      ``Evaluation`` including the tie report (``TIE_RULE``).
+    """
+    raw, heatmaps = _check_heatmaps(raw, heatmaps, masking)
+    keep = functools.partial(_keep_masks_jit, fraction=float(masking.keep_fraction))
+    masks, ties, flat = map_chunks(keep, (heatmaps.astype(np.float32),), batch_size)
+    ev = evaluate_masks(fns, params, raw, masks, logits=logits, batch_size=batch_size)
+    return ev._replace(tied_images=int(np.sum(ties > 0)), tied_pixels=int(np.sum(ties)),
+                       flat_maps=int(np.sum(flat)))
+
+
+def masked_class_scores(fns: ModelFns, params: Params, raw: np.ndarray, heatmaps: np.ndarray,
+                        classes: np.ndarray, *, masking: MaskingOptions = MaskingOptions(),
+                        batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Y_c of images masked to the top share of their heat maps (one forward per image).
+
+    Args:
+      fns, params: the model.
+      raw: float32[B, S, S, 3] raw images in [0, 1].
+      heatmaps: float32[B, S, S] their heat maps.
+      classes: int[B] the class c scored on each image.
+      masking: ``MaskingOptions`` (``metrics.top_fraction_mask``; the rest is black).
+      batch_size: images per jitted call.
+
+    Returns:
+      ``(y_masked float[B], tied_pixels int[B], flat bool[B])``: softmax probability of c
+      on the masked image, pixels dropped among ties at the cut (``metrics.cut_ties``) and
+      whether the map is constant.
+    """
+    if np.shape(heatmaps) != np.shape(raw)[:3] or np.shape(classes) != np.shape(raw)[:1]:
+        raise ValueError(f"heatmaps, classes: shapes {np.shape(heatmaps)}, {np.shape(classes)} do "
+                         f"not match raw {np.shape(raw)}")
+    fn = functools.partial(_masked_class_chunk, fns, params,
+                           fraction=float(masking.keep_fraction))
+    return map_chunks(fn, (raw, heatmaps, np.asarray(classes, np.int32)), batch_size)
