@@ -39,6 +39,7 @@ from pathlib import Path
 
 import jax
 
+import ri_jax
 from common import prepare_output, write_json
 from ri_jax.checkpoint import load_checkpoint
 from ri_jax.protocols.report import render_results
@@ -187,7 +188,11 @@ def machine() -> dict:
 
 def run_step(step: str, argv: list[str]) -> None:
     """Runs one step's script in its own process; exits naming the step if it fails."""
-    done = subprocess.run([sys.executable, str(SCRIPTS[step]), *argv])
+    # The child imports the same ri_jax as this process, installed or not.
+    library_root = str(Path(ri_jax.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (library_root, os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, str(SCRIPTS[step]), *argv], env=env)
     if done.returncode != 0:
         sys.exit(f"{step}: {SCRIPTS[step].name} failed with exit status {done.returncode}")
 

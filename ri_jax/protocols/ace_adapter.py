@@ -22,6 +22,7 @@ from ri_jax.protocols.batching import check_batch
 
 Array = jax.Array
 Params = Any
+ACE_DISCOVERY_IMAGES = 50  # default discovery set around one input x: x and its 49 nearest references
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,13 +22,12 @@ from ri_jax.baselines.ace import ACECache
 from ri_jax.featurize import Features
 from ri_jax.models.vgg import ModelFns
 from ri_jax.protocols import ace_adapter, methods, routing, scoring
-from ri_jax.protocols.ace_adapter import ACESettings
+from ri_jax.protocols.ace_adapter import ACE_DISCOVERY_IMAGES, ACESettings
 from ri_jax.protocols.methods import RIOptions
 from ri_jax.protocols.scoring import MaskingOptions
 
 Params = Any
 BLOCKS = ("similar by RI", "Euclidean neighbours")
-ACE_DISCOVERY_IMAGES = 50  # x and its 49 nearest references
 LAYOUTS = ("full", "paper")
 
 

@@ -30,13 +30,12 @@ from ri_jax.data import sample_count
 from ri_jax.featurize import Features
 from ri_jax.models.vgg import ModelFns
 from ri_jax.protocols import ace_adapter, methods, routing, scoring
-from ri_jax.protocols.ace_adapter import ACESettings
+from ri_jax.protocols.ace_adapter import ACE_DISCOVERY_IMAGES, ACESettings
 from ri_jax.protocols.methods import RIOptions
 from ri_jax.protocols.scoring import MaskingOptions
 
 Params = Any
 DEFAULT_KS = (1, 5, 10, 20, 30, 40, 50)
-ACE_DISCOVERY_IMAGES = 50  # x and its 49 nearest references
 SIMILAR_EUCLIDEAN = "x, then its nearest references by Euclidean distance in Ω"
 
 
