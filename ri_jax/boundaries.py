@@ -1,12 +1,29 @@
 """Sampling linear boundaries of the head G (Eq. 2) and the sides of feature maps (§4.1).
 
-For a reference feature map t, ΔG(t) = max₁ G(t) − max₂ G(t). When G is piecewise
-linear, ΔG is linear on the region around t, so
+For a feature map t, ΔG(t) = max₁ G(t) − max₂ G(t). When G is piecewise linear, ΔG
+is linear on the region around t, so
 
     W = ∂ΔG/∂t |_t,   b = ΔG(t) − ⟨W, t⟩
 
 is exactly one of G's linear boundaries. The side of a feature map ψ with
 respect to boundary h is ⟨W_h, ψ⟩ + b_h > 0.
+
+Where t comes from is where the paper's text and the authors' code differ; both are here:
+
+* **paper** (§4.1: "sample a subset of reference images from R, and apply Equation (2)
+  on each"): t = ψ(r) for a random sample Q of references, shared by every input
+  (``sample_indices`` + ``sample_boundaries``).
+* **authors** (their public code, ``RuleMinerLargeCandiPool.CandidatePoolLabel`` in the
+  ``dnn_invariant`` family): for each input x of class c, a pool of |Q| references is
+  drawn without replacement from D(x), the references predicted as another class
+  (``draw_pools``). For each drawn r, ``pos = ψ(x)``, ``neg = ψ(r)``; repeat
+  ``t = 0.9·pos + 0.1·neg``; if the top class of G(t) is c then ``pos = t`` else
+  ``neg = t``; until ``(top1(G(t)) − top2(G(t)))² < 1e-5`` and the top class is c.
+  Eq. 2 is applied at that t, so every boundary lies on the model's decision boundary
+  between x and an other-class image (``search_boundary_point``, ``pool_boundaries``).
+  Their loop has no cap; ours stops after ``max_steps`` and then uses the last point
+  with top class c (the closest to the boundary on x's side found), flagged
+  ``converged = False``.
 """
 
 from __future__ import annotations
@@ -19,11 +36,17 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ri_jax.solver import WORD_BITS, pack_bits
+from ri_jax.solver import WORD_BITS, num_words, pack_bits, valid_words
 
 Array = jax.Array
 
 DEFAULT_NUM_BOUNDARIES = 50
+# The authors' boundary search: t = STEP·pos + (1 − STEP)·neg, stop at ΔG(t)² < TOL.
+SEARCH_STEP = 0.9
+SEARCH_TOLERANCE = 1e-5
+# 0.9^400 < 1e-18: far past float32 resolution, so a search that has not converged by
+# then will not (ours caps the loop; the authors' has no cap).
+DEFAULT_MAX_SEARCH_STEPS = 400
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -177,18 +200,12 @@ def _side_chunk(w_flat: Array, b: Array, feats_flat: Array) -> Array:
     return (jnp.dot(w_flat, feats_flat.T, precision=_HIGHEST) + b[:, None]) > 0
 
 
-def sides(boundaries: Boundaries, feats: Array, *, chunk_size: int = 1024) -> Array:
-    """Side of every feature map for every boundary: ⟨W_h, ψ_n⟩ + b_h > 0.
+@jax.jit
+def _side_chunk_packed(w_flat: Array, b: Array, feats_flat: Array) -> Array:
+    return pack_bits(_side_chunk(w_flat, b, feats_flat))
 
-    Args:
-      boundaries: ``Boundaries(w [Q, *feat_shape], b [Q])``.
-      feats: [N, *feat_shape].
-      chunk_size: feature maps per matmul (rounded up to a multiple of 32); the last chunk is
-        padded so every chunk reuses one compiled kernel.
 
-    Returns:
-      bool[Q, N].
-    """
+def _check_sides_args(boundaries: Boundaries, feats, chunk_size: int):
     w, b = jnp.asarray(boundaries.w), jnp.asarray(boundaries.b)
     feats = _check_feats(feats)
     if w.ndim < 2 or b.shape != w.shape[:1]:
@@ -201,17 +218,40 @@ def sides(boundaries: Boundaries, feats: Array, *, chunk_size: int = 1024) -> Ar
         raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
     n = feats.shape[0]
     chunk = min(-(-int(chunk_size) // WORD_BITS), -(-n // WORD_BITS)) * WORD_BITS
-    w_flat = w.reshape(w.shape[0], -1)
-    flat = feats.reshape(n, -1)
+    return w.reshape(w.shape[0], -1), b, feats.reshape(n, -1), chunk
+
+
+def _map_feature_chunks(fn, w_flat, b, flat, chunk):
+    """``fn`` on fixed-size chunks of the feature maps (the last one zero-padded)."""
+    n = flat.shape[0]
     parts = []
     for i in range(0, n, chunk):
         part = flat[i:i + chunk]
-        parts.append(_side_chunk(w_flat, b, jnp.pad(part, ((0, chunk - part.shape[0]), (0, 0)))))
-    return jnp.concatenate(parts, axis=1)[:, :n]
+        parts.append(fn(w_flat, b, jnp.pad(part, ((0, chunk - part.shape[0]), (0, 0)))))
+    return jnp.concatenate(parts, axis=1)
+
+
+def sides(boundaries: Boundaries, feats: Array, *, chunk_size: int = 1024) -> Array:
+    """Side of every feature map for every boundary: ⟨W_h, ψ_n⟩ + b_h > 0.
+
+    Args:
+      boundaries: ``Boundaries(w [Q, *feat_shape], b [Q])``.
+      feats: [N, *feat_shape].
+      chunk_size: feature maps per matmul (rounded up to a multiple of 32); the last chunk is
+        padded so every chunk reuses one compiled kernel.
+
+    Returns:
+      bool[Q, N].
+    """
+    w_flat, b, flat, chunk = _check_sides_args(boundaries, feats, chunk_size)
+    return _map_feature_chunks(_side_chunk, w_flat, b, flat, chunk)[:, :flat.shape[0]]
 
 
 def sides_packed(boundaries: Boundaries, feats: Array, *, chunk_size: int = 1024) -> Array:
     """``sides`` packed along the feature maps (see ``ri_jax.solver.pack_bits``).
+
+    Each chunk (a multiple of 32 feature maps) is packed as soon as it is computed, so the
+    memory held is the packed words, Q·⌈N/32⌉ uint32, plus one chunk of bools.
 
     Args:
       boundaries: ``Boundaries(w [Q, *feat_shape], b [Q])``.
@@ -221,5 +261,181 @@ def sides_packed(boundaries: Boundaries, feats: Array, *, chunk_size: int = 1024
     Returns:
       uint32[Q, ⌈N/32⌉], padding bits zero.
     """
-    return pack_bits(sides(boundaries, feats, chunk_size=chunk_size))
+    w_flat, b, flat, chunk = _check_sides_args(boundaries, feats, chunk_size)
+    words = _map_feature_chunks(_side_chunk_packed, w_flat, b, flat, chunk)
+    n = flat.shape[0]
+    # Bits of zero-padded feature maps may be set (b > 0): clear the padding bits.
+    return words[:, :num_words(n)] & valid_words(n, num_words(n))
 
+
+def sides_packed_per_input(boundaries: Boundaries, feats: Array, *,
+                           chunk_size: int = 1024) -> Array:
+    """Packed sides of N feature maps against each input's own boundaries.
+
+    Args:
+      boundaries: ``Boundaries(w [B, Q, *feat_shape], b [B, Q])``, one pool per input.
+      feats: [N, *feat_shape].
+      chunk_size: feature maps per matmul, as in ``sides``.
+
+    Returns:
+      uint32[B, Q, ⌈N/32⌉]. Memory: the output plus one [B·Q, chunk] block of bools and
+      the [B·Q, chunk] float products; call it on chunks of inputs to bound B.
+    """
+    w, b = jnp.asarray(boundaries.w), jnp.asarray(boundaries.b)
+    if w.ndim < 3 or b.shape != w.shape[:2]:
+        raise ValueError(f"boundaries: expected w [B, Q, *feat_shape] and b [B, Q], got "
+                         f"{w.shape} and {b.shape}")
+    bq = w.shape[0] * w.shape[1]
+    flat = Boundaries(w.reshape((bq,) + w.shape[2:]), b.reshape(bq))
+    words = sides_packed(flat, feats, chunk_size=chunk_size)
+    return words.reshape(w.shape[:2] + words.shape[1:])
+
+
+class BoundaryPoints(NamedTuple):
+    """Points found by the authors' search (add leading axes under vmap).
+
+    Attributes:
+      point: [*feat_shape], the last t, on the decision boundary when converged; else the
+        last point whose top class is c (x itself if no step kept class c).
+      steps: int32, interpolation steps taken.
+      converged: bool, (top1 − top2)² < tol at ``point`` with top class c.
+    """
+
+    point: Array
+    steps: Array
+    converged: Array
+
+
+def _top_two(head_fn, t: Array) -> tuple[Array, Array]:
+    """(ΔG(t), top class) of one feature map, with ``delta_g``'s tie rule."""
+    logits = head_fn(t[None])[0]
+    top, index = jax.lax.top_k(logits, 2)
+    return top[0] - top[1], index[0]
+
+
+def search_boundary_point(head_fn: Callable[[Array], Array], psi_x: Array, psi_r: Array,
+                          c: Array, *, max_steps: int = DEFAULT_MAX_SEARCH_STEPS,
+                          tol: float = SEARCH_TOLERANCE) -> BoundaryPoints:
+    """The authors' search for a point of G's decision boundary between x and r.
+
+    ``pos = ψ(x)``, ``neg = ψ(r)``; repeat ``t = 0.9·pos + 0.1·neg``, ``pos = t`` if the top
+    class of G(t) is c else ``neg = t``; until ``ΔG(t)² < tol`` with top class c, or
+    ``max_steps`` steps. One pair; ``jax.vmap`` it over inputs × pool.
+
+    Args:
+      head_fn: G, logits [B, C] from [B, *feat_shape].
+      psi_x: [*feat_shape], ψ(x) (top class c).
+      psi_r: [*feat_shape], ψ(r) of a reference predicted as another class.
+      c: int32, Class(x).
+      max_steps: cap on the steps (static).
+      tol: the authors' 1e-5 on ΔG², i.e. |ΔG| < 0.0032.
+
+    Returns:
+      ``BoundaryPoints`` for this pair.
+    """
+    c = jnp.asarray(c, jnp.int32)
+
+    def cond(state):
+        _, _, steps, done = state
+        return ~done & (steps < max_steps)
+
+    def body(state):
+        pos, neg, steps, _ = state
+        t = SEARCH_STEP * pos + (1.0 - SEARCH_STEP) * neg
+        gap, top = _top_two(head_fn, t)
+        is_c = top == c
+        pos = jnp.where(is_c, t, pos)
+        neg = jnp.where(is_c, neg, t)
+        return pos, neg, steps + 1, is_c & (gap * gap < tol)
+
+    init = (psi_x, psi_r, jnp.asarray(0, jnp.int32), jnp.asarray(False))
+    pos, _, steps, done = jax.lax.while_loop(cond, body, init)
+    # On convergence the last t had class c, so it is ``pos``.
+    return BoundaryPoints(point=pos, steps=steps, converged=done)
+
+
+def draw_pools(ref_preds: Array, classes: Array, pool_size: int = DEFAULT_NUM_BOUNDARIES, *,
+               keys: Array) -> tuple[Array, Array]:
+    """Each input's pool: ``pool_size`` references drawn without replacement from D(x).
+
+    Args:
+      ref_preds: int32[N], the references' predicted classes.
+      classes: int32[B], Class(x) of each input.
+      pool_size: |Q| (static).
+      keys: [B] PRNG keys, one per input.
+
+    Returns:
+      (int32[B, pool_size] reference indices, int32[B] |D(x)|). Where |D(x)| < pool_size
+      the draw is a random order of all of D(x), repeated to fill the pool (the repeats
+      give identical boundaries, which Algorithm 1 never selects twice). Inputs with
+      |D(x)| = 0 get index 0 everywhere; ``pool_boundaries`` refuses them.
+    """
+    ref_preds = jnp.asarray(ref_preds, jnp.int32)
+
+    def one(key, c):
+        other = ref_preds != c
+        score = jnp.where(other, jax.random.uniform(key, ref_preds.shape), 2.0)
+        order = jnp.argsort(score).astype(jnp.int32)
+        count = jnp.sum(other, dtype=jnp.int32)
+        return order[jnp.arange(pool_size) % jnp.maximum(count, 1)], count
+
+    return jax.vmap(one)(keys, jnp.asarray(classes, jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("head_fn", "max_steps"))
+def _pool_boundaries(head_fn, psi_x, classes, pool_feats, max_steps, tol):
+    b, q = pool_feats.shape[:2]
+    search = jax.vmap(jax.vmap(functools.partial(search_boundary_point, head_fn,
+                                                 max_steps=max_steps, tol=tol),
+                               in_axes=(None, 0, None)))
+    found = search(psi_x, pool_feats, classes)
+    points = found.point.reshape((b * q,) + psi_x.shape[1:])
+    value, w, _ = _linearise_impl(head_fn, points, points[0], check_curvature=False)
+    offset = value - jnp.einsum("q...,q...->q", w, points, precision=_HIGHEST)
+    bounds = Boundaries(w=w.reshape(pool_feats.shape), b=offset.reshape(b, q))
+    return bounds, found
+
+
+def pool_boundaries(head_fn: Callable[[Array], Array], psi_x: Array, classes: Array,
+                    pool_feats: Array, *, max_steps: int = DEFAULT_MAX_SEARCH_STEPS,
+                    tol: float = SEARCH_TOLERANCE) -> tuple[Boundaries, BoundaryPoints]:
+    """The authors' per-input boundaries: search every (x, r) pair, then Eq. 2 there.
+
+    One jitted call per shape: the search is a ``lax.while_loop`` vmapped over inputs ×
+    pool, and Eq. 2 at all B·Q points is one batched backward pass. W is ∇(G_top1 − G_top2)
+    at the point, with the two classes on top there.
+
+    Args:
+      head_fn: G (hashable; compiled once per object), piecewise linear.
+      psi_x: [B, *feat_shape] inputs' feature maps.
+      classes: int32[B], Class(x) = argmax G(ψ(x)).
+      pool_feats: [B, Q, *feat_shape], ψ of each input's pool (``draw_pools``).
+      max_steps: cap on each search.
+      tol: convergence threshold on ΔG².
+
+    Returns:
+      (``Boundaries(w [B, Q, *feat_shape], b [B, Q])``, ``BoundaryPoints`` with [B, Q] axes).
+    """
+    psi_x = _check_feats(psi_x)
+    pool_feats = jnp.asarray(pool_feats)
+    if pool_feats.ndim != psi_x.ndim + 1 or pool_feats.shape[0] != psi_x.shape[0] \
+            or pool_feats.shape[2:] != psi_x.shape[1:]:
+        raise ValueError(f"pool_feats: expected [{psi_x.shape[0]}, Q, *{psi_x.shape[1:]}], got "
+                         f"{pool_feats.shape}")
+    classes = jnp.asarray(classes, jnp.int32)
+    if classes.shape != psi_x.shape[:1]:
+        raise ValueError(f"classes: expected int[{psi_x.shape[0]}], got {classes.shape}")
+    if int(max_steps) < 1:
+        raise ValueError(f"max_steps: must be >= 1, got {max_steps}")
+    if not float(tol) > 0:
+        raise ValueError(f"tol: must be > 0, got {tol}")
+    _check_head(head_fn, psi_x)
+    try:
+        hash(head_fn)
+    except TypeError:
+        head_fn = functools.partial(head_fn)
+    bounds, found = _pool_boundaries(head_fn, psi_x, classes, pool_feats, int(max_steps),
+                                     jnp.float32(tol))
+    if not (bool(jnp.all(jnp.isfinite(bounds.w))) and bool(jnp.all(jnp.isfinite(bounds.b)))):
+        raise ValueError("head_fn: produced non-finite logits or gradients")
+    return bounds, found

@@ -6,6 +6,11 @@ every reference. Per input x: its side bits and class give the packed match
 matrix, Algorithm 1 picks P(x), and P(x) gives the covered references ranked by
 Eq. 6, the channel weights α (Eq. 5) and the heat maps of x and of its most
 similar covered references, drawn with the same α.
+
+``variant`` chooses between the paper's flow above and the authors' (``ri_jax.variants``):
+with ``sampling="per_input"`` there is no shared Q; each input draws its own pool from
+D(x), its boundaries are found on the decision boundary, and the references' sides are
+taken against that pool ([B, Q, ⌈N/32⌉] words, built for chunks of inputs).
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, sample_boundaries,
-                               sample_indices, sides, sides_packed)
+from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, draw_pools, pool_boundaries,
+                               sample_boundaries, sample_indices, sides, sides_packed,
+                               sides_packed_per_input)
 from ri_jax.heatmaps import polytope_heatmap, ri_channel_weights
 from ri_jax.ranking import rank_covered, semantic_distance
 from ri_jax.regions import DecisionRegions
-from ri_jax.solver import (GreedyResult, match_words, pack_bits, popcount, solve_batch,
-                           solve_greedy_packed, unpack_bits)
+from ri_jax.solver import (GreedyResult, loosen_batch, pack_bits, popcount, solve_batch,
+                           unpack_bits)
+from ri_jax.variants import RIVariant, ri_variant
 
 Array = jax.Array
 
@@ -35,9 +42,11 @@ class ReferenceSet(NamedTuple):
     Attributes:
       feats: [N, h, w, c] reference feature maps ψ.
       preds: int32[N] predicted classes.
-      boundary_refs: int32[Q], the references whose boundaries form Q.
-      boundaries: ``Boundaries(w [Q, h, w, c], b [Q])``.
-      side_words: uint32[Q, ⌈N/32⌉], packed sides of the references.
+      boundary_refs: int32[Q], the references whose boundaries form Q (None for per-input
+        pools, which have no shared Q).
+      boundaries: ``Boundaries(w [Q, h, w, c], b [Q])`` (None for per-input pools).
+      side_words: uint32[Q, ⌈N/32⌉], packed sides of the references (None for per-input
+        pools).
     """
 
     feats: Array
@@ -72,6 +81,16 @@ class Interpretation(NamedTuple):
         reuse them on any image with ``heatmaps.polytope_heatmap(alphas, selected, ψ, S)``.
       heatmap: float32[S, S], the heat map of P(x) on x.
       similar_heatmaps: float32[top_k, S, S], the same α drawn on ``similar`` (zeros for −1).
+      x_side: bool[Q], x's side of each boundary of its Q.
+      pool: int32[Q], the references whose boundaries form x's Q (the shared sample, or
+        x's own pool drawn from D(x)).
+      num_selected_greedy: int32 |P(x)| before the loosen step (= ``num_selected`` without it).
+      search_steps: int32[Q], steps of each boundary search (0 for the shared sample).
+      search_converged: bool[Q], whether each search reached ΔG² < tol (True for the
+        shared sample); a search that did not converge used its last point of class c.
+      pool_w: [Q, h, w, c] x's own boundary normals, or None with a shared sample (then
+        they are ``reference_set.boundaries.w``).
+      pool_b: [Q] x's own boundary offsets, or None with a shared sample.
     """
 
     predicted_class: Array
@@ -92,14 +111,25 @@ class Interpretation(NamedTuple):
     alphas: Array
     heatmap: Array
     similar_heatmaps: Array
+    x_side: Array
+    pool: Array
+    num_selected_greedy: Array
+    search_steps: Array
+    search_converged: Array
+    pool_w: Array | None = None
+    pool_b: Array | None = None
 
 
-def _explain(refs: ReferenceSet, psi_x: Array, predicted_class: Array, result: GreedyResult, *,
-            top_k: int, image_size: int) -> Interpretation:
+def _explain_with(ref_feats: Array, bounds: Boundaries, psi_x: Array, predicted_class: Array,
+                  result: GreedyResult, *, top_k: int, image_size: int) -> Interpretation:
     """Turns Algorithm 1's result for one input into an ``Interpretation`` (§5).
 
+    The diagnostics fields (``x_side``, ``pool``, ``search_*``) are placeholders that the
+    caller fills in.
+
     Args:
-      refs: the ``ReferenceSet``.
+      ref_feats: [N, h, w, c] reference feature maps.
+      bounds: ``Boundaries(w [Q, h, w, c], b [Q])`` of x's Q.
       psi_x: [h, w, c] feature map of x.
       predicted_class: int32 Class(x).
       result: ``GreedyResult`` of x (unbatched).
@@ -109,16 +139,17 @@ def _explain(refs: ReferenceSet, psi_x: Array, predicted_class: Array, result: G
     Returns:
       ``Interpretation``.
     """
-    n = refs.feats.shape[0]
+    n = ref_feats.shape[0]
+    q = bounds.w.shape[0]
     covered = unpack_bits(result.covered, n)
-    distances = semantic_distance(refs.boundaries.w, result.selected, psi_x, refs.feats)
+    distances = semantic_distance(bounds.w, result.selected, psi_x, ref_feats)
     ranking = rank_covered(distances, covered)
     ranked_distances = distances[ranking.order]
     present = jnp.arange(top_k) < ranking.count
     top = ranking.order[:top_k]
-    alphas = ri_channel_weights(refs.boundaries.w, refs.boundaries.b, psi_x)
+    alphas = ri_channel_weights(bounds.w, bounds.b, psi_x)
     draw = jax.vmap(polytope_heatmap, in_axes=(None, None, 0, None))
-    similar_maps = draw(alphas, result.selected, refs.feats[top], image_size)
+    similar_maps = draw(alphas, result.selected, ref_feats[top], image_size)
     return Interpretation(
         predicted_class=jnp.asarray(predicted_class, jnp.int32),
         selected=result.selected, order=result.order, num_selected=result.num_selected,
@@ -131,7 +162,17 @@ def _explain(refs: ReferenceSet, psi_x: Array, predicted_class: Array, result: G
         similar_distances=jnp.where(present, ranked_distances[:top_k], jnp.inf),
         alphas=alphas,
         heatmap=polytope_heatmap(alphas, result.selected, psi_x, image_size),
-        similar_heatmaps=jnp.where(present[:, None, None], similar_maps, 0.0))
+        similar_heatmaps=jnp.where(present[:, None, None], similar_maps, 0.0),
+        x_side=jnp.zeros((q,), bool), pool=jnp.full((q,), -1, jnp.int32),
+        num_selected_greedy=result.num_selected, search_steps=jnp.zeros((q,), jnp.int32),
+        search_converged=jnp.ones((q,), bool))
+
+
+def _explain(refs: ReferenceSet, psi_x: Array, predicted_class: Array, result: GreedyResult, *,
+             top_k: int, image_size: int) -> Interpretation:
+    """``_explain_with`` over the shared sample of a ``ReferenceSet`` (the paper's variant)."""
+    return _explain_with(refs.feats, refs.boundaries, psi_x, predicted_class, result,
+                         top_k=top_k, image_size=image_size)
 
 
 explain = jax.jit(_explain, static_argnames=("top_k", "image_size"))
@@ -142,16 +183,28 @@ _EXPLAIN_CHUNK_FLOATS = 1 << 26
 
 
 @functools.partial(jax.jit, static_argnames=("top_k", "image_size"))
-def _explain_batch(refs: ReferenceSet, feats: Array, preds: Array, result: GreedyResult, *,
-                   top_k: int, image_size: int) -> Interpretation:
+def _explain_batch(ref_feats: Array, bounds: Boundaries, feats: Array, preds: Array,
+                   result: GreedyResult, *, top_k: int, image_size: int) -> Interpretation:
+    """``_explain_with`` for a batch; ``bounds`` shared ([Q, ...]) or per input ([B, Q, ...])."""
+    per_input = bounds.b.ndim == 2
+
     def one(args):
-        return _explain(refs, *args, top_k=top_k, image_size=image_size)
+        if per_input:
+            own, *rest = args
+        else:
+            own, rest = bounds, args
+        return _explain_with(ref_feats, own, *rest, top_k=top_k, image_size=image_size)
 
     # polytope_heatmap draws all Q boundary maps at full size, (1 + top_k)·Q·S² floats per
     # input: vmapped chunks bound that memory for large batches and images.
-    per_input = (1 + top_k) * refs.boundaries.w.shape[0] * image_size ** 2
-    chunk = max(1, min(feats.shape[0], _EXPLAIN_CHUNK_FLOATS // per_input))
-    return jax.lax.map(one, (feats, preds, result), batch_size=chunk)
+    per_row = (1 + top_k) * bounds.w.shape[-4] * image_size ** 2
+    chunk = max(1, min(feats.shape[0], _EXPLAIN_CHUNK_FLOATS // per_row))
+    args = (feats, preds, result)
+    return jax.lax.map(one, (bounds,) + args if per_input else args, batch_size=chunk)
+
+
+# Floats of per-input boundary normals held at once by the per-input pools (256 MiB).
+_POOL_CHUNK_FLOATS = 1 << 26
 
 
 def _check_array(value, name: str, ndim: int) -> Array:
@@ -175,27 +228,38 @@ class RepresentativeInterpreter:
       head_fn: G, ``head_fn(ψ [B, h, w, c]) -> logits [B, C]``, piecewise linear.
       references: normalised images [N, S, S, 3], or feature maps [N, h, w, c] when
         ``is_features``.
-      key: PRNG key drawing the references whose boundaries form Q.
+      key: PRNG key: it draws the shared sample Q, or, for per-input pools, the pool of the
+        input at position i of a call is drawn with ``fold_in(key, i)`` unless ``keys``
+        are given to ``interpret_batch``.
       num_boundaries: |Q| (capped at N with a warning).
       batch_size: images per call of ``features_fn``/``head_fn``.
       is_features: whether ``references`` are already feature maps.
       piecewise_linear: passed to ``boundaries.sample_boundaries`` (None checks the head).
       progress: show a tqdm bar while computing reference features.
+      variant: ``"paper"`` (default), ``"authors"`` or an ``RIVariant`` (``ri_jax.variants``).
     """
 
     def __init__(self, features_fn: Callable[[Array], Array], head_fn: Callable[[Array], Array],
                  references: Array, *, key: Array, num_boundaries: int = DEFAULT_NUM_BOUNDARIES,
                  batch_size: int = 64, is_features: bool = False,
-                 piecewise_linear: bool | None = None, progress: bool = True):
+                 piecewise_linear: bool | None = None, progress: bool = True,
+                 variant: str | RIVariant = "paper"):
         if not callable(features_fn):
             raise ValueError("features_fn: must be callable")
         if not callable(head_fn):
             raise ValueError("head_fn: must be callable")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+        self.variant = ri_variant(variant)
         self.batch_size = int(batch_size)
+        self._raw_head_fn = head_fn
+        try:
+            hash(head_fn)
+        except TypeError:
+            self._raw_head_fn = functools.partial(head_fn)
         self._features_fn = jax.jit(features_fn)
         self._head_fn = jax.jit(head_fn)
+        self._key = key
         references = _check_array(references, "references", 4)
         self.image_shape = None if is_features else references.shape[1:]
         if is_features:
@@ -206,7 +270,15 @@ class RepresentativeInterpreter:
         if feats.ndim != 4:
             raise ValueError(f"features_fn: expected feature maps [B, h, w, c], got {feats.shape}")
         preds = self.predict_classes(feats)
+        if int(num_boundaries) < 1:
+            raise ValueError(f"num_boundaries: must be >= 1, got {num_boundaries}")
+        if self.variant.sampling == "per_input":
+            self.num_boundaries = int(num_boundaries)
+            self.reference_set = ReferenceSet(feats=feats, preds=preds, boundary_refs=None,
+                                              boundaries=None, side_words=None)
+            return
         chosen = sample_indices(feats.shape[0], num_boundaries, key=key)
+        self.num_boundaries = int(chosen.shape[0])
         bounds = sample_boundaries(head_fn, feats[chosen], piecewise_linear=piecewise_linear)
         self.reference_set = ReferenceSet(feats=feats, preds=preds, boundary_refs=chosen,
                                           boundaries=bounds,
@@ -265,8 +337,21 @@ class RepresentativeInterpreter:
     def _positives(self, preds: Array) -> Array:
         return pack_bits(self.reference_set.preds[None, :] == preds[:, None])
 
-    def interpret(self, x: Array, *, top_k: int = 5) -> Interpretation:
-        """Interprets one normalised image x [S, S, 3] (unbatched solve).
+    def _keys(self, keys, b: int) -> Array:
+        if keys is None:
+            return jax.vmap(lambda i: jax.random.fold_in(self._key, i))(jnp.arange(b))
+        keys = jnp.asarray(keys)
+        if keys.shape[:1] != (b,):
+            raise ValueError(f"keys: expected {b} PRNG keys (one per input), got shape {keys.shape}")
+        return keys
+
+    def interpret(self, x: Array, *, top_k: int = 5, key: Array | None = None) -> Interpretation:
+        """Interprets one normalised image x [S, S, 3].
+
+        Args:
+          x: [S, S, 3] normalised image.
+          top_k: similar references to return.
+          key: PRNG key of x's pool (per-input pools only; default ``fold_in(key, 0)``).
 
         Returns:
           ``Interpretation`` for x.
@@ -274,23 +359,96 @@ class RepresentativeInterpreter:
         x = jnp.asarray(x)
         if x.ndim != 3:
             raise ValueError(f"x: expected one image [S, S, 3], got shape {x.shape}")
-        top_k = self._check_top_k(top_k)
+        self._check_images(x[None], "x")
+        keys = None if key is None else jnp.asarray(key)[None]
+        batch = self.interpret_batch(x[None], top_k=top_k, keys=keys)
+        return jax.tree.map(lambda a: a[0], batch)
+
+    def solve_features(self, feats: Array, preds: Array, *, keys: Array | None = None,
+                       progress: bool = False) -> tuple[Boundaries, GreedyResult, Interpretation]:
+        """Boundaries, Algorithm 1 (and the loosen step) for inputs given by feature maps.
+
+        Args:
+          feats: [B, h, w, c] inputs' feature maps.
+          preds: int32[B], their classes.
+          keys: [B] PRNG keys of per-input pools (see the class docstring).
+          progress: show a bar over chunks of inputs (per-input pools only).
+
+        Returns:
+          (``Boundaries`` shared [Q, ...] or per input [B, Q, ...], ``GreedyResult`` after the
+          loosen step, a partial ``Interpretation`` holding only the diagnostics fields
+          ``x_side``, ``pool``, ``num_selected_greedy``, ``search_*``, ``pool_w/b``; the other
+          fields are None).
+        """
+        b = feats.shape[0]
+        delta = jnp.zeros((b,), jnp.int32) if self.variant.delta == "zero" else None
+        if self.variant.sampling == "shared":
+            refs = self.reference_set
+            x_sides = sides(refs.boundaries, feats).T
+            q = x_sides.shape[1]
+            result, greedy = self._solve(refs.side_words, x_sides, preds, delta)
+            return refs.boundaries, result, _diagnostics(
+                x_side=x_sides, pool=jnp.broadcast_to(refs.boundary_refs, (b, q)),
+                num_selected_greedy=greedy, search_steps=jnp.zeros((b, q), jnp.int32),
+                search_converged=jnp.ones((b, q), bool))
+        return self._solve_pools(feats, preds, self._keys(keys, b), delta, progress)
+
+    def _solve(self, side_words, x_sides, preds, delta):
+        """Algorithm 1, then the loosen step when the variant asks for it."""
+        positives = self._positives(preds)
+        result = solve_batch(side_words, self.num_refs, x_sides, positives, delta)
+        greedy = result.num_selected
+        if self.variant.loosen:
+            kept = loosen_batch(side_words, self.num_refs, x_sides, positives, result.selected)
+            result = result._replace(selected=kept.selected, num_selected=kept.num_selected,
+                                     order=_compact_order(result.order, kept.selected))
+        return result, greedy
+
+    def _solve_pools(self, feats, preds, keys, delta, progress):
+        """The authors' per-input pools, in chunks of inputs of bounded memory."""
         refs = self.reference_set
-        feats = self._features(self._check_images(x[None], "x"), "x")
-        pred = self.predict_classes(feats)
-        x_side = sides(refs.boundaries, feats)[:, 0]
-        result = solve_greedy_packed(match_words(refs.side_words, x_side, self.num_refs),
-                                     self._positives(pred)[0], None, num_refs=self.num_refs)
-        return explain(refs, feats[0], pred[0], result, top_k=top_k, image_size=x.shape[0])
+        q = self.num_boundaries
+        feat_size = int(np.prod(feats.shape[1:]))
+        b = feats.shape[0]
+        chunk = max(1, min(b, _POOL_CHUNK_FLOATS // (q * feat_size)))
+        parts = []
+        for i in tqdm(range(0, b, chunk), desc="boundary pools", unit="chunk",
+                      disable=not progress):
+            sl = slice(i, i + chunk)
+            f, p, k = feats[sl], preds[sl], keys[sl]
+            pad = chunk - f.shape[0]
+            if pad:  # one compiled shape for every chunk
+                f = jnp.concatenate([f, jnp.repeat(f[:1], pad, axis=0)])
+                p = jnp.concatenate([p, jnp.repeat(p[:1], pad, axis=0)])
+                k = jnp.concatenate([k, jnp.repeat(k[:1], pad, axis=0)])
+            pools, counts = draw_pools(refs.preds, p, q, keys=k)
+            if bool(jnp.any(counts == 0)):
+                raise ValueError("references: an input's class is the only class predicted on "
+                                 "the references, so D(x) is empty and the authors' variant "
+                                 "has no reference to search towards")
+            bounds, found = pool_boundaries(self._raw_head_fn, f, p, refs.feats[pools],
+                                            max_steps=self.variant.max_search_steps,
+                                            tol=self.variant.search_tol)
+            words = sides_packed_per_input(bounds, refs.feats)
+            x_sides = (jnp.einsum("bqhwc,bhwc->bq", bounds.w, f,
+                                  precision=jax.lax.Precision.HIGHEST) + bounds.b) > 0
+            d = None if delta is None else jnp.zeros((chunk,), jnp.int32)
+            result, greedy = self._solve(words, x_sides, p, d)
+            parts.append((bounds, result, _diagnostics(
+                x_side=x_sides, pool=pools, num_selected_greedy=greedy,
+                search_steps=found.steps, search_converged=found.converged,
+                pool_w=bounds.w, pool_b=bounds.b)))
+        return jax.tree.map(lambda *xs: jnp.concatenate(xs)[:b], *parts)
 
-    def _solve_features(self, feats: Array, preds: Array) -> tuple[GreedyResult, Array]:
-        x_sides = sides(self.reference_set.boundaries, feats).T
-        result = solve_batch(self.reference_set.side_words, self.num_refs, x_sides,
-                             self._positives(preds))
-        return result, x_sides
-
-    def interpret_batch(self, xs: Array, *, top_k: int = 5) -> Interpretation:
+    def interpret_batch(self, xs: Array, *, top_k: int = 5, keys: Array | None = None,
+                        progress: bool = False) -> Interpretation:
         """Interprets normalised images xs [B, S, S, 3] with one vmapped solve.
+
+        Args:
+          xs: [B, S, S, 3] normalised images.
+          top_k: similar references kept per input.
+          keys: [B] PRNG keys of the per-input pools (default: ``fold_in(key, i)``).
+          progress: show a bar over chunks of inputs (per-input pools only).
 
         Returns:
           ``Interpretation`` with a leading batch axis B on every field.
@@ -298,28 +456,78 @@ class RepresentativeInterpreter:
         xs = self._check_images(xs, "xs")
         top_k = self._check_top_k(top_k)
         feats = self._features(xs, "xs")
-        preds = self.predict_classes(feats)
-        result, _ = self._solve_features(feats, preds)
-        return _explain_batch(self.reference_set, feats, preds, result, top_k=top_k,
-                              image_size=xs.shape[1])
+        return self.interpret_features(feats, top_k=top_k, image_size=xs.shape[1], keys=keys,
+                                       progress=progress)
 
-    def regions_for(self, feats: Array) -> DecisionRegions:
+    def interpret_features(self, feats: Array, *, top_k: int = 5, image_size: int,
+                           keys: Array | None = None, progress: bool = False) -> Interpretation:
+        """``interpret_batch`` for inputs given by their feature maps [B, h, w, c].
+
+        Args:
+          feats: [B, h, w, c].
+          top_k: similar references kept per input.
+          image_size: side S of the heat maps.
+          keys: as in ``interpret_batch``.
+          progress: as in ``interpret_batch``.
+
+        Returns:
+          ``Interpretation`` with a leading batch axis B.
+        """
+        feats = _check_array(feats, "feats", 4)
+        top_k = self._check_top_k(top_k)
+        preds = self.predict_classes(feats)
+        bounds, result, diag = self.solve_features(feats, preds, keys=keys, progress=progress)
+        out = _explain_batch(self.reference_set.feats, bounds, feats, preds, result,
+                             top_k=top_k, image_size=int(image_size))
+        return out._replace(**{k: v for k, v in diag._asdict().items() if v is not None})
+
+    def regions_from(self, interps: Interpretation) -> DecisionRegions:
+        """Decision regions (appendix D) of interpretations from ``interpret_batch``.
+
+        Args:
+          interps: ``Interpretation`` with a batch axis V.
+
+        Returns:
+          ``DecisionRegions``: over the shared Q, or over each input's own pool (w [V, Q, ...]).
+        """
+        if interps.pool_w is None:
+            w, b = self.reference_set.boundaries
+        else:
+            w, b = interps.pool_w, interps.pool_b
+        return DecisionRegions(w=w, b=b, selected=interps.selected, signs=interps.x_side,
+                               label=interps.predicted_class,
+                               num_covered_refs=jnp.asarray(interps.num_covered, jnp.int32))
+
+    def regions_for(self, feats: Array, *, keys: Array | None = None) -> DecisionRegions:
         """Decision regions (appendix D) of inputs given by their feature maps.
 
         Args:
           feats: [V, h, w, c] feature maps of the V inputs (e.g. references nearest the
             k-means centres).
+          keys: [V] PRNG keys of per-input pools (see the class docstring).
 
         Returns:
-          ``DecisionRegions`` over this interpreter's boundaries.
+          ``DecisionRegions`` over this interpreter's boundaries (or each input's pool).
         """
         feats = _check_array(feats, "feats", 4)
         if feats.shape[1:] != self.reference_set.feats.shape[1:]:
             raise ValueError(f"feats: expected feature maps of shape "
                              f"{self.reference_set.feats.shape[1:]}, got {feats.shape[1:]}")
         preds = self.predict_classes(feats)
-        result, x_sides = self._solve_features(feats, preds)
-        bounds = self.reference_set.boundaries
+        bounds, result, diag = self.solve_features(feats, preds, keys=keys)
         return DecisionRegions(w=bounds.w, b=bounds.b, selected=result.selected,
-                               signs=x_sides, label=preds,
+                               signs=diag.x_side, label=preds,
                                num_covered_refs=popcount(result.covered))
+
+
+def _diagnostics(**fields) -> Interpretation:
+    """An ``Interpretation`` holding only the given fields (the rest None)."""
+    return Interpretation(**{name: fields.get(name) for name in Interpretation._fields})
+
+
+def _compact_order(order: Array, kept: Array) -> Array:
+    """Selection order [B, Q] without the dropped boundaries, −1 padded (order preserved)."""
+    keep = (order >= 0) & jnp.take_along_axis(kept, jnp.maximum(order, 0), axis=1)
+    position = jnp.argsort(~keep, axis=1, stable=True)
+    return jnp.where(jnp.take_along_axis(keep, position, axis=1),
+                     jnp.take_along_axis(order, position, axis=1), -1)

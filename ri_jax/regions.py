@@ -20,11 +20,12 @@ Array = jax.Array
 
 
 class DecisionRegions(NamedTuple):
-    """V polytopes over one shared sample of boundaries Q.
+    """V polytopes over one shared sample of boundaries Q, or each over its own pool.
 
     Attributes:
-      w: [Q, *feat_shape] boundary normals.
-      b: [Q] boundary offsets.
+      w: [Q, *feat_shape] shared boundary normals, or [V, Q, *feat_shape], one pool per
+        polytope (the authors' variant).
+      b: [Q] boundary offsets, or [V, Q].
       selected: bool[V, Q], boundaries of each polytope.
       signs: bool[V, Q], the side of each polytope's input x_v on every boundary.
       label: int32[V], Class(x_v).
@@ -55,10 +56,11 @@ class RegionPrediction(NamedTuple):
 
 def _check_regions(regions: DecisionRegions) -> None:
     w, b = regions.w, regions.b
-    if w.ndim < 2 or b.shape != w.shape[:1]:
-        raise ValueError(f"regions: expected w [Q, *feat_shape] and b [Q], got {w.shape} "
-                         f"and {b.shape}")
-    q = w.shape[0]
+    lead = b.ndim
+    if lead not in (1, 2) or w.ndim < lead + 1 or b.shape != w.shape[:lead]:
+        raise ValueError(f"regions: expected w [Q, *feat_shape] and b [Q] (or w [V, Q, ...] "
+                         f"and b [V, Q]), got {w.shape} and {b.shape}")
+    q = b.shape[-1]
     sel, signs = regions.selected, regions.signs
     if sel.dtype != jnp.bool_ or sel.ndim != 2 or sel.shape[1] != q:
         raise ValueError(f"regions.selected: expected bool[V, {q}], got {sel.dtype}{sel.shape}")
@@ -68,6 +70,8 @@ def _check_regions(regions: DecisionRegions) -> None:
     v = sel.shape[0]
     if v == 0:
         raise ValueError("regions: need at least one region (V >= 1)")
+    if lead == 2 and b.shape[0] != v:
+        raise ValueError(f"regions: {b.shape[0]} pools of boundaries for {v} regions")
     for name in ("label", "num_covered_refs"):
         arr = getattr(regions, name)
         if arr.shape != (v,) or not jnp.issubdtype(arr.dtype, jnp.integer):
@@ -88,6 +92,8 @@ def covers(regions: DecisionRegions, feats: Array, *, chunk_size: int = 1024) ->
     """
     regions = DecisionRegions(*map(jnp.asarray, regions))
     _check_regions(regions)
+    if regions.b.ndim == 2:
+        return _covers_per_region(regions, feats, chunk_size)
     side = sides(Boundaries(regions.w, regions.b), feats, chunk_size=chunk_size).T  # [N, Q]
     # Count the selected boundaries on which n and x_v disagree; exact in float32 for Q < 2^24.
     wrong_if_true = (regions.selected & ~regions.signs).astype(jnp.float32)
@@ -97,6 +103,15 @@ def covers(regions: DecisionRegions, feats: Array, *, chunk_size: int = 1024) ->
     mismatches = (jnp.dot(s, wrong_if_true.T, precision=hi)
                   + jnp.dot(1.0 - s, wrong_if_false.T, precision=hi))
     return mismatches == 0
+
+
+def _covers_per_region(regions: DecisionRegions, feats: Array, chunk_size: int) -> Array:
+    """``covers`` when each polytope has its own pool: sides against all V·Q boundaries."""
+    v, q = regions.b.shape
+    flat = Boundaries(regions.w.reshape((v * q,) + regions.w.shape[2:]), regions.b.reshape(-1))
+    side = sides(flat, feats, chunk_size=chunk_size).reshape(v, q, -1)  # [V, Q, N]
+    wrong = regions.selected[:, :, None] & (side != regions.signs[:, :, None])
+    return ~jnp.any(wrong, axis=1).T
 
 
 def predict(regions: DecisionRegions, feats: Array, *, chunk_size: int = 1024) -> RegionPrediction:

@@ -9,6 +9,23 @@ covered), the greedy loop adds the boundary h minimising Eq. 4
 
 until at most ``delta`` references of D(x) (the other classes) stay covered.
 
+The paper's text (§4.2) runs this with δ = τ(x) over one shared sample Q. The
+authors' public code (``SubmodularMinerAG.mineInvariant`` in the ``dnn_invariant``
+family) differs in three ways, all available here:
+
+* δ = 0 instead of τ(x) (``delta`` of ``solve_batch``);
+* a per-input pool of boundaries, so each input brings its own side words
+  (``solve_batch`` with ``side_words`` [B, Q, W]);
+* the **loosen step** after the greedy (``loosen``, ``loosen_batch``): "visit the
+  selected boundaries in index order; drop boundary j if removing it from the current
+  P (after earlier drops) leaves both the count of covered same-class references and
+  the count of covered D(x) references unchanged".
+
+Their greedy also stops after 110 steps; with |Q| ≤ 110 (the default |Q| is 50) that cap
+never binds, and we stop instead when no boundary can remove another D(x) reference,
+where theirs would keep adding boundaries that remove nothing (which their loosen step
+then drops again).
+
 Sets of references are stored as bit sets: uint32 words along the reference
 axis, little-endian within a word (bit j of word k is reference 32·k + j), the
 padding bits past the last reference always zero. The inner loop then works on
@@ -373,6 +390,29 @@ def check_batch_args(side_words, num_refs, x_sides, positive_words) -> tuple[int
     return q, w, b
 
 
+@jax.jit
+def _solve_batch_per_input(side_words, num_refs, x_sides, positive_words, delta):
+    def one(args):
+        words, x_side, positive_words, d = args
+        positive, negative = _classes(positive_words, num_refs)
+        return _greedy(words, x_side, positive, negative, d)
+
+    q, w = side_words.shape[1:]
+    chunk = max(1, min(x_sides.shape[0], _CHUNK_WORDS // (q * w)))
+    return lax.map(one, (side_words, x_sides, positive_words, delta), batch_size=chunk)
+
+
+def _check_delta_batch(delta, b: int):
+    if delta is None:
+        return None
+    delta = jnp.asarray(delta)
+    if delta.shape != (b,) or not jnp.issubdtype(delta.dtype, jnp.integer):
+        raise ValueError(f"delta: expected int[{b}] or None, got {delta.dtype}{delta.shape}")
+    if bool(jnp.any(delta < 0)):
+        raise ValueError("delta: every bound must be >= 0")
+    return delta.astype(jnp.int32)
+
+
 def solve_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words: Array,
                 delta: Array | None = None) -> GreedyResult:
     """Algorithm 1 for a batch of inputs against one reference set, in one jitted call.
@@ -381,9 +421,11 @@ def solve_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words
     (``lax.map``), which bounds the temporaries; there is no Python loop over inputs.
 
     Args:
-      side_words: uint32[Q, W], packed sides of the N references.
+      side_words: uint32[Q, W], packed sides of the N references against one shared sample
+        Q (the paper's variant), or uint32[B, Q, W], each input's own boundaries (the
+        authors' per-input pools; ``boundaries.sides_packed_per_input``).
       num_refs: N.
-      x_sides: bool[B, Q], each input's side of each boundary.
+      x_sides: bool[B, Q], each input's side of each (of its) boundaries.
       positive_words: uint32[B, W], packed references predicted as each input's class.
       delta: int32[B] (each input its own bound ≥ 0), or None for each input's τ.
 
@@ -393,13 +435,111 @@ def solve_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words
     side_words = jnp.asarray(side_words)
     x_sides = jnp.asarray(x_sides)
     positive_words = jnp.asarray(positive_words)
+    if side_words.ndim == 3:
+        b = check_batch_args(side_words[0], num_refs, x_sides, positive_words)[2]
+        if side_words.shape[0] != b:
+            raise ValueError(f"side_words: expected uint32[{b}, Q, W] (one pool per input), "
+                             f"got {side_words.dtype}{side_words.shape}")
+        return _solve_batch_per_input(side_words, jnp.asarray(num_refs, jnp.int32), x_sides,
+                                      positive_words, _check_delta_batch(delta, b))
     q, w, b = check_batch_args(side_words, num_refs, x_sides, positive_words)
-    if delta is not None:
-        delta = jnp.asarray(delta)
-        if delta.shape != (b,) or not jnp.issubdtype(delta.dtype, jnp.integer):
-            raise ValueError(f"delta: expected int[{b}] or None, got {delta.dtype}{delta.shape}")
-        if bool(jnp.any(delta < 0)):
-            raise ValueError("delta: every bound must be >= 0")
-        delta = delta.astype(jnp.int32)
     return _solve_batch(side_words, jnp.asarray(num_refs, jnp.int32), x_sides,
-                        positive_words, delta)
+                        positive_words, _check_delta_batch(delta, b))
+
+
+class LoosenResult(NamedTuple):
+    """P(x) after the loosen step (add a leading batch axis under vmap).
+
+    Attributes:
+      selected: bool[Q], the boundaries kept.
+      num_selected: int32, how many were kept.
+      num_dropped: int32, how many the step dropped.
+    """
+
+    selected: Array
+    num_selected: Array
+    num_dropped: Array
+
+
+_ALL_ONES = np.uint32(0xFFFFFFFF)
+
+
+def _loosen(side_words: Array, x_side: Array, positive: Array, negative: Array,
+            selected: Array) -> LoosenResult:
+    """The loosen step for one input on packed sets (arguments as in ``_greedy``).
+
+    Dropping a boundary can only grow the covered set, so "both counts unchanged" means
+    "the covered set unchanged": the counts are compared with those of the greedy's P.
+    """
+    match = ~(side_words ^ _flip_words(x_side))  # [Q, W]
+
+    def covered_by(sel):
+        rows = jnp.where(sel[:, None], match, _ALL_ONES)
+        return lax.reduce(rows, _ALL_ONES, lax.bitwise_and, (0,)) & (positive | negative)
+
+    def counts(sel):
+        covered = covered_by(sel)
+        return popcount(covered & positive), popcount(covered & negative)
+
+    target = counts(selected)
+
+    def visit(j, sel):
+        trial = sel.at[j].set(False)
+        pos, neg = counts(trial)
+        drop = sel[j] & (pos == target[0]) & (neg == target[1])
+        return jnp.where(drop, trial, sel)
+
+    kept = lax.fori_loop(0, selected.shape[0], visit, selected)
+    num_kept = jnp.sum(kept, dtype=jnp.int32)
+    return LoosenResult(selected=kept, num_selected=num_kept,
+                        num_dropped=jnp.sum(selected, dtype=jnp.int32) - num_kept)
+
+
+@jax.jit
+def _loosen_batch(side_words, num_refs, x_sides, positive_words, selected):
+    per_input = side_words.ndim == 3
+
+    def one(args):
+        if per_input:
+            words, x_side, positive_words, sel = args
+        else:
+            (x_side, positive_words, sel), words = args, side_words
+        positive, negative = _classes(positive_words, num_refs)
+        return _loosen(words, x_side, positive, negative, sel)
+
+    per_row = (x_sides, positive_words, selected)
+    q, w = side_words.shape[-2:]
+    chunk = max(1, min(x_sides.shape[0], _CHUNK_WORDS // (q * w)))
+    return lax.map(one, (side_words,) + per_row if per_input else per_row, batch_size=chunk)
+
+
+def loosen_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words: Array,
+                 selected: Array) -> LoosenResult:
+    """The authors' loosen step after Algorithm 1, for a batch, in one jitted call.
+
+    Visits the selected boundaries in index order and drops boundary j when removing it
+    from the current selection leaves both the covered Class(x) count and the covered
+    D(x) count unchanged. The covered set, and so every count, is unchanged by the step.
+
+    Args:
+      side_words: uint32[Q, W] or uint32[B, Q, W], as in ``solve_batch``.
+      num_refs: N.
+      x_sides: bool[B, Q].
+      positive_words: uint32[B, W].
+      selected: bool[B, Q], the greedy's P(x) (``GreedyResult.selected``).
+
+    Returns:
+      ``LoosenResult`` with a leading batch axis B.
+    """
+    side_words = jnp.asarray(side_words)
+    x_sides = jnp.asarray(x_sides)
+    positive_words = jnp.asarray(positive_words)
+    selected = jnp.asarray(selected)
+    q, _, b = check_batch_args(side_words if side_words.ndim == 2 else side_words[0],
+                               num_refs, x_sides, positive_words)
+    if side_words.ndim == 3 and side_words.shape[0] != b:
+        raise ValueError(f"side_words: expected uint32[{b}, Q, W], got {side_words.shape}")
+    if selected.dtype != jnp.bool_ or selected.shape != (b, q):
+        raise ValueError(f"selected: expected bool[{b}, {q}], got {selected.dtype}{selected.shape}")
+    return _loosen_batch(side_words, jnp.asarray(num_refs, jnp.int32), x_sides,
+                         positive_words, selected)

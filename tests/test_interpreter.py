@@ -54,6 +54,8 @@ def check_one(interp, r: Interpretation, psi_x, x_side):
     n = interp.num_refs
     refs = interp.reference_set
     for name, value in r._asdict().items():
+        if value is None:  # pool_w / pool_b: the shared sample is in reference_set
+            continue
         assert np.all(np.isfinite(value)) or name == "similar_distances", name
     assert r.selected.shape == (Q,) and r.order.shape == (Q,) and r.covered.shape == (n,)
     assert r.alphas.shape == (Q, CONFIG.feature_shape[-1])
@@ -109,6 +111,8 @@ def test_interpret_batch_agrees_and_does_not_retrace(setup):
     for i in range(8):
         single = interp.interpret(xs[i], top_k=TOP_K)
         for name in Interpretation._fields:
+            if getattr(batch, name) is None:
+                continue
             np.testing.assert_allclose(getattr(batch, name)[i], getattr(single, name),
                                        rtol=1e-5, atol=1e-5, err_msg=name)
     sizes = (solver._solve_batch._cache_size(), interpreter_module._explain_batch._cache_size())
