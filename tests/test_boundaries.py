@@ -8,11 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from ri_jax.boundaries import (Boundaries, delta_g, sample_boundaries, sample_indices, sides,
-                               sides_packed)
+from ri_jax.boundaries import (SEARCH_STEP, SEARCH_TOLERANCE, Boundaries, delta_g, draw_pools,
+                               pool_boundaries, sample_boundaries, sample_indices, sides,
+                               sides_packed, sides_packed_per_input)
 from ri_jax.models.vgg import ModelConfig, make_vgg
 from ri_jax.solver import pack_bits
 
@@ -210,3 +211,171 @@ def test_bad_inputs():
         sides(Boundaries(jnp.ones((3,) + FEAT), jnp.zeros(4)), feats)
     with pytest.raises(ValueError, match="chunk_size"):
         sides(bounds, feats, chunk_size=0)
+
+
+# --- The authors' search for boundary points (per-input pools) -------------------------
+
+FEAT = (2, 2, 3)
+
+
+def random_mlp(rng, num_classes, hidden=8, tie=False):
+    """A random piecewise-linear head (ReLU MLP) in JAX and the same one in NumPy (float64)."""
+    d = int(np.prod(FEAT))
+    w1 = rng.normal(size=(d, hidden)).astype(np.float32)
+    b1 = rng.normal(size=hidden).astype(np.float32) * 0.5
+    w2 = rng.normal(size=(hidden, num_classes)).astype(np.float32)
+    b2 = rng.normal(size=num_classes).astype(np.float32) * 0.5
+    if tie:  # classes 0 and 1 always tie: ΔG = 0 whenever they are on top
+        w2[:, 1], b2[1] = w2[:, 0], b2[0]
+
+    def head(t):
+        h = jax.nn.relu(jnp.dot(t.reshape(t.shape[0], -1), w1, precision="highest") + b1)
+        return jnp.dot(h, w2, precision="highest") + b2
+
+    def head_np(t):
+        h = np.maximum(t.reshape(-1).astype(np.float64) @ w1 + b1, 0)
+        return h @ w2 + b2
+
+    return head, head_np
+
+
+def search_reference(head_np, pos, neg, c, max_steps, tol):
+    """The authors' loop written out in NumPy; also the smallest |top1 − top2| it decided on."""
+    pos, neg = pos.astype(np.float32), neg.astype(np.float32)
+    margin = np.inf
+    for step in range(1, max_steps + 1):
+        t = (np.float32(SEARCH_STEP) * pos + np.float32(1 - SEARCH_STEP) * neg).astype(np.float32)
+        logits = head_np(t)
+        order = np.argsort(-logits, kind="stable")
+        gap = logits[order[0]] - logits[order[1]]
+        margin = min(margin, gap, abs(gap * gap - tol))
+        if order[0] == c:
+            pos = t
+            if gap * gap < tol:
+                return pos, step, True, margin
+        else:
+            neg = t
+    return pos, max_steps, False, margin
+
+
+def top_two_np(head_np, t):
+    logits = head_np(t)
+    order = np.argsort(-logits, kind="stable")
+    return order[0], logits[order[0]] - logits[order[1]]
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), num_classes=st.integers(2, 4),
+       max_steps=st.sampled_from([1, 3, 400]))
+def test_boundary_search_matches_numpy_loop(seed, num_classes, max_steps):
+    rng = np.random.default_rng(seed)
+    head, head_np = random_mlp(rng, num_classes)
+    x = rng.normal(size=(3,) + FEAT).astype(np.float32) * 2
+    r = rng.normal(size=(3, 5) + FEAT).astype(np.float32) * 2
+    c = np.array([top_two_np(head_np, xi)[0] for xi in x])
+    # Keep only pairs whose reference is of another class (a pool is drawn from D(x)).
+    other = np.array([[top_two_np(head_np, rj)[0] != ci for rj in ri] for ri, ci in zip(r, c)])
+    assume(other.any())
+    bounds, found = pool_boundaries(head, x, c, r, max_steps=max_steps)
+    assert bounds.w.shape == (3, 5) + FEAT and bounds.b.shape == (3, 5)
+    assert np.all(np.isfinite(bounds.w)) and np.all(np.isfinite(bounds.b))
+    for i in range(3):
+        for j in range(5):
+            if not other[i, j]:
+                continue
+            point, steps, converged, margin = search_reference(head_np, x[i], r[i, j], c[i],
+                                                               max_steps, SEARCH_TOLERANCE)
+            top, gap = top_two_np(head_np, np.asarray(found.point[i, j]))
+            assert top == c[i]  # every returned point keeps x's class
+            if bool(found.converged[i, j]):
+                assert abs(gap) <= 0.004
+            if margin < 1e-4:  # a decision within float rounding of the threshold
+                continue
+            assert int(found.steps[i, j]) == steps and bool(found.converged[i, j]) == converged
+            np.testing.assert_allclose(found.point[i, j], point, rtol=1e-4, atol=1e-4)
+
+
+def test_boundary_search_gives_eq2_at_the_point():
+    rng = np.random.default_rng(3)
+    head, head_np = random_mlp(rng, 3)
+    x = rng.normal(size=(4,) + FEAT).astype(np.float32) * 2
+    c = np.array([top_two_np(head_np, xi)[0] for xi in x])
+    r = np.stack([rng.normal(size=(6,) + FEAT).astype(np.float32) * 2 for _ in range(4)])
+    bounds, found = pool_boundaries(head, x, c, r)
+    eq2 = sample_boundaries(head, found.point.reshape((-1,) + FEAT), piecewise_linear=True)
+    np.testing.assert_allclose(bounds.w.reshape(eq2.w.shape), eq2.w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bounds.b.reshape(-1), eq2.b, rtol=1e-5, atol=1e-5)
+
+
+def test_boundary_search_cap_and_ties():
+    rng = np.random.default_rng(5)
+    head, head_np = random_mlp(rng, 3, tie=True)
+    # Find an x of class 0: with classes 0 and 1 tied, its ΔG is 0 wherever they lead, so
+    # the first step that keeps class 0 converges; W = ∇(G_0 − G_1) = 0 there, and b = 0.
+    xs = rng.normal(size=(200,) + FEAT).astype(np.float32) * 2
+    classes = np.array([top_two_np(head_np, t)[0] for t in xs])
+    x, r = xs[classes == 0][:1], xs[classes == 2][None, :2]
+    bounds, found = pool_boundaries(head, x, np.array([0]), r)
+    assert np.all(np.isfinite(bounds.w)) and np.all(np.isfinite(bounds.b))
+    for j in range(2):
+        if bool(found.converged[0, j]):
+            assert np.allclose(bounds.w[0, j], 0) and abs(float(bounds.b[0, j])) < 1e-5
+    # A cap of one step cannot converge on a generic head: flagged, class kept.
+    head2, head2_np = random_mlp(np.random.default_rng(6), 2)
+    xs = rng.normal(size=(100,) + FEAT).astype(np.float32) * 3
+    cls = np.array([top_two_np(head2_np, t)[0] for t in xs])
+    x, r = xs[cls == 0][:1], xs[cls == 1][None, :4]
+    _, found = pool_boundaries(head2, x, np.array([0]), r, max_steps=1)
+    assert np.all(np.asarray(found.steps) == 1)
+    for j in range(4):
+        top, gap = top_two_np(head2_np, np.asarray(found.point[0, j]))
+        assert top == 0
+        assert bool(found.converged[0, j]) == (gap * gap < SEARCH_TOLERANCE)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(max_steps=0), "max_steps"), (dict(tol=0.0), "tol"),
+    (dict(classes=np.array([0])), "classes"), (dict(pool_feats=np.zeros((2, 3, 4))), "pool_feats")])
+def test_pool_boundaries_rejects_bad_arguments(bad, match):
+    head, _ = random_mlp(np.random.default_rng(0), 2)
+    args = dict(psi_x=np.ones((2,) + FEAT, np.float32), classes=np.array([0, 1]),
+                pool_feats=np.ones((2, 3) + FEAT, np.float32))
+    args.update(bad)
+    with pytest.raises(ValueError, match=match):
+        pool_boundaries(head, args.pop("psi_x"), args.pop("classes"), args.pop("pool_feats"),
+                        **args)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 40), pool=st.integers(1, 12))
+def test_draw_pools_without_replacement_from_other_classes(seed, n, pool):
+    rng = np.random.default_rng(seed)
+    preds = rng.integers(0, 3, n).astype(np.int32)
+    classes = rng.integers(0, 3, 4).astype(np.int32)
+    keys = jax.random.split(jax.random.key(seed % 1000), 4)
+    idx, count = draw_pools(preds, classes, pool, keys=keys)
+    assert idx.shape == (4, pool)
+    for i in range(4):
+        others = np.flatnonzero(preds != classes[i])
+        assert int(count[i]) == len(others)
+        if len(others) == 0:
+            continue
+        drawn = np.asarray(idx[i])
+        assert set(drawn) <= set(others)
+        # Without replacement: distinct until D(x) is exhausted, then a repeat of the draw.
+        k = min(pool, len(others))
+        assert len(set(drawn[:k])) == k
+        np.testing.assert_array_equal(drawn, drawn[np.arange(pool) % len(others)])
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 70))
+def test_sides_packed_per_input_matches_sides(seed, n):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(3, 4) + FEAT).astype(np.float32)
+    b = rng.normal(size=(3, 4)).astype(np.float32)
+    feats = rng.normal(size=(n,) + FEAT).astype(np.float32)
+    words = sides_packed_per_input(Boundaries(w, b), feats, chunk_size=32)
+    for i in range(3):
+        expected = pack_bits(sides(Boundaries(w[i], b[i]), feats))
+        np.testing.assert_array_equal(words[i], expected)

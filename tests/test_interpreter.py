@@ -16,6 +16,7 @@ from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
 from ri_jax.models.vgg import ModelConfig, make_vgg
 from ri_jax.regions import covers, predict
 from ri_jax.solver import unpack_bits
+from ri_jax.variants import ri_variant
 
 CONFIG = ModelConfig(arch="vgg11", width=1 / 16, image_size=32, num_classes=2)
 N_REFS, Q, TOP_K = 64, 12, 4
@@ -178,3 +179,82 @@ def test_bad_inputs(setup):
                                   key=jax.random.key(0))
     with pytest.raises(ValueError, match="head_fn"):
         RepresentativeInterpreter(lambda x: x, None, refs, key=jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def authors(setup):
+    fns, params, refs, _, _ = setup
+    make = functools.partial(RepresentativeInterpreter, functools.partial(fns.features, params),
+                             functools.partial(fns.head, params), refs, key=jax.random.key(4),
+                             num_boundaries=Q, batch_size=16, progress=False)
+    return make(variant="authors"), make(variant=ri_variant("authors", loosen=False))
+
+
+def test_authors_variant_pools_on_the_decision_boundary(setup, authors):
+    fns, params, refs, others, _ = setup
+    interp, unloosened = authors
+    xs = jnp.concatenate([refs[:4], others[:2]])
+    out = interp.interpret_batch(xs, top_k=TOP_K)
+    feats = interp.features(xs)
+    preds = np.asarray(interp.predict_classes(feats))
+    ref_preds = np.asarray(interp.reference_set.preds)
+    head = jax.jit(functools.partial(fns.head, params))
+    for i in range(len(xs)):
+        pool = np.asarray(out.pool[i])
+        assert np.all(ref_preds[pool] != preds[i])  # drawn from D(x)
+        w, b = np.asarray(out.pool_w[i]), np.asarray(out.pool_b[i])
+        # Coverage is taken against x's own pool.
+        ref_sides = np.einsum("qhwc,nhwc->qn", w, np.asarray(interp.reference_set.feats)) \
+            + b[:, None] > 0
+        x_side = np.einsum("qhwc,hwc->q", w, np.asarray(feats[i])) + b > 0
+        np.testing.assert_array_equal(out.x_side[i], x_side)
+        sel = np.asarray(out.selected[i])
+        expected = np.all(ref_sides[sel] == x_side[sel, None], axis=0)
+        np.testing.assert_array_equal(out.covered[i], expected)
+        assert int(out.delta[i]) == 0
+        assert int(out.num_selected[i]) <= int(out.num_selected_greedy[i])
+    # Points themselves are checked against a NumPy loop in test_boundaries.py.
+    assert np.all(np.asarray(out.search_steps) >= 1)
+    conv = np.asarray(out.search_converged)
+    assert conv.mean() > 0.5
+
+
+def test_loosen_step_never_changes_coverage(setup, authors):
+    _, _, refs, others, _ = setup
+    interp, unloosened = authors
+    xs = jnp.concatenate([refs[4:8], others[2:4]])
+    keys = jax.random.split(jax.random.key(9), len(xs))
+    a = interp.interpret_batch(xs, top_k=TOP_K, keys=keys)
+    b = unloosened.interpret_batch(xs, top_k=TOP_K, keys=keys)
+    np.testing.assert_array_equal(a.pool, b.pool)
+    np.testing.assert_array_equal(a.covered, b.covered)
+    np.testing.assert_array_equal(a.num_covered, b.num_covered)
+    np.testing.assert_array_equal(a.num_selected_greedy, b.num_selected)
+    assert np.all(np.asarray(a.selected) <= np.asarray(b.selected))
+    # The loosened order is the greedy's order without the dropped boundaries.
+    for i in range(len(xs)):
+        kept = [h for h in np.asarray(b.order[i]) if h >= 0 and a.selected[i][h]]
+        np.testing.assert_array_equal(np.asarray(a.order[i])[:len(kept)], kept)
+
+
+def test_authors_regions_cover_their_own_inputs(setup, authors):
+    _, _, refs, _, _ = setup
+    interp, _ = authors
+    out = interp.interpret_batch(refs[:6], top_k=TOP_K)
+    regions = interp.regions_from(out)
+    assert regions.w.shape[:2] == (6, Q)
+    feats = interp.reference_set.feats
+    np.testing.assert_array_equal(covers(regions, feats).T, out.covered)
+    assert np.all(np.asarray(predict(regions, feats[:6]).covered_any))
+
+
+def test_variant_presets_and_knobs():
+    assert ri_variant("paper").name == "paper" and ri_variant("authors").name == "authors"
+    mixed = ri_variant("paper", loosen=True)
+    assert mixed.name == "custom" and mixed.to_json()["loosen"] is True
+    with pytest.raises(ValueError, match="variant"):
+        ri_variant("nope")
+    with pytest.raises(ValueError, match="sampling"):
+        ri_variant("paper", sampling="everywhere")
+    with pytest.raises(ValueError, match="unknown"):
+        ri_variant("paper", colour="red")

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ri_jax import solver as solver_module
-from ri_jax.solver import (GreedyResult, _mul_wide, match_words, num_words, pack_bits, popcount,
+from ri_jax.solver import (GreedyResult, _mul_wide, loosen_batch, match_words, num_words, pack_bits,
+                           popcount,
                            solve_batch, solve_greedy, solve_greedy_packed, unpack_bits)
 
 SHAPES = [(1, 5), (4, 33), (6, 64), (7, 70)]
@@ -292,3 +293,89 @@ def test_removal_counts_do_not_carry_between_halves():
     bits = lambda a: np.unpackbits(a.view(np.uint8)).sum(axis=-1)  # noqa: E731
     np.testing.assert_array_equal(nom, [bits(side[h] & pos) for h in range(2)])
     np.testing.assert_array_equal(den, [bits(side[h] & neg) for h in range(2)])
+
+
+# --- The authors' variant: per-input side words, δ = 0 and the loosen step ------------------
+
+def loosen_reference(match, positive, selected):
+    """The authors' loosen step (``_lossenInvariant``) written out with Python loops."""
+    def counts(sel):
+        covered = match[sel].all(axis=0) if sel.any() else np.ones(match.shape[1], bool)
+        return int(np.sum(covered & positive)), int(np.sum(covered & ~positive))
+
+    target = counts(selected)
+    kept = selected.copy()
+    for j in range(len(kept)):
+        if kept[j]:
+            trial = kept.copy()
+            trial[j] = False
+            if counts(trial) == target:
+                kept = trial
+    return kept
+
+
+def per_input_batch(rng, b, q, n, patterns):
+    """B inputs, each with its own [Q, N] sides; x_side random, match = sides XNOR x_side."""
+    side = np.stack([random_instance(rng, q, n, patterns)[0] for _ in range(b)])
+    x_sides = rng.random((b, q)) < 0.5
+    positive = rng.random((b, n)) < rng.uniform(0.1, 0.9)
+    match = side == x_sides[:, :, None]
+    return side, x_sides, positive, match
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), shape=st.sampled_from(SHAPES),
+       patterns=st.integers(1, 5), zero_delta=st.booleans())
+def test_per_input_side_words_match_reference(seed, shape, patterns, zero_delta):
+    rng = np.random.default_rng(seed)
+    q, n = shape
+    side, x_sides, positive, match = per_input_batch(rng, 3, q, n, patterns)
+    delta = np.zeros(3, np.int32) if zero_delta else None
+    result = solve_batch(pack_bits(jnp.asarray(side)), n, jnp.asarray(x_sides),
+                         pack_bits(jnp.asarray(positive)), delta)
+    for i in range(3):
+        ref = greedy_reference(match[i], positive[i], 0 if zero_delta else None)
+        assert_matches_reference(jax.tree.map(lambda a: a[i], result), ref, n)
+        # δ = 0 below τ(x) is infeasible: the loop runs out of candidates, reached is False.
+        if zero_delta and ref["tau"] > 0:
+            assert not bool(result.reached[i])
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), shape=st.sampled_from(SHAPES),
+       patterns=st.integers(1, 6), per_input=st.booleans(), greedy=st.booleans())
+def test_loosen_matches_reference_and_keeps_counts(seed, shape, patterns, per_input, greedy):
+    rng = np.random.default_rng(seed)
+    q, n = shape
+    side, x_sides, positive, match = per_input_batch(rng, 3, q, n, patterns)
+    if not per_input:  # one shared side matrix
+        side = np.broadcast_to(side[:1], side.shape)
+        match = side == x_sides[:, :, None]
+    words = pack_bits(jnp.asarray(side if per_input else side[0]))
+    pos_words = pack_bits(jnp.asarray(positive))
+    if greedy:
+        selected = np.asarray(solve_batch(words, n, jnp.asarray(x_sides), pos_words,
+                                          np.zeros(3, np.int32)).selected)
+    else:  # any selection, e.g. redundant boundaries
+        selected = rng.random((3, q)) < 0.6
+    out = loosen_batch(words, n, jnp.asarray(x_sides), pos_words, jnp.asarray(selected))
+    for i in range(3):
+        expected = loosen_reference(match[i], positive[i], selected[i])
+        np.testing.assert_array_equal(np.asarray(out.selected[i]), expected)
+        assert int(out.num_selected[i]) == expected.sum()
+        assert int(out.num_dropped[i]) == selected[i].sum() - expected.sum()
+
+        def covered(sel):
+            return match[i][sel].all(axis=0) if sel.any() else np.ones(n, bool)
+        # The step never changes either covered count, hence not the covered set.
+        np.testing.assert_array_equal(covered(expected), covered(selected[i]))
+
+
+def test_loosen_rejects_bad_selection():
+    words = pack_bits(jnp.ones((4, 40), bool))
+    with pytest.raises(ValueError, match="selected"):
+        loosen_batch(words, 40, jnp.ones((2, 4), bool), jnp.zeros((2, 2), jnp.uint32),
+                     jnp.ones((2, 3), bool))
+    with pytest.raises(ValueError, match="side_words"):
+        solve_batch(pack_bits(jnp.ones((3, 4, 40), bool)), 40, jnp.ones((2, 4), bool),
+                    jnp.zeros((2, 2), jnp.uint32))
