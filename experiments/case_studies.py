@@ -38,7 +38,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import (ace_config, ace_settings, add_ace_args, add_common_args, check_ace_args,
+from common import (add_ri_variant_arg, ri_options, ace_config, ace_settings, add_ace_args, add_common_args, check_ace_args,
                     choose_inputs, describe_run, load_setup, markdown_table, parse_indices,
                     prepare_output, write_csv, write_json)
 from ri_jax.data import load_dataset
@@ -46,7 +46,6 @@ from ri_jax.featurize import compute_features
 from ri_jax.plots import CaseBlock, case_study_figure
 from ri_jax.protocols.case_studies import (ACE_DISCOVERY_IMAGES, BLOCKS, CaseInputs,
                                            CaseReferences, CaseStudiesConfig, run_case_studies)
-from ri_jax.protocols.methods import RIOptions
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated test-split indices (overrides --num-inputs)")
     p.add_argument("--top-k", type=int, default=4, help="similar images per block")
     p.add_argument("--num-boundaries", type=int, default=50, help="|Q| for RI")
+    add_ri_variant_arg(p)
     p.add_argument("--layout", choices=("full", "paper"), default="full",
                    help="full: every method under both blocks; paper: RI under RI's images, "
                         "baselines under the Euclidean neighbours (Figure 2)")
@@ -93,8 +93,7 @@ def main(argv=None) -> dict:
     references = CaseReferences(features=setup.ref_features, raw=refs.raw, ids=refs.ids,
                                 labels=refs.labels, class_names=refs.class_names)
     config = CaseStudiesConfig(top_k=args.top_k,
-                               ri=RIOptions(num_boundaries=args.num_boundaries,
-                                            batch_size=args.batch_size),
+                               ri=ri_options(args),
                                layout=args.layout, controls=args.with_controls,
                                batch_size=args.batch_size, ace=ace_settings(args))
     result = run_case_studies(setup.fns, setup.params, inputs, references, seed=args.seed,

@@ -31,6 +31,8 @@ from ri_jax.data import ImageSet, load_dataset, sample_count, sample_per_class
 from ri_jax.featurize import Features, compute_features
 from ri_jax.models.vgg import ModelConfig, ModelFns, make_vgg
 from ri_jax.protocols.ace_adapter import ACESettings
+from ri_jax.protocols.methods import RIOptions
+from ri_jax.variants import VARIANT_NAMES, ri_variant
 from ri_jax.protocols.report import format_mean_std, markdown_table  # noqa: F401 (for the scripts)
 from ri_jax.protocols.statistics import mean_std  # noqa: F401 (for the scripts)
 
@@ -61,11 +63,26 @@ def add_common_args(p: argparse.ArgumentParser, *, runs: int | None = None,
 
 
 def add_polytope_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Adds ``--per-class`` (|V| = per-class × classes) and ``--num-boundaries`` (|Q|)."""
+    """Adds ``--per-class`` (|V| = per-class × classes), ``--num-boundaries`` (|Q|), ``--ri-variant``."""
     p.add_argument("--per-class", type=int, default=10,
                    help="interpretations per class: |V| = per-class × classes")
     p.add_argument("--num-boundaries", type=int, default=DEFAULT_NUM_BOUNDARIES, help="|Q| for RI")
+    return add_ri_variant_arg(p)
+
+
+def add_ri_variant_arg(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds ``--ri-variant {paper,authors}`` (``ri_jax.variants``)."""
+    p.add_argument("--ri-variant", default="paper", choices=VARIANT_NAMES,
+                   help="RI as the paper's text describes it (one shared Q at sampled references, "
+                        "δ = τ(x)) or as the authors' code runs it (a pool per input on the "
+                        "decision boundary, δ = 0, loosen step); default: paper")
     return p
+
+
+def ri_options(args: argparse.Namespace) -> RIOptions:
+    """``RIOptions`` from ``--num-boundaries``, ``--batch-size`` and ``--ri-variant``."""
+    return RIOptions(num_boundaries=args.num_boundaries, batch_size=args.batch_size,
+                     variant=ri_variant(args.ri_variant))
 
 
 def check_positive_args(p: argparse.ArgumentParser, args: argparse.Namespace,

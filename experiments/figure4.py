@@ -44,13 +44,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common import (ace_config, ace_settings, add_ace_args, add_common_args, check_ace_args,
+from common import (add_ri_variant_arg, ri_options, ace_config, ace_settings, add_ace_args, add_common_args, check_ace_args,
                     describe_run, load_setup, markdown_table, prepare_output,
                     write_csv, write_json)
 from ri_jax.plots import k_curves_figure
 from ri_jax.protocols.figure4 import (ACE_DISCOVERY_IMAGES, DEFAULT_KS, Figure4Config,
                                       run_figure4)
-from ri_jax.protocols.methods import RIOptions
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="reference images used as inputs, N (capped by the reference set)")
     p.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="comma-separated K values")
     p.add_argument("--num-boundaries", type=int, default=50, help="|Q| for RI")
+    add_ri_variant_arg(p)
     p.add_argument("--no-controls", action="store_true", help="skip the Random and own-weights controls")
     p.add_argument("--block-size", type=int, default=16,
                    help="inputs whose K similar images are evaluated together (memory ~ block·K images)")
@@ -91,8 +91,7 @@ def main(argv=None) -> dict:
     setup = load_setup(args, out, need_unseen=False)
     n_refs = len(setup.references)
     config = Figure4Config(num_inputs=args.num_inputs, ks=tuple(args.ks),
-                           ri=RIOptions(num_boundaries=args.num_boundaries,
-                                        batch_size=args.batch_size),
+                           ri=ri_options(args),
                            controls=not args.no_controls, block_size=args.block_size,
                            batch_size=args.batch_size, ace=ace_settings(args),
                            ace_inputs=args.ace_inputs)

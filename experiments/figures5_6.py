@@ -34,6 +34,7 @@ from common import (add_common_args, add_polytope_args, check_positive_args,  # 
                     write_csv, write_json)
 from ri_jax.protocols.figures5_6 import run_figures5_6  # noqa: E402
 from ri_jax.protocols.methods import RIOptions  # noqa: E402
+from ri_jax.variants import ri_variant  # noqa: E402
 from ri_jax.protocols.table2 import METRICS, SETS, Table2Config  # noqa: E402
 
 DEFAULT_QS = (1, 5, 10, 30, 50, 70)
@@ -62,7 +63,8 @@ def main(argv=None) -> dict:
     setup = load_setup(args, out)
     seeds = [args.seed + r for r in range(args.runs)]
     qs_used = [min(q, len(setup.references)) for q in args.qs]
-    config = Table2Config(per_class=args.per_class, ri=RIOptions(batch_size=args.batch_size))
+    config = Table2Config(per_class=args.per_class, ri=RIOptions(batch_size=args.batch_size,
+                                                                  variant=ri_variant(args.ri_variant)))
     result = run_figures5_6(setup.fns, setup.params, setup.ref_features, setup.unseen_features,
                             setup.references.raw, num_classes=setup.references.num_classes,
                             qs=args.qs, seeds=seeds, config=config,

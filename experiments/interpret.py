@@ -32,7 +32,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from common import (add_common_args, choose_inputs, describe_run, load_setup, parse_indices,
+from common import (add_common_args, add_ri_variant_arg, choose_inputs, describe_run, load_setup, parse_indices,
                     prepare_output, write_csv, write_json)
 from ri_jax.data import load_dataset
 from ri_jax.interpreter import RepresentativeInterpreter
@@ -47,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated test-split indices to interpret (overrides --num-inputs)")
     p.add_argument("--top-k", type=int, default=4, help="similar references shown per input")
     p.add_argument("--num-boundaries", type=int, default=50, help="|Q|, boundaries sampled")
+    add_ri_variant_arg(p)
     args = p.parse_args(argv)
     if args.num_inputs < 1:
         p.error(f"--num-inputs: must be >= 1, got {args.num_inputs}")
@@ -109,10 +110,14 @@ def main(argv=None) -> dict:
     interpreter = RepresentativeInterpreter(
         lambda x: fns.features(params, x), lambda psi: fns.head(params, psi), ref_feats.psi,
         key=jax.random.key(args.seed), num_boundaries=args.num_boundaries,
-        batch_size=args.batch_size, is_features=True, progress=not args.no_progress)
+        batch_size=args.batch_size, is_features=True, progress=not args.no_progress,
+        variant=args.ri_variant)
     raw_inputs = test.raw(chosen)
     normalised = fns.normalize(raw_inputs)
-    res = jax.device_get(interpreter.interpret_batch(normalised, top_k=top_k))
+    # Per-input pools (authors' variant) are drawn from the test index, not the position.
+    pool_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(args.seed + 1), i))(
+        np.asarray(chosen, np.int32))
+    res = jax.device_get(interpreter.interpret_batch(normalised, top_k=top_k, keys=pool_keys))
     input_probs = _softmax(np.asarray(jax.jit(fns.apply)(params, normalised), np.float64))
     ref_probs = _softmax(ref_feats.logits.astype(np.float64))
     ref_preds = np.asarray(interpreter.reference_set.preds)
@@ -138,7 +143,11 @@ def main(argv=None) -> dict:
                "num_covered_other_class": int(res.num_covered_other[b]),
                "num_covered_label_matches": int(np.sum(covered & (refs.labels == pred))),
                "delta": int(res.delta[b]), "tau": int(res.tau[b]), "reached": bool(res.reached[b]),
-               "empty_polytope": bool(res.empty[b]), "similar": similar,
+               "empty_polytope": bool(res.empty[b]),
+               "num_boundaries_before_loosen": int(res.num_selected_greedy[b]),
+               "search_steps_mean": float(np.mean(res.search_steps[b])),
+               "searches_not_converged": int(np.sum(~res.search_converged[b])),
+               "similar": similar,
                "figure": f"input_{int(test_index)}.png"}
         records.append(rec)
         note = " (empty polytope: every reference covered, heat maps are zero)" if rec["empty_polytope"] else ""

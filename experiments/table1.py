@@ -56,11 +56,10 @@ import argparse
 
 import numpy as np
 
-from common import (ace_config, ace_settings, add_ace_args, add_common_args, add_polytope_args,
+from common import (ri_options, ace_config, ace_settings, add_ace_args, add_common_args, add_polytope_args,
                     check_ace_args, check_positive_args, describe_run, format_mean_std,
                     load_setup, markdown_table, prepare_output, write_csv, write_json)
 from ri_jax.metrics import KEEP_FRACTION
-from ri_jax.protocols.methods import RIOptions
 from ri_jax.protocols.table1 import Table1Config, run_table1
 
 
@@ -83,8 +82,7 @@ def main(argv=None) -> dict:
     raw_unseen = setup.unseen.raw(np.arange(len(setup.unseen)))
     seeds = [args.seed + r for r in range(args.runs)]
     config = Table1Config(per_class=args.per_class, batch_size=args.batch_size,
-                          ri=RIOptions(num_boundaries=args.num_boundaries,
-                                       batch_size=args.batch_size),
+                          ri=ri_options(args),
                           ace=ace_settings(args))
     result = run_table1(setup.fns, setup.params, setup.ref_features, setup.unseen_features,
                         setup.references.raw, raw_unseen,

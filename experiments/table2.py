@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import argparse
 
-from common import (add_common_args, add_polytope_args, check_positive_args, describe_run,
+from common import (ri_options, add_common_args, add_polytope_args, check_positive_args, describe_run,
                     format_mean_std, load_setup, markdown_table, prepare_output, write_csv,
                     write_json)
-from ri_jax.protocols.methods import RIOptions
 from ri_jax.protocols.table2 import SETS, Table2Config, run_table2
 
 
@@ -51,8 +50,7 @@ def main(argv=None) -> dict:
     setup = load_setup(args, out)
     seeds = [args.seed + r for r in range(args.runs)]
     config = Table2Config(per_class=args.per_class,
-                          ri=RIOptions(num_boundaries=args.num_boundaries,
-                                       batch_size=args.batch_size))
+                          ri=ri_options(args))
     result = run_table2(setup.fns, setup.params, setup.ref_features, setup.unseen_features,
                         setup.references.raw, num_classes=setup.references.num_classes,
                         seeds=seeds, config=config, progress=not args.no_progress)

@@ -39,12 +39,14 @@ import numpy as np
 from ri_jax.baselines.gradcam import gradcam_weights_batch
 from ri_jax.baselines.gradcam_pp import gradcam_pp_weights_batch
 from ri_jax.baselines.scorecam import scorecam_weights_batch
-from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES, sides
+from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES
 from ri_jax.heatmaps import polytope_heatmap
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
 from ri_jax.models.vgg import ModelFns
 from ri_jax.protocols.batching import check_batch, check_choice, check_positive, map_chunks
+from ri_jax.ranking import unit_normals
 from ri_jax.regions import DecisionRegions
+from ri_jax.variants import RIVariant
 
 Array = jax.Array
 Params = Any
@@ -86,14 +88,17 @@ class RIOptions:
     """How RI's interpretations are built (the one place RI settings enter a protocol).
 
     Attributes:
-      num_boundaries: |Q|, boundaries sampled from the references (capped at N).
+      num_boundaries: |Q|, boundaries sampled from the references (capped at N), or the
+        size of each input's pool in the authors' variant.
       batch_size: images per forward pass inside the interpreter.
       chunk_size: inputs per ``interpret_batch`` call.
+      variant: ``ri_jax.variants.RIVariant``: the paper's text (default) or the authors' code.
     """
 
     num_boundaries: int = DEFAULT_NUM_BOUNDARIES
     batch_size: int = 64
     chunk_size: int = 32
+    variant: RIVariant = RIVariant()
 
 
 @functools.partial(jax.jit, static_argnames=("fns", "method", "channel_chunk"))
@@ -158,7 +163,8 @@ def cam_interpretations(method: str, fns: ModelFns, params: Params, raw: np.ndar
 
 def make_interpreter(fns: ModelFns, params: Params, ref_psi: np.ndarray, *, key: Array,
                      num_boundaries: int = DEFAULT_NUM_BOUNDARIES, batch_size: int = 64,
-                     progress: bool = False) -> RepresentativeInterpreter:
+                     progress: bool = False,
+                     variant: RIVariant = RIVariant()) -> RepresentativeInterpreter:
     """RI over references given by their (cached) feature maps.
 
     Args:
@@ -168,6 +174,7 @@ def make_interpreter(fns: ModelFns, params: Params, ref_psi: np.ndarray, *, key:
       num_boundaries: |Q| (capped at N with a warning).
       batch_size: images per forward pass inside the interpreter.
       progress: show the interpreter's progress bars.
+      variant: the RI variant.
 
     Returns:
       ``RepresentativeInterpreter`` with ``is_features=True``.
@@ -175,12 +182,13 @@ def make_interpreter(fns: ModelFns, params: Params, ref_psi: np.ndarray, *, key:
     return RepresentativeInterpreter(functools.partial(fns.features, params),
                                      functools.partial(fns.head, params), ref_psi, key=key,
                                      num_boundaries=num_boundaries, batch_size=batch_size,
-                                     is_features=True, piecewise_linear=True, progress=progress)
+                                     is_features=True, piecewise_linear=True, progress=progress,
+                                     variant=variant)
 
 
 def ri_interpretations(interpreter: RepresentativeInterpreter, fns: ModelFns, raw: np.ndarray, *,
-                       top_k: int = 1, chunk_size: int = 32,
-                       progress: bool = False) -> RIInterpretations:
+                       top_k: int = 1, chunk_size: int = 32, progress: bool = False,
+                       pool_key: Array | None = None) -> RIInterpretations:
     """RI's interpretations at V input images, in chunks of ``interpret_batch``.
 
     Args:
@@ -190,26 +198,30 @@ def ri_interpretations(interpreter: RepresentativeInterpreter, fns: ModelFns, ra
       top_k: similar references kept per input in ``details``.
       chunk_size: inputs per ``interpret_batch`` call (bounds its [chunk, Q, S, S] maps).
       progress: show a progress bar.
+      pool_key: PRNG key of the per-input pools (authors' variant; default ``key(0)``).
 
     Returns:
       ``RIInterpretations``; ``regions`` use the same ψ(x_v) the solver saw, so a polytope
       always covers its own input.
     """
+    pool_key = jax.random.key(0) if pool_key is None else pool_key
     raw = check_batch(raw, "raw", 4)
     top_k = check_positive(top_k, "top_k")
+    # Input v's pool (authors' variant) is drawn with fold_in(pool_key, v): independent of
+    # how the inputs are chunked.
+    pool_keys = jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(pool_key, i))(
+        jnp.arange(len(raw))))
 
-    def one_chunk(chunk):
+    def one_chunk(chunk, key_data):
         xs = fns.normalize(jnp.asarray(chunk))
-        # interpreter.features is deterministic, so these are the ψ interpret_batch solves on.
-        return interpreter.interpret_batch(xs, top_k=top_k), interpreter.features(xs)
+        keys = jax.random.wrap_key_data(jnp.asarray(key_data))
+        return interpreter.interpret_batch(xs, top_k=top_k, keys=keys)
 
-    details, feats = map_chunks(one_chunk, (raw,), chunk_size, progress=progress,
-                                desc="RI interpretations")
-    bounds = interpreter.reference_set.boundaries
-    regions = DecisionRegions(w=bounds.w, b=bounds.b, selected=jnp.asarray(details.selected),
-                              signs=sides(bounds, feats).T,
-                              label=jnp.asarray(details.predicted_class),
-                              num_covered_refs=jnp.asarray(details.num_covered))
+    details = map_chunks(one_chunk, (raw, np.asarray(pool_keys)), chunk_size, progress=progress,
+                         desc="RI interpretations")
+    # The regions use the same ψ(x_v) and sides the solver saw, so a polytope always
+    # covers its own input.
+    regions = interpreter.regions_from(details)
     interps = Interpretations(alphas=details.alphas, selected=details.selected)
     return RIInterpretations(interpretations=interps, details=details, regions=regions)
 
@@ -227,7 +239,8 @@ def ri_at_inputs(fns: ModelFns, params: Params, ref_psi: np.ndarray, raw_inputs:
       ref_psi: float32[N, h, w, c] reference feature maps.
       raw_inputs: float32[V, S, S, 3] raw input images in [0, 1].
       options: ``RIOptions``.
-      key: PRNG key drawing the sample Q.
+      key: PRNG key drawing the sample Q (paper) or, folded with 1, the per-input pools
+        (authors).
       top_k: similar references kept per input in ``details``.
       progress: show a progress bar over input chunks.
 
@@ -236,9 +249,10 @@ def ri_at_inputs(fns: ModelFns, params: Params, ref_psi: np.ndarray, raw_inputs:
     """
     interpreter = make_interpreter(fns, params, ref_psi, key=key,
                                    num_boundaries=options.num_boundaries,
-                                   batch_size=options.batch_size)
+                                   batch_size=options.batch_size, variant=options.variant)
     return ri_interpretations(interpreter, fns, raw_inputs, top_k=top_k,
-                              chunk_size=options.chunk_size, progress=progress)
+                              chunk_size=options.chunk_size, progress=progress,
+                              pool_key=jax.random.fold_in(key, 1))
 
 
 def distinct_polytopes(regions: DecisionRegions) -> int:
@@ -247,40 +261,129 @@ def distinct_polytopes(regions: DecisionRegions) -> int:
     Args:
       regions: ``DecisionRegions``.
 
+    With per-input pools (the authors' variant) the boundaries differ from input to input,
+    so two polytopes are the same when their selected boundaries (offsets and normals) and
+    sides on them are equal.
+
     Returns:
       int in [1, V].
     """
     selected = np.asarray(regions.selected, bool)
     sides_on_selected = selected & np.asarray(regions.signs, bool)
-    keys = np.concatenate([selected, sides_on_selected], axis=1)
-    return int(len(np.unique(keys, axis=0)))
+    if np.ndim(regions.b) == 1:
+        keys = np.concatenate([selected, sides_on_selected], axis=1)
+        return int(len(np.unique(keys, axis=0)))
+    w = np.asarray(regions.w).reshape(selected.shape + (-1,))
+    b = np.asarray(regions.b)
+    polytopes = {tuple(sorted((float(b[v, h]), w[v, h].tobytes(), bool(sides_on_selected[v, h]))
+                              for h in np.flatnonzero(selected[v])))
+                 for v in range(len(selected))}
+    return len(polytopes)
 
 
-def ri_summary(ri: RIInterpretations) -> dict:
+def _stats(values) -> dict:
+    v = np.asarray(values, np.float64)
+    if v.size == 0:
+        return {"mean": None, "min": None, "max": None}
+    return {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of [..., D] arrays; 0 where either row is zero."""
+    na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
+    return np.where((na > 0) & (nb > 0), np.sum(a * b, -1) / np.maximum(na * nb, 1e-30), 0.0)
+
+
+def oriented_normals(ri: RIInterpretations) -> np.ndarray:
+    """Unit normals of every interpretation's boundaries, pointing to x_v's side, [V, Q, D]."""
+    w = np.asarray(ri.regions.w)
+    signs = np.where(np.asarray(ri.regions.signs), 1.0, -1.0)
+    if np.ndim(ri.regions.b) == 2:  # per-input pools: w [V, Q, *feat]
+        flat = np.asarray(jax.vmap(unit_normals)(w))
+    else:
+        flat = np.asarray(unit_normals(w))[None]
+    return flat * signs[:, :, None]
+
+
+def ri_diagnostics(ri: RIInterpretations, gradcam_alphas: np.ndarray | None = None) -> dict:
+    """How local RI's V interpretations are: search, loosen, coverage and cosine statistics.
+
+    Args:
+      ri: from ``ri_interpretations``.
+      gradcam_alphas: float32[V, c] Grad-CAM's channel weights at the same inputs, or None.
+
+    Returns:
+      dict with ``search_steps`` {mean, max}, ``searches_not_converged`` (count, and the
+      fallback used), ``boundaries_before_loosen`` / ``boundaries_after_loosen`` {mean, min,
+      max}, ``distinct_covered_sets`` (polytopes told apart by the references they cover,
+      which compares polytopes built on different pools), ``cosine_within_polytope``
+      (mean pairwise cosine of the oriented unit normals of one polytope's boundaries;
+      stats over polytopes with ≥ 2 boundaries), ``cosine_across_interpretations`` (mean
+      pairwise cosine between the V polytopes' mean oriented unit normals) and, with
+      ``gradcam_alphas``, ``cosine_ri_gradcam`` (cosine between RI's channel weights
+      averaged over P(x_v) and Grad-CAM's at x_v).
+    """
+    d = ri.details
+    selected = np.asarray(d.selected, bool)
+    normals = oriented_normals(ri)
+    within, means = [], []
+    for v in range(len(selected)):
+        rows = normals[v][selected[v]]
+        means.append(rows.mean(axis=0) if len(rows) else np.zeros(normals.shape[-1]))
+        if len(rows) >= 2:
+            gram = rows @ rows.T
+            k = len(rows)
+            within.append((gram.sum() - np.trace(gram)) / (k * (k - 1)))
+    means = np.asarray(means)
+    across = None
+    if len(means) >= 2:
+        unit = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-30)
+        gram = unit @ unit.T
+        k = len(unit)
+        across = float((gram.sum() - np.trace(gram)) / (k * (k - 1)))
+    steps = np.asarray(d.search_steps)
+    converged = np.asarray(d.search_converged, bool)
+    out = {"search_steps": {"mean": float(steps.mean()), "max": int(steps.max())},
+           "searches": int(steps.size) if steps.max() > 0 else 0,
+           "searches_not_converged": int(np.sum(~converged)),
+           "not_converged_fallback": "the last point of Class(x) found by the search",
+           "boundaries_before_loosen": _stats(d.num_selected_greedy),
+           "boundaries_after_loosen": _stats(d.num_selected),
+           "distinct_covered_sets": int(len(np.unique(np.asarray(d.covered, bool), axis=0))),
+           "cosine_within_polytope": _stats(within),
+           "cosine_across_interpretations": across}
+    if gradcam_alphas is not None:
+        alphas = np.asarray(d.alphas)  # [V, Q, c]
+        count = np.maximum(selected.sum(axis=1, keepdims=True), 1)
+        ri_mean = (alphas * selected[:, :, None]).sum(axis=1) / count
+        out["cosine_ri_gradcam"] = _stats(_cosine(ri_mean, np.asarray(gradcam_alphas)))
+    return out
+
+
+def ri_summary(ri: RIInterpretations, gradcam_alphas: np.ndarray | None = None) -> dict:
     """What RI's V interpretations were, for the results files.
 
     Args:
       ri: from ``ri_interpretations``.
+      gradcam_alphas: float32[V, c] Grad-CAM's weights at the same inputs, for
+        ``ri_diagnostics``'s cosine (None leaves it out).
 
     Returns:
       dict: ``interpretations`` V, ``distinct_polytopes``, ``empty_polytopes`` and
-      ``not_reached`` counts, and {mean, min, max} of ``boundaries_per_polytope``,
-      ``references_covered``, ``other_class_covered`` and ``tau``.
+      ``not_reached`` counts, {mean, min, max} of ``boundaries_per_polytope``,
+      ``references_covered``, ``other_class_covered`` and ``tau``, and ``diagnostics``
+      (``ri_diagnostics``).
     """
     d = ri.details
-
-    def stats(values) -> dict:
-        v = np.asarray(values, np.float64)
-        return {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
-
     return {"interpretations": int(len(d.selected)),
             "distinct_polytopes": distinct_polytopes(ri.regions),
             "empty_polytopes": int(np.sum(d.empty)),
             "not_reached": int(np.sum(~np.asarray(d.reached))),
-            "boundaries_per_polytope": stats(d.num_selected),
-            "references_covered": stats(d.num_covered),
-            "other_class_covered": stats(d.num_covered_other),
-            "tau": stats(d.tau)}
+            "boundaries_per_polytope": _stats(d.num_selected),
+            "references_covered": _stats(d.num_covered),
+            "other_class_covered": _stats(d.num_covered_other),
+            "tau": _stats(d.tau),
+            "diagnostics": ri_diagnostics(ri, gradcam_alphas)}
 
 
 @functools.partial(jax.jit, static_argnames=("image_size",))

@@ -112,7 +112,8 @@ def _run_once(fns: ModelFns, params: Params, ref_features: Features, unseen_feat
             ri = methods.ri_at_inputs(fns, params, ref_f.psi, raw_inputs, config.ri,
                                       key=keys.boundaries)
             route, interps = routing.route_ri(ri.regions, un_f.psi, km.centres), ri.interpretations
-            extra = methods.ri_summary(ri)
+            extra = methods.ri_summary(ri, methods.cam_weights("Grad-CAM", fns, params,
+                                                               raw_inputs, in_psi, in_cls))
         else:
             interps = methods.cam_interpretations(method, fns, params, raw_inputs, in_psi, in_cls)
             route, extra = nearest, {}

@@ -66,9 +66,12 @@ def region_scores(fns: ModelFns, params: Params, ref_features: Features,
     """
     keys = routing.protocol_keys(seed)
     km = routing.kmeans_inputs(ref_features.psi, config.per_class * num_classes, key=keys.kmeans)
-    ri = methods.ri_at_inputs(fns, params, ref_features.psi, ref_raw(km.inputs), config.ri,
+    raw_inputs = ref_raw(km.inputs)
+    ri = methods.ri_at_inputs(fns, params, ref_features.psi, raw_inputs, config.ri,
                               key=keys.boundaries)
-    out = {"interpretations": methods.ri_summary(ri)}
+    gradcam = methods.cam_weights("Grad-CAM", fns, params, raw_inputs,
+                                  ref_features.psi[km.inputs], ref_features.predictions[km.inputs])
+    out = {"interpretations": methods.ri_summary(ri, gradcam)}
     for name, feats in zip(SETS, (ref_features, unseen_features)):
         m = region_metrics(predict(ri.regions, feats.psi).label, feats.labels, feats.predictions)
         out[name] = {"ACU-GT": 100 * float(m.acu_gt), "ACU-MD": 100 * float(m.acu_md),
