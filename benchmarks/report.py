@@ -89,6 +89,14 @@ def render(rec: dict) -> str:
                    f"(first run, with compilation), {fmt(rec['images_per_s']['second_run'])} "
                    "images/s (second run).\n\n")
         out.append(table(rec["rows"]))
+    elif name == "variants":
+        per, search = rec["per_input"], rec["search"]
+        out.append("\nSeconds per input (best of the timed runs), by variant: " + "; ".join(
+            f"{v} {fmt(t['ms_per_input'])} ms ({fmt(t['ratio_to_paper'])}× the paper variant; "
+            f"dominant stage: {t['dominant_stage']})" for v, t in per.items())
+            + f". Boundary searches: {search['searches']}, steps mean {fmt(search['steps_mean'])}, "
+            f"max {search['steps_max']}, not converged {search['not_converged']}.\n\n")
+        out.append(table(rec["rows"]))
     else:
         out.append("\n" + table(rec["rows"]))
     if rec.get("notes"):

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+from ri_jax.variants import VARIANT_NAMES
 from ri_jax.data import IMAGE_EXTENSIONS
 from ri_jax.pretrained import weight_format
 
@@ -99,8 +100,8 @@ class Command(NamedTuple):
     workdir: str
 
 
-def plan(dataset: str, data: str, imagenet: str, out: Path, seed: int, *, ace: bool = True
-         ) -> list[Command]:
+def plan(dataset: str, data: str, imagenet: str, out: Path, seed: int, *, ace: bool = True,
+         ri_variant: str = "paper") -> list[Command]:
     """The command lines that reproduce ``dataset``: train, then every step of ``STEPS``.
 
     Args:
@@ -110,6 +111,7 @@ def plan(dataset: str, data: str, imagenet: str, out: Path, seed: int, *, ace: b
       out: run folder; the checkpoint goes to ``out/checkpoint``, step results to ``out/<step>``.
       seed: ``--seed`` of every script.
       ace: keep ACE in Table 1 (by far its slowest method).
+      ri_variant: ``--ri-variant`` of every step (``"paper"`` or ``"authors"``).
     """
     r = RECIPES[dataset]
     checkpoint = out / "checkpoint"
@@ -130,6 +132,7 @@ def plan(dataset: str, data: str, imagenet: str, out: Path, seed: int, *, ace: b
         if step.unseen:
             argv += ["--unseen", str(r.unseen)]
         argv += [a for a in step.extra if ace or a != "--ace"]
+        argv += ["--ri-variant", ri_variant]
         commands.append(Command(step.name, tuple(argv), str(out / step.name)))
     return commands
 
@@ -237,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="run folder (new or empty unless --resume)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-ace", action="store_true", help="leave ACE out of Table 1 (it is slow)")
+    p.add_argument("--ri-variant", default="paper", choices=VARIANT_NAMES,
+                   help="RI as the paper's text or as the authors' code runs it (default: paper)")
     p.add_argument("--dry-run", action="store_true", help="check inputs and print the plan only")
     p.add_argument("--resume", action="store_true", help="continue in --out, skipping finished steps")
     return p
@@ -252,7 +257,7 @@ def main(argv=None) -> int:
     # Absolute paths, so a resumed run may start from another working directory.
     data = args.data if args.data.startswith("tfds:") else str(Path(args.data).resolve())
     commands = plan(args.dataset, data, str(Path(args.imagenet).resolve()), args.out.resolve(), args.seed,
-                    ace=not args.no_ace)
+                    ace=not args.no_ace, ri_variant=args.ri_variant)
     recipe = RECIPES[args.dataset]
     print(f"# {recipe.title}: {len(commands)} steps into {args.out}")
     for c in commands:

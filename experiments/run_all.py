@@ -5,8 +5,9 @@
 
 Runs, in order, each into its own subfolder of --out with one shared
 feature cache (``<out>/cache``): Table 1 (``table1.py``), Table 2 (``table2.py``),
-Figure 4 (``figure4.py``), Figures 5–6 (``figures5_6.py``) and the case studies
-(``case_studies.py``); Table 1, Figure 4 and the case studies include ACE unless --no-ace. Each step's wall time goes into
+Figure 4 (``figure4.py``), Figures 5–6 (``figures5_6.py``), the case studies
+(``case_studies.py``) and the RI variant study (``variant_study.py``: Table 1 and 2 for both
+RI variants on the embedded model and a second, VGG-11 model); Table 1, Figure 4 and the case studies include ACE unless --no-ace. Each step's wall time goes into
 ``<out>/run_all.json``; RESULTS.md (--results-md, default ``<out>/RESULTS.md``) is
 written from the JSON files the steps just wrote, with the command, machine, date and
 timings.
@@ -43,6 +44,7 @@ import ri_jax
 from common import prepare_output, write_json
 from ri_jax.checkpoint import load_checkpoint
 from ri_jax.protocols.report import render_results
+from ri_jax.variants import VARIANT_NAMES
 
 ACE_ARGS = ["--ace", "--ace-segments", "15", "--ace-max-images", "20", "--ace-min-members", "5",
             "--ace-repeats", "5", "--ace-random-images", "50"]
@@ -62,6 +64,7 @@ DRIVER_SETTINGS = {
         "figure4": ["--num-inputs", "100", "--runs", "1"],
         "figures5_6": ["--runs", "5"],
         "case_studies": ["--num-inputs", "3", "--with-controls"],
+        "variant_study": ["--runs", "3"],
     },
     "quick": {
         "table1": ["--runs", "1", "--unseen", "200"],
@@ -69,6 +72,7 @@ DRIVER_SETTINGS = {
         "figure4": ["--num-inputs", "10", "--runs", "1", "--ks", "1,5,10"],
         "figures5_6": ["--runs", "1", "--qs", "1,10,50", "--unseen", "200"],
         "case_studies": ["--num-inputs", "1"],
+        "variant_study": ["--runs", "1", "--unseen", "100", "--checkpoints", "default"],
     },
 }
 DEVIATIONS = {
@@ -82,7 +86,9 @@ DEVIATIONS = {
               "|Q| ∈ {1, 10, 50} for Figures 5–6, one case study, ACE on 2 Figure 4 inputs. "
               "A smoke test, not a result."],
 }
-STEPS = ("table1", "table2", "figure4", "figures5_6", "case_studies")
+STEPS = ("table1", "table2", "figure4", "figures5_6", "case_studies", "variant_study")
+# Steps that run RI with one variant (--ri-variant); the variant study runs both.
+RI_VARIANT_STEPS = ("table1", "table2", "figure4", "figures5_6", "case_studies")
 SCRIPTS = {step: Path(__file__).resolve().parent / f"{step}.py" for step in STEPS}
 
 
@@ -94,6 +100,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", default="default", help="as in every experiment script")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny settings: a smoke test")
+    p.add_argument("--ri-variant", default="paper", choices=VARIANT_NAMES,
+                   help="RI variant of every step but the variant study, which runs both "
+                        "(default: paper)")
     p.add_argument("--no-ace", action="store_true", help="leave ACE out of Table 1, Figure 4 and the case studies")
     p.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of " + ", ".join(STEPS))
     p.add_argument("--extra", action="append", default=[], metavar="STEP:ARGS",
@@ -136,6 +145,8 @@ def step_argv(step: str, args: argparse.Namespace, out: Path) -> list[str]:
     argv += DRIVER_SETTINGS[mode][step]
     if step in ACE_STEP_ARGS[mode] and not args.no_ace:
         argv += ace_argv(mode, step)
+    if step in RI_VARIANT_STEPS:
+        argv += ["--ri-variant", args.ri_variant]
     if args.resume:
         argv.append("--resume")
     if args.no_progress:

@@ -18,12 +18,13 @@ import figures5_6  # noqa: E402
 import run_all  # noqa: E402
 import table1  # noqa: E402
 import table2  # noqa: E402
+import variant_study  # noqa: E402
 from ri_jax.checkpoint import save_checkpoint  # noqa: E402
 from ri_jax.protocols.report import format_mean_std  # noqa: E402
 
 PER_CLASS = 10
 SCRIPTS = {"table1": table1, "table2": table2, "figure4": figure4, "figures5_6": figures5_6,
-           "case_studies": case_studies}
+           "case_studies": case_studies, "variant_study": variant_study}
 TINY_ARGS = ["--refs-per-class", "0", "--unseen", "0", "--batch-size", "16", "--no-progress",
              "--per-class", "2"]
 
@@ -221,3 +222,26 @@ def test_run_all_passes_ace_to_figure4_and_case_studies(tmp_path):
     args = run_all.parse_args(["--out", str(tmp_path), "--no-ace"])
     for step in run_all.STEPS:
         assert "--ace" not in run_all.step_argv(step, args, tmp_path)
+
+
+def test_table2_with_the_authors_variant_records_it_and_its_diagnostics(tiny_setup):
+    root, base = tiny_setup
+    result = table2.main(base + ["--out", str(root / "t2_authors"), "--runs", "1",
+                                 "--num-boundaries", "4", "--ri-variant", "authors"])
+    assert result["config"]["ri_variant"] == "authors"
+    d = result["interpretations"][0]["diagnostics"]
+    assert d["searches"] == 4 * 2 * 2 and d["search_steps"]["max"] >= 1
+    assert d["boundaries_after_loosen"]["max"] <= d["boundaries_before_loosen"]["max"]
+    assert 1 <= d["distinct_covered_sets"] <= 4
+    assert -1 <= d["cosine_ri_gradcam"]["mean"] <= 1
+    for set_name in ("reference", "unseen"):
+        assert mean_std_ok(result[set_name]["CVR"])
+
+
+def test_run_all_passes_the_ri_variant_to_every_ri_step(tmp_path):
+    args = run_all.parse_args(["--out", str(tmp_path), "--ri-variant", "authors"])
+    for step in run_all.RI_VARIANT_STEPS:
+        assert SCRIPTS[step].parse_args(run_all.step_argv(step, args, tmp_path)).ri_variant == \
+            "authors"
+    study = variant_study.parse_args(run_all.step_argv("variant_study", args, tmp_path))
+    assert study.variants == ["paper", "authors"] and len(study.checkpoints) == 2

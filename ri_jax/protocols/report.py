@@ -273,4 +273,80 @@ def render_results(record: dict, results: dict[str, dict], *, rel: str,
             text += render(results[step])
     if "case_studies" in record["steps"]:
         text += cases_section(case_figures, rel)
+    if results.get("variant_study") is not None:
+        text += [variant_study_markdown(results["variant_study"])]
     return "\n".join(text) + "\n"
+
+
+def _fmt(v, digits: int = 2) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def variant_study_markdown(study: dict) -> str:
+    """The variant study (``protocols.variant_study``) as Markdown, with its verdict."""
+    cfg = study["config"]
+    lines = ["## RI variants: the paper's text vs the authors' code", "",
+             "The paper's RI (`--ri-variant paper`: one shared Q of boundaries at sampled "
+             "references, δ = τ(x), no loosen step) and the authors' (`--ri-variant authors`: a "
+             "pool of |Q| references per input from D(x), each boundary found on the decision "
+             "boundary by the authors' line search, δ = 0, the loosen step). "
+             f"{cfg['runs']} run(s) of each table, {cfg['unseen']} unseen images, seed "
+             f"{cfg['seed']}; mean ± std over runs, percent.", "",
+             "Models:", ""]
+    seen = set()
+    for r in study["rows"]:
+        if r["model"] in seen:
+            continue
+        seen.add(r["model"])
+        i = r["model_info"]
+        lines.append(f"- **{r['model']}**: {i.get('arch')} width {i.get('width')} at "
+                     f"{i.get('image_size')} px, ψ {'×'.join(map(str, i.get('feature_shape', [])))}, "
+                     f"test accuracy {_fmt(100 * i['test_accuracy'] if i.get('test_accuracy') else None, 2)} % "
+                     f"(checkpoint `{i.get('checkpoint')}`).")
+    lines += ["", "Table 1 (mAD ↓ / mAI ↑):", ""]
+    names = list(study["rows"][0]["table1"]) + list(study["rows"][0]["controls"])
+    rows = []
+    for r in study["rows"]:
+        cells = [r["model"], r["variant"]]
+        for n in names:
+            s = r["table1"].get(n) or r["controls"].get(n)
+            cells.append(f"{format_mean_std(s['mAD'])} / {format_mean_std(s['mAI'])}" if s else "–")
+        rows.append(cells)
+    lines += [markdown_table(["Model", "Variant"] + names, rows)]
+    lines += ["Table 2 (RI's decision regions):", ""]
+    rows = []
+    for r in study["rows"]:
+        for s in ("reference", "unseen"):
+            t = r["table2"][s]
+            rows.append([r["model"], r["variant"], s, format_mean_std(t["ACU-GT"]),
+                         format_mean_std(t["ACU-MD"]), format_mean_std(t["CVR"])])
+    lines += [markdown_table(["Model", "Variant", "Set", "ACU-GT", "ACU-MD", "CVR"], rows)]
+    lines += ["What RI's interpretations were (means over the runs of both tables; |V| = 20 "
+              "interpretations per run):", ""]
+    rows = []
+    for r in study["rows"]:
+        d = r["ri"]
+        rows.append([r["model"], r["variant"], _fmt(d["distinct_polytopes"], 1),
+                     _fmt(d["distinct_covered_sets"], 1),
+                     f"{_fmt(d['boundaries_before_loosen'], 1)} → {_fmt(d['boundaries_after_loosen'], 1)}",
+                     _fmt(d["references_covered"], 0), _fmt(d["other_class_covered"], 1),
+                     _fmt(d["not_reached"], 1),
+                     f"{_fmt(d['search_steps_mean'], 1)} / {d['search_steps_max']}",
+                     str(d["searches_not_converged"]),
+                     _fmt(d["cosine_within_polytope"]), _fmt(d["cosine_across_interpretations"]),
+                     _fmt(d["cosine_ri_gradcam"]), _fmt(d["interpretations_used_table1"], 1)])
+    lines += [markdown_table(
+        ["Model", "Variant", "distinct polytopes", "distinct covered sets",
+         "|P(x)| greedy → loosened", "refs covered", "other-class covered", "δ not reached",
+         "search steps mean / max", "searches not converged", "cos W within", "cos W across",
+         "cos(RI α, Grad-CAM α)", "interpretations used (Table 1)"], rows)]
+    lines += ["Definitions: *distinct covered sets* tells polytopes apart by the references "
+              "they cover; *cos W within* is the mean pairwise cosine of a polytope's unit "
+              "normals oriented towards its input; *cos W across* the mean pairwise cosine "
+              "between the interpretations' mean oriented normals; *cos(RI α, Grad-CAM α)* the "
+              "cosine between RI's channel weights averaged over P(x) and Grad-CAM's at x. "
+              "*δ not reached*: inputs whose polytope still covers more than δ other-class "
+              "references (with δ = 0, every input with τ(x) > 0).", "",
+              "Verdict (computed from the numbers above):", ""]
+    lines += [f"- {v}" for v in study["verdict"]] + [""]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,136 @@
+"""The RI variant study: Table 1 and Table 2 for the paper's and the authors' RI, per model.
+
+    python experiments/variant_study.py --out runs/variants
+    python experiments/variant_study.py --out runs/variants --checkpoints default,PATH --runs 3
+
+For every checkpoint in --checkpoints and every variant in --variants, runs
+``table1.py`` (without ACE, with its controls) and ``table2.py`` with ``--ri-variant``
+into ``<out>/<model>/<variant>/``, then writes ``variant_study.json`` and
+``variant_study.md``: per (model, variant) the methods' and controls' mAD / mAI, the
+decision regions' ACU / CVR, RI's diagnostics (distinct polytopes, boundaries before and
+after the loosen step, search steps, cosines) and a verdict computed from the numbers
+(``ri_jax.protocols.variant_study``).
+
+The default second model regime, ``results/models/vgg11_w4_asirra_mini``, is a VGG-11 at
+width 1/4 (ψ 6×6×128) trained on the embedded data with this project's script:
+
+    python experiments/train.py --data default --out results/models/vgg11_w4_asirra_mini \
+        --arch vgg11 --width 0.25 --image-size 96 --epochs 30 --patience 10 --lr 5e-4 \
+        --weight-decay 5e-4 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import ri_jax
+from common import prepare_output, write_json
+from ri_jax.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from ri_jax.protocols.report import variant_study_markdown
+from ri_jax.protocols.variant_study import summarise_variant_study
+from ri_jax.variants import VARIANT_NAMES
+
+HERE = Path(__file__).resolve().parent
+SECOND_MODEL = HERE.parent / "results" / "models" / "vgg11_w4_asirra_mini"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="results folder (new or empty, unless --resume)")
+    p.add_argument("--data", default="default", help="as in every experiment script (default: embedded)")
+    p.add_argument("--checkpoint", default="default",
+                   help="first model regime (default: the embedded model)")
+    p.add_argument("--checkpoints", default=None,
+                   help="comma-separated model regimes, overriding --checkpoint (default: "
+                        f"--checkpoint and {SECOND_MODEL.relative_to(HERE.parent)})")
+    p.add_argument("--variants", default=",".join(VARIANT_NAMES),
+                   help="comma-separated RI variants (default: paper,authors)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--runs", type=int, default=3, help="runs of each table (default 3)")
+    p.add_argument("--unseen", type=int, default=1000, help="unseen test images (default 1000)")
+    p.add_argument("--cache-dir", default=None,
+                   help="feature cache folder shared by every run (default <out>/cache; keyed by "
+                        "checkpoint, so models may share it)")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse --out and its feature caches; tables already written are kept")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = p.parse_args(argv)
+    args.checkpoints = ([c.strip() for c in args.checkpoints.split(",") if c.strip()]
+                        if args.checkpoints else [args.checkpoint, str(SECOND_MODEL)])
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = sorted(set(args.variants) - set(VARIANT_NAMES))
+    if bad or not args.variants:
+        p.error(f"--variants: unknown or empty {bad or args.variants}; choose from "
+                f"{', '.join(VARIANT_NAMES)}")
+    for name in ("runs", "unseen"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name}: must be >= 1, got {getattr(args, name)}")
+    return args
+
+
+def model_label(checkpoint: str) -> str:
+    return "embedded" if checkpoint == "default" else Path(checkpoint).name
+
+
+def model_info(checkpoint: str) -> dict:
+    path = DEFAULT_CHECKPOINT if checkpoint == "default" else Path(checkpoint)
+    _, config, meta = load_checkpoint(path)
+    return {"checkpoint": checkpoint, "arch": config.arch, "width": config.width,
+            "image_size": config.image_size, "feature_shape": list(config.feature_shape),
+            "test_accuracy": meta.get("test_accuracy"), "val_accuracy": meta.get("val_accuracy")}
+
+
+def run(script: str, argv: list[str]) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(ri_jax.__file__).parent.parent),
+                                                      env.get("PYTHONPATH")]))
+    print("+", script, " ".join(argv), flush=True)
+    done = subprocess.run([sys.executable, str(HERE / f"{script}.py"), *argv], env=env)
+    if done.returncode:
+        sys.exit(f"variant_study.py: error: {script}.py failed with exit code {done.returncode}")
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out = prepare_output(args.out, args.resume)
+    cache = Path(args.cache_dir) if args.cache_dir else out / "cache"
+    entries = []
+    for checkpoint in args.checkpoints:
+        label = model_label(checkpoint)
+        info = model_info(checkpoint)
+        for variant in args.variants:
+            folder = out / label / variant
+            results = {}
+            for table in ("table1", "table2"):
+                target = folder / table
+                argv_ = ["--data", args.data, "--checkpoint", checkpoint, "--out", str(target),
+                         "--seed", str(args.seed), "--runs", str(args.runs),
+                         "--unseen", str(args.unseen), "--ri-variant", variant,
+                         "--cache-dir", str(cache)]
+                if args.resume and target.exists():
+                    argv_.append("--resume")
+                if args.no_progress:
+                    argv_.append("--no-progress")
+                if not (args.resume and (target / f"{table}.json").is_file()):
+                    run(table, argv_)
+                results[table] = json.loads((target / f"{table}.json").read_text())
+            entries.append({"model": label, "model_info": info, "variant": variant, **results})
+    study = summarise_variant_study(entries)
+    study["config"] = {"checkpoints": args.checkpoints, "variants": args.variants,
+                       "runs": args.runs, "unseen": args.unseen, "seed": args.seed,
+                       "data": args.data}
+    write_json(out / "variant_study.json", study)
+    text = variant_study_markdown(study)
+    (out / "variant_study.md").write_text(text)
+    print(text)
+    return study
+
+
+if __name__ == "__main__":
+    main()
