@@ -79,19 +79,11 @@ def add_debug_arg(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_polytope_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Adds ``--per-class`` (|V| = per-class × classes) and ``--num-boundaries`` (|Q|)."""
-    p.add_argument("--per-class", type=int, default=10,
+    p.add_argument("--per-class", type=positive_int, default=10,
                    help="interpretations per class: |V| = per-class × classes")
-    p.add_argument("--num-boundaries", type=int, default=DEFAULT_NUM_BOUNDARIES, help="|Q| for RI")
+    p.add_argument("--num-boundaries", type=positive_int, default=DEFAULT_NUM_BOUNDARIES,
+                   help="|Q| for RI")
     return p
-
-
-def check_positive_args(p: argparse.ArgumentParser, args: argparse.Namespace,
-                        names: tuple[str, ...]) -> argparse.Namespace:
-    """Rejects (``p.error``) any of the options ``names`` (attribute names) below 1."""
-    for name in names:
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
-    return args
 
 
 def add_ace_args(p: argparse.ArgumentParser, *, max_images_help: str) -> argparse.ArgumentParser:
@@ -107,10 +99,6 @@ def add_ace_args(p: argparse.ArgumentParser, *, max_images_help: str) -> argpars
     p.add_argument("--ace-random-images", type=positive_int, default=50,
                    help="references (any class, seeded) whose patches form TCAV's random sets")
     return p
-
-
-def check_ace_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Kept for the scripts that call it: the ``--ace-*`` numbers are now checked by their types."""
 
 
 def ace_settings(args: argparse.Namespace) -> ACESettings | None:

@@ -151,6 +151,18 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def positive_int_list(text: str) -> list[int]:
+    """argparse type: comma-separated positive integers, returned sorted without repeats."""
+    try:
+        values = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
     return _number(float, text, lambda v: v > 0, "a finite number > 0")
