@@ -22,8 +22,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ri_jax.checkpoint import (CONFIG_FILE, read_config, restore_checked, save_checkpoint,
-                               write_json)
+from ri_jax.checkpoint import (CONFIG_FILE, atomic_write_bytes, read_config, restore_checked,
+                               save_checkpoint, write_json)
 from ri_jax.data import DatasetError, ImageSet, load_dataset, stratified_split
 from ri_jax.errors import CheckpointError, TrainingDivergedError
 from ri_jax.models.vgg import ModelConfig, ModelFns, make_vgg
@@ -149,8 +149,8 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, dat
     Raises:
       DatasetError: a class has fewer than 2 training images (one must stay for validation).
       CheckpointError: ``resume`` with a state written for another model.
-      TrainingDivergedError: an epoch's training loss is not finite. Nothing of that epoch
-        is saved: the last good checkpoint and training state stay in ``workdir``.
+      TrainingDivergedError: an epoch's training loss or validation outputs are not finite.
+        Nothing of that epoch is saved: the last good checkpoint and state stay in ``workdir``.
     """
     workdir = Path(workdir)
     train_all = load_dataset(data, "train", image_size=model_config.image_size)
@@ -214,13 +214,13 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, dat
         # validation images catch a blow-up in the epoch's last steps too.
         if not (np.isfinite(train_loss) and np.isfinite(val_logits).all()):
             bar.close()
-            kept = (f"the checkpoint of epoch {meta['best_epoch']}" if meta["best_epoch"]
-                    else "no checkpoint (no epoch finished)")
+            kept = (f"keeps the checkpoint of epoch {meta['best_epoch']} and the training state "
+                    f"after epoch {meta['epoch']}" if meta["epoch"]
+                    else "has no checkpoint (no epoch finished)")
             raise TrainingDivergedError(
                 f"epoch {epoch + 1}: training loss is {train_loss}, validation outputs are "
                 f"{'' if np.isfinite(val_logits).all() else 'not '}finite (diverged; try a lower "
-                f"--lr, now {train_config.lr}); {workdir} keeps {kept} and the training state "
-                f"after epoch {meta['epoch']}")
+                f"--lr, now {train_config.lr}); {workdir} {kept}")
         val_acc = float(np.mean(np.argmax(val_logits, -1) == val_set.labels))
         test_acc = _accuracy(eval_step, state.params, test_set, train_config.eval_batch_size)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "val_accuracy": val_acc,
@@ -256,10 +256,9 @@ def _accuracy(eval_step, params, images: ImageSet, batch_size: int) -> float:
 def _save_state(workdir: Path, state: TrainState, meta: dict, history: list) -> None:
     blob = flax.serialization.to_bytes({"params": state.params, "opt_state": state.opt_state,
                                         "step": state.step})
-    tmp = workdir / (STATE_FILE + ".tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(workdir / STATE_FILE)  # atomic, so an interrupted save never corrupts a resume
-    write_json(workdir / HISTORY_FILE, {"meta": meta, "history": history})  # atomic too
+    # Both atomic, so an interrupted save never corrupts a resume.
+    atomic_write_bytes(workdir / STATE_FILE, blob)
+    write_json(workdir / HISTORY_FILE, {"meta": meta, "history": history})
 
 
 def _check_resume_model(workdir: Path, model_config: ModelConfig) -> None:

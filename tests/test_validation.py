@@ -237,7 +237,7 @@ def test_11_divergence_stops_keeps_the_last_good_checkpoint_and_writes_strict_js
                            **QUIET)
     assert {f: (work / f).read_bytes() for f in before} == before
     json.loads((work / HISTORY_FILE).read_text(), parse_constant=pytest.fail)  # no NaN literal
-    assert not list(work.glob("*.tmp"))
+    assert not list(work.glob("*.tmp")) and not list(work.glob(".*.tmp"))
     assert json.loads(strict_json({"loss": float("nan"), "x": [np.float32("inf"), 1.5]})) == {
         "loss": None, "x": [None, 1.5]}
 
