@@ -38,9 +38,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import (add_ri_variant_arg, ri_options, ace_config, ace_settings, add_ace_args, add_common_args, check_ace_args,
+from common import (add_ri_variant_arg, ri_options, ace_config, ace_settings, add_ace_args, add_common_args,
                     choose_inputs, describe_run, load_setup, markdown_table, parse_indices,
                     prepare_output, write_csv, write_json)
+from ri_jax.cli import positive_int, run_script
 from ri_jax.data import load_dataset
 from ri_jax.featurize import compute_features
 from ri_jax.plots import CaseBlock, case_study_figure
@@ -51,11 +52,11 @@ from ri_jax.protocols.case_studies import (ACE_DISCOVERY_IMAGES, BLOCKS, CaseInp
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, refs_per_class=0, unseen=None)
-    p.add_argument("--num-inputs", type=int, default=3, help="test images to study (seeded)")
+    p.add_argument("--num-inputs", type=positive_int, default=3, help="test images to study (seeded)")
     p.add_argument("--inputs", default=None,
                    help="comma-separated test-split indices (overrides --num-inputs)")
-    p.add_argument("--top-k", type=int, default=4, help="similar images per block")
-    p.add_argument("--num-boundaries", type=int, default=50, help="|Q| for RI")
+    p.add_argument("--top-k", type=positive_int, default=4, help="similar images per block")
+    p.add_argument("--num-boundaries", type=positive_int, default=50, help="|Q| for RI")
     add_ri_variant_arg(p)
     p.add_argument("--layout", choices=("full", "paper"), default="full",
                    help="full: every method under both blocks; paper: RI under RI's images, "
@@ -64,12 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="add the Random and Grad-CAM (own weights) rows")
     add_ace_args(p, max_images_help=f"ACE discovery set size: x and its nearest references "
                                     f"(0 = {ACE_DISCOVERY_IMAGES})")
-    args = p.parse_args(argv)
-    check_ace_args(p, args)
-    for name in ("num_inputs", "top_k", "num_boundaries"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
@@ -138,4 +134,4 @@ def render_markdown(payload: dict, args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

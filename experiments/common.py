@@ -7,6 +7,11 @@ Every script takes ``--data`` (``default``, a folder ``root/<split>/<class>/``, 
 repeat, ``--runs``. References are sampled from the train split
 (``--refs-per-class``, 0 = all, §6.2) and unseen images from the test split
 (``--unseen``), both seeded by ``--seed``.
+
+Numbers and output folders are validated while parsing (``ri_jax.cli`` types, naming
+the option); scripts run under ``ri_jax.cli.run_script``, which prints expected errors
+as ``script.py: error: <message>`` (exit 2; ``--debug`` or ``RI_JAX_DEBUG=1`` for the
+traceback).
 """
 
 from __future__ import annotations
@@ -14,9 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
-import json
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,8 +29,12 @@ import numpy as np
 
 from ri_jax.baselines.ace import ACEConfig
 from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES
-from ri_jax.checkpoint import json_default, load_checkpoint
+from ri_jax.checkpoint import load_checkpoint
+from ri_jax.checkpoint import write_json as write_strict_json
+from ri_jax.cli import (DEBUG_FLAG, check_output_dir, int_at_least, non_negative_int,
+                        output_dir, positive_int)
 from ri_jax.data import ImageSet, load_dataset, sample_count, sample_per_class
+from ri_jax.errors import RIInputError
 from ri_jax.featurize import Features, compute_features
 from ri_jax.models.vgg import ModelConfig, ModelFns, make_vgg
 from ri_jax.protocols.ace_adapter import ACESettings
@@ -44,29 +51,40 @@ def add_common_args(p: argparse.ArgumentParser, *, runs: int | None = None,
                    help="'default' (embedded set), a folder root/<split>/<class>/, or tfds:NAME")
     p.add_argument("--checkpoint", default="default",
                    help="checkpoint folder from experiments/train.py ('default' = embedded model)")
-    p.add_argument("--out", required=True, help="results folder (new or empty, unless --resume)")
+    p.add_argument("--out", required=True, type=output_dir,
+                   help="results folder (new or empty, unless --resume)")
     p.add_argument("--resume", action="store_true",
                    help="reuse --out and its cached features; result files there are rewritten")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of every random choice")
     if runs is not None:
-        p.add_argument("--runs", type=int, default=runs, help="repetitions with seeds seed..seed+runs-1")
-    p.add_argument("--refs-per-class", type=int, default=refs_per_class,
+        p.add_argument("--runs", type=positive_int, default=runs,
+                       help="repetitions with seeds seed..seed+runs-1")
+    p.add_argument("--refs-per-class", type=non_negative_int, default=refs_per_class,
                    help="reference images per class from the train split (0 = all)")
     if unseen is not None:
-        p.add_argument("--unseen", type=int, default=unseen,
+        p.add_argument("--unseen", type=non_negative_int, default=unseen,
                        help="unseen images from the test split (0 = all)")
-    p.add_argument("--cache-dir", default=None,
+    p.add_argument("--cache-dir", default=None, type=output_dir,
                    help="feature cache folder (default <out>/cache); scripts may share one")
-    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per forward pass")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_debug_arg(p)
+    return p
+
+
+def add_debug_arg(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Documents ``--debug`` in ``--help`` (``ri_jax.cli.run_script`` acts on it)."""
+    p.add_argument(DEBUG_FLAG, action="store_true",
+                   help="show the Python traceback of expected errors (or set RI_JAX_DEBUG=1)")
     return p
 
 
 def add_polytope_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Adds ``--per-class`` (|V| = per-class × classes), ``--num-boundaries`` (|Q|), ``--ri-variant``."""
-    p.add_argument("--per-class", type=int, default=10,
+    """Adds ``--per-class`` (|V| = per-class × classes) and ``--num-boundaries`` (|Q|)."""
+    p.add_argument("--per-class", type=positive_int, default=10,
                    help="interpretations per class: |V| = per-class × classes")
-    p.add_argument("--num-boundaries", type=int, default=DEFAULT_NUM_BOUNDARIES, help="|Q| for RI")
+    p.add_argument("--num-boundaries", type=positive_int, default=DEFAULT_NUM_BOUNDARIES,
+                   help="|Q| for RI")
     return add_ri_variant_arg(p)
 
 
@@ -85,36 +103,19 @@ def ri_options(args: argparse.Namespace) -> RIOptions:
                      variant=ri_variant(args.ri_variant))
 
 
-def check_positive_args(p: argparse.ArgumentParser, args: argparse.Namespace,
-                        names: tuple[str, ...]) -> argparse.Namespace:
-    """Rejects (``p.error``) any of the options ``names`` (attribute names) below 1."""
-    for name in names:
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
-    return args
-
-
 def add_ace_args(p: argparse.ArgumentParser, *, max_images_help: str) -> argparse.ArgumentParser:
     """Adds ``--ace`` and the ``--ace-*`` settings shared by Table 1, Figure 4 and the case studies."""
     p.add_argument("--ace", action="store_true", help="add ACE (slow: segments every image)")
     p.add_argument("--ace-segments", default="15,50,80",
                    help="ACE's SLIC segment counts, comma-separated")
-    p.add_argument("--ace-max-images", type=int, default=0, help=max_images_help)
-    p.add_argument("--ace-min-members", type=int, default=ACEConfig.min_members,
+    p.add_argument("--ace-max-images", type=non_negative_int, default=0, help=max_images_help)
+    p.add_argument("--ace-min-members", type=non_negative_int, default=ACEConfig.min_members,
                    help="patches a cluster needs to become an ACE concept")
-    p.add_argument("--ace-repeats", type=int, default=ACEConfig.repeats,
+    p.add_argument("--ace-repeats", type=int_at_least(2), default=ACEConfig.repeats,
                    help="TCAV random counterparts per ACE concept")
-    p.add_argument("--ace-random-images", type=int, default=50,
+    p.add_argument("--ace-random-images", type=positive_int, default=50,
                    help="references (any class, seeded) whose patches form TCAV's random sets")
     return p
-
-
-def check_ace_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Rejects bad ``--ace-*`` values (``p.error``)."""
-    if args.ace_max_images < 0:
-        p.error(f"--ace-max-images: must be >= 0, got {args.ace_max_images}")
-    if args.ace_random_images < 1:
-        p.error(f"--ace-random-images: must be >= 1, got {args.ace_random_images}")
 
 
 def ace_settings(args: argparse.Namespace) -> ACESettings | None:
@@ -132,16 +133,15 @@ def ace_config(args: argparse.Namespace) -> ACEConfig:
         return ACEConfig(n_segments=segments, min_members=args.ace_min_members,
                          repeats=args.ace_repeats, batch_size=args.batch_size)
     except ValueError as e:
-        raise SystemExit(f"--ace-*: {e}") from None
+        raise RIInputError(f"--ace-*: {e}") from None
 
 
 def prepare_output(out: str | Path, resume: bool) -> Path:
     """Creates the results folder; refuses to write into a non-empty one unless resuming."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        sys.exit(f"--out: {out} exists and is not a folder")
+    out = check_output_dir(out, "--out")
     if out.exists() and any(out.iterdir()) and not resume:
-        sys.exit(f"--out: {out} is not empty; choose a new folder, or pass --resume to reuse it")
+        raise RIInputError(f"--out: {out} is not empty; choose a new folder, or pass --resume "
+                           "to reuse it")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -160,15 +160,16 @@ class Setup(NamedTuple):
 
 def load_setup(args: argparse.Namespace, out: Path, *, need_unseen: bool = True) -> Setup:
     """Loads the checkpoint and data, samples references/unseen images, computes (cached) features."""
+    cache = Path(args.cache_dir) if getattr(args, "cache_dir", None) else out / "cache"
+    check_output_dir(cache, "--cache-dir")  # before any computation
     params, model_config, _ = load_checkpoint(None if args.checkpoint == "default" else args.checkpoint)
     fns = make_vgg(model_config)
     classes = model_config.class_names or None
     train = load_dataset(args.data, "train", image_size=model_config.image_size, class_names=classes)
     if train.num_classes != model_config.num_classes:
-        sys.exit(f"--data: {args.data} has {train.num_classes} classes but --checkpoint "
-                 f"{args.checkpoint} predicts {model_config.num_classes}")
+        raise RIInputError(f"--data: {args.data} has {train.num_classes} classes but "
+                           f"--checkpoint {args.checkpoint} predicts {model_config.num_classes}")
     refs = train.subset(sample_per_class(train.labels, args.refs_per_class, seed=args.seed))
-    cache = Path(args.cache_dir) if getattr(args, "cache_dir", None) else out / "cache"
     progress = not args.no_progress
     ref_feats = compute_features(fns, params, refs, batch_size=args.batch_size, cache_dir=cache,
                                  progress=progress, desc="reference features")
@@ -185,13 +186,14 @@ def load_setup(args: argparse.Namespace, out: Path, *, need_unseen: bool = True)
 
 def describe_run(args: argparse.Namespace, **extra: Any) -> dict:
     """The configuration block written with every result file."""
-    return {**{k: v for k, v in vars(args).items() if k != "no_progress"},
+    return {**{k: v for k, v in vars(args).items() if k not in ("no_progress", "debug")},
             "jax": jax.__version__, "backend": jax.default_backend(),
             "machine": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
 
 
 def write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=2, default=json_default))
+    """Strict JSON (NaN/inf as null), written atomically (``ri_jax.checkpoint.write_json``)."""
+    write_strict_json(path, payload)
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

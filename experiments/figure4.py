@@ -44,9 +44,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common import (add_ri_variant_arg, ri_options, ace_config, ace_settings, add_ace_args, add_common_args, check_ace_args,
+from common import (add_ri_variant_arg, ri_options, ace_config, ace_settings, add_ace_args, add_common_args,
                     describe_run, load_setup, markdown_table, prepare_output,
                     write_csv, write_json)
+from ri_jax.cli import positive_int, positive_int_list, run_script
 from ri_jax.plots import k_curves_figure
 from ri_jax.protocols.figure4 import (ACE_DISCOVERY_IMAGES, DEFAULT_KS, Figure4Config,
                                       run_figure4)
@@ -55,30 +56,20 @@ from ri_jax.protocols.figure4 import (ACE_DISCOVERY_IMAGES, DEFAULT_KS, Figure4C
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, runs=1, refs_per_class=0, unseen=None)
-    p.add_argument("--num-inputs", type=int, default=1000,
+    p.add_argument("--num-inputs", type=positive_int, default=1000,
                    help="reference images used as inputs, N (capped by the reference set)")
-    p.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="comma-separated K values")
-    p.add_argument("--num-boundaries", type=int, default=50, help="|Q| for RI")
+    p.add_argument("--ks", type=positive_int_list, default=",".join(map(str, DEFAULT_KS)),
+                   help="comma-separated K values")
+    p.add_argument("--num-boundaries", type=positive_int, default=50, help="|Q| for RI")
     add_ri_variant_arg(p)
     p.add_argument("--no-controls", action="store_true", help="skip the Random and own-weights controls")
-    p.add_argument("--block-size", type=int, default=16,
+    p.add_argument("--block-size", type=positive_int, default=16,
                    help="inputs whose K similar images are evaluated together (memory ~ block·K images)")
     add_ace_args(p, max_images_help=f"ACE discovery set size: x and its nearest references "
                                     f"(0 = {ACE_DISCOVERY_IMAGES})")
-    p.add_argument("--ace-inputs", type=int, default=10,
+    p.add_argument("--ace-inputs", type=positive_int, default=10,
                    help="ACE is evaluated on only the first N sampled inputs (it is slow)")
-    args = p.parse_args(argv)
-    check_ace_args(p, args)
-    try:
-        args.ks = sorted(set(int(k) for k in args.ks.split(",") if k.strip()))
-    except ValueError:
-        p.error(f"--ks: expected comma-separated integers, got {args.ks!r}")
-    if not args.ks or args.ks[0] < 1:
-        p.error(f"--ks: need positive K values, got {args.ks}")
-    for name in ("num_inputs", "num_boundaries", "block_size", "runs", "ace_inputs"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
-    return args
+    return p.parse_args(argv)
 
 
 def _spread(stats: dict) -> str:
@@ -160,4 +151,4 @@ def render_markdown(payload: dict, args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -29,9 +29,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common import (add_common_args, add_polytope_args, check_positive_args,  # noqa: E402
-                    describe_run, format_mean_std, load_setup, markdown_table, prepare_output,
+from common import (add_common_args, add_polytope_args, describe_run,  # noqa: E402
+                    format_mean_std, load_setup, markdown_table, prepare_output,
                     write_csv, write_json)
+from ri_jax.cli import positive_int_list, run_script  # noqa: E402
 from ri_jax.protocols.figures5_6 import run_figures5_6  # noqa: E402
 from ri_jax.protocols.methods import RIOptions  # noqa: E402
 from ri_jax.variants import ri_variant  # noqa: E402
@@ -45,16 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, runs=5, refs_per_class=2500, unseen=1000)
     add_polytope_args(p)
-    p.add_argument("--qs", default=",".join(map(str, DEFAULT_QS)),
+    p.add_argument("--qs", type=positive_int_list, default=",".join(map(str, DEFAULT_QS)),
                    help="comma-separated |Q| values")
-    args = check_positive_args(p, p.parse_args(argv), ("runs", "per_class", "num_boundaries"))
-    try:
-        args.qs = sorted({int(q) for q in args.qs.split(",")})
-    except ValueError:
-        p.error(f"--qs: expected comma-separated integers, got {args.qs!r}")
-    if args.qs[0] < 1:
-        p.error(f"--qs: every |Q| must be >= 1, got {args.qs}")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
@@ -127,4 +121,4 @@ def render_markdown(payload: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

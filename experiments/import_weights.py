@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from ri_jax.checkpoint import save_checkpoint
+from ri_jax.cli import run_script
 from ri_jax.pretrained import convert, foreign_config, read_weights, weight_format
 
 
@@ -65,4 +66,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -34,6 +34,7 @@ import numpy as np
 
 from common import (add_common_args, add_ri_variant_arg, choose_inputs, describe_run, load_setup, parse_indices,
                     prepare_output, write_csv, write_json)
+from ri_jax.cli import positive_int, run_script
 from ri_jax.data import load_dataset
 from ri_jax.interpreter import RepresentativeInterpreter
 from ri_jax.plots import interpretation_figure
@@ -42,20 +43,13 @@ from ri_jax.plots import interpretation_figure
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, refs_per_class=0, unseen=None)
-    p.add_argument("--num-inputs", type=int, default=4, help="test images to interpret (seeded)")
+    p.add_argument("--num-inputs", type=positive_int, default=4, help="test images to interpret (seeded)")
     p.add_argument("--inputs", default=None,
                    help="comma-separated test-split indices to interpret (overrides --num-inputs)")
-    p.add_argument("--top-k", type=int, default=4, help="similar references shown per input")
-    p.add_argument("--num-boundaries", type=int, default=50, help="|Q|, boundaries sampled")
+    p.add_argument("--top-k", type=positive_int, default=4, help="similar references shown per input")
+    p.add_argument("--num-boundaries", type=positive_int, default=50, help="|Q|, boundaries sampled")
     add_ri_variant_arg(p)
-    args = p.parse_args(argv)
-    if args.num_inputs < 1:
-        p.error(f"--num-inputs: must be >= 1, got {args.num_inputs}")
-    if args.top_k < 1:
-        p.error(f"--top-k: must be >= 1, got {args.top_k}")
-    if args.num_boundaries < 1:
-        p.error(f"--num-boundaries: must be >= 1, got {args.num_boundaries}")
-    return args
+    return p.parse_args(argv)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -180,4 +174,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

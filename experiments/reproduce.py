@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from ri_jax.variants import VARIANT_NAMES
+from ri_jax.cli import run_script
 from ri_jax.data import IMAGE_EXTENSIONS
 from ri_jax.pretrained import weight_format
 
@@ -273,4 +274,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -42,6 +42,7 @@ import jax
 
 import ri_jax
 from common import prepare_output, write_json
+from ri_jax.cli import run_script
 from ri_jax.checkpoint import load_checkpoint
 from ri_jax.protocols.report import render_results
 from ri_jax.variants import VARIANT_NAMES
@@ -220,4 +221,4 @@ def render_record(out: Path, md_dir: Path, record: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

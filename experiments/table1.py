@@ -57,8 +57,9 @@ import argparse
 import numpy as np
 
 from common import (ri_options, ace_config, ace_settings, add_ace_args, add_common_args, add_polytope_args,
-                    check_ace_args, check_positive_args, describe_run, format_mean_std,
-                    load_setup, markdown_table, prepare_output, write_csv, write_json)
+                    describe_run, format_mean_std, load_setup, markdown_table, prepare_output,
+                    write_csv, write_json)
+from ri_jax.cli import run_script
 from ri_jax.metrics import KEEP_FRACTION
 from ri_jax.protocols.table1 import Table1Config, run_table1
 
@@ -69,10 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_polytope_args(p)
     add_ace_args(p, max_images_help="ACE discovery images per cluster, nearest the centre first "
                                     "(0 = all)")
-    args = p.parse_args(argv)
-    check_positive_args(p, args, ("runs", "per_class", "num_boundaries"))
-    check_ace_args(p, args)
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
@@ -137,4 +135,4 @@ def render_markdown(payload: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

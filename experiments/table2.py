@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import argparse
 
-from common import (ri_options, add_common_args, add_polytope_args, check_positive_args, describe_run,
+from common import (ri_options, add_common_args, add_polytope_args, describe_run,
                     format_mean_std, load_setup, markdown_table, prepare_output, write_csv,
                     write_json)
+from ri_jax.cli import run_script
 from ri_jax.protocols.table2 import SETS, Table2Config, run_table2
 
 
@@ -41,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p, runs=5, refs_per_class=2500, unseen=1000)
     add_polytope_args(p)
-    return check_positive_args(p, p.parse_args(argv), ("runs", "per_class", "num_boundaries"))
+    return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
@@ -85,4 +86,4 @@ def render_markdown(payload: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

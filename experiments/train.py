@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
-from pathlib import Path
 
 import jax
 
+from ri_jax.cli import (DEBUG_FLAG, check_output_dir, non_negative_float, non_negative_int,
+                        open_fraction, output_dir, positive_float, positive_int, run_script,
+                        unit_interval)
 from ri_jax.data import load_dataset
+from ri_jax.errors import RIInputError
 from ri_jax.models.vgg import VGG_LAYERS, ModelConfig
 from ri_jax.training import TrainConfig, train_and_evaluate
 
@@ -29,33 +31,46 @@ from ri_jax.training import TrainConfig, train_and_evaluate
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="default", help="'default', a folder root/<split>/<class>/, or tfds:NAME")
-    p.add_argument("--out", required=True, help="checkpoint folder (must be new or empty unless --resume)")
+    p.add_argument("--out", required=True, type=output_dir,
+                   help="checkpoint folder (must be new or empty unless --resume)")
     p.add_argument("--arch", default="vgg19", choices=sorted(VGG_LAYERS))
-    p.add_argument("--width", type=float, default=0.125)
-    p.add_argument("--image-size", type=int, default=96)
-    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--width", type=positive_float, default=0.125, help="channel multiplier")
+    p.add_argument("--image-size", type=image_size, default=96,
+                   help="square input side, a multiple of 32")
+    p.add_argument("--dropout", type=unit_interval, default=0.5)
     t = TrainConfig()
-    p.add_argument("--epochs", type=int, default=t.epochs)
-    p.add_argument("--batch-size", type=int, default=t.batch_size)
-    p.add_argument("--lr", type=float, default=t.lr)
-    p.add_argument("--weight-decay", type=float, default=t.weight_decay)
+    p.add_argument("--epochs", type=positive_int, default=t.epochs)
+    p.add_argument("--batch-size", type=positive_int, default=t.batch_size)
+    p.add_argument("--lr", type=positive_float, default=t.lr)
+    p.add_argument("--weight-decay", type=non_negative_float, default=t.weight_decay)
     p.add_argument("--optimizer", default=t.optimizer, choices=["adamw", "sgd"])
-    p.add_argument("--warmup-epochs", type=int, default=t.warmup_epochs)
-    p.add_argument("--val-fraction", type=float, default=t.val_fraction)
-    p.add_argument("--patience", type=int, default=t.patience)
+    p.add_argument("--warmup-epochs", type=non_negative_int, default=t.warmup_epochs)
+    p.add_argument("--val-fraction", type=open_fraction, default=t.val_fraction)
+    p.add_argument("--patience", type=positive_int, default=t.patience)
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--seed", type=non_negative_int, default=t.seed)
     p.add_argument("--init", default=None, help="imagenet:PATH to start from ImageNet VGG-19 weights")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(DEBUG_FLAG, action="store_true",
+                   help="show the Python traceback of expected errors (or set RI_JAX_DEBUG=1)")
     return p.parse_args(argv)
+
+
+def image_size(text: str) -> int:
+    """argparse type: a positive multiple of 32 (VGG halves the side five times)."""
+    size = positive_int(text)
+    if size % 32:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 32, got {text!r}")
+    return size
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    out = Path(args.out)
+    out = check_output_dir(args.out, "--out")
     if out.exists() and any(out.iterdir()) and not args.resume:
-        sys.exit(f"--out: {out} exists and is not empty; choose a new folder or pass --resume")
+        raise RIInputError(f"--out: {out} exists and is not empty; choose a new folder or pass "
+                           "--resume")
     classes = load_dataset(args.data, "train", image_size=args.image_size).class_names
     model_config = ModelConfig(arch=args.arch, width=args.width, image_size=args.image_size,
                                num_classes=len(classes), class_names=classes, dropout=args.dropout)
@@ -67,7 +82,7 @@ def main(argv=None) -> dict:
     if args.init:
         kind, _, path = args.init.partition(":")
         if kind != "imagenet" or not path:
-            sys.exit(f"--init: expected imagenet:PATH, got {args.init!r}")
+            raise RIInputError(f"--init: expected imagenet:PATH, got {args.init!r}")
         from ri_jax.pretrained import imagenet_normalization, load_imagenet_params, weight_format
         # Use the normalisation under which the imported network is reproduced exactly.
         mean, std = imagenet_normalization(weight_format(path))
@@ -81,4 +96,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -29,7 +29,8 @@ import sys
 from pathlib import Path
 
 import ri_jax
-from common import prepare_output, write_json
+from common import add_debug_arg, prepare_output, write_json
+from ri_jax.cli import positive_int, run_script
 from ri_jax.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from ri_jax.protocols.report import variant_study_markdown
 from ri_jax.protocols.variant_study import summarise_variant_study
@@ -52,14 +53,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", default=",".join(VARIANT_NAMES),
                    help="comma-separated RI variants (default: paper,authors)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
-    p.add_argument("--runs", type=int, default=3, help="runs of each table (default 3)")
-    p.add_argument("--unseen", type=int, default=1000, help="unseen test images (default 1000)")
+    p.add_argument("--runs", type=positive_int, default=3, help="runs of each table (default 3)")
+    p.add_argument("--unseen", type=positive_int, default=1000, help="unseen test images (default 1000)")
     p.add_argument("--cache-dir", default=None,
                    help="feature cache folder shared by every run (default <out>/cache; keyed by "
                         "checkpoint, so models may share it)")
     p.add_argument("--resume", action="store_true",
                    help="reuse --out and its feature caches; tables already written are kept")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_debug_arg(p)
     args = p.parse_args(argv)
     args.checkpoints = ([c.strip() for c in args.checkpoints.split(",") if c.strip()]
                         if args.checkpoints else [args.checkpoint, str(SECOND_MODEL)])
@@ -68,9 +70,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if bad or not args.variants:
         p.error(f"--variants: unknown or empty {bad or args.variants}; choose from "
                 f"{', '.join(VARIANT_NAMES)}")
-    for name in ("runs", "unseen"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name}: must be >= 1, got {getattr(args, name)}")
     return args
 
 
@@ -133,4 +132,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -6,8 +6,13 @@ Three sources (§6.2):
   * ``"tfds:NAME"`` — a TensorFlow Datasets name read through ``tfds.data_source``
     (array_record, no TensorFlow needed once the dataset is prepared).
 
-Images are decoded lazily, converted to RGB, resized so the shorter side is
-``image_size`` and centre-cropped. ``ImageSet.raw`` gives float32 images in
+Images are decoded lazily, turned upright by their EXIF orientation tag (as
+``PIL.ImageOps.exif_transpose`` does), converted to RGB (16-bit images scaled to
+8 bits, transparency composited over white), resized so the shorter side is
+``image_size`` and centre-cropped. Images of more than ``max_image_pixels()``
+pixels (PIL's ``Image.MAX_IMAGE_PIXELS``, about 89.5 million by default) are
+refused as decompression bombs; raise the limit with the environment variable
+``RI_JAX_MAX_IMAGE_PIXELS`` or by setting ``PIL.Image.MAX_IMAGE_PIXELS``. ``ImageSet.raw`` gives float32 images in
 [0, 1] (the metrics black out pixels in this space); models normalise them with
 ``ModelFns.normalize``. Large sets are read in batches with ``ImageSet.batches``.
 """
@@ -15,20 +20,40 @@ Images are decoded lazily, converted to RGB, resized so the shorter side is
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import os
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ri_jax.errors import RIInputError
 
 EMBEDDED_ROOT = Path(__file__).parent / "assets" / "asirra_mini"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MAX_PIXELS_ENV = "RI_JAX_MAX_IMAGE_PIXELS"
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-class DatasetError(ValueError):
+class DatasetError(RIInputError):
     """Raised for unusable data; the message names the file or folder and the reason."""
+
+
+def max_image_pixels() -> int | None:
+    """Largest image (width × height) that is decoded; None = no limit.
+
+    ``$RI_JAX_MAX_IMAGE_PIXELS`` if set, else PIL's ``Image.MAX_IMAGE_PIXELS``.
+    """
+    env = os.environ.get(MAX_PIXELS_ENV)
+    if env:
+        try:
+            return int(env)
+        except ValueError:
+            raise RIInputError(f"${MAX_PIXELS_ENV}: expected an integer, got {env!r}") from None
+    return Image.MAX_IMAGE_PIXELS
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -91,6 +116,37 @@ class ImageSet:
         return dataclasses.replace(self, read_uint8=lambda i: data[np.asarray(i)])
 
 
+def content_fingerprint(images: ImageSet, indices: Sequence[int] | np.ndarray | None = None
+                        ) -> str:
+    """Hash of what the images at ``indices`` decode from (a feature-cache key component).
+
+    For images read from files: each file's size, modification time and content hash
+    (so files replaced under the same names change it); for other sources their ids.
+    The output image size is part of it.
+    """
+    idx = np.arange(len(images)) if indices is None else np.asarray(indices, np.int64).reshape(-1)
+    h = hashlib.sha256(f"{images.name}|{images.split}|{images.image_size}".encode())
+    for i in idx:
+        h.update(b"\0" + _id_fingerprint(images.ids[int(i)]).encode())
+    return h.hexdigest()[:24]
+
+
+def _id_fingerprint(image_id: str) -> str:
+    try:
+        st = os.stat(image_id)
+    except (OSError, ValueError):  # not a file path (e.g. a TFDS index)
+        return image_id
+    return f"{image_id}|{st.st_size}|{st.st_mtime_ns}|{_file_hash(image_id, st.st_size, st.st_mtime_ns)}"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _file_hash(path: str, size: int, mtime_ns: int) -> str:
+    """Content hash, memoised per (path, size, mtime): a rerun in one process reads each file once."""
+    del size, mtime_ns  # cache key only
+    with open(path, "rb") as f:
+        return hashlib.blake2b(f.read(), digest_size=16).hexdigest()
+
+
 def load_dataset(spec: str, split: str, *, image_size: int = 96,
                  class_names: Sequence[str] | None = None,
                  data_dir: str | None = None) -> ImageSet:
@@ -117,16 +173,34 @@ def load_dataset(spec: str, split: str, *, image_size: int = 96,
 
 
 def decode_image(path: str | os.PathLike, image_size: int) -> np.ndarray:
-    """uint8[S, S, 3]: any PIL-readable image as RGB, shorter side resized to S, centre-cropped."""
+    """uint8[S, S, 3]: any PIL-readable image, upright (EXIF), as RGB, shorter side resized
+    to S, centre-cropped."""
+    limit = max_image_pixels()
     try:
-        with Image.open(path) as im:
-            im.load()
-            return _to_square_rgb(im, image_size)
+        with warnings.catch_warnings():
+            # The limit is enforced below, strictly, with a message naming the file.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if limit is not None and w * h > limit:
+                    raise Image.DecompressionBombError(f"{w}x{h} = {w * h} pixels")
+                im.load()
+                return _to_square_rgb(ImageOps.exif_transpose(im), image_size)
+    except Image.DecompressionBombError as e:
+        raise DatasetError(
+            f"{path}: image too large ({e}; limit {limit} pixels), refused as a possible "
+            f"decompression bomb; raise the limit with ${MAX_PIXELS_ENV}=N or "
+            "PIL.Image.MAX_IMAGE_PIXELS") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
 
 
 def _to_square_rgb(im: Image.Image, size: int) -> np.ndarray:
+    if im.mode in _SIXTEEN_BIT_MODES:
+        # PIL's convert("RGB") clips 16-bit values at 255 (almost all white); scale instead.
+        # Mode "I" is how PIL decodes 16-bit grayscale PNG/TIFF.
+        arr = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8))
     if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
         # Composite transparency over white rather than letting it turn black.
         im = im.convert("RGBA")
@@ -195,15 +269,19 @@ def _tfds_set(tfds_name: str, split: str, image_size: int, class_names: Sequence
         raise DatasetError("data: empty TFDS name in 'tfds:'")
     import tensorflow_datasets as tfds  # imported lazily: heavy, and only this source needs it
 
-    split = _tfds_split(tfds, tfds_name, split, data_dir)
+    builder = _tfds_builder(tfds, tfds_name, data_dir)
+    split = _tfds_split(builder, tfds_name, split)
     try:
-        source = tfds.data_source(tfds_name, split=split, data_dir=data_dir)
+        # download=False: reading never starts a download or a build (that is `tfds build`'s job).
+        source = tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises many types; the message is what matters to the user
+        if not builder.is_prepared():
+            raise DatasetError(f"tfds:{tfds_name}: not prepared in {builder.data_dir} (reading "
+                               f"never downloads). {_tfds_build_hint(tfds_name, data_dir)}") from None
         raise DatasetError(
             f"tfds:{tfds_name} split {split!r}: cannot open as a data source ({type(e).__name__}: {e}). "
-            "Prepare it once with `pip install ri_jax[tfds-prepare]` and "
-            f"`tfds build {tfds_name} --file_format=array_record`.") from None
-    info = getattr(source, "dataset_info", None) or tfds.builder(tfds_name, data_dir=data_dir).info
+            f"{_tfds_build_hint(tfds_name, data_dir)}") from None
+    info = getattr(source, "dataset_info", None) or builder.info
     features = info.features
     image_key = "image" if "image" in features else None
     label_key = "label" if "label" in features else None
@@ -236,7 +314,23 @@ def _tfds_set(tfds_name: str, split: str, image_size: int, class_names: Sequence
                     ids=tuple(f"tfds:{tfds_name}/{split}/{i}" for i in range(n)))
 
 
-def _tfds_split(tfds, tfds_name: str, split: str, data_dir: str | None) -> str:
+def _tfds_build_hint(tfds_name: str, data_dir: str | None) -> str:
+    where = f" --data_dir {data_dir}" if data_dir else ""
+    return ("Prepare it once with `pip install ri_jax[tfds-prepare]` and "
+            f"`tfds build {tfds_name} --file_format=array_record{where}`.")
+
+
+def _tfds_builder(tfds, tfds_name: str, data_dir: str | None):
+    """The dataset's builder, or a DatasetError naming the set when TFDS does not know it."""
+    try:
+        builder = tfds.builder(tfds_name, data_dir=data_dir)
+    except Exception as e:  # DatasetNotFoundError lists every TFDS name: keep only the first line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DatasetError(f"tfds:{tfds_name}: cannot load its builder ({first})") from None
+    return builder
+
+
+def _tfds_split(builder, tfds_name: str, split: str) -> str:
     """Maps ``train``/``test`` onto a TFDS set that only has ``train`` (e.g. cats_vs_dogs).
 
     Such sets are split deterministically: the first 80 % of ``train`` is our train split and
@@ -244,10 +338,7 @@ def _tfds_split(tfds, tfds_name: str, split: str, data_dir: str | None) -> str:
     """
     if split not in ("train", "test"):
         return split
-    try:
-        splits = set(tfds.builder(tfds_name, data_dir=data_dir).info.splits.keys())
-    except Exception:  # unknown name or unprepared data: let data_source report it
-        return split
+    splits = set(builder.info.splits.keys())
     if "test" in splits or "train" not in splits:
         return split  # nothing to carve: both exist, or the set has neither
     mapped = "train[:80%]" if split == "train" else "train[80%:]"
@@ -257,14 +348,20 @@ def _tfds_split(tfds, tfds_name: str, split: str, data_dir: str | None) -> str:
 
 def stratified_split(labels: np.ndarray, fraction: float, *, seed: int
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Splits indices into (rest, held_out) with ``fraction`` of each class held out, seeded."""
+    """Splits indices into (rest, held_out) with ``fraction`` of each class held out, seeded.
+
+    Every class keeps at least one index on each side; a class of one member is an error.
+    """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction: must be in (0, 1), got {fraction}")
     rng = np.random.default_rng(seed)
     held = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        k = max(1, int(round(fraction * len(idx))))
+        if len(idx) < 2:
+            raise RIInputError(f"labels: class {int(c)} has {len(idx)} member(s); a stratified "
+                               "split needs at least 2 per class")
+        k = min(max(1, int(round(fraction * len(idx)))), len(idx) - 1)  # keep one in `rest`
         held.append(rng.choice(idx, size=k, replace=False))
     held_out = np.sort(np.concatenate(held))
     rest = np.setdiff1d(np.arange(len(labels)), held_out)

@@ -1,13 +1,19 @@
 """ψ and logits for a whole image set, batched, with an on-disk cache.
 
 Feature extraction is the expensive first stage of every experiment, so its
-output is cached per (checkpoint parameters, dataset, split, image indices) and
-long runs resume from it.
+output is cached and long runs resume from it. A cache file is named by the
+checkpoint parameters, the model's input normalisation, the dataset, split, image
+size and indices, and records a fingerprint of the image files' contents
+(``ri_jax.data.content_fingerprint``). Files replaced under the same names, or an
+unreadable (e.g. truncated) cache file, are recomputed with a ``FeatureCacheWarning``
+naming the file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -16,7 +22,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ri_jax.data import ImageSet
+from ri_jax.data import ImageSet, content_fingerprint
 from ri_jax.models.vgg import ModelFns
 
 
@@ -38,6 +44,10 @@ class Features(NamedTuple):
     @property
     def predictions(self) -> np.ndarray:
         return np.argmax(self.logits, axis=-1).astype(np.int32)
+
+
+class FeatureCacheWarning(UserWarning):
+    """A cached feature file was stale or unreadable and is being recomputed."""
 
 
 def params_fingerprint(params: Any) -> str:
@@ -64,15 +74,18 @@ def compute_features(fns: ModelFns, params: Any, images: ImageSet,
       ``Features`` for the requested images.
     """
     idx = np.arange(len(images)) if indices is None else np.asarray(indices, np.int64)
-    cache_file = None
+    cache_file = content = None
     if cache_dir is not None:
+        # Normalisation is part of ψ but not of the params: a probe of it joins the key.
+        probe = np.asarray(fns.normalize(np.full((3,), 0.5, np.float32)), np.float32)
         key = hashlib.sha256(
             f"{params_fingerprint(params)}|{images.name}|{images.split}|{images.image_size}|".encode()
-            + idx.tobytes()).hexdigest()[:24]
+            + probe.tobytes() + idx.tobytes()).hexdigest()[:24]
         cache_file = Path(cache_dir) / f"features-{key}.npz"
-        if cache_file.is_file():
-            with np.load(cache_file) as z:
-                return Features(z["psi"], z["logits"], z["labels"], z["indices"])
+        content = content_fingerprint(images, idx)
+        cached = _read_cache(cache_file, content, len(idx))
+        if cached is not None:
+            return cached
 
     @jax.jit
     def forward(raw):
@@ -95,6 +108,29 @@ def compute_features(fns: ModelFns, params: Any, images: ImageSet,
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_suffix(".tmp.npz")
-        np.savez(tmp, **out._asdict())
+        np.savez(tmp, content=np.array(content), **out._asdict())
         tmp.replace(cache_file)
     return out
+
+
+def _read_cache(cache_file: Path, content: str, count: int) -> Features | None:
+    """The cached features, or None (with a warning naming the file) if stale or unreadable."""
+    if not cache_file.is_file():
+        return None
+    try:
+        with np.load(cache_file, allow_pickle=False) as z:
+            stored = str(z["content"]) if "content" in z.files else None
+            feats = Features(z["psi"], z["logits"], z["labels"], z["indices"])
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError, ValueError) as e:
+        warnings.warn(f"{cache_file}: unreadable feature cache ({type(e).__name__}: {e}); "
+                      "recomputing", FeatureCacheWarning, stacklevel=3)
+        return None
+    if stored != content:
+        warnings.warn(f"{cache_file}: the images changed since these features were cached; "
+                      "recomputing", FeatureCacheWarning, stacklevel=3)
+        return None
+    if any(len(a) != count for a in feats):
+        warnings.warn(f"{cache_file}: holds {len(feats.indices)} images, expected {count}; "
+                      "recomputing", FeatureCacheWarning, stacklevel=3)
+        return None
+    return feats

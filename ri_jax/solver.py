@@ -306,6 +306,8 @@ def solve_greedy_packed(match_words: Array, positive_words: Array, delta=None, *
                          f"{match_words.dtype}{match_words.shape}")
     if match_words.shape[0] == 0:
         raise ValueError("match_words: need at least one boundary (Q >= 1)")
+    if match_words.shape[1] == 0:  # no word to pack a reference into: nothing to cover
+        raise ValueError("match_words: need at least one reference (W >= 1 words)")
     if positive_words.dtype != jnp.uint32 or positive_words.shape != match_words.shape[1:]:
         raise ValueError(f"positive_words: expected uint32{match_words.shape[1:]}, got "
                          f"{positive_words.dtype}{positive_words.shape}")
@@ -326,11 +328,16 @@ def solve_greedy(match: Array, positive: Array, delta=None) -> GreedyResult:
 
     Returns:
       ``GreedyResult`` (``covered`` packed; ``unpack_bits(result.covered, N)`` for bools).
+
+    Raises:
+      ValueError: bad shapes or dtypes, no boundary (Q = 0) or no reference (N = 0).
     """
     match = jnp.asarray(match)
     positive = jnp.asarray(positive)
     if match.dtype != jnp.bool_ or match.ndim != 2:
         raise ValueError(f"match: expected bool[Q, N], got {match.dtype}{match.shape}")
+    if match.shape[1] == 0:
+        raise ValueError(f"match: need at least one reference (N >= 1), got bool{match.shape}")
     if positive.dtype != jnp.bool_ or positive.shape != match.shape[1:]:
         raise ValueError(f"positive: expected bool{match.shape[1:]}, got "
                          f"{positive.dtype}{positive.shape}")

@@ -22,8 +22,10 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ri_jax.checkpoint import save_checkpoint
-from ri_jax.data import ImageSet, load_dataset, stratified_split
+from ri_jax.checkpoint import (CONFIG_FILE, atomic_write_bytes, read_config, restore_checked,
+                               save_checkpoint, write_json)
+from ri_jax.data import DatasetError, ImageSet, load_dataset, stratified_split
+from ri_jax.errors import CheckpointError, TrainingDivergedError
 from ri_jax.models.vgg import ModelConfig, ModelFns, make_vgg
 
 STATE_FILE = "train_state.msgpack"
@@ -143,6 +145,12 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, dat
 
     Returns:
       Summary dict: best epoch, validation and test accuracy, epochs run, seconds.
+
+    Raises:
+      DatasetError: a class has fewer than 2 training images (one must stay for validation).
+      CheckpointError: ``resume`` with a state written for another model.
+      TrainingDivergedError: an epoch's training loss or validation outputs are not finite.
+        Nothing of that epoch is saved: the last good checkpoint and state stay in ``workdir``.
     """
     workdir = Path(workdir)
     train_all = load_dataset(data, "train", image_size=model_config.image_size)
@@ -152,6 +160,13 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, dat
         raise ValueError(f"model_config.num_classes: {model_config.num_classes}, but data {data!r} "
                          f"has {train_all.num_classes} classes {list(train_all.class_names)}")
     model_config = dataclasses.replace(model_config, class_names=train_all.class_names)
+    counts = np.bincount(train_all.labels, minlength=train_all.num_classes)
+    if counts.min() < 2:
+        few = {c: int(n) for c, n in zip(train_all.class_names, counts) if n < 2}
+        raise DatasetError(f"{data}: split 'train' has too few images in class(es) {few}; "
+                           "training needs at least 2 per class (one is held out for validation)")
+    if resume:
+        _check_resume_model(workdir, model_config)
     train_idx, val_idx = stratified_split(train_all.labels, train_config.val_fraction,
                                           seed=train_config.seed)
     log(f"data {data}: {len(train_idx)} train, {len(val_idx)} validation, {len(test_set)} test, "
@@ -175,7 +190,7 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, dat
     meta = {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "stale": 0, "seconds": 0.0}
     history: list[dict] = []
     if resume:
-        state, meta, history = _load_state(workdir, state, meta)
+        state, meta, history = _load_state(workdir, state, meta, model_config)
         log(f"resuming after epoch {meta['epoch']} (best validation {meta['best_val']:.4f})")
 
     start_time = time.time() - meta["seconds"]
@@ -194,7 +209,19 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, dat
             state, loss = train_step(state, x_train[idx], y_train[idx], step_key)
             losses.append(loss)
         train_loss = float(np.mean(jax.device_get(losses)))
-        val_acc = _accuracy(eval_step, state.params, val_set, train_config.eval_batch_size)
+        val_logits = predict(eval_step, state.params, val_set, train_config.eval_batch_size)
+        # The loss is of the parameters before each update: non-finite outputs on the
+        # validation images catch a blow-up in the epoch's last steps too.
+        if not (np.isfinite(train_loss) and np.isfinite(val_logits).all()):
+            bar.close()
+            kept = (f"keeps the checkpoint of epoch {meta['best_epoch']} and the training state "
+                    f"after epoch {meta['epoch']}" if meta["epoch"]
+                    else "has no checkpoint (no epoch finished)")
+            raise TrainingDivergedError(
+                f"epoch {epoch + 1}: training loss is {train_loss}, validation outputs are "
+                f"{'' if np.isfinite(val_logits).all() else 'not '}finite (diverged; try a lower "
+                f"--lr, now {train_config.lr}); {workdir} {kept}")
+        val_acc = float(np.mean(np.argmax(val_logits, -1) == val_set.labels))
         test_acc = _accuracy(eval_step, state.params, test_set, train_config.eval_batch_size)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "val_accuracy": val_acc,
                   "test_accuracy": test_acc}
@@ -217,7 +244,7 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, dat
     summary = {"best_epoch": meta["best_epoch"], "val_accuracy": meta["best_val"],
                "test_accuracy": meta.get("best_test"), "epochs_run": meta["epoch"],
                "seconds": round(time.time() - start_time, 1)}
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(workdir / "summary.json", summary)
     return summary
 
 
@@ -229,19 +256,40 @@ def _accuracy(eval_step, params, images: ImageSet, batch_size: int) -> float:
 def _save_state(workdir: Path, state: TrainState, meta: dict, history: list) -> None:
     blob = flax.serialization.to_bytes({"params": state.params, "opt_state": state.opt_state,
                                         "step": state.step})
-    tmp = workdir / (STATE_FILE + ".tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(workdir / STATE_FILE)  # atomic, so an interrupted save never corrupts a resume
-    (workdir / HISTORY_FILE).write_text(json.dumps({"meta": meta, "history": history}, indent=2))
+    # Both atomic, so an interrupted save never corrupts a resume.
+    atomic_write_bytes(workdir / STATE_FILE, blob)
+    write_json(workdir / HISTORY_FILE, {"meta": meta, "history": history})
 
 
-def _load_state(workdir: Path, state: TrainState, meta: dict):
+def _check_resume_model(workdir: Path, model_config: ModelConfig) -> None:
+    """Refuses, before any work, to resume a workdir whose checkpoint is of another model."""
+    cfg_file = workdir / CONFIG_FILE
+    if not cfg_file.is_file():  # written at the first best epoch; the state check still runs
+        return
+    _, saved_config = read_config(cfg_file)
+    differ = [f"{f.name}: {getattr(saved_config, f.name)!r} there, "
+              f"{getattr(model_config, f.name)!r} now"
+              for f in dataclasses.fields(ModelConfig)
+              if getattr(saved_config, f.name) != getattr(model_config, f.name)]
+    if differ:
+        raise CheckpointError(f"resume: {cfg_file} describes another model than this run "
+                              f"({'; '.join(differ)}); use the same model options or a new --out")
+
+
+def _load_state(workdir: Path, state: TrainState, meta: dict, model_config: ModelConfig):
     state_file, hist_file = workdir / STATE_FILE, workdir / HISTORY_FILE
     if not state_file.is_file() or not hist_file.is_file():
         raise FileNotFoundError(f"resume: {state_file} or {hist_file} is missing; "
                                 "nothing to resume in this workdir")
     template = {"params": state.params, "opt_state": state.opt_state, "step": state.step}
-    restored = flax.serialization.from_bytes(template, state_file.read_bytes())
-    saved = json.loads(hist_file.read_text())
+    restored = restore_checked(template, state_file,
+                               what=f"the training state of {model_config.arch} width "
+                                    f"{model_config.width} with this optimiser")
+    try:
+        saved = json.loads(hist_file.read_text())
+        saved_meta, saved_history = saved["meta"], saved["history"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"resume: {hist_file} is not a valid history "
+                              f"({type(e).__name__}: {e})") from None
     return (TrainState(restored["params"], restored["opt_state"], restored["step"]),
-            {**meta, **saved["meta"]}, saved["history"])
+            {**meta, **saved_meta}, saved_history)

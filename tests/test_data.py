@@ -104,10 +104,9 @@ def test_tfds_set_without_test_split_is_carved_from_train():
 
     from ri_jax.data import _tfds_split
 
-    fake = SimpleNamespace(builder=lambda name, data_dir=None: SimpleNamespace(
-        info=SimpleNamespace(splits={"train": None})))
+    fake = SimpleNamespace(info=SimpleNamespace(splits={"train": None}))
     with pytest.warns(UserWarning, match="no 'test' split"):
-        assert _tfds_split(fake, "cats_vs_dogs", "test", None) == "train[80%:]"
+        assert _tfds_split(fake, "cats_vs_dogs", "test") == "train[80%:]"
     with pytest.warns(UserWarning):
-        assert _tfds_split(fake, "cats_vs_dogs", "train", None) == "train[:80%]"
-    assert _tfds_split(fake, "cats_vs_dogs", "train[:10]", None) == "train[:10]"
+        assert _tfds_split(fake, "cats_vs_dogs", "train") == "train[:80%]"
+    assert _tfds_split(fake, "cats_vs_dogs", "train[:10]") == "train[:10]"

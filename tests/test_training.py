@@ -63,7 +63,7 @@ def test_checkpoint_round_trip(tmp_path, tiny_model, tiny_config):
     cfg_json = json.loads((tmp_path / "ck" / "config.json").read_text())
     cfg_json["model"]["arch"] = bad.arch
     (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg_json))
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValueError, match="params.msgpack: does not fit"):
         load_checkpoint(tmp_path / "ck")
 
 

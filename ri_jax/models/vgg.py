@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -62,18 +64,30 @@ class ModelConfig:
     dropout: float = 0.5
 
     def __post_init__(self):
-        if self.arch not in VGG_LAYERS:
+        # Every field is checked (type and range): configs also come from hand-edited JSON.
+        if not isinstance(self.arch, str) or self.arch not in VGG_LAYERS:
             raise ValueError(f"arch: unknown VGG configuration {self.arch!r}; "
                              f"choose one of {sorted(VGG_LAYERS)}")
-        if not self.width > 0:
-            raise ValueError(f"width: must be positive, got {self.width}")
-        if self.image_size <= 0 or self.image_size % 32:
-            raise ValueError(f"image_size: must be a positive multiple of 32, got {self.image_size}")
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes: need at least 2 classes, got {self.num_classes}")
+        if not _real(self.width) > 0:
+            raise ValueError(f"width: must be a positive number, got {self.width!r}")
+        if not _integer(self.image_size) or self.image_size <= 0 or self.image_size % 32:
+            raise ValueError(f"image_size: must be a positive multiple of 32, got {self.image_size!r}")
+        if not _integer(self.num_classes) or self.num_classes < 2:
+            raise ValueError(f"num_classes: need an integer >= 2, got {self.num_classes!r}")
+        if isinstance(self.class_names, str) or not all(
+                isinstance(c, str) for c in _sequence(self.class_names, "class_names")):
+            raise ValueError(f"class_names: expected a list of strings, got {self.class_names!r}")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError(f"class_names: {len(self.class_names)} names for "
                              f"{self.num_classes} classes")
+        for name in ("mean", "std"):
+            values = _sequence(getattr(self, name), name)
+            if len(values) != 3 or any(math.isnan(_real(v)) for v in values):
+                raise ValueError(f"{name}: expected 3 finite numbers (R, G, B), got {values!r}")
+        if not all(s > 0 for s in self.std):
+            raise ValueError(f"std: every channel must be > 0, got {list(self.std)}")
+        if not 0 <= _real(self.dropout) < 1:
+            raise ValueError(f"dropout: must be in [0, 1), got {self.dropout!r}")
         object.__setattr__(self, "class_names", tuple(self.class_names))
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
@@ -97,11 +111,34 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
+        """Builds a config from JSON-like values (lists for tuples); every field is validated.
+
+        Raises:
+          ValueError: naming the first bad or unknown field.
+        """
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(known))
         if unknown:
-            raise ValueError(f"model config: unknown keys {sorted(unknown)}")
-        return cls(**d)
+            raise ValueError(f"{', '.join(map(str, unknown))}: unknown key(s); the model config "
+                             f"has {known}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _real(x: Any) -> float:
+    """``x`` as a finite float, or NaN when it is not a finite real number (NaN fails every test)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
+        return math.nan
+    return float(x)
+
+
+def _integer(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _sequence(x: Any, name: str) -> tuple:
+    if isinstance(x, (str, bytes)) or not hasattr(x, "__iter__"):
+        raise ValueError(f"{name}: expected a list, got {x!r}")
+    return tuple(x)
 
 
 def _scale(channels: int, width: float) -> int:

@@ -1,0 +1,26 @@
+"""The library's expected-error types: bad input the user can fix, and faults worth a message.
+
+Convention (the one validation layer): a function that rejects an argument, a file or a
+setting raises ``RIInputError`` (or, in older modules, a plain ``ValueError`` raised by
+ri_jax itself) whose message starts with the argument, option or file and says why,
+e.g. ``"runs/a/config.json: model.std: must be > 0, got [0.0, 0.0, 0.0]"``.
+``ri_jax.cli.run_script`` turns these into ``script.py: error: <message>`` (exit 2).
+"""
+
+from __future__ import annotations
+
+
+class RIError(Exception):
+    """Base of the expected errors: the message alone tells the user what to fix."""
+
+
+class RIInputError(RIError, ValueError):
+    """An argument, file or setting is unusable; the message names it and the reason."""
+
+
+class CheckpointError(RIInputError):
+    """A checkpoint or training-state file is missing, malformed or does not fit its model."""
+
+
+class TrainingDivergedError(RIError, RuntimeError):
+    """Training produced a non-finite loss; the message names the epoch and what was kept."""
