@@ -6,7 +6,7 @@ at 96 px) into PyTorch; the copy's logits and ψ are checked against ri-jax's fi
 same embedded test images for the model's predicted classes, from the raw images
 to the heat maps:
 
-  * ri-jax: ψ and classes by one forward pass, ``explainers.cam_weights("Score-CAM")``
+  * ri-jax: ψ and classes by one forward pass, ``protocols.methods.cam_weights("Score-CAM")``
     (its default ``channel_chunk`` and all channels in one pass), ``heatmaps.cam``;
   * peer: ``pytorch_grad_cam.ScoreCAM`` (target layer ψ = ``features[-2]``, the softmax
     target so both score the class probability) with its default ``batch_size`` of
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import DEFAULT_OUT, describe_machine, finish, format_table, record
-from ri_jax.explainers import cam_weights
+from ri_jax.protocols.methods import cam_weights
 from ri_jax.heatmaps import cam
 
 
