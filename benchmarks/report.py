@@ -116,10 +116,17 @@ def render(rec: dict) -> str:
 
 
 def targets(records: Sequence[dict]) -> str:
-    """The issue's targets, each checked against the figures of the records."""
+    """The issue's targets, each checked against the figures of the records.
+
+    A target is met only when both its wall-clock and its CPU-time ratio meet it (on a
+    shared machine other jobs stretch wall time, and contention inflates some peers' CPU
+    time); records started under a load above the usable cores are flagged.
+    """
     rows = []
     for rec in records:
         where = f"{rec['benchmark']} ({rec['machine']['backend']}, {rec['date']})"
+        if overloaded(rec):
+            where += f"; {overloaded(rec)}: other jobs distort the ratios, rerun idle"
         if rec["benchmark"] == "solver":
             comp = rec["comparison"]
             for r in comp["rows"][:-1]:
@@ -128,7 +135,7 @@ def targets(records: Sequence[dict]) -> str:
                              "method": r["solver"],
                              "measured": f"{r['speedup_wall']:.1f}× wall, "
                                          f"{r['speedup_cpu']:.1f}× CPU",
-                             "met": r["speedup_wall"] >= SOLVER_TARGET,
+                             "met": min(r["speedup_wall"], r["speedup_cpu"]) >= SOLVER_TARGET,
                              "record": where})
         elif rec["benchmark"] == "boundaries":
             largest = max(r["Q"] for r in rec["rows"])
@@ -146,7 +153,8 @@ def targets(records: Sequence[dict]) -> str:
                                  "method": r["method"],
                                  "measured": f"{r['peer_best_over_this_wall']:.2f}× wall, "
                                              f"{r['peer_best_over_this_cpu']:.2f}× CPU",
-                                 "met": r["peer_best_over_this_wall"] >= SCORECAM_TARGET,
+                                 "met": min(r["peer_best_over_this_wall"],
+                                            r["peer_best_over_this_cpu"]) >= SCORECAM_TARGET,
                                  "record": where})
         elif rec["benchmark"] == "end_to_end":
             ratio = rec.get("total_over_features")
@@ -155,7 +163,8 @@ def targets(records: Sequence[dict]) -> str:
                                        "(second run)",
                              "method": f"{rec['images']} images, every stage",
                              "measured": f"{ratio['wall']:.2f}× wall, {ratio['cpu']:.2f}× CPU",
-                             "met": ratio["wall"] <= END_TO_END_TARGET, "record": where})
+                             "met": max(ratio["wall"], ratio["cpu"]) <= END_TO_END_TARGET,
+                             "record": where})
             stages = [r for r in rec["rows"] if "first_run_s" in r and r["stage"] != "total"]
             slowest = max(stages, key=lambda r: r["second_run_s"])
             rows.append({"target": "end-to-end images/s (second run), slowest stage",
@@ -164,9 +173,15 @@ def targets(records: Sequence[dict]) -> str:
                                      f"slowest: {slowest['stage']} "
                                      f"({100 * slowest['second_run_share']:.0f} %)",
                          "met": None, "record": where})
-    for r in rows:  # the targets are wall-clock ratios; CPU ratios are shown beside them
-        r["met (wall)"] = r.pop("met")
-    return table(rows, ["target", "method", "measured", "met (wall)", "record"])
+    return table(rows, ["target", "method", "measured", "met", "record"])
+
+
+def overloaded(rec: dict) -> str | None:
+    """Why a record's ratios are unreliable: the load at its start exceeded the usable cores."""
+    load, cores = rec.get("load_before") or [0.0], rec["machine"].get("cpus_usable") or 1
+    if load[0] > cores:
+        return f"load {load[0]:g} on {cores} cores"
+    return None
 
 
 def main(argv=None) -> None:

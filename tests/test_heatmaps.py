@@ -115,7 +115,9 @@ def test_polytope_heatmap_equals_drawing_every_map(seed, shape, offset, zero_map
     selected = jnp.asarray(rng.random(4) < 0.6)
     args = jnp.asarray(alphas), selected, jnp.asarray(psi)
     got = np.asarray(_fast(*args, size))
-    np.testing.assert_allclose(got, _dense(*args, size), atol=2e-6)
+    # Both forms subtract a map's floor in float32: with a floor of `offset` the rounding
+    # of either is about offset · 1e-7 / span, so the tolerance grows with the floor.
+    np.testing.assert_allclose(got, _dense(*args, size), atol=2e-6 * max(1.0, offset))
     assert got.min() >= 0 and got.max() <= 1
 
 
