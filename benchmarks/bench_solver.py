@@ -17,6 +17,10 @@ structure at any size.
     python -m benchmarks.bench_solver --full         # also the largest grid cells
     python -m benchmarks.bench_solver --no-scaling   # comparison only
 
+On a CPU the script asks XLA for one host device per usable core (unless
+``XLA_FLAGS`` already sets ``--xla_force_host_platform_device_count``), so the
+``sharded_solve_batch`` rows split the batch over all cores.
+
 Times are wall-clock and CPU seconds (the machine may be shared; see the load in
 the JSON). The scaling table uses the best of the timed runs.
 """
@@ -26,9 +30,16 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
+import os
 import time
 
-import jax
+# One XLA host device per usable core (before JAX starts), so the sharded rows split the
+# batch over every core; an XLA_FLAGS set by the caller wins.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
+                               f"device_count={len(os.sched_getaffinity(0))}").strip()
+
+import jax  # noqa: E402 (after XLA_FLAGS)
 import jax.numpy as jnp
 import numpy as np
 

@@ -17,15 +17,18 @@ from typing import Any, Sequence
 
 from benchmarks.common import DEFAULT_OUT, describe_machine
 
-ORDER = ["features", "solver", "boundaries", "end_to_end"]
+ORDER = ["features", "solver", "boundaries", "end_to_end", "scorecam"]
 TITLES = {
     "features": "Feature extraction throughput",
     "solver": "Algorithm 1: batched solver vs the NumPy peer, and scaling",
     "boundaries": "Eq. 2 boundary sampling vs one backward pass per sample",
     "end_to_end": "End to end: interpreting every reference of the embedded default",
+    "scorecam": "Score-CAM against pytorch-grad-cam on the same network and images",
 }
-SOLVER_TARGET = 30.0
+SOLVER_TARGET = 100.0
 BOUNDARY_TARGET = 10.0
+END_TO_END_TARGET = 2.0
+SCORECAM_TARGET = 2.0
 
 
 def fmt(v: Any) -> str:
@@ -84,10 +87,18 @@ def render(rec: dict) -> str:
             out.append(f"\nFitted growth of `{solver}` over batch ≥ 100: time ∝ {fitted} "
                        "(bound: Q^2 · R · batch, i.e. at most Q greedy steps of Q · ⌈R/32⌉ "
                        "words each).\n")
+    elif name == "scorecam":
+        check = rec["copy_check"]
+        out.append(f"\nTorch copy against the Flax model: max |Δψ| = {fmt(check['psi_max_abs'])}, "
+                   f"max |Δlogits| = {fmt(check['logits_max_abs'])}.\n\n" + table(rec["rows"]))
     elif name == "end_to_end":
         out.append(f"\n{rec['images']} images: {fmt(rec['images_per_s']['first_run'])} images/s "
                    f"(first run, with compilation), {fmt(rec['images_per_s']['second_run'])} "
                    "images/s (second run).\n\n")
+        if rec.get("total_over_features"):
+            ratio = rec["total_over_features"]
+            out.append(f"End to end / forward pass (`features` stage), second run: "
+                       f"{fmt(ratio['wall'])}× wall, {fmt(ratio['cpu'])}× CPU.\n\n")
         out.append(table(rec["rows"]))
     elif name == "variants":
         per, search = rec["per_input"], rec["search"]
@@ -105,10 +116,17 @@ def render(rec: dict) -> str:
 
 
 def targets(records: Sequence[dict]) -> str:
-    """The issue's targets, each checked against the figures of the records."""
+    """The issue's targets, each checked against the figures of the records.
+
+    A target is met only when both its wall-clock and its CPU-time ratio meet it (on a
+    shared machine other jobs stretch wall time, and contention inflates some peers' CPU
+    time); records started under a load above the usable cores are flagged.
+    """
     rows = []
     for rec in records:
         where = f"{rec['benchmark']} ({rec['machine']['backend']}, {rec['date']})"
+        if overloaded(rec):
+            where += f"; {overloaded(rec)}: other jobs distort the ratios, rerun idle"
         if rec["benchmark"] == "solver":
             comp = rec["comparison"]
             for r in comp["rows"][:-1]:
@@ -117,7 +135,7 @@ def targets(records: Sequence[dict]) -> str:
                              "method": r["solver"],
                              "measured": f"{r['speedup_wall']:.1f}× wall, "
                                          f"{r['speedup_cpu']:.1f}× CPU",
-                             "met": r["speedup_wall"] >= SOLVER_TARGET,
+                             "met": min(r["speedup_wall"], r["speedup_cpu"]) >= SOLVER_TARGET,
                              "record": where})
         elif rec["benchmark"] == "boundaries":
             largest = max(r["Q"] for r in rec["rows"])
@@ -127,7 +145,26 @@ def targets(records: Sequence[dict]) -> str:
                                            f"(Q = {largest})",
                                  "method": r["method"], "measured": f"{r['vs_peer']:.2f}×",
                                  "met": r["vs_peer"] >= BOUNDARY_TARGET, "record": where})
+        elif rec["benchmark"] == "scorecam":
+            for r in rec["rows"]:
+                if not r["method"].startswith("peer"):
+                    rows.append({"target": f"Score-CAM ≥ {SCORECAM_TARGET:g}× faster than "
+                                           "pytorch-grad-cam (its best row)",
+                                 "method": r["method"],
+                                 "measured": f"{r['peer_best_over_this_wall']:.2f}× wall, "
+                                             f"{r['peer_best_over_this_cpu']:.2f}× CPU",
+                                 "met": min(r["peer_best_over_this_wall"],
+                                            r["peer_best_over_this_cpu"]) >= SCORECAM_TARGET,
+                                 "record": where})
         elif rec["benchmark"] == "end_to_end":
+            ratio = rec.get("total_over_features")
+            if ratio:
+                rows.append({"target": f"end to end ≤ {END_TO_END_TARGET:g}× the forward pass "
+                                       "(second run)",
+                             "method": f"{rec['images']} images, every stage",
+                             "measured": f"{ratio['wall']:.2f}× wall, {ratio['cpu']:.2f}× CPU",
+                             "met": max(ratio["wall"], ratio["cpu"]) <= END_TO_END_TARGET,
+                             "record": where})
             stages = [r for r in rec["rows"] if "first_run_s" in r and r["stage"] != "total"]
             slowest = max(stages, key=lambda r: r["second_run_s"])
             rows.append({"target": "end-to-end images/s (second run), slowest stage",
@@ -136,9 +173,15 @@ def targets(records: Sequence[dict]) -> str:
                                      f"slowest: {slowest['stage']} "
                                      f"({100 * slowest['second_run_share']:.0f} %)",
                          "met": None, "record": where})
-    for r in rows:  # the targets are wall-clock ratios; CPU ratios are shown beside them
-        r["met (wall)"] = r.pop("met")
-    return table(rows, ["target", "method", "measured", "met (wall)", "record"])
+    return table(rows, ["target", "method", "measured", "met", "record"])
+
+
+def overloaded(rec: dict) -> str | None:
+    """Why a record's ratios are unreliable: the load at its start exceeded the usable cores."""
+    load, cores = rec.get("load_before") or [0.0], rec["machine"].get("cpus_usable") or 1
+    if load[0] > cores:
+        return f"load {load[0]:g} on {cores} cores"
+    return None
 
 
 def main(argv=None) -> None:

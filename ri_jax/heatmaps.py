@@ -8,8 +8,11 @@ reusable (§5.1, §6.1).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -70,8 +73,38 @@ def ri_channel_weights(w: Array, b: Array, psi_x: Array) -> Array:
     return sign[:, None] * jnp.mean(w, axis=(1, 2))
 
 
+@functools.lru_cache(maxsize=None)
+def _extreme_rows(n: int, image_size: int) -> np.ndarray:
+    """Output rows of ``upsample`` along one axis that hold the extremes of every map.
+
+    Output row s of the upsampled axis is the fixed combination ``R[s] @ m`` of the n input
+    rows. Where R's rows change affinely with s (second difference 0), every map is affine
+    in s too, so over each such run its min and max sit at the run's ends: the first and
+    last rows and the kinks (rows where the second difference of R is nonzero; about 2n).
+
+    Returns:
+      int[K] sorted row indices, K ≤ image_size.
+    """
+    with jax.ensure_compile_time_eval():
+        weights = np.asarray(_interpolation_matrix(n, image_size), np.float64)
+    if image_size <= 2:
+        return np.arange(image_size)
+    # A real kink has a second difference of about n / image_size; 1e-5 only absorbs the
+    # float32 rounding of the weights (keeping an extra row is always safe).
+    second = np.abs(weights[:-2] - 2 * weights[1:-1] + weights[2:]).max(axis=1)
+    kinks = np.nonzero(second > 1e-5)[0] + 1
+    return np.unique(np.concatenate([[0, image_size - 1], kinks]))
+
+
 def polytope_heatmap(alphas: Array, selected: Array, psi: Array, image_size: int) -> Array:
-    """Heat map of a polytope: the mean of its boundaries' normalised maps.
+    """Heat map of a polytope: the mean of its boundaries' normalised maps (``cam``).
+
+    Computed without drawing the Q maps: upsampling is linear with rows summing to 1, so
+    mean_q (up(r_q) − lo_q) / span_q = up(Σ_q (r_q − lo_q) / (span_q · count)) for the
+    low-resolution ReLU maps r_q [h, w]; each map's min lo_q and max of its upsampled
+    version lie on the few rows and columns of ``_extreme_rows``. So one image costs
+    Q·h·w·c for the raw maps, Q·(2h)·(2w)·h for their extremes and one upsampling,
+    instead of Q full-size maps.
 
     Args:
       alphas: [Q, c] channel weights from ``ri_channel_weights`` (computed at x, reused anywhere).
@@ -82,7 +115,19 @@ def polytope_heatmap(alphas: Array, selected: Array, psi: Array, image_size: int
     Returns:
       [image_size, image_size] map in [0, 1]; all zeros for an empty polytope.
     """
-    maps = jax.vmap(cam, in_axes=(0, None, None))(alphas, psi, image_size)
-    weight = selected.astype(maps.dtype)
-    count = jnp.sum(weight)
-    return jnp.einsum("q,qij->ij", weight, maps) / jnp.maximum(count, 1.0)
+    h, w = psi.shape[:2]
+    raw = jax.nn.relu(jnp.einsum("hwc,qc->qhw", psi, alphas))
+    rows = _interpolation_matrix(h, image_size)[_extreme_rows(h, image_size)]
+    cols = _interpolation_matrix(w, image_size)[_extreme_rows(w, image_size)]
+    extremes = jnp.einsum("sh,qhw,tw->qst", rows, raw, cols,
+                          precision=jax.lax.Precision.HIGHEST)
+    lo, hi = jnp.min(extremes, axis=(1, 2)), jnp.max(extremes, axis=(1, 2))
+    span = hi - lo
+    weight = selected.astype(raw.dtype)
+    # A constant map normalises to zeros: it counts in the mean but adds nothing.
+    scale = jnp.where(span > 0, weight / jnp.where(span > 0, span, 1.0), 0.0)
+    scale = scale / jnp.maximum(jnp.sum(weight), 1.0)
+    combined = jnp.einsum("q,qhw->hw", scale, raw - lo[:, None, None],
+                          precision=jax.lax.Precision.HIGHEST)
+    # Rounding may step a hair outside the exact mean's range [0, 1].
+    return jnp.clip(upsample(combined, image_size), 0.0, 1.0)

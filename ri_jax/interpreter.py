@@ -195,9 +195,10 @@ def _explain_batch(ref_feats: Array, bounds: Boundaries, feats: Array, preds: Ar
             own, rest = bounds, args
         return _explain_with(ref_feats, own, *rest, top_k=top_k, image_size=image_size)
 
-    # polytope_heatmap draws all Q boundary maps at full size, (1 + top_k)·Q·S² floats per
-    # input: vmapped chunks bound that memory for large batches and images.
-    per_row = (1 + top_k) * bounds.w.shape[-4] * image_size ** 2
+    # polytope_heatmap holds Q low-resolution maps and one full-size map per drawing,
+    # (1 + top_k)·(Q·h·w + S²) floats per input: vmapped chunks bound that memory.
+    q, h, w = bounds.w.shape[-4:-1]
+    per_row = (1 + top_k) * (q * h * w + image_size ** 2)
     chunk = max(1, min(feats.shape[0], _EXPLAIN_CHUNK_FLOATS // per_row))
     args = (feats, preds, result)
     return jax.lax.map(one, (bounds,) + args if per_input else args, batch_size=chunk)

@@ -418,6 +418,72 @@ def load_imagenet_params(path: str | Path, config: ModelConfig, *, key: jax.Arra
     return import_params(path, config, key=key)
 
 
+def to_torch_vgg(params: Params, config: ModelConfig):
+    """A PyTorch copy of a ri_jax VGG, for running torch tools (pytorch-grad-cam) on the same network.
+
+    The inverse of ``convert`` for ri_jax's own layout: conv kernels HWIO → OIHW, dense
+    kernels transposed, and the first FC kernel's rows reordered from our (H, W, C)
+    flatten to torch's (C, H, W). The layer layout is torchvision's VGG
+    (``features``: Conv2d, ReLU, …, MaxPool2d; ``classifier``: Linear, ReLU, Dropout,
+    Linear, ReLU, Dropout, Linear) without the adaptive average pool, so the state-dict
+    keys read like torchvision's. ReLUs are not in-place, so hooks see ψ intact.
+
+    The module takes the model's *normalised* input (what ``fns.apply`` takes, but NCHW)
+    and returns the same logits up to float32 rounding. ψ is the output of
+    ``model.features[-2]`` (the last ReLU, before the final max-pool): the target layer
+    for CAM methods. It is returned in eval mode (dropout off). Needs PyTorch
+    (``ri_jax[import-torch]``), imported only here.
+
+    Args:
+      params: ``make_vgg(config)`` parameters.
+      config: their ``ModelConfig``.
+
+    Returns:
+      ``torch.nn.Module`` in float32 on the CPU.
+    """
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("to_torch_vgg needs PyTorch: pip install 'ri_jax[import-torch]'") from None
+    layers = params["params"]
+    tensor = lambda a: torch.from_numpy(np.array(a, np.float32))  # a writable copy
+    features, conv_index, c_in = [], 0, 3
+    for layer in VGG_LAYERS[config.arch]:
+        if layer == "M":
+            features.append(torch.nn.MaxPool2d(2, 2))
+            continue
+        conv_params = layers[f"conv_{conv_index}"]
+        conv = torch.nn.Conv2d(c_in, config.conv_channels[conv_index], 3, padding=1)
+        conv.weight.data = tensor(np.transpose(conv_params["kernel"], (3, 2, 0, 1)))
+        conv.bias.data = tensor(conv_params["bias"])
+        features += [conv, torch.nn.ReLU(inplace=False)]
+        c_in, conv_index = config.conv_channels[conv_index], conv_index + 1
+    side = config.image_size // 32
+    linears = []
+    for j in range(3):
+        kernel = np.asarray(layers[f"fc_{j}"]["kernel"], np.float32)
+        if j == 0:  # rows (h, w, c) → columns (c, h, w)
+            kernel = kernel.reshape(side, side, c_in, -1).transpose(2, 0, 1, 3).reshape(-1, kernel.shape[-1])
+        linear = torch.nn.Linear(*kernel.shape)
+        linear.weight.data = tensor(kernel.T)
+        linear.bias.data = tensor(layers[f"fc_{j}"]["bias"])
+        linears.append(linear)
+    classifier = torch.nn.Sequential(linears[0], torch.nn.ReLU(), torch.nn.Dropout(config.dropout),
+                                     linears[1], torch.nn.ReLU(), torch.nn.Dropout(config.dropout),
+                                     linears[2])
+
+    class TorchVGG(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = torch.nn.Sequential(*features)
+            self.classifier = classifier
+
+        def forward(self, x):
+            return self.classifier(torch.flatten(self.features(x), 1))
+
+    return TorchVGG().eval()
+
+
 def _arch_for(num_convs: int, origin: str) -> str:
     by_count = {sum(c != "M" for c in layers): arch for arch, layers in VGG_LAYERS.items()}
     if num_convs not in by_count:

@@ -87,6 +87,40 @@ def test_polytope_heatmap_is_the_mean_of_selected_maps(seed):
     assert np.all(np.isfinite(got))
 
 
+def dense_polytope_heatmap(alphas, selected, psi, image_size):
+    """The pre-#14 formulation: draw all Q maps at full size, then average the selected ones."""
+    maps = jax.vmap(cam, in_axes=(0, None, None))(alphas, psi, image_size)
+    weight = selected.astype(maps.dtype)
+    return jnp.einsum("q,qij->ij", weight, maps) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+# One compilation per shape: hypothesis draws the values, the shapes come from a short list
+# (upsampling by integer and odd factors, downsampling, one pixel, the embedded 6 → 96).
+_SHAPES = [(1, 1, 8), (2, 3, 13), (3, 2, 5), (4, 4, 3), (5, 7, 32), (6, 6, 96), (6, 6, 1)]
+_fast = jax.jit(polytope_heatmap, static_argnums=3)
+_dense = jax.jit(dense_polytope_heatmap, static_argnums=3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), shape=st.sampled_from(_SHAPES),
+       offset=st.sampled_from([0.0, 0.5, 10.0]), zero_map=st.booleans())
+def test_polytope_heatmap_equals_drawing_every_map(seed, shape, offset, zero_map):
+    # Maps with a positive floor (lo > 0), all-zero maps (ReLU of negative evidence).
+    h, w, size = shape
+    rng = np.random.default_rng(seed)
+    alphas = rng.normal(size=(4, 3)).astype(np.float32)
+    psi = (np.maximum(rng.normal(size=(h, w, 3)), 0) + offset).astype(np.float32)
+    if zero_map:
+        alphas[0] = -np.abs(alphas[0]) - 0.1
+    selected = jnp.asarray(rng.random(4) < 0.6)
+    args = jnp.asarray(alphas), selected, jnp.asarray(psi)
+    got = np.asarray(_fast(*args, size))
+    # Both forms subtract a map's floor in float32: with a floor of `offset` the rounding
+    # of either is about offset · 1e-7 / span, so the tolerance grows with the floor.
+    np.testing.assert_allclose(got, _dense(*args, size), atol=2e-6 * max(1.0, offset))
+    assert got.min() >= 0 and got.max() <= 1
+
+
 def test_weights_from_x_are_reused_unchanged_on_other_images():
     rng = np.random.default_rng(0)
     w = jnp.asarray(rng.normal(size=(3, 2, 2, 4)), jnp.float32)

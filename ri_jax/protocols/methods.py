@@ -401,7 +401,7 @@ def interpretation_heatmaps(interps: Interpretations, which: np.ndarray, psi: np
       which: int[B] interpretation index of each target, in [0, V).
       psi: float32[B, h, w, c] target feature maps.
       image_size: side S of the maps.
-      chunk_size: targets per jitted call (memory ~ chunk · Q · S² floats).
+      chunk_size: targets per jitted call (memory ~ chunk · (Q·h·w + S²) floats).
       progress: show a progress bar.
 
     Returns:

@@ -1,0 +1,46 @@
+"""The benchmark plumbing that needs no timing: optional peers skip cleanly, targets are read right."""
+
+import importlib.util
+
+import pytest
+
+from benchmarks import bench_scorecam, report
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is not None,
+                    reason="torch is installed: the peer would run")
+def test_scorecam_benchmark_skips_without_torch(capsys):
+    assert bench_scorecam.main([]) is None
+    assert "SKIP bench_scorecam: torch is not installed" in capsys.readouterr().out
+
+
+def _record(benchmark, **fields):
+    return {"benchmark": benchmark, "date": "today", "load_before": [0.5, 0.5, 0.5],
+            "machine": {"backend": "cpu", "cpus_usable": 2}, **fields}
+
+
+def test_targets_read_the_end_to_end_ratio_and_the_scorecam_rows():
+    end_to_end = _record("end_to_end", images=10, images_per_s={"second_run": 5.0},
+                         total_over_features={"wall": 1.5, "cpu": 1.9},
+                         rows=[{"stage": "features", "first_run_s": 1.0, "second_run_s": 1.0,
+                                "second_run_share": 0.7}])
+    rows = [{"method": "ri-jax Score-CAM (x)", "peer_best_over_this_wall": 1.5,
+             "peer_best_over_this_cpu": 3.0},
+            {"method": "peer: pytorch-grad-cam ScoreCAM", "peer_best_over_this_wall": 1.0,
+             "peer_best_over_this_cpu": 1.0}]
+    text = report.targets([end_to_end, _record("scorecam", rows=rows)])
+    lines = text.splitlines()
+    assert any("end to end ≤ 2×" in line and "1.50× wall, 1.90× CPU" in line
+               and "| yes |" in line for line in lines)
+    assert any("Score-CAM ≥ 2×" in line and "ri-jax Score-CAM (x)" in line and "| no |" in line
+               for line in lines)
+    assert not any("peer: pytorch-grad-cam" in line for line in lines)
+    assert "rerun idle" not in text
+
+
+def test_targets_need_wall_and_cpu_and_flag_an_overloaded_machine():
+    comparison = {"Q": 50, "R": 5000, "batch": 1000, "rows": [
+        {"solver": "ours", "speedup_wall": 150.0, "speedup_cpu": 40.0}, {"solver": "peer"}]}
+    rec = _record("solver", comparison=comparison, load_before=[9.0, 8.0, 7.0])
+    line = report.targets([rec]).splitlines()[-1]
+    assert "| no |" in line and "load 9 on 2 cores" in line
