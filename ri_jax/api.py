@@ -23,10 +23,11 @@ functions underneath are unchanged; ``ri_options`` go to ``RepresentativeInterpr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,7 @@ from ri_jax.data import ImageSet, _to_square_rgb, decode_image, load_dataset, sa
 from ri_jax.featurize import Features, compute_features
 from ri_jax.heatmaps import cam
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
-from ri_jax.models.vgg import make_vgg
+from ri_jax.models.vgg import ModelConfig, ModelFns, make_vgg
 from ri_jax.plots import (DISTANCE_NOTE, HEATMAP_NOTE, MISCLASSIFIED_NOTE, Cell, image_grid,
                           interpretation_figure, polytope_description)
 
@@ -307,13 +308,32 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=-1, keepdims=True)
 
 
-def _gradcam_maps(fns, params, in_psi: np.ndarray, in_pred: np.ndarray, target_psi: np.ndarray,
-                  image_size: int) -> np.ndarray:
+class _Model(NamedTuple):
+    """A loaded checkpoint with ψ and G bound to its parameters, kept between calls so that
+    repeated ``explain`` calls reuse the compiled functions (jit caches by function)."""
+
+    params: Any
+    config: ModelConfig
+    fns: ModelFns
+    features: Callable
+    head: Callable
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(checkpoint: str) -> _Model:
+    params, config, _ = load_checkpoint(None if checkpoint == "default" else checkpoint)
+    fns = make_vgg(config)
+    return _Model(params, config, fns, functools.partial(fns.features, params),
+                  functools.partial(fns.head, params))
+
+
+@functools.partial(jax.jit, static_argnames=("head_fn", "image_size"))
+def _gradcam_maps(in_psi: jax.Array, in_pred: jax.Array, target_psi: jax.Array, *,
+                  head_fn: Callable, image_size: int) -> jax.Array:
     """Grad-CAM weights at each of V inputs, reused on its T targets [V, T, h, w, c] → [V, T, S, S]."""
-    alphas = gradcam_weights_batch(lambda p: fns.head(params, p), jnp.asarray(in_psi),
-                                   jnp.asarray(in_pred))
+    alphas = gradcam_weights_batch(head_fn, in_psi, in_pred)
     draw = jax.vmap(jax.vmap(cam, in_axes=(None, 0, None)), in_axes=(0, 0, None))
-    return np.asarray(jax.jit(draw, static_argnums=2)(alphas, jnp.asarray(target_psi), image_size))
+    return draw(alphas, target_psi, image_size)
 
 
 def explain(images=None, *, checkpoint: str | os.PathLike = "default", data: str = "default",
@@ -345,8 +365,8 @@ def explain(images=None, *, checkpoint: str | os.PathLike = "default", data: str
     """
     if not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise ValueError(f"top_k: must be a positive integer, got {top_k!r}")
-    params, model_config, _ = load_checkpoint(None if str(checkpoint) == "default" else checkpoint)
-    fns = make_vgg(model_config)
+    model = _load_model(str(checkpoint))
+    params, model_config, fns = model.params, model.config, model.fns
     train = load_dataset(data, "train", image_size=model_config.image_size,
                          class_names=model_config.class_names or None)
     classes = train.class_names
@@ -377,12 +397,12 @@ def explain(images=None, *, checkpoint: str | os.PathLike = "default", data: str
                                 progress=False)
     top_k = min(int(top_k), len(refs))
     interpreter = RepresentativeInterpreter(
-        lambda x: fns.features(params, x), lambda psi: fns.head(params, psi), ref_feats.psi,
+        model.features, model.head, ref_feats.psi,
         key=jax.random.key(seed), num_boundaries=num_boundaries, batch_size=batch_size,
         is_features=True, progress=progress, **ri_options)
     raw = source.raw(chosen)
     res = jax.device_get(interpreter.interpret_batch(fns.normalize(raw), top_k=top_k))
-    items = _explanations(fns, params, res, raw, source, chosen, in_feats, refs, ref_feats)
+    items = _explanations(model, res, raw, source, chosen, in_feats, refs, ref_feats)
     config = {"checkpoint": str(checkpoint), "data": data, "num_references": len(refs),
               "num_boundaries": int(interpreter.reference_set.boundaries.b.shape[0]),
               "seed": seed, "top_k": top_k, "refs_per_class": refs_per_class,
@@ -391,7 +411,7 @@ def explain(images=None, *, checkpoint: str | os.PathLike = "default", data: str
     return Explanations(items, config)
 
 
-def _explanations(fns, params, res: Interpretation, raw: np.ndarray, source: ImageSet,
+def _explanations(model: _Model, res: Interpretation, raw: np.ndarray, source: ImageSet,
                   chosen: np.ndarray, in_feats: Features, refs: ImageSet,
                   ref_feats: Features) -> list[Explanation]:
     """Per-input ``Explanation``s from the interpreter's batch answer (a few inputs: bookkeeping)."""
@@ -405,7 +425,8 @@ def _explanations(fns, params, res: Interpretation, raw: np.ndarray, source: Ima
     safe = np.maximum(similar, 0)
     # Grad-CAM on each input (target 0) and on its similar references (targets 1..k).
     targets = np.concatenate([in_feats.psi[:, None], ref_feats.psi[safe]], axis=1)
-    gradcam = _gradcam_maps(fns, params, in_feats.psi, in_pred, targets, size)
+    gradcam = np.asarray(_gradcam_maps(jnp.asarray(in_feats.psi), jnp.asarray(in_pred),
+                                       jnp.asarray(targets), head_fn=model.head, image_size=size))
     items = []
     for b, index in enumerate(chosen):
         present = similar[b] >= 0

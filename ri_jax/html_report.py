@@ -187,6 +187,7 @@ border:4px solid transparent;cursor:zoom-in;image-rendering:auto;display:block}
 justify-content:center;box-sizing:border-box}
 .input-cell .stack img{border-color:#1a9850}.flagged .stack img{border-color:#d73027}
 .badge{background:#d73027;color:#fff;border-radius:3px;padding:0 4px;margin-left:4px;font-size:11px}
+figcaption .badge{display:table;margin:1px 0}figcaption{overflow-wrap:anywhere}
 .note{display:block;color:#555}.gnote{margin:0;color:#666;font-size:12px}
 #lightbox{position:fixed;inset:0;background:rgba(0,0,0,.8);display:flex;flex-direction:column;
 align-items:center;justify-content:center;z-index:5;cursor:zoom-out}#lightbox[hidden]{display:none}
@@ -213,7 +214,9 @@ _JS = """
   cls.addEventListener('change',filter); mis.addEventListener('change',filter);
   const box=document.getElementById('lightbox'), big=box.querySelector('img'), cap=box.querySelector('p');
   document.querySelectorAll('img.layer').forEach(im=>im.addEventListener('click',()=>{
-    big.src=im.src; big.alt=im.alt; cap.textContent=im.alt; box.hidden=false;}));
+    const fig=im.closest('figure').querySelector('figcaption');
+    big.src=im.src; big.alt=im.alt; cap.textContent=im.alt+': '+fig.innerText.replace(/\n+/g,' · ');
+    box.hidden=false;}));
   box.addEventListener('click',()=>{box.hidden=true;});
   document.addEventListener('keydown',e=>{if(e.key==='Escape') box.hidden=true;});
   showMethod(document.querySelector('input[name=method]:checked').value); filter();
