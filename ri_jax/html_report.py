@@ -215,7 +215,7 @@ _JS = """
   const box=document.getElementById('lightbox'), big=box.querySelector('img'), cap=box.querySelector('p');
   document.querySelectorAll('img.layer').forEach(im=>im.addEventListener('click',()=>{
     const fig=im.closest('figure').querySelector('figcaption');
-    big.src=im.src; big.alt=im.alt; cap.textContent=im.alt+': '+fig.innerText.replace(/\n+/g,' · ');
+    big.src=im.src; big.alt=im.alt; cap.textContent=im.alt+': '+fig.innerText.replace(/\\n+/g,' · ');
     box.hidden=false;}));
   box.addEventListener('click',()=>{box.hidden=true;});
   document.addEventListener('keydown',e=>{if(e.key==='Escape') box.hidden=true;});

@@ -287,6 +287,9 @@ def test_report_in_headless_chromium(browser, tmp_path):
                       "b.src === document.querySelector('#input-2 .group .cell:nth-child(2) "
                       "img.layer[data-method=\"m0\"]').src && b.naturalWidth === 16 && "
                       "b.getBoundingClientRect().width > 300;})()")
+    caption = browser.js("document.querySelector('#lightbox p').textContent")
+    assert caption.startswith("ref2_1 (RI): ref2_1") and "RI note of ref2_1" in caption
+    assert "Grad-CAM note" not in caption  # only the shown method's note
     browser.key("Escape")
     assert browser.js("document.getElementById('lightbox').hidden") is True
     assert browser.errors() == []
