@@ -255,7 +255,7 @@ class Explanations(Sequence[Explanation]):
                          in enumerate(zip(images, maps, parts["heatmap_captions"], parts["flagged"]))])
             labels += [e.name, f"RI heat map\n({e.num_boundaries} boundaries, "
                                f"{e.num_covered:,} covered)"]
-        title = "\n".join(f"{e.headline()}; {e.describe()}" for e in self)
+        title = "\n".join(f"{e.name}: {e.describe()}" for e in self)
         return image_grid(rows, row_labels=labels, title=title,
                           footnote=_footnote([r for e in self for r in e.similar]), path=path)
 
@@ -402,7 +402,7 @@ def explain(images=None, *, checkpoint: str | os.PathLike = "default", data: str
         is_features=True, progress=progress, **ri_options)
     raw = source.raw(chosen)
     res = jax.device_get(interpreter.interpret_batch(fns.normalize(raw), top_k=top_k))
-    items = _explanations(model, res, raw, source, chosen, in_feats, refs, ref_feats)
+    items = explanations_from(model.head, res, raw, source, chosen, in_feats, refs, ref_feats)
     config = {"checkpoint": str(checkpoint), "data": data, "num_references": len(refs),
               "num_boundaries": int(interpreter.reference_set.boundaries.b.shape[0]),
               "seed": seed, "top_k": top_k, "refs_per_class": refs_per_class,
@@ -411,10 +411,25 @@ def explain(images=None, *, checkpoint: str | os.PathLike = "default", data: str
     return Explanations(items, config)
 
 
-def _explanations(model: _Model, res: Interpretation, raw: np.ndarray, source: ImageSet,
-                  chosen: np.ndarray, in_feats: Features, refs: ImageSet,
-                  ref_feats: Features) -> list[Explanation]:
-    """Per-input ``Explanation``s from the interpreter's batch answer (a few inputs: bookkeeping)."""
+def explanations_from(head_fn: Callable, res: Interpretation, raw: np.ndarray, source: ImageSet,
+                      chosen: np.ndarray, in_feats: Features, refs: ImageSet,
+                      ref_feats: Features) -> list[Explanation]:
+    """Per-input ``Explanation``s from an ``interpret_batch`` answer (for scripts that ran it).
+
+    Args:
+      head_fn: G with its parameters bound, ``head_fn(ψ [B, h, w, c]) -> logits`` (Grad-CAM).
+      res: ``Interpretation`` batch of the V inputs (``jax.device_get``-ed or not).
+      raw: float32[V, S, S, 3] the raw inputs.
+      source: the image set the inputs come from (labels −1 = unknown).
+      chosen: int[V] their indices in ``source``.
+      in_feats: ``Features`` of the inputs, in the same order.
+      refs: the reference set the interpreter was built on.
+      ref_feats: ``Features`` of ``refs``.
+
+    Returns:
+      One ``Explanation`` per input.
+    """
+    res = jax.device_get(res)
     classes = refs.class_names
     size = raw.shape[1]
     in_pred = np.asarray(res.predicted_class)
@@ -426,7 +441,7 @@ def _explanations(model: _Model, res: Interpretation, raw: np.ndarray, source: I
     # Grad-CAM on each input (target 0) and on its similar references (targets 1..k).
     targets = np.concatenate([in_feats.psi[:, None], ref_feats.psi[safe]], axis=1)
     gradcam = np.asarray(_gradcam_maps(jnp.asarray(in_feats.psi), jnp.asarray(in_pred),
-                                       jnp.asarray(targets), head_fn=model.head, image_size=size))
+                                       jnp.asarray(targets), head_fn=head_fn, image_size=size))
     items = []
     for b, index in enumerate(chosen):
         present = similar[b] >= 0

@@ -13,6 +13,7 @@ class, a filter for misclassified inputs; clicking an image enlarges it.
 * ``render_html(report)``: the page as a string (pure).
 * ``write_report(out, report)``: writes ``out/index.html``.
 * ``explanations_report(explanations)``: the report of ``ri_jax.explain``'s answer.
+* ``case_study_input(...)``: one case study (the blocks of ``plots.case_study_figure``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from ri_jax.plots import DISTANCE_NOTE, HEATMAP_CMAP, HEATMAP_NOTE, overlay
+from ri_jax.plots import DISTANCE_NOTE, HEATMAP_CMAP, HEATMAP_NOTE, CaseBlock, overlay
 
 if TYPE_CHECKING:
     from ri_jax.api import Explanations
@@ -328,4 +329,44 @@ def explanations_report(explanations: "Explanations", *, title: str | None = Non
              "unchanged on each reference (the paper's extension, §6.1).", DISTANCE_NOTE]
     return Report(title=title or "Representative interpretations", intro=intro,
                   methods=("RI", "Grad-CAM"), inputs=inputs, notes=notes)
+
+
+def case_study_input(blocks: Sequence[CaseBlock], *, name: str, predicted_class: str,
+                     probability: float, true_class: str | None, description: str) -> ReportInput:
+    """One case study as a report input: the blocks drawn by ``plots.case_study_figure``.
+
+    Every block starts with the input itself (its first image); the input's cell takes each
+    method's map and caption from the first block that has the method, and each block
+    becomes a group of its other images.
+
+    Args:
+      blocks: the ``CaseBlock``s of one input.
+      name: the input's file name.
+      predicted_class, probability, true_class: the input's prediction and label.
+      description: the interpretation in plain words.
+
+    Returns:
+      ``ReportInput``; the report's methods must include every method of the blocks.
+    """
+    if not blocks:
+        raise ValueError("blocks: need at least one block")
+    maps, notes = {}, {}
+    for block in blocks:
+        for method, method_maps in block.method_maps.items():
+            maps.setdefault(method, np.asarray(method_maps)[0])
+            notes.setdefault(method, block.method_captions[method][0])
+    wrong = true_class is not None and true_class != predicted_class
+    first = blocks[0]
+    head = ReportImage(np.asarray(first.images)[0], name, first.captions[0].replace("\n", " · "),
+                       maps, notes, misclassified=wrong)
+    groups = []
+    for block in blocks:
+        flagged = block.flagged or [False] * len(block.images)
+        groups.append(ReportGroup(block.name, [
+            ReportImage(np.asarray(block.images)[i], f"#{i}", block.captions[i].replace("\n", " · "),
+                        {m: np.asarray(v)[i] for m, v in block.method_maps.items()},
+                        {m: c[i] for m, c in block.method_captions.items()},
+                        misclassified=bool(flagged[i]))
+            for i in range(1, len(block.images))]))
+    return ReportInput(head, predicted_class, probability, true_class, description, groups)
 

@@ -25,7 +25,8 @@ import pytest
 from PIL import Image
 
 from ri_jax.html_report import (NO_OVERLAY, Report, ReportGroup, ReportImage, ReportInput,
-                                png_data_uri, render_html, write_report)
+                                case_study_input, png_data_uri, render_html, write_report)
+from ri_jax.plots import CaseBlock
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update",
@@ -101,6 +102,36 @@ def test_write_report_never_overwrites_silently(tmp_path):
     with pytest.raises(FileExistsError, match="index.html"):
         write_report(tmp_path / "r", synthetic_report())
     write_report(tmp_path / "r", synthetic_report(1), overwrite=True)
+
+
+def test_case_study_input_takes_the_blocks_apart():
+    rng = np.random.default_rng(2)
+
+    def block(name, n, methods, flagged=None):
+        return CaseBlock(name, rng.random((n, 8, 8, 3)), [f"{name} cap{i}\nline" for i in range(n)],
+                         {m: rng.random((n, 8, 8)) for m in methods},
+                         {m: [f"{m}@{name}{i}" for i in range(n)] for m in methods}, flagged)
+
+    blocks = [block("by RI", 3, ["RI"]), block("euclid", 4, ["Grad-CAM", "RI"], [0, 1, 0, 0])]
+    item = case_study_input(blocks, name="x.jpg", predicted_class="cat", probability=0.9,
+                            true_class="dog", description="words")
+    assert item.misclassified and item.image.misclassified and item.image.title == "x.jpg"
+    np.testing.assert_array_equal(item.image.image, blocks[0].images[0])
+    np.testing.assert_array_equal(item.image.heatmaps["RI"], blocks[0].method_maps["RI"][0])
+    np.testing.assert_array_equal(item.image.heatmaps["Grad-CAM"],
+                                  blocks[1].method_maps["Grad-CAM"][0])
+    assert item.image.notes == {"RI": "RI@by RI0", "Grad-CAM": "Grad-CAM@euclid0"}
+    assert item.image.caption == "by RI cap0 · line"
+    assert [g.name for g in item.groups] == ["by RI", "euclid"]
+    assert [len(g.images) for g in item.groups] == [2, 3]  # the input is not repeated
+    assert [im.misclassified for im in item.groups[1].images] == [True, False, False]
+    np.testing.assert_array_equal(item.groups[1].images[2].heatmaps["Grad-CAM"],
+                                  blocks[1].method_maps["Grad-CAM"][3])
+    page = render_html(Report("t", "i", ("RI", "Grad-CAM"), [item]))
+    assert page.count('class="layer nomap"') == 2  # the RI block has no Grad-CAM maps
+    with pytest.raises(ValueError, match="blocks"):
+        case_study_input([], name="x", predicted_class="a", probability=1.0, true_class=None,
+                         description="")
 
 
 class DevTools:
