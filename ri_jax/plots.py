@@ -393,7 +393,7 @@ def k_curves_figure(ks: Sequence[int], curves: Mapping[str, Mapping[str, Sequenc
         raise ValueError("metrics: need at least one metric")
     width = 4.2 * len(metrics)
     title = "\n".join(textwrap.fill(t, int(11 * width)) for t in title.split("\n")) if title else None
-    footnote = "\n".join(textwrap.fill(t, int(14 * width)) for t in footnote.split("\n")) if footnote else None
+    footnote = "\n".join(textwrap.fill(t, int(16 * width)) for t in footnote.split("\n")) if footnote else None
     foot_lines = footnote.count("\n") + 1 if footnote else 0
     fig = Figure(figsize=(width, 3.4 + 0.15 * foot_lines), dpi=100)
     FigureCanvasAgg(fig)
