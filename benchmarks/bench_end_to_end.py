@@ -163,7 +163,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
     p.add_argument("--chunk", type=int, default=100, help="inputs per vmapped explain call")
     p.add_argument("--limit", type=int, default=0, help="use only the first N references")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample Q (and of a random init)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sample Q (and of a random init)")
     args = p.parse_args(argv)
     rec = record("end_to_end", {k: v for k, v in vars(args).items() if k not in ("out", "name")})
     print(describe_machine(rec["machine"]), "| load", rec["load_before"])

@@ -232,9 +232,12 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic problems")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling grid")
     p.add_argument("--full", action="store_true", help="run every grid cell (needs ~10 GiB)")
-    p.add_argument("--grid-q", type=int, nargs="+", default=list(GRID_Q), help="|Q| values of the scaling grid")
-    p.add_argument("--grid-r", type=int, nargs="+", default=list(GRID_R), help="|R| values of the scaling grid")
-    p.add_argument("--grid-b", type=int, nargs="+", default=list(GRID_B), help="batch sizes of the scaling grid")
+    p.add_argument("--grid-q", type=int, nargs="+", default=list(GRID_Q),
+                   help="|Q| values of the scaling grid")
+    p.add_argument("--grid-r", type=int, nargs="+", default=list(GRID_R),
+                   help="|R| values of the scaling grid")
+    p.add_argument("--grid-b", type=int, nargs="+", default=list(GRID_B),
+                   help="batch sizes of the scaling grid")
     args = p.parse_args(argv)
     rec = record("solver", {k: v for k, v in vars(args).items() if k not in ("out", "name")})
     print(describe_machine(rec["machine"]), "| load", rec["load_before"])

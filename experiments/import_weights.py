@@ -1,4 +1,4 @@
-"""Convert ImageNet VGG weights into an ri_jax checkpoint folder (see docs/reproduction.md).
+r"""Convert ImageNet VGG weights into an ri_jax checkpoint folder (see docs/reproduction.md).
 
     python experiments/import_weights.py --torchvision vgg19-dcbb9e9d.pth --out runs/vgg19_imagenet
     python experiments/import_weights.py --keras-h5 vgg19_weights_tf_dim_ordering_tf_kernels.h5 \

@@ -74,13 +74,15 @@ def summary_markdown(records: list[dict], config: dict) -> str:
     for r in records:
         lines.append(f"| {r['test_index']} | {Path(r['file']).name} | {r['true_label']} | "
                      f"{r['predicted_class']} ({r['probability']:.3f})"
-                     f"{' **misclassified**' if r['misclassified'] else ''} | {r['num_boundaries']} | "
+                     f"{' **misclassified**' if r['misclassified'] else ''} | "
+                     f"{r['num_boundaries']} | "
                      f"{r['num_covered']} ({r['num_covered_same_class']} / "
                      f"{r['num_covered_label_matches']}) | {r['delta']} / {r['tau']} | "
                      f"{'yes' if r['empty_polytope'] else 'no'} |")
     for r in records:
         lines += ["", f"## Test image {r['test_index']} ({Path(r['file']).name}): "
-                      f"{r['figure']}", "", r["description"][:1].upper() + r["description"][1:] + ".", ""]
+                      f"{r['figure']}", "",
+                  r["description"][:1].upper() + r["description"][1:] + ".", ""]
         if not r["similar"]:
             lines.append("No reference is covered by P(x).")
         for s in r["similar"]:
@@ -153,7 +155,8 @@ def main(argv=None) -> dict:
     payload = {"inputs": records, "config": config}
     write_json(out / "summary.json", payload)
     write_csv(out / "summary.csv", [
-        {**{k: v for k, v in r.items() if k not in ("similar", "covered_predicted", "covered_labels")},
+        {**{k: v for k, v in r.items()
+            if k not in ("similar", "covered_predicted", "covered_labels")},
          "similar_files": " ".join(Path(s["file"]).name for s in r["similar"]),
          "similar_distances": " ".join(f"{s['distance']:.6g}" for s in r["similar"])}
         for r in records])

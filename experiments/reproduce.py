@@ -1,4 +1,4 @@
-"""Reproduce the paper's experiments on one dataset with one command (docs/reproduction.md).
+r"""Reproduce the paper's experiments on one dataset with one command (docs/reproduction.md).
 
     python experiments/reproduce.py --dataset asirra --data data/asirra \
         --imagenet vgg19-dcbb9e9d.pth --out runs/asirra [--seed 0] [--dry-run] [--resume]

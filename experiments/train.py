@@ -1,4 +1,4 @@
-"""Train a VGG classifier for RI, on any data source.
+r"""Train a VGG classifier for RI, on any data source.
 
 The embedded model shipped in ``ri_jax/assets/vgg19_w8_asirra_mini`` was made with
 this command (also in the README; its settings are in the checkpoint's config.json):

@@ -142,7 +142,7 @@ def _cell(report: Report, item: ReportImage, *, is_input: bool = False) -> str:
     classes = "cell" + (" input-cell" if is_input else "") + (" flagged" if item.misclassified else "")
     flag = '<span class="badge">misclassified</span>' if item.misclassified else ""
     return (f'<figure class="{classes}"><div class="stack">{imgs}</div><figcaption>'
-            f'<b>{esc(item.title)}</b>{flag}<br>{esc(item.caption)}{notes}</figcaption></figure>')
+            f'<b>{esc(item.title)}</b><br>{esc(item.caption)}{flag}{notes}</figcaption></figure>')
 
 
 def _section(report: Report, index: int, item: ReportInput) -> str:
@@ -331,6 +331,11 @@ def explanations_report(explanations: "Explanations", *, title: str | None = Non
                   methods=("RI", "Grad-CAM"), inputs=inputs, notes=notes)
 
 
+def _title_and_caption(text: str) -> tuple[str, str]:
+    first, _, rest = text.partition("\n")
+    return first, rest.replace("\n", " · ")
+
+
 def case_study_input(blocks: Sequence[CaseBlock], *, name: str, predicted_class: str,
                      probability: float, true_class: str | None, description: str) -> ReportInput:
     """One case study as a report input: the blocks drawn by ``plots.case_study_figure``.
@@ -363,7 +368,7 @@ def case_study_input(blocks: Sequence[CaseBlock], *, name: str, predicted_class:
     for block in blocks:
         flagged = block.flagged or [False] * len(block.images)
         groups.append(ReportGroup(block.name, [
-            ReportImage(np.asarray(block.images)[i], f"#{i}", block.captions[i].replace("\n", " · "),
+            ReportImage(np.asarray(block.images)[i], *_title_and_caption(block.captions[i]),
                         {m: np.asarray(v)[i] for m, v in block.method_maps.items()},
                         {m: c[i] for m, c in block.method_captions.items()},
                         misclassified=bool(flagged[i]))

@@ -125,6 +125,7 @@ def test_case_study_input_takes_the_blocks_apart():
     assert [g.name for g in item.groups] == ["by RI", "euclid"]
     assert [len(g.images) for g in item.groups] == [2, 3]  # the input is not repeated
     assert [im.misclassified for im in item.groups[1].images] == [True, False, False]
+    assert (item.groups[1].images[2].title, item.groups[1].images[2].caption) == ("euclid cap3", "line")
     np.testing.assert_array_equal(item.groups[1].images[2].heatmaps["Grad-CAM"],
                                   blocks[1].method_maps["Grad-CAM"][3])
     page = render_html(Report("t", "i", ("RI", "Grad-CAM"), [item]))
