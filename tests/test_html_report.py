@@ -17,6 +17,7 @@ import queue
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -135,24 +136,30 @@ def test_case_study_input_takes_the_blocks_apart():
                          description="")
 
 
+def _move_above(fd: int, lowest: int) -> int:
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, lowest)
+    os.close(fd)
+    return moved
+
+
 class DevTools:
     """A minimal Chrome DevTools protocol client over ``--remote-debugging-pipe``."""
 
     def __init__(self, executable: str, user_data_dir: str):
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
-
-        def map_fds():  # in the child: chromium reads commands on fd 3 and writes on fd 4
-            read_end = fcntl.fcntl(to_chrome_r, fcntl.F_DUPFD, 10)
-            write_end = fcntl.fcntl(from_chrome_w, fcntl.F_DUPFD, 10)
-            os.dup2(read_end, 3)
-            os.dup2(write_end, 4)
-
+        # The child's ends move above 9, so mapping them onto 3 and 4 cannot clobber either.
+        to_chrome_r, from_chrome_w = (_move_above(fd, 10) for fd in (to_chrome_r, from_chrome_w))
+        # Chromium reads commands on fd 3 and writes on fd 4: a small Python trampoline maps
+        # our pipe ends there and execs it (no preexec_fn, so no fork of this threaded process).
+        trampoline = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
+                      "os.execv(sys.argv[3], sys.argv[3:])")
         self.proc = subprocess.Popen(
-            [executable, *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}",
-             "--remote-debugging-pipe", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=False,
-            preexec_fn=map_fds)
+            [sys.executable, "-c", trampoline, str(to_chrome_r), str(from_chrome_w), executable,
+             *CHROMIUM_FLAGS, f"--user-data-dir={user_data_dir}", "--remote-debugging-pipe",
+             "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            pass_fds=(to_chrome_r, from_chrome_w))
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._next_id = 0
