@@ -83,7 +83,8 @@ def _flops_per_boundary(head, sample) -> float | None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for the JSON record")
     p.add_argument("--name", default="boundaries", help="JSON file name (without .json)")
     p.add_argument("--checkpoint", default="default",

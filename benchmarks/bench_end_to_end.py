@@ -154,7 +154,8 @@ def diagnostics(model, args, state) -> dict[str, float]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for the JSON record")
     p.add_argument("--name", default="end_to_end", help="JSON file name (without .json)")
     p.add_argument("--checkpoint", default="default",
@@ -164,7 +165,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
     p.add_argument("--chunk", type=int, default=100, help="inputs per vmapped explain call")
     p.add_argument("--limit", type=int, default=0, help="use only the first N references")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the sample Q (and of a random init)")
     args = p.parse_args(argv)
     rec = record("end_to_end", {k: v for k, v in vars(args).items() if k not in ("out", "name")})
     print(describe_machine(rec["machine"]), "| load", rec["load_before"])

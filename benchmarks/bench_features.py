@@ -27,16 +27,20 @@ from ri_jax.sharding import make_mesh, sharded_features
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for the JSON record")
     p.add_argument("--name", default="features", help="JSON file name (without .json)")
-    p.add_argument("--arch", default="vgg19")
-    p.add_argument("--width", type=float, default=1 / 8)
-    p.add_argument("--image-size", type=int, default=96)
-    p.add_argument("--num-classes", type=int, default=2)
+    p.add_argument("--arch", default="vgg19",
+                   help="VGG configuration (vgg11/13/16/19)")
+    p.add_argument("--width", type=float, default=1 / 8,
+                   help="channel width multiplier (1 = standard VGG)")
+    p.add_argument("--image-size", type=int, default=96, help="square input side in pixels")
+    p.add_argument("--num-classes", type=int, default=2, help="output classes of the head")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward (per device)")
     p.add_argument("--images", type=int, default=512, help="images per timed run")
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=3,
+                   help="timed runs after one compile run (the median is reported)")
     args = p.parse_args(argv)
     rec = record("features", {k: v for k, v in vars(args).items() if k not in ("out", "name")})
     print(describe_machine(rec["machine"]), "| load", rec["load_before"])

@@ -228,7 +228,8 @@ def scaling(args, rec) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for the JSON record")
     p.add_argument("--name", default="solver", help="JSON file name (without .json)")
     p.add_argument("--boundaries", type=int, default=50, help="|Q| of the comparison")
@@ -239,12 +240,15 @@ def main(argv=None) -> None:
     p.add_argument("--repeat", type=int, default=3, help="timed runs of ours per cell")
     p.add_argument("--chunks", type=int, nargs="*", default=[0, 1, 8, 32],
                    help="chunk sizes to sweep for sharded_solve_batch (0 = whole batch)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic problems")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling grid")
     p.add_argument("--full", action="store_true", help="run every grid cell (needs ~10 GiB)")
-    p.add_argument("--grid-q", type=int, nargs="+", default=list(GRID_Q))
-    p.add_argument("--grid-r", type=int, nargs="+", default=list(GRID_R))
-    p.add_argument("--grid-b", type=int, nargs="+", default=list(GRID_B))
+    p.add_argument("--grid-q", type=int, nargs="+", default=list(GRID_Q),
+                   help="|Q| values of the scaling grid")
+    p.add_argument("--grid-r", type=int, nargs="+", default=list(GRID_R),
+                   help="|R| values of the scaling grid")
+    p.add_argument("--grid-b", type=int, nargs="+", default=list(GRID_B),
+                   help="batch sizes of the scaling grid")
     args = p.parse_args(argv)
     rec = record("solver", {k: v for k, v in vars(args).items() if k not in ("out", "name")})
     print(describe_machine(rec["machine"]), "| load", rec["load_before"])

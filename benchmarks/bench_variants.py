@@ -40,7 +40,7 @@ from ri_jax.variants import ri_variant
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=_HelpFormatter)
     p.add_argument("--inputs", type=int, default=64, help="test images interpreted (default 64)")
     p.add_argument("--num-boundaries", type=int, default=50, help="|Q| (default 50)")
     p.add_argument("--top-k", type=int, default=5, help="similar references drawn (default 5)")
@@ -52,6 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: must be >= 1")
     return args
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help``: the docstring as written, and every option's default."""
 
 
 def main(argv=None) -> dict:

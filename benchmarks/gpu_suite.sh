@@ -9,7 +9,29 @@
 # status is non-zero if any step failed. Python is $PYTHON (default: python).
 set -uo pipefail
 
-OUT="${1:?usage: benchmarks/gpu_suite.sh OUT_DIR [--dry-run]}"
+usage() {
+  cat <<'USAGE'
+usage: benchmarks/gpu_suite.sh OUT_DIR [--dry-run]
+
+Runs the benchmark set at paper scale on a GPU (or TPU) visible to JAX, in under
+8 minutes, and writes one JSON per benchmark plus RESULTS.md into OUT_DIR.
+
+  OUT_DIR    results folder (created if missing)
+  --dry-run  tiny sizes on whatever JAX sees (a CPU is fine), to check the suite
+  -h, --help show this help
+
+Environment: PYTHON, the interpreter to use (default: python).
+USAGE
+}
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" || "${2:-}" == "-h" || "${2:-}" == "--help" ]]; then
+  usage
+  exit 0
+fi
+if [[ $# -lt 1 || "$1" == -* ]]; then
+  usage >&2
+  exit 2
+fi
+OUT="$1"
 MODE="${2:-}"
 PY="${PYTHON:-python}"
 cd "$(dirname "$0")/.."

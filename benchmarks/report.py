@@ -185,9 +185,11 @@ def overloaded(rec: dict) -> str | None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("results", nargs="?", default=str(DEFAULT_OUT), help="folder of JSON records")
-    p.add_argument("--output", default=str(Path(__file__).parent / "RESULTS.md"))
+    p.add_argument("--output", default=str(Path(__file__).parent / "RESULTS.md"),
+                   help="the Markdown file written")
     args = p.parse_args(argv)
     folder = Path(args.results)
     main_records = load_records(folder)

@@ -16,7 +16,9 @@ computed and saved either way). Under each image: the softmax probability of x's
 Under each heat map: the probability of c on the image masked to the map's top 20 %
 (the rest black), "a higher prediction score means a better interpretation".
 
-Written into ``--out``: ``case_<i>.png`` per input (i = test index), and
+Written into ``--out``: ``case_<i>.png`` per input (i = test index; its title says the
+polytope in words, a colour bar reads the maps, misclassified images have a red frame),
+with ``--html`` an interactive ``index.html`` (method toggle, filters, click to enlarge), and
 ``case_studies.json`` / ``.csv`` / ``.md`` with every score, the neighbours (files
 and distances) and RI's polytope (|P(x)|, references covered, δ). ``--with-controls``
 adds the rows "Random" (uniformly random 20 % of pixels) and "Grad-CAM (own weights)"
@@ -38,19 +40,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import (add_ri_variant_arg, ri_options, ace_config, ace_settings, add_ace_args, add_common_args,
+from common import (HelpFormatter, add_html_arg, add_ri_variant_arg, ri_options, ace_config, ace_settings, add_ace_args, add_common_args,
                     choose_inputs, describe_run, load_setup, markdown_table, parse_indices,
                     prepare_output, write_csv, write_json)
 from ri_jax.cli import positive_int, run_script
 from ri_jax.data import load_dataset
 from ri_jax.featurize import compute_features
-from ri_jax.plots import CaseBlock, case_study_figure
+from ri_jax.html_report import Report, case_study_input, write_report
+from ri_jax.plots import DISTANCE_NOTE, MISCLASSIFIED_NOTE, CaseBlock, case_study_figure
 from ri_jax.protocols.case_studies import (ACE_DISCOVERY_IMAGES, BLOCKS, CaseInputs,
                                            CaseReferences, CaseStudiesConfig, run_case_studies)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(p, refs_per_class=0, unseen=None)
     p.add_argument("--num-inputs", type=positive_int, default=3, help="test images to study (seeded)")
     p.add_argument("--inputs", default=None,
@@ -65,7 +68,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="add the Random and Grad-CAM (own weights) rows")
     add_ace_args(p, max_images_help=f"ACE discovery set size: x and its nearest references "
                                     f"(0 = {ACE_DISCOVERY_IMAGES})")
+    add_html_arg(p)
     return p.parse_args(argv)
+
+
+FOOTNOTE = ("Under each image: p(c), the probability of the input's predicted class c. Under each "
+            "heat map: p(c) on the image keeping only the map's top 20 % pixels (the rest black); "
+            "higher = the map found what the model uses. Every method's map is computed at the "
+            "input and reused unchanged on the other images.\n"
+            + DISTANCE_NOTE.replace("d:", "d (similar by RI):", 1)
+            + " d (Euclidean neighbours): distance in the feature space Ω.\n" + MISCLASSIFIED_NOTE)
 
 
 def main(argv=None) -> dict:
@@ -95,7 +107,10 @@ def main(argv=None) -> dict:
     result = run_case_studies(setup.fns, setup.params, inputs, references, seed=args.seed,
                               config=config, progress=progress)
     for rec, blocks, title in zip(result.records, result.panels, result.titles):
-        case_study_figure([CaseBlock(**b) for b in blocks], path=out / rec["figure"], title=title)
+        case_study_figure([CaseBlock(**b) for b in blocks], path=out / rec["figure"], title=title,
+                          footnote=FOOTNOTE)
+    if args.html:
+        write_report(out, case_studies_report(result, args), overwrite=args.resume)
     payload = {**result.to_json(),
                "config": describe_run(args, num_references=len(refs), top_k=result.top_k,
                                       inputs_used=[int(i) for i in chosen],
@@ -104,6 +119,22 @@ def main(argv=None) -> dict:
     write_csv(out / "case_studies.csv", result.rows)
     (out / "case_studies.md").write_text(render_markdown(payload, args))
     return payload
+
+
+def case_studies_report(result, args: argparse.Namespace) -> Report:
+    """The case studies as an interactive page: per input both blocks, every method's maps."""
+    inputs = [case_study_input([CaseBlock(**b) for b in blocks], name=Path(rec["file"]).name,
+                               predicted_class=rec["predicted_class"],
+                               probability=rec["probability"], true_class=rec["true_label"],
+                               description=rec["ri"]["description"][:1].upper()
+                               + rec["ri"]["description"][1:] + ".")
+              for rec, blocks in zip(result.records, result.panels)]
+    methods = list(dict.fromkeys(m for blocks in result.panels for b in blocks
+                                 for m in b["method_maps"]))
+    return Report(title="Case studies: every method's interpretation, reused on similar images",
+                  intro=f"Model {args.checkpoint}, data {args.data}, |Q| = {args.num_boundaries}, "
+                        f"top-{result.top_k}, seed {args.seed}, layout {args.layout}.",
+                  methods=methods, inputs=inputs, notes=FOOTNOTE.split("\n"))
 
 
 def render_markdown(payload: dict, args: argparse.Namespace) -> str:

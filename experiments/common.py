@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import json
 import platform
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from ri_jax.api import choose_inputs  # noqa: F401 (for the scripts)
 from ri_jax.baselines.ace import ACEConfig
 from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES
 from ri_jax.checkpoint import load_checkpoint
@@ -42,6 +44,18 @@ from ri_jax.protocols.methods import RIOptions
 from ri_jax.variants import VARIANT_NAMES, ri_variant
 from ri_jax.protocols.report import format_mean_std, markdown_table  # noqa: F401 (for the scripts)
 from ri_jax.protocols.statistics import mean_std  # noqa: F401 (for the scripts)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help``: the script's docstring as written, and every option's default."""
+
+
+def add_html_arg(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds ``--html``: also write the interactive report ``<out>/index.html``."""
+    p.add_argument("--html", action="store_true",
+                   help="also write <out>/index.html, an interactive report that works offline "
+                        "(images embedded; heat-map toggle, class and misclassified filters)")
+    return p
 
 
 def add_common_args(p: argparse.ArgumentParser, *, runs: int | None = None,
@@ -221,11 +235,3 @@ def parse_indices(text: str, size: int) -> np.ndarray:
     if len(set(idx)) != len(idx):
         raise ValueError(f"--inputs: repeated indices in {idx}")
     return np.asarray(idx, np.int64)
-
-
-def choose_inputs(labels: np.ndarray, count: int, *, seed: int) -> np.ndarray:
-    """``count`` indices drawn with ``seed``, alternating between classes (capped by the set)."""
-    rng = np.random.default_rng(seed)
-    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-    alternating = [i for group in itertools.zip_longest(*per_class) for i in group if i is not None]
-    return np.asarray(alternating[:count], np.int64)

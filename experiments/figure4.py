@@ -44,17 +44,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common import (add_ri_variant_arg, ri_options, ace_config, ace_settings, add_ace_args, add_common_args,
-                    describe_run, load_setup, markdown_table, prepare_output,
-                    write_csv, write_json)
+from common import (HelpFormatter, add_ri_variant_arg, ri_options, ace_config, ace_settings,
+                    add_ace_args, add_common_args, describe_run, load_setup, markdown_table,
+                    prepare_output, write_csv, write_json)
 from ri_jax.cli import positive_int, positive_int_list, run_script
-from ri_jax.plots import k_curves_figure
+from ri_jax.plots import K_CURVES_NOTE, k_curves_figure
 from ri_jax.protocols.figure4 import (ACE_DISCOVERY_IMAGES, DEFAULT_KS, Figure4Config,
                                       run_figure4)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(p, runs=1, refs_per_class=0, unseen=None)
     p.add_argument("--num-inputs", type=positive_int, default=1000,
                    help="reference images used as inputs, N (capped by the reference set)")
@@ -107,8 +107,13 @@ def main(argv=None) -> dict:
                     errors={m: {k: summary[m][k]["std"] for k in ("mAD", "mAI")} for m in names}
                     if args.runs > 1 else None,
                     dashed=result.controls,
-                    title=f"Figure 4: {result.runs[0]['num_inputs']} reference inputs, "
-                          f"{args.runs} run(s)", path=out / "figure4.png")
+                    title=f"Figure 4: how well an interpretation at an input carries over to its K "
+                          f"most similar training images ({result.runs[0]['num_inputs']:,} inputs, "
+                          f"{args.runs} run{'s' if args.runs > 1 else ''}"
+                          f"{', mean ± std' if args.runs > 1 else ''})",
+                    footnote=K_CURVES_NOTE + " Similar images: RI's covered references ranked by "
+                             "Eq. 6; the other methods' Euclidean neighbours in Ω.",
+                    path=out / "figure4.png")
     return payload
 
 

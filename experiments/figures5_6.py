@@ -29,7 +29,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common import (add_common_args, add_polytope_args, describe_run,  # noqa: E402
+from common import (HelpFormatter, add_common_args, add_polytope_args, describe_run,  # noqa: E402
                     format_mean_std, load_setup, markdown_table, prepare_output,
                     write_csv, write_json)
 from ri_jax.cli import positive_int_list, run_script  # noqa: E402
@@ -43,7 +43,7 @@ DEFAULT_QS = (1, 5, 10, 30, 50, 70)
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     add_common_args(p, runs=5, refs_per_class=2500, unseen=1000)
     add_polytope_args(p)
     p.add_argument("--qs", type=positive_int_list, default=",".join(map(str, DEFAULT_QS)),

@@ -1,4 +1,4 @@
-"""Convert ImageNet VGG weights into an ri_jax checkpoint folder (see docs/reproduction.md).
+r"""Convert ImageNet VGG weights into an ri_jax checkpoint folder (see docs/reproduction.md).
 
     python experiments/import_weights.py --torchvision vgg19-dcbb9e9d.pth --out runs/vgg19_imagenet
     python experiments/import_weights.py --keras-h5 vgg19_weights_tf_dim_ordering_tf_kernels.h5 \
@@ -17,13 +17,14 @@ import hashlib
 import sys
 from pathlib import Path
 
+from common import HelpFormatter
 from ri_jax.checkpoint import save_checkpoint
 from ri_jax.cli import run_script
 from ri_jax.pretrained import convert, foreign_config, read_weights, weight_format
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--torchvision", metavar="PTH", help="torchvision VGG state dict (.pth/.pt)")
     src.add_argument("--keras-h5", metavar="H5", help="Keras VGG weights (.h5), e.g. "

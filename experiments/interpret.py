@@ -9,12 +9,17 @@ maps on x and on its top-k similar references. Written into ``--out``:
 
 * ``input_<i>.png`` per input (i = its index in the test split): the input and its
   top-k similar references, raw on top and with the RI heat map below, predicted
-  class and probability under each image and the Eq. 6 distance under each map;
+  class and probability under each image and the Eq. 6 distance under each map; the
+  title says the polytope in words with the covered references' class counts, a
+  colour bar reads the maps and misclassified images have a red frame;
 * ``summary.json`` / ``summary.csv`` / ``summary.md``: per input its test index and
   file, true label, predicted class and probability, |P(x)|, references covered (how
   many share x's predicted class, how many have x's predicted class as ground truth),
   δ = τ(x), whether P(x) is empty, and the ranked similar references with distances.
-  The Markdown summary is also printed.
+  The Markdown summary is also printed;
+* with ``--html``, ``index.html``: the same interpretations as an interactive page that
+  works offline (heat-map toggle between RI and Grad-CAM's reused weights, filters by
+  predicted class and for misclassified inputs, click to enlarge).
 
 Choices the paper leaves open: inputs default to ``--num-inputs`` test images drawn
 with ``--seed``, alternating between classes so every class appears (``--inputs``
@@ -26,22 +31,25 @@ than k references; the figure then shows only those.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from common import (add_common_args, add_ri_variant_arg, choose_inputs, describe_run, load_setup, parse_indices,
-                    prepare_output, write_csv, write_json)
+from common import (HelpFormatter, add_common_args, add_html_arg, add_ri_variant_arg, choose_inputs,
+                    describe_run, load_setup, parse_indices, prepare_output, write_csv, write_json)
+from ri_jax.api import Explanations, explanations_from
 from ri_jax.cli import positive_int, run_script
 from ri_jax.data import load_dataset
+from ri_jax.featurize import compute_features
+from ri_jax.html_report import explanations_report, write_report
 from ri_jax.interpreter import RepresentativeInterpreter
-from ri_jax.plots import interpretation_figure
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(p, refs_per_class=0, unseen=None)
     p.add_argument("--num-inputs", type=positive_int, default=4, help="test images to interpret (seeded)")
     p.add_argument("--inputs", default=None,
@@ -49,13 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--top-k", type=positive_int, default=4, help="similar references shown per input")
     p.add_argument("--num-boundaries", type=positive_int, default=50, help="|Q|, boundaries sampled")
     add_ri_variant_arg(p)
+    add_html_arg(p)
     return p.parse_args(argv)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def summary_markdown(records: list[dict], config: dict) -> str:
@@ -70,13 +73,16 @@ def summary_markdown(records: list[dict], config: dict) -> str:
              "labelled) | δ / τ | empty |", "|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['test_index']} | {Path(r['file']).name} | {r['true_label']} | "
-                     f"{r['predicted_class']} ({r['probability']:.3f}) | {r['num_boundaries']} | "
+                     f"{r['predicted_class']} ({r['probability']:.3f})"
+                     f"{' **misclassified**' if r['misclassified'] else ''} | "
+                     f"{r['num_boundaries']} | "
                      f"{r['num_covered']} ({r['num_covered_same_class']} / "
                      f"{r['num_covered_label_matches']}) | {r['delta']} / {r['tau']} | "
                      f"{'yes' if r['empty_polytope'] else 'no'} |")
     for r in records:
         lines += ["", f"## Test image {r['test_index']} ({Path(r['file']).name}): "
-                      f"{r['figure']}", ""]
+                      f"{r['figure']}", "",
+                  r["description"][:1].upper() + r["description"][1:] + ".", ""]
         if not r["similar"]:
             lines.append("No reference is covered by P(x).")
         for s in r["similar"]:
@@ -101,8 +107,9 @@ def main(argv=None) -> dict:
         sys.exit(str(e))
     top_k = min(args.top_k, len(refs))
 
+    head = functools.partial(fns.head, params)
     interpreter = RepresentativeInterpreter(
-        lambda x: fns.features(params, x), lambda psi: fns.head(params, psi), ref_feats.psi,
+        functools.partial(fns.features, params), head, ref_feats.psi,
         key=jax.random.key(args.seed), num_boundaries=args.num_boundaries,
         batch_size=args.batch_size, is_features=True, progress=not args.no_progress,
         variant=args.ri_variant)
@@ -111,51 +118,36 @@ def main(argv=None) -> dict:
     # Per-input pools (authors' variant) are drawn from the test index, not the position.
     pool_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(args.seed + 1), i))(
         np.asarray(chosen, np.int32))
-    res = jax.device_get(interpreter.interpret_batch(normalised, top_k=top_k, keys=pool_keys))
-    input_probs = _softmax(np.asarray(jax.jit(fns.apply)(params, normalised), np.float64))
-    ref_probs = _softmax(ref_feats.logits.astype(np.float64))
-    ref_preds = np.asarray(interpreter.reference_set.preds)
+    res = interpreter.interpret_batch(normalised, top_k=top_k, keys=pool_keys)
+    in_feats = compute_features(fns, params, test, chosen, batch_size=args.batch_size,
+                                progress=False)
+    explained = explanations_from(head, res, raw_inputs, test, chosen, in_feats, refs, ref_feats)
+    res = jax.device_get(res)
 
     records = []
-    for b, test_index in enumerate(chosen):  # a handful of inputs: only reporting and drawing
-        pred = int(res.predicted_class[b])
-        covered = np.asarray(res.covered[b])
-        present = np.asarray(res.similar[b]) >= 0
-        sim = np.asarray(res.similar[b])[present]
-        dist = np.asarray(res.similar_distances[b])[present]
-        similar = [{"rank": r + 1, "reference_index": int(j), "file": refs.ids[j],
-                    "distance": float(d), "true_label": classes[refs.labels[j]],
-                    "predicted_class": classes[ref_preds[j]],
-                    "probability": float(ref_probs[j, ref_preds[j]])}
-                   for r, (j, d) in enumerate(zip(sim, dist))]
-        rec = {"test_index": int(test_index), "file": test.ids[test_index],
-               "true_label": classes[test.labels[test_index]], "predicted_class": classes[pred],
-               "probability": float(input_probs[b, pred]),
-               "num_boundaries": int(res.num_selected[b]),
-               "num_covered": int(res.num_covered[b]),
-               "num_covered_same_class": int(res.num_covered[b] - res.num_covered_other[b]),
+    for b, (test_index, e) in enumerate(zip(chosen, explained)):  # a handful of inputs
+        similar = [{"rank": r.rank, "reference_index": r.index, "file": r.file,
+                    "distance": r.distance, "true_label": r.true_class,
+                    "predicted_class": r.predicted_class, "probability": r.probability}
+                   for r in e.similar]
+        rec = {"test_index": int(test_index), "file": e.file, "true_label": e.true_class,
+               "predicted_class": e.predicted_class, "probability": e.probability,
+               "misclassified": bool(e.misclassified), "num_boundaries": e.num_boundaries,
+               "num_covered": e.num_covered,
+               "num_covered_same_class": e.covered_predicted[e.predicted_class],
                "num_covered_other_class": int(res.num_covered_other[b]),
-               "num_covered_label_matches": int(np.sum(covered & (refs.labels == pred))),
-               "delta": int(res.delta[b]), "tau": int(res.tau[b]), "reached": bool(res.reached[b]),
-               "empty_polytope": bool(res.empty[b]),
+               "num_covered_label_matches": e.covered_labels[e.predicted_class],
+               "covered_predicted": dict(e.covered_predicted),
+               "covered_labels": dict(e.covered_labels), "description": e.describe(),
+               "delta": e.delta, "tau": int(res.tau[b]), "reached": bool(res.reached[b]),
+               "empty_polytope": e.empty,
                "num_boundaries_before_loosen": int(res.num_selected_greedy[b]),
                "search_steps_mean": float(np.mean(res.search_steps[b])),
                "searches_not_converged": int(np.sum(~res.search_converged[b])),
                "similar": similar,
                "figure": f"input_{int(test_index)}.png"}
         records.append(rec)
-        note = " (empty polytope: every reference covered, heat maps are zero)" if rec["empty_polytope"] else ""
-        interpretation_figure(
-            raw_inputs[b], res.heatmap[b], refs.raw(sim), res.similar_heatmaps[b][present],
-            captions=[f"input (test {int(test_index)})\ntrue {rec['true_label']}, "
-                      f"pred {rec['predicted_class']} {rec['probability']:.2f}"]
-                     + [f"#{s['rank']} (true {s['true_label']})\npred {s['predicted_class']} "
-                        f"{s['probability']:.2f}" for s in similar],
-            heatmap_captions=["RI on input"] + [f"d = {s['distance']:.3g}" for s in similar],
-            title=f"{Path(rec['file']).name}: |P(x)| = {rec['num_boundaries']}, covers "
-                  f"{rec['num_covered']} references ({rec['num_covered_same_class']} same class), "
-                  f"δ = {rec['delta']}{note}",
-            path=out / rec["figure"])
+        e.save(out / rec["figure"])
 
     config = describe_run(args, num_references=len(refs), top_k=top_k,
                           inputs_used=[int(i) for i in chosen],
@@ -163,10 +155,16 @@ def main(argv=None) -> dict:
     payload = {"inputs": records, "config": config}
     write_json(out / "summary.json", payload)
     write_csv(out / "summary.csv", [
-        {**{k: v for k, v in r.items() if k != "similar"},
+        {**{k: v for k, v in r.items()
+            if k not in ("similar", "covered_predicted", "covered_labels")},
          "similar_files": " ".join(Path(s["file"]).name for s in r["similar"]),
          "similar_distances": " ".join(f"{s['distance']:.6g}" for s in r["similar"])}
         for r in records])
+    if args.html:
+        run = Explanations(explained, {"checkpoint": args.checkpoint, "data": args.data,
+                                       "num_references": len(refs),
+                                       "num_boundaries": args.num_boundaries, "seed": args.seed})
+        write_report(out, explanations_report(run), overwrite=args.resume)
     text = summary_markdown(records, config)
     (out / "summary.md").write_text(text)
     print(text)

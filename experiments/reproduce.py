@@ -1,4 +1,4 @@
-"""Reproduce the paper's experiments on one dataset with one command (docs/reproduction.md).
+r"""Reproduce the paper's experiments on one dataset with one command (docs/reproduction.md).
 
     python experiments/reproduce.py --dataset asirra --data data/asirra \
         --imagenet vgg19-dcbb9e9d.pth --out runs/asirra [--seed 0] [--dry-run] [--resume]
@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+from common import HelpFormatter
 from ri_jax.variants import VARIANT_NAMES
 from ri_jax.cli import run_script
 from ri_jax.data import IMAGE_EXTENSIONS
@@ -234,12 +235,13 @@ def execute(commands: list[Command], out: Path, *, resume: bool,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, choices=sorted(RECIPES))
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--dataset", required=True, choices=sorted(RECIPES),
+                   help="which of the paper's datasets (its recipe: image size, references, runs)")
     p.add_argument("--data", required=True, help="folder root/{train,test}/<class>/<image>, or tfds:NAME")
     p.add_argument("--imagenet", required=True, help="ImageNet VGG-19 weights: torchvision .pth or Keras .h5")
     p.add_argument("--out", required=True, type=Path, help="run folder (new or empty unless --resume)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     p.add_argument("--no-ace", action="store_true", help="leave ACE out of Table 1 (it is slow)")
     p.add_argument("--ri-variant", default="paper", choices=VARIANT_NAMES,
                    help="RI as the paper's text or as the authors' code runs it (default: paper)")

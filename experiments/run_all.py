@@ -1,6 +1,6 @@
 """Every experiment on one data set and checkpoint, then RESULTS.md beside the paper's numbers.
 
-    python experiments/run_all.py --out results --results-md RESULTS.md     # ~15 min, 2 CPU cores
+    python experiments/run_all.py --out results --results-md RESULTS.md     # ~8 min, 2 CPU cores
     python experiments/run_all.py --out /tmp/smoke --quick                   # a few minutes
 
 Runs, in order, each into its own subfolder of --out with one shared
@@ -13,7 +13,8 @@ written from the JSON files the steps just wrote, with the command, machine, dat
 timings.
 
 Settings are sized for the embedded default (2,000 references, 1,000 unseen images,
-VGG-19 width 1/8 at 96 px) to finish in about 15 minutes on 2 CPU cores. Where they
+VGG-19 width 1/8 at 96 px) to finish in about 8 minutes on 2 CPU cores (7.8 min for the run recorded
+in results/run_all.json, ``total_wall_seconds``). Where they
 differ from the paper, ``DRIVER_SETTINGS`` says so and RESULTS.md repeats it:
 Figure 4 uses 100 inputs instead of 1,000 (ACE: the first 10), one run; ACE uses one
 segmentation resolution and 5 TCAV repeats, and in Table 1 discovery sets of the 20
@@ -41,7 +42,7 @@ from pathlib import Path
 import jax
 
 import ri_jax
-from common import prepare_output, write_json
+from common import HelpFormatter, prepare_output, write_json
 from ri_jax.cli import run_script
 from ri_jax.checkpoint import load_checkpoint
 from ri_jax.protocols.report import render_results
@@ -94,12 +95,12 @@ SCRIPTS = {step: Path(__file__).resolve().parent / f"{step}.py" for step in STEP
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, help="results folder (new or empty, unless --resume)")
     p.add_argument("--results-md", default=None, help="where to write RESULTS.md (default <out>/RESULTS.md)")
     p.add_argument("--data", default="default", help="as in every experiment script")
     p.add_argument("--checkpoint", default="default", help="as in every experiment script")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     p.add_argument("--quick", action="store_true", help="tiny settings: a smoke test")
     p.add_argument("--ri-variant", default="paper", choices=VARIANT_NAMES,
                    help="RI variant of every step but the variant study, which runs both "
@@ -109,7 +110,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--extra", action="append", default=[], metavar="STEP:ARGS",
                    help="extra arguments for one step, e.g. 'table1:--unseen 50' (repeatable)")
     p.add_argument("--resume", action="store_true", help="reuse --out and its feature cache")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--render-only", action="store_true",
                    help="only rebuild RESULTS.md from the run_all.json and step JSON in --out")
     args = p.parse_args(argv)

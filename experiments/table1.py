@@ -56,16 +56,16 @@ import argparse
 
 import numpy as np
 
-from common import (ri_options, ace_config, ace_settings, add_ace_args, add_common_args, add_polytope_args,
-                    describe_run, format_mean_std, load_setup, markdown_table, prepare_output,
-                    write_csv, write_json)
+from common import (HelpFormatter, ri_options, ace_config, ace_settings, add_ace_args,
+                    add_common_args, add_polytope_args, describe_run, format_mean_std, load_setup,
+                    markdown_table, prepare_output, write_csv, write_json)
 from ri_jax.cli import run_script
 from ri_jax.metrics import KEEP_FRACTION
 from ri_jax.protocols.table1 import Table1Config, run_table1
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(p, runs=5, refs_per_class=2500, unseen=1000)
     add_polytope_args(p)
     add_ace_args(p, max_images_help="ACE discovery images per cluster, nearest the centre first "

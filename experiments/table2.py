@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import (ri_options, add_common_args, add_polytope_args, describe_run,
+from common import (HelpFormatter, ri_options, add_common_args, add_polytope_args, describe_run,
                     format_mean_std, load_setup, markdown_table, prepare_output, write_csv,
                     write_json)
 from ri_jax.cli import run_script
@@ -39,7 +39,7 @@ from ri_jax.protocols.table2 import SETS, Table2Config, run_table2
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     add_common_args(p, runs=5, refs_per_class=2500, unseen=1000)
     add_polytope_args(p)
     return p.parse_args(argv)

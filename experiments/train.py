@@ -1,10 +1,10 @@
-"""Train a VGG classifier for RI, on any data source.
+r"""Train a VGG classifier for RI, on any data source.
 
 The embedded model shipped in ``ri_jax/assets/vgg19_w8_asirra_mini`` was made with
-the command recorded in the README. Example:
+this command (also in the README; its settings are in the checkpoint's config.json):
 
     python experiments/train.py --data default --out runs/vgg19_w8 --arch vgg19 --width 0.125 \
-        --image-size 96 --epochs 60 --seed 0
+        --image-size 96 --epochs 70 --lr 5e-4 --weight-decay 5e-4 --seed 0
 
 Resume an interrupted run with ``--resume`` (same ``--out``). Fine-tune ImageNet
 weights with ``--init imagenet:PATH`` (a torchvision ``.pth`` or Keras ``.h5``
@@ -19,6 +19,7 @@ import json
 
 import jax
 
+from common import HelpFormatter
 from ri_jax.cli import (DEBUG_FLAG, check_output_dir, non_negative_float, non_negative_int,
                         open_fraction, output_dir, positive_float, positive_int, run_script,
                         unit_interval)
@@ -29,29 +30,38 @@ from ri_jax.training import TrainConfig, train_and_evaluate
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data", default="default", help="'default', a folder root/<split>/<class>/, or tfds:NAME")
     p.add_argument("--out", required=True, type=output_dir,
                    help="checkpoint folder (must be new or empty unless --resume)")
-    p.add_argument("--arch", default="vgg19", choices=sorted(VGG_LAYERS))
+    p.add_argument("--arch", default="vgg19", choices=sorted(VGG_LAYERS), help="VGG configuration")
     p.add_argument("--width", type=positive_float, default=0.125, help="channel multiplier")
     p.add_argument("--image-size", type=image_size, default=96,
                    help="square input side, a multiple of 32")
-    p.add_argument("--dropout", type=unit_interval, default=0.5)
+    p.add_argument("--dropout", type=unit_interval, default=0.5, help="dropout between the FC layers")
     t = TrainConfig()
-    p.add_argument("--epochs", type=positive_int, default=t.epochs)
-    p.add_argument("--batch-size", type=positive_int, default=t.batch_size)
-    p.add_argument("--lr", type=positive_float, default=t.lr)
-    p.add_argument("--weight-decay", type=non_negative_float, default=t.weight_decay)
-    p.add_argument("--optimizer", default=t.optimizer, choices=["adamw", "sgd"])
-    p.add_argument("--warmup-epochs", type=non_negative_int, default=t.warmup_epochs)
-    p.add_argument("--val-fraction", type=open_fraction, default=t.val_fraction)
-    p.add_argument("--patience", type=positive_int, default=t.patience)
-    p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--seed", type=non_negative_int, default=t.seed)
+    p.add_argument("--epochs", type=positive_int, default=t.epochs,
+                   help="maximum epochs (early stopping may end sooner)")
+    p.add_argument("--batch-size", type=positive_int, default=t.batch_size, help="images per step")
+    p.add_argument("--lr", type=positive_float, default=t.lr,
+                   help="peak learning rate (after warmup, cosine decay)")
+    p.add_argument("--weight-decay", type=non_negative_float, default=t.weight_decay,
+                   help="weight decay")
+    p.add_argument("--optimizer", default=t.optimizer, choices=["adamw", "sgd"],
+                   help="AdamW, or SGD with momentum 0.9")
+    p.add_argument("--warmup-epochs", type=non_negative_int, default=t.warmup_epochs,
+                   help="epochs of linear warmup")
+    p.add_argument("--val-fraction", type=open_fraction, default=t.val_fraction,
+                   help="stratified share of train held out for validation (early stopping)")
+    p.add_argument("--patience", type=positive_int, default=t.patience,
+                   help="epochs without a validation gain before stopping")
+    p.add_argument("--no-augment", action="store_true",
+                   help="no random crops, flips or brightness/contrast jitter")
+    p.add_argument("--seed", type=non_negative_int, default=t.seed,
+                   help="seed of initialisation, split and batches")
     p.add_argument("--init", default=None, help="imagenet:PATH to start from ImageNet VGG-19 weights")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument(DEBUG_FLAG, action="store_true",
                    help="show the Python traceback of expected errors (or set RI_JAX_DEBUG=1)")
     return p.parse_args(argv)

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 import ri_jax
-from common import add_debug_arg, prepare_output, write_json
+from common import HelpFormatter, add_debug_arg, prepare_output, write_json
 from ri_jax.cli import positive_int, run_script
 from ri_jax.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from ri_jax.protocols.report import variant_study_markdown
@@ -42,7 +42,7 @@ SECOND_MODEL = HERE.parent / "results" / "models" / "vgg11_w4_asirra_mini"
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, help="results folder (new or empty, unless --resume)")
     p.add_argument("--data", default="default", help="as in every experiment script (default: embedded)")
     p.add_argument("--checkpoint", default="default",

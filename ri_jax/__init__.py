@@ -1,9 +1,11 @@
 """ri_jax: representative interpretations (Lam et al., ICCV 2021) for CNNs in JAX.
 
 The pure functions of each step of the paper live in their own module (see the
-README's table); the most used ones are re-exported here.
+README's table); the most used ones are re-exported here. ``explain`` goes from
+images to printable, plottable interpretations in one call (``ri_jax.api``).
 """
 
+from ri_jax.api import Explanation, Explanations, explain
 from ri_jax.boundaries import Boundaries, sample_boundaries, sample_indices, sides, sides_packed
 from ri_jax.heatmaps import cam, polytope_heatmap, ri_channel_weights
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
@@ -16,11 +18,14 @@ __version__ = "0.1.0"
 __all__ = [
     "Boundaries",
     "DecisionRegions",
+    "Explanation",
+    "Explanations",
     "GreedyResult",
     "Interpretation",
     "RepresentativeInterpreter",
     "cam",
     "covers",
+    "explain",
     "pack_bits",
     "polytope_heatmap",
     "predict",

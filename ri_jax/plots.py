@@ -11,6 +11,11 @@ given ``path``, also writes it there as a PNG.
 * ``case_study_figure`` (Figures 2/3): per block of similar images (RI's, the
   Euclidean neighbours'), a row of images then one row of heat maps per method.
 * ``k_curves_figure`` (Figure 4): mAD and mAI against K, one line per method.
+
+Figures explain themselves: grids with heat maps get a colour bar, a footnote can
+say in one line what the captions mean (``HEATMAP_NOTE``, ``DISTANCE_NOTE``), and
+flagged cells (misclassified images) get a red frame. ``polytope_description`` and
+``count_phrase`` put a polytope and its covered images into plain words for titles.
 """
 
 from __future__ import annotations
@@ -22,9 +27,74 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 INPUT_COLOUR = "#1a9850"  # the paper marks the input image with a green box (Figure 1)
+FLAG_COLOUR = "#d73027"  # red frame: a misclassified image
+HEATMAP_CMAP = "jet"
+COLORBAR_LABEL = "heat-map importance (0 = none, 1 = most)"
+HEATMAP_NOTE = ("Heat maps: the polytope's channel weights (Eq. 5), computed once at the input "
+                "and reused unchanged on every reference.")
+DISTANCE_NOTE = ("d: semantic distance (Eq. 6), the summed gaps between input and reference "
+                 "along the normals of the polytope's boundaries; 0 = same place, smaller = "
+                 "more similar.")
+METRIC_DIRECTION = {"mAD": ", lower is better", "mAI": ", higher is better"}
+K_CURVES_NOTE = ("Each method's interpretation is computed at the input and reused on its K most "
+                 "similar images; each image keeps its top 20 % pixels (rest black). mAD: mean "
+                 "drop of the predicted class's probability; mAI: share of images whose "
+                 "probability rises. Dashed: controls.")
+MISCLASSIFIED_NOTE = "Red frame: misclassified (predicted class differs from the true label)."
+
+
+def count_phrase(counts: Mapping[str, int], *, word: str = "") -> str:
+    """``{"cat": 1020, "dog": 5}`` → ``"1,020 cat, 5 dog"`` (largest first, zeros left out).
+
+    Args:
+      counts: class name → count.
+      word: inserted before every class name (e.g. ``"predicted"``).
+
+    Returns:
+      The phrase; ``"none"`` when every count is zero.
+    """
+    items = sorted(((int(n), c) for c, n in counts.items() if int(n) > 0), key=lambda t: -t[0])
+    prefix = f"{word} " if word else ""
+    return ", ".join(f"{n:,} {prefix}{c}" for n, c in items) or "none"
+
+
+def polytope_description(num_boundaries: int, predicted_counts: Mapping[str, int], *,
+                         label_counts: Mapping[str, int] | None = None, delta: int = 0,
+                         references: str = "training images") -> str:
+    """A polytope and the references it covers in plain words, with real counts by class.
+
+    Args:
+      num_boundaries: |P(x)|.
+      predicted_counts: class name → covered references the model predicts as that class.
+      label_counts: class name → covered references with that true label (optional).
+      delta: δ, references of other classes the polytope may cover (said only for an empty one).
+      references: what the references are called.
+
+    Returns:
+      e.g. ``"polytope of 17 boundaries covering 1,025 training images, all predicted cat"``.
+    """
+    total = sum(int(n) for n in predicted_counts.values())
+    present = [c for c, n in predicted_counts.items() if int(n) > 0]
+    if num_boundaries == 0:
+        head = (f"empty polytope: no boundary is needed (δ = {delta:,} other-class images "
+                f"allowed), so it covers all {total:,} {references} and its heat maps are blank")
+    else:
+        noun = "boundary" if num_boundaries == 1 else "boundaries"
+        head = f"polytope of {num_boundaries:,} {noun} covering {total:,} {references}"
+    if total == 0:
+        text = head
+    elif len(present) == 1:
+        text = f"{head}, {'all' if total > 1 else 'the one'} predicted {present[0]}"
+    else:
+        text = f"{head}: {count_phrase(predicted_counts, word='predicted')}"
+    if label_counts is not None and total:
+        text += f" (true labels: {count_phrase(label_counts)})"
+    return text
 
 
 def _finite(value, name: str, shape_desc: str, ndim: int) -> np.ndarray:
@@ -36,7 +106,7 @@ def _finite(value, name: str, shape_desc: str, ndim: int) -> np.ndarray:
     return arr
 
 
-def overlay(raw_image, heatmap, *, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+def overlay(raw_image, heatmap, *, alpha: float = 0.5, cmap: str = HEATMAP_CMAP) -> np.ndarray:
     """A heat map drawn over an image.
 
     Args:
@@ -69,13 +139,15 @@ class Cell(NamedTuple):
       image: [S, S, 3] raw image in [0, 1].
       heatmap: [S, S] map to overlay, or None for the plain image.
       caption: text under the image.
-      highlight: frame the cell (the input image).
+      highlight: frame the cell in green (the input image).
+      flagged: frame the cell in red instead (a misclassified image).
     """
 
     image: np.ndarray
     heatmap: np.ndarray | None = None
     caption: str = ""
     highlight: bool = False
+    flagged: bool = False
 
 
 def _save(fig: Figure, path: str | Path | None) -> Figure:
@@ -86,14 +158,18 @@ def _save(fig: Figure, path: str | Path | None) -> Figure:
 
 
 def image_grid(rows: Sequence[Sequence[Cell]], *, row_labels: Sequence[str] | None = None,
-               title: str | None = None, path: str | Path | None = None,
-               cell_size: float = 1.7, dpi: int = 100) -> Figure:
+               title: str | None = None, footnote: str | None = None,
+               colorbar: bool | None = None, colorbar_label: str = COLORBAR_LABEL,
+               path: str | Path | None = None, cell_size: float = 1.7, dpi: int = 100) -> Figure:
     """A grid of captioned images, one list of ``Cell`` per row (rows may be shorter).
 
     Args:
       rows: the cells, row by row; at least one non-empty row.
       row_labels: one label per row, written left of it.
       title: figure title.
+      footnote: text under the grid (what captions and maps mean).
+      colorbar: draw the heat maps' colour bar right of the grid (None: when a cell has a map).
+      colorbar_label: the colour bar's label.
       path: where to save the PNG (optional).
       cell_size: inches per cell side.
       dpi: resolution.
@@ -106,14 +182,21 @@ def image_grid(rows: Sequence[Sequence[Cell]], *, row_labels: Sequence[str] | No
     if row_labels is not None and len(row_labels) != len(rows):
         raise ValueError(f"row_labels: expected {len(rows)} labels, got {len(row_labels)}")
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    heat_rows = [i for i, r in enumerate(rows) if any(c.heatmap is not None for c in r)]
+    colorbar = bool(heat_rows) if colorbar is None else colorbar
     # Fixed inch layout: each row is an image plus room for two caption lines below it.
     label_w = 1.1 if row_labels is not None else 0.05
     caption_h, gap = 0.36, 0.06
-    width = label_w + n_cols * (cell_size + gap) + 0.05
-    # About 13 characters of 9-pt text per inch: wrap long titles to the figure's width.
-    title = textwrap.fill(title, max(20, int(13 * width))) if title else None
+    bar_w = 0.85 if colorbar else 0.0
+    grid_w = label_w + n_cols * (cell_size + gap)
+    width = grid_w + bar_w + 0.05
+    # About 13 characters of 9-pt (15 of 7-pt) text per inch: wrap to the figure's width.
+    title = "\n".join(textwrap.fill(t, max(20, int(13 * width))) for t in title.split("\n")) if title else None
     title_h = 0.2 + 0.18 * title.count("\n") + 0.25 if title else 0.05
-    height = title_h + n_rows * (cell_size + caption_h)
+    footnote = ("\n".join(textwrap.fill(t, max(24, int(15 * width))) for t in footnote.split("\n"))
+                if footnote else None)
+    foot_h = 0.12 + 0.14 * (footnote.count("\n") + 1) if footnote else 0.0
+    height = title_h + n_rows * (cell_size + caption_h) + foot_h
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
     for i, row in enumerate(rows):
@@ -131,16 +214,29 @@ def image_grid(rows: Sequence[Sequence[Cell]], *, row_labels: Sequence[str] | No
             shown = (np.clip(_finite(cell.image, "image", "an image [S, S, 3]", 3), 0.0, 1.0)
                      if cell.heatmap is None else overlay(cell.image, cell.heatmap))
             ax.imshow(shown, interpolation="nearest")
-            ax.set_xlabel(cell.caption, fontsize=7, labelpad=2)
+            ax.set_xlabel(cell.caption, fontsize=7, labelpad=2,
+                          color=FLAG_COLOUR if cell.flagged else "black")
             for spine in ax.spines.values():
-                spine.set_visible(cell.highlight)
-                spine.set_color(INPUT_COLOUR)
+                spine.set_visible(cell.highlight or cell.flagged)
+                spine.set_color(FLAG_COLOUR if cell.flagged else INPUT_COLOUR)
                 spine.set_linewidth(3)
             if j == 0 and row_labels is not None:
                 ax.set_ylabel(textwrap.fill(row_labels[i], 13), fontsize=8, rotation=0,
                               ha="right", va="center", labelpad=6)
+    if colorbar:
+        span = heat_rows or range(n_rows)
+        top = title_h + span[0] * (cell_size + caption_h)
+        bottom = title_h + span[-1] * (cell_size + caption_h) + cell_size
+        cax = fig.add_axes(((grid_w + 0.1) / width, 1.0 - bottom / height,
+                            0.12 / width, (bottom - top) / height))
+        bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), HEATMAP_CMAP), cax=cax)
+        bar.set_label(textwrap.fill(colorbar_label, max(12, int(14 * (bottom - top)))), fontsize=7)
+        bar.ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=9, y=1.0 - 0.12 / height, va="top")
+    if footnote:
+        fig.text(0.05 / width, 0.06 / height, footnote, fontsize=7, ha="left", va="bottom",
+                 color="#333333")
     return _save(fig, path)
 
 
@@ -153,7 +249,8 @@ def _stack(value, name: str, count: int, ndim: int, desc: str) -> np.ndarray:
 
 def interpretation_figure(input_image, input_heatmap, similar_images, similar_heatmaps,
                           captions: Sequence[str], heatmap_captions: Sequence[str] | None = None,
-                          *, title: str | None = None, path: str | Path | None = None) -> Figure:
+                          *, flagged: Sequence[bool] | None = None, title: str | None = None,
+                          footnote: str | None = None, path: str | Path | None = None) -> Figure:
     """The input and its top-k similar references with one interpretation (Figures 2 and 8).
 
     The top row shows the raw images (input first, framed in green), the bottom row
@@ -166,7 +263,9 @@ def interpretation_figure(input_image, input_heatmap, similar_images, similar_he
       similar_heatmaps: [k, S, S] the interpretation reused on them.
       captions: k + 1 captions under the raw images (e.g. predicted class and score).
       heatmap_captions: k + 1 captions under the overlays (e.g. semantic distances).
+      flagged: k + 1 flags, True frames that image in red (misclassified).
       title: figure title.
+      footnote: text under the figure (e.g. ``HEATMAP_NOTE``, ``DISTANCE_NOTE``).
       path: where to save the PNG (optional).
 
     Returns:
@@ -182,12 +281,17 @@ def interpretation_figure(input_image, input_heatmap, similar_images, similar_he
     heatmap_captions = heatmap_captions if heatmap_captions is not None else [""] * (k + 1)
     if len(heatmap_captions) != k + 1:
         raise ValueError(f"heatmap_captions: expected {k + 1}, got {len(heatmap_captions)}")
+    flagged = [False] * (k + 1) if flagged is None else [bool(f) for f in flagged]
+    if len(flagged) != k + 1:
+        raise ValueError(f"flagged: expected {k + 1}, got {len(flagged)}")
     all_images = [input_image, *images]
     all_maps = [input_heatmap, *maps]
-    top = [Cell(im, None, c, highlight=i == 0) for i, (im, c) in enumerate(zip(all_images, captions))]
-    bottom = [Cell(im, m, c, highlight=i == 0)
-              for i, (im, m, c) in enumerate(zip(all_images, all_maps, heatmap_captions))]
-    return image_grid([top, bottom], row_labels=["images", "heat map"], title=title, path=path)
+    top = [Cell(im, None, c, highlight=i == 0, flagged=f)
+           for i, (im, c, f) in enumerate(zip(all_images, captions, flagged))]
+    bottom = [Cell(im, m, c, highlight=i == 0, flagged=f)
+              for i, (im, m, c, f) in enumerate(zip(all_images, all_maps, heatmap_captions, flagged))]
+    return image_grid([top, bottom], row_labels=["images", "heat map"], title=title,
+                      footnote=footnote, path=path)
 
 
 class CaseBlock(NamedTuple):
@@ -199,6 +303,7 @@ class CaseBlock(NamedTuple):
       captions: n captions under the images (prediction scores).
       method_maps: method name → [n, S, S] heat maps of that method's interpretation.
       method_captions: method name → n captions under its maps (masked-image scores).
+      flagged: n flags, True frames that image in red (misclassified); None: none.
     """
 
     name: str
@@ -206,10 +311,11 @@ class CaseBlock(NamedTuple):
     captions: Sequence[str]
     method_maps: Mapping[str, np.ndarray]
     method_captions: Mapping[str, Sequence[str]]
+    flagged: Sequence[bool] | None = None
 
 
 def case_study_figure(blocks: Sequence[CaseBlock], *, title: str | None = None,
-                      path: str | Path | None = None) -> Figure:
+                      footnote: str | None = None, path: str | Path | None = None) -> Figure:
     """The case-study grid of Figures 2 and 3.
 
     For each block: a row with the input and its similar images (captioned with their
@@ -219,6 +325,7 @@ def case_study_figure(blocks: Sequence[CaseBlock], *, title: str | None = None,
     Args:
       blocks: the ``CaseBlock``s, drawn top to bottom.
       title: figure title.
+      footnote: text under the figure (what the captions mean).
       path: where to save the PNG (optional).
 
     Returns:
@@ -239,8 +346,11 @@ def case_study_figure(blocks: Sequence[CaseBlock], *, title: str | None = None,
             raise ValueError(f"blocks[{block.name!r}].method_captions: methods "
                              f"{sorted(block.method_captions)} differ from method_maps "
                              f"{sorted(block.method_maps)}")
-        rows.append([Cell(im, None, c, highlight=i == 0)
-                     for i, (im, c) in enumerate(zip(images, block.captions))])
+        flagged = [False] * n if block.flagged is None else [bool(f) for f in block.flagged]
+        if len(flagged) != n:
+            raise ValueError(f"blocks[{block.name!r}].flagged: expected {n}, got {len(flagged)}")
+        rows.append([Cell(im, None, c, highlight=i == 0, flagged=f)
+                     for i, (im, c, f) in enumerate(zip(images, block.captions, flagged))])
         labels.append(block.name)
         for method, maps in block.method_maps.items():
             maps = _stack(maps, f"blocks[{block.name!r}].method_maps[{method!r}]", n, 3, "[n, S, S]")
@@ -248,16 +358,17 @@ def case_study_figure(blocks: Sequence[CaseBlock], *, title: str | None = None,
             if len(caps) != n:
                 raise ValueError(f"blocks[{block.name!r}].method_captions[{method!r}]: expected "
                                  f"{n}, got {len(caps)}")
-            rows.append([Cell(im, m, c, highlight=i == 0)
-                         for i, (im, m, c) in enumerate(zip(images, maps, caps))])
+            rows.append([Cell(im, m, c, highlight=i == 0, flagged=f)
+                         for i, (im, m, c, f) in enumerate(zip(images, maps, caps, flagged))])
             labels.append(method)
-    return image_grid(rows, row_labels=labels, title=title, path=path)
+    return image_grid(rows, row_labels=labels, title=title, footnote=footnote, path=path)
 
 
 def k_curves_figure(ks: Sequence[int], curves: Mapping[str, Mapping[str, Sequence[float]]], *,
                     errors: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
                     metrics: Sequence[str] = ("mAD", "mAI"), dashed: Sequence[str] = (),
-                    title: str | None = None, path: str | Path | None = None) -> Figure:
+                    title: str | None = None, footnote: str | None = None,
+                    path: str | Path | None = None) -> Figure:
     """Metric against K, one line per method, one panel per metric (Figure 4).
 
     Args:
@@ -267,6 +378,7 @@ def k_curves_figure(ks: Sequence[int], curves: Mapping[str, Mapping[str, Sequenc
       metrics: which metrics get a panel, in order.
       dashed: methods drawn dashed (the controls).
       title: figure title.
+      footnote: text under the panels (what the metrics mean).
       path: where to save the PNG (optional).
 
     Returns:
@@ -279,7 +391,11 @@ def k_curves_figure(ks: Sequence[int], curves: Mapping[str, Mapping[str, Sequenc
         raise ValueError("curves: need at least one method")
     if not metrics:
         raise ValueError("metrics: need at least one metric")
-    fig = Figure(figsize=(4.2 * len(metrics), 3.4), dpi=100)
+    width = 4.2 * len(metrics)
+    title = "\n".join(textwrap.fill(t, int(11 * width)) for t in title.split("\n")) if title else None
+    footnote = "\n".join(textwrap.fill(t, int(16 * width)) for t in footnote.split("\n")) if footnote else None
+    foot_lines = footnote.count("\n") + 1 if footnote else 0
+    fig = Figure(figsize=(width, 3.4 + 0.15 * foot_lines), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, metric in zip(axes, metrics):
@@ -299,12 +415,15 @@ def k_curves_figure(ks: Sequence[int], curves: Mapping[str, Mapping[str, Sequenc
                                      f"got {err.size}")
             ax.errorbar(ks, y, yerr=err, marker="o", markersize=3, capsize=2, label=method,
                         linestyle="--" if method in dashed else "-")
-        ax.set_xlabel("K")
-        ax.set_ylabel(f"{metric} (%)")
+        ax.set_xlabel("K (similar images per input)")
+        ax.set_ylabel(f"{metric} (%){METRIC_DIRECTION.get(metric, '')}")
         ax.set_xticks(ks)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    if footnote:
+        fig.text(0.01, 0.01, footnote, fontsize=7, ha="left", va="bottom", color="#333333")
+    bottom = (0.15 * foot_lines + 0.1) / fig.get_figheight() if footnote else 0.0
+    fig.tight_layout(rect=(0.0, bottom, 1.0, 1.0))
     return _save(fig, path)

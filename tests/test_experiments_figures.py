@@ -2,6 +2,7 @@
 and their array helpers against plain loops."""
 
 import csv
+import html
 import json
 import sys
 from pathlib import Path
@@ -58,7 +59,8 @@ def read_csv(path):
 def test_interpret_writes_figures_and_summary(tiny_setup, capsys):
     root, base = tiny_setup
     out = root / "interp"
-    result = interpret.main(base + ["--out", str(out), "--num-inputs", "2", "--top-k", "3"])
+    result = interpret.main(base + ["--out", str(out), "--num-inputs", "2", "--top-k", "3",
+                                    "--html"])
     saved = json.loads((out / "summary.json").read_text())
     assert saved["inputs"] == json.loads(json.dumps(result["inputs"]))
     test = load_dataset(str(root / "data"), "test", image_size=32)
@@ -76,11 +78,19 @@ def test_interpret_writes_figures_and_summary(tiny_setup, capsys):
         assert dists == sorted(dists) and all(np.isfinite(dists))
         if r["num_covered_other_class"] == 0:
             assert all(s["predicted_class"] == r["predicted_class"] for s in r["similar"])
+        assert sum(r["covered_predicted"].values()) == r["num_covered"]
+        assert sum(r["covered_labels"].values()) == r["num_covered"]
+        assert r["misclassified"] == (r["true_label"] != r["predicted_class"])
+        assert f"{r['num_covered']:,} training images" in r["description"]
     rows = read_csv(out / "summary.csv")
     assert [int(row["test_index"]) for row in rows] == [r["test_index"] for r in saved["inputs"]]
     md = (out / "summary.md").read_text()
     assert md in capsys.readouterr().out
     assert all(Path(r["file"]).name in md for r in saved["inputs"])
+    page = (out / "index.html").read_text()
+    assert page.count('<section class="input"') == 2
+    assert page.count('data-misclassified="1"') == sum(r["misclassified"] for r in saved["inputs"])
+    assert all(Path(r["file"]).name in page for r in saved["inputs"])
     assert not hasattr(interpret.parse_args(["--out", "x"]), "unseen")  # inputs come from --inputs
 
     chosen = interpret.main(base + ["--out", str(out), "--resume", "--inputs", "3,15"])
@@ -142,7 +152,7 @@ def test_case_studies_blocks_scores_and_layout(tiny_setup):
     root, base = tiny_setup
     out = root / "cases"
     result = case_studies.main(base + ["--out", str(out), "--num-inputs", "2", "--top-k", "3",
-                                       "--with-controls", "--layout", "paper"])
+                                       "--with-controls", "--layout", "paper", "--html"])
     saved = json.loads((out / "case_studies.json").read_text())
     assert saved["inputs"] == json.loads(json.dumps(result["inputs"]))
     names = set(methods.METHODS) | set(methods.CONTROLS)
@@ -169,6 +179,12 @@ def test_case_studies_blocks_scores_and_layout(tiny_setup):
     per_input = sum(len(b) for rec in saved["inputs"] for b in rec["blocks"].values())
     assert len(rows) == per_input * len(names)
     assert "similar by RI" in (out / "case_studies.md").read_text()
+    page = (out / "index.html").read_text()
+    assert page.count('<section class="input"') == 2
+    assert all(f"> {m}</label>" in page for m in names)  # one toggle per method
+    for rec in saved["inputs"]:
+        assert sum(rec["ri"]["covered_predicted"].values()) == rec["ri"]["num_covered"]
+        assert rec["ri"]["description"][1:] in html.unescape(page)  # capitalised there
 
 
 ACE_TINY = ["--ace", "--ace-segments", "4", "--ace-min-members", "1", "--ace-repeats", "2",

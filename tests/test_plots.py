@@ -7,8 +7,9 @@ from hypothesis import strategies as st
 from matplotlib import colormaps
 from PIL import Image
 
-from ri_jax.plots import (INPUT_COLOUR, CaseBlock, Cell, case_study_figure, image_grid,
-                          interpretation_figure, k_curves_figure, overlay)
+from ri_jax.plots import (COLORBAR_LABEL, FLAG_COLOUR, INPUT_COLOUR, CaseBlock, Cell,
+                          case_study_figure, count_phrase, image_grid, interpretation_figure,
+                          k_curves_figure, overlay, polytope_description)
 
 
 def slow_overlay(image, heat, alpha, cmap):
@@ -72,7 +73,9 @@ def test_image_grid_layout_captions_frames_and_png(tmp_path):
     path = tmp_path / "sub" / "grid.png"
     fig = image_grid(rows, row_labels=["row one", "row two"], title="T", path=path, dpi=50)
     shown = image_axes(fig)
-    assert len(shown) == 3 and len(fig.axes) == 4  # the short row leaves one blank axis
+    # The short row leaves one blank axis; the colour bar is the fifth.
+    assert len(shown) == 3 and len(fig.axes) == 5
+    assert fig.axes[-1].get_ylabel().replace("\n", " ") == COLORBAR_LABEL
     assert [ax.get_xlabel() for ax in shown] == ["first", "second", "third"]
     np.testing.assert_allclose(shown[1].images[0].get_array(), overlay(rows[0][1].image, heat))
     assert all(s.get_visible() for s in shown[0].spines.values())
@@ -89,6 +92,43 @@ def test_image_grid_layout_captions_frames_and_png(tmp_path):
         image_grid(rows, row_labels=["only one"])
 
 
+def rgb(hex_colour):
+    return tuple(int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+
+
+def test_image_grid_flags_footnote_and_colorbar_choice():
+    rng = np.random.default_rng(4)
+    img = rng.random((8, 8, 3))
+    plain = image_grid([[Cell(img, None, "a"), Cell(img, None, "b", flagged=True)]],
+                       footnote="what it means")
+    assert len(plain.axes) == 2  # no heat map: no colour bar
+    a, b = plain.axes
+    assert not a.spines["top"].get_visible() and b.spines["top"].get_visible()
+    assert b.spines["top"].get_edgecolor()[:3] == pytest.approx(rgb(FLAG_COLOUR))
+    assert b.xaxis.label.get_color() == FLAG_COLOUR
+    assert [t.get_text() for t in plain.texts] == ["what it means"]
+    forced = image_grid([[Cell(img, None, "a")]], colorbar=True, colorbar_label="scale")
+    assert forced.axes[-1].get_ylabel() == "scale"
+    bare = image_grid([[Cell(img, rng.random((8, 8)), "a")]], colorbar=False)
+    assert len(bare.axes) == 1
+
+
+def test_count_phrase_and_polytope_description():
+    assert count_phrase({"cat": 5, "dog": 1020, "bird": 0}) == "1,020 dog, 5 cat"
+    assert count_phrase({"cat": 2}, word="predicted") == "2 predicted cat"
+    assert count_phrase({"cat": 0}) == "none"
+    assert (polytope_description(17, {"cat": 1025, "dog": 0})
+            == "polytope of 17 boundaries covering 1,025 training images, all predicted cat")
+    assert (polytope_description(1, {"cat": 1, "dog": 0}, references="references")
+            == "polytope of 1 boundary covering 1 references, the one predicted cat")
+    assert (polytope_description(3, {"cat": 1020, "dog": 5}, label_counts={"cat": 1000, "dog": 25})
+            == "polytope of 3 boundaries covering 1,025 training images: 1,020 predicted cat, "
+               "5 predicted dog (true labels: 1,000 cat, 25 dog)")
+    empty = polytope_description(0, {"cat": 1500, "dog": 500}, delta=600)
+    assert empty.startswith("empty polytope") and "all 2,000 training images" in empty
+    assert "δ = 600" in empty and "blank" in empty
+
+
 def test_interpretation_figure_rows_and_captions(tmp_path):
     rng = np.random.default_rng(2)
     x, hx = rng.random((8, 8, 3)), rng.random((8, 8))
@@ -102,6 +142,14 @@ def test_interpretation_figure_rows_and_captions(tmp_path):
     np.testing.assert_allclose(shown[0].images[0].get_array(), x)
     np.testing.assert_allclose(shown[6].images[0].get_array(), overlay(sims[1], hs[1]))
     assert (tmp_path / "f.png").stat().st_size > 0
+    flagged = interpretation_figure(x, hx, sims, hs, caps, flagged=[True, False, True, False],
+                                    title="T", footnote="F")
+    frames = [ax.spines["left"].get_edgecolor()[:3] for ax in image_axes(flagged)]
+    assert frames[0] == pytest.approx(rgb(FLAG_COLOUR)) and frames[2] == pytest.approx(rgb(FLAG_COLOUR))
+    assert not image_axes(flagged)[1].spines["left"].get_visible()
+    assert "F" in [t.get_text() for t in flagged.texts]
+    with pytest.raises(ValueError, match="flagged"):
+        interpretation_figure(x, hx, sims, hs, caps, flagged=[True])
     # No similar image (a polytope covering no reference): the input alone.
     alone = interpretation_figure(x, hx, np.zeros((0, 8, 8, 3)), np.zeros((0, 8, 8)), ["in"])
     assert len(image_axes(alone)) == 2
@@ -132,6 +180,13 @@ def test_case_study_figure_one_row_per_method_per_block(tmp_path):
                                overlay(blocks[1].images[2], blocks[1].method_maps["Grad-CAM"][2]))
     framed = [ax for ax in shown if ax.spines["left"].get_visible()]
     assert len(framed) == 3 + 2  # the input column of every row
+    marked = blocks[1]._replace(flagged=[False, True, False])
+    red = [ax for ax in image_axes(case_study_figure([marked], footnote="n"))
+           if ax.spines["left"].get_edgecolor()[:3] == pytest.approx(rgb(FLAG_COLOUR))
+           and ax.spines["left"].get_visible()]
+    assert len(red) == 2  # the flagged image in its image row and its Grad-CAM row
+    with pytest.raises(ValueError, match="flagged"):
+        case_study_figure([blocks[1]._replace(flagged=[True])])
     bad = blocks[0]._replace(method_captions={"RI": ["x"] * 5})
     with pytest.raises(ValueError, match="method_captions"):
         case_study_figure([bad])
@@ -146,9 +201,12 @@ def test_k_curves_lines_styles_and_errors(tmp_path):
     curves = {"RI": {"mAD": [1.0, 2.0, 3.0], "mAI": [30.0, 31.0, 32.0]},
               "Random": {"mAD": [9.0, 8.0, 7.0], "mAI": [5.0, 6.0, 7.0]}}
     errors = {"RI": {"mAD": [0.1, 0.2, 0.3], "mAI": [1.0, 1.0, 1.0]}}
-    fig = k_curves_figure(ks, curves, errors=errors, dashed=["Random"], path=tmp_path / "k.png")
+    fig = k_curves_figure(ks, curves, errors=errors, dashed=["Random"], footnote="what K is",
+                          path=tmp_path / "k.png")
     ad, ai = fig.axes
-    assert ad.get_ylabel() == "mAD (%)" and ai.get_ylabel() == "mAI (%)"
+    assert ad.get_ylabel() == "mAD (%), lower is better"
+    assert ai.get_ylabel() == "mAI (%), higher is better"
+    assert [t.get_text() for t in fig.texts] == ["what K is"]
     lines = {c.get_label(): c.lines[0] for c in ad.containers}  # errorbar: label on the container
     np.testing.assert_allclose(lines["RI"].get_ydata(), curves["RI"]["mAD"])
     np.testing.assert_allclose(lines["Random"].get_xdata(), ks)

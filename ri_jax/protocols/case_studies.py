@@ -21,6 +21,7 @@ import numpy as np
 from ri_jax.baselines.ace import ACECache
 from ri_jax.featurize import Features
 from ri_jax.models.vgg import ModelFns
+from ri_jax.plots import polytope_description
 from ri_jax.protocols import ace_adapter, methods, routing, scoring
 from ri_jax.protocols.ace_adapter import ACE_DISCOVERY_IMAGES, ACESettings
 from ri_jax.protocols.methods import RIOptions
@@ -223,13 +224,20 @@ def run_case_studies(fns: ModelFns, params: Params, inputs: CaseInputs, refs: Ca
         return (method == "RI") == (block == BLOCKS[0])
 
     records, rows, panels, titles = [], [], [], []
+    ref_pred = ref_feats.predictions
     for b, index in enumerate(inputs.indices):
         c = classes[in_pred[b]]
+        covered = np.asarray(ri.details.covered[b])
         rec = {"test_index": int(index), "file": inputs.ids[b],
                "true_label": classes[inputs.labels[b]], "predicted_class": c,
                "probability": float(in_probs[b, in_pred[b]]),
+               "misclassified": bool(inputs.labels[b] != in_pred[b]),
                "ri": {"num_boundaries": int(ri.details.num_selected[b]),
                       "num_covered": int(ri.details.num_covered[b]),
+                      "covered_predicted": {n: int(np.sum(covered & (ref_pred == k)))
+                                            for k, n in enumerate(classes)},
+                      "covered_labels": {n: int(np.sum(covered & (refs.labels == k)))
+                                         for k, n in enumerate(classes)},
                       "delta": int(ri.details.delta[b]), "empty_polytope": bool(ri.details.empty[b])},
                "blocks": {}, "figure": f"case_{int(index)}.png"}
         blocks = []
@@ -241,6 +249,7 @@ def run_case_studies(fns: ModelFns, params: Params, inputs: CaseInputs, refs: Ca
                 entry = {"position": pos, "reference_index": None if j < 0 else j,
                          "file": rec["file"] if j < 0 else refs.ids[j],
                          "true_label": rec["true_label"] if j < 0 else classes[refs.labels[j]],
+                         "predicted_class": c if j < 0 else classes[ref_pred[j]],
                          "distance": float(dist_of[t]), "score": float(t_score[t]),
                          "masked_scores": {m: float(masked[m][t]) for m in maps}}
                 images.append(entry)
@@ -257,13 +266,16 @@ def run_case_studies(fns: ModelFns, params: Params, inputs: CaseInputs, refs: Ca
                 name=name, images=t_raw[sel], captions=captions,
                 method_maps={m: maps[m][sel] for m in drawn},
                 method_captions={m: [f"masked p = {masked[m][t]:.3f}" for t in sel]
-                                 for m in drawn}))
+                                 for m in drawn},
+                flagged=[e["true_label"] != e["predicted_class"] for e in images]))
         records.append(rec)
         panels.append(blocks)
-        titles.append(f"{PurePath(rec['file']).name}: predicted {c} "
-                      f"(p = {rec['probability']:.2f}), |P(x)| = "
-                      f"{rec['ri']['num_boundaries']}; under maps: p({c}) keeping the "
-                      f"top 20 % pixels")
+        rec["ri"]["description"] = polytope_description(
+            rec["ri"]["num_boundaries"], rec["ri"]["covered_predicted"],
+            label_counts=rec["ri"]["covered_labels"], delta=rec["ri"]["delta"])
+        titles.append(f"{PurePath(rec['file']).name}: predicted {c} (p = {rec['probability']:.2f}), "
+                      f"true {rec['true_label']}{', MISCLASSIFIED' if rec['misclassified'] else ''}"
+                      f"\nRI: {rec['ri']['description']}")
 
     # Mean masked score per method: on the inputs, and on each block's similar images.
     summary = {m: {"input": float(np.mean(masked[m][is_input])),

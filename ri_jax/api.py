@@ -1,0 +1,473 @@
+"""One call from images to an answer: ``ri_jax.explain``.
+
+    import ri_jax
+    result = ri_jax.explain()                      # 4 test images, embedded model and data
+    print(result)                                  # a readable summary
+    result.save("ri.png")                          # one figure: every input and its references
+    result[0].predicted_class, result[0].similar[0].file, result[0].heatmap
+
+``explain`` loads a checkpoint (the embedded model by default) and a data spec,
+takes the train split as references, runs ``RepresentativeInterpreter`` over them
+and returns ``Explanations``: one ``Explanation`` per input with names instead of
+indices (reference files, class names), the heat maps of RI and of Grad-CAM (both
+computed at the input and reused on the references), the class counts of the
+references the polytope covers, and ``plot()`` / ``save()`` / ``save_html()``.
+
+Inputs are test images of the data spec (``inputs`` picks test indices; by default
+``num_inputs`` are drawn with ``seed``, alternating between classes so every class
+appears), or your own images: uint8 arrays [B, H, W, 3] / [H, W, 3] or image files,
+converted like the data sets (RGB, shorter side resized, centre-cropped). The pure
+functions underneath are unchanged; ``ri_options`` go to ``RepresentativeInterpreter``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from ri_jax.baselines.gradcam import gradcam_weights_batch
+from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES
+from ri_jax.checkpoint import load_checkpoint
+from ri_jax.data import ImageSet, _to_square_rgb, decode_image, load_dataset, sample_per_class
+from ri_jax.featurize import Features, compute_features
+from ri_jax.heatmaps import cam
+from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
+from ri_jax.models.vgg import ModelConfig, ModelFns, make_vgg
+from ri_jax.plots import (DISTANCE_NOTE, HEATMAP_NOTE, MISCLASSIFIED_NOTE, Cell, image_grid,
+                          interpretation_figure, polytope_description)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Reference:
+    """One covered reference, as shown beside an input.
+
+    Attributes:
+      rank: 1 = most similar by Eq. 6.
+      index: position in the reference set.
+      file: its file (or data-set id).
+      true_class: its label's name.
+      predicted_class: the model's prediction, by name.
+      probability: softmax probability of ``predicted_class``.
+      distance: Eq. 6 semantic distance to the input.
+      image: float32[S, S, 3] raw image in [0, 1].
+      heatmap: float32[S, S] the input's RI heat map reused on it.
+      gradcam_heatmap: float32[S, S] the input's Grad-CAM weights reused on it.
+    """
+
+    rank: int
+    index: int
+    file: str
+    true_class: str
+    predicted_class: str
+    probability: float
+    distance: float
+    image: np.ndarray
+    heatmap: np.ndarray
+    gradcam_heatmap: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return Path(self.file).name
+
+    @property
+    def misclassified(self) -> bool:
+        return self.true_class != self.predicted_class
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Explanation:
+    """RI's answer for one input, with names, images and heat maps.
+
+    Attributes:
+      name: the input's file name (or ``"image <i>"`` for an array).
+      file: its file or data-set id (or the same as ``name``).
+      image: float32[S, S, 3] the raw input in [0, 1].
+      true_class: its label's name, or None when unknown (your own images).
+      predicted_class: Class(x), by name.
+      probability: softmax probability of ``predicted_class``.
+      num_boundaries: |P(x)|, boundaries of the polytope.
+      num_sampled: |Q|, boundaries sampled.
+      num_references: references the polytope was chosen over.
+      num_covered: references inside the polytope.
+      covered_predicted: class name → covered references predicted as that class.
+      covered_labels: class name → covered references with that true label.
+      delta: δ, other-class references allowed inside (τ(x) by default).
+      heatmap: float32[S, S] RI's heat map on the input (Eq. 5).
+      gradcam_heatmap: float32[S, S] Grad-CAM on the input.
+      similar: the top-k covered references, most similar first.
+      details: the interpreter's ``Interpretation`` for this input (numpy), for everything else.
+    """
+
+    name: str
+    file: str
+    image: np.ndarray
+    true_class: str | None
+    predicted_class: str
+    probability: float
+    num_boundaries: int
+    num_sampled: int
+    num_references: int
+    num_covered: int
+    covered_predicted: Mapping[str, int]
+    covered_labels: Mapping[str, int]
+    delta: int
+    heatmap: np.ndarray
+    gradcam_heatmap: np.ndarray
+    similar: tuple[Reference, ...]
+    details: Interpretation
+
+    @property
+    def misclassified(self) -> bool | None:
+        """True when the prediction differs from the true label (None: label unknown)."""
+        return None if self.true_class is None else self.true_class != self.predicted_class
+
+    @property
+    def empty(self) -> bool:
+        return self.num_boundaries == 0
+
+    def describe(self) -> str:
+        """The polytope in plain words, with real counts by class."""
+        return polytope_description(self.num_boundaries, self.covered_predicted,
+                                    label_counts=self.covered_labels, delta=self.delta,
+                                    references="training images")
+
+    def headline(self) -> str:
+        """``"cat.4001.jpg: predicted cat (p = 0.93), true dog, MISCLASSIFIED"``."""
+        truth = "" if self.true_class is None else f", true {self.true_class}"
+        flag = ", MISCLASSIFIED" if self.misclassified else ""
+        return f"{self.name}: predicted {self.predicted_class} (p = {self.probability:.2f}){truth}{flag}"
+
+    def __str__(self) -> str:
+        lines = [self.headline(), f"  {self.describe()}"]
+        lines += [f"  #{r.rank} {r.name}: d = {r.distance:.3g}, true {r.true_class}, predicted "
+                  f"{r.predicted_class} ({r.probability:.2f})" for r in self.similar]
+        return "\n".join(lines)
+
+    def figure_parts(self) -> dict:
+        """Keyword arguments of ``plots.interpretation_figure`` for this input."""
+        truth = "" if self.true_class is None else f"true {self.true_class}, "
+        return dict(
+            input_image=self.image, input_heatmap=self.heatmap,
+            similar_images=np.stack([r.image for r in self.similar]) if self.similar
+            else np.zeros((0,) + self.image.shape, np.float32),
+            similar_heatmaps=np.stack([r.heatmap for r in self.similar]) if self.similar
+            else np.zeros((0,) + self.heatmap.shape, np.float32),
+            captions=[f"input{' MISCLASSIFIED' if self.misclassified else ''}\n{truth}pred "
+                      f"{self.predicted_class} {self.probability:.2f}"]
+                     + [f"#{r.rank} true {r.true_class}\npred {r.predicted_class} "
+                        f"{r.probability:.2f}" for r in self.similar],
+            heatmap_captions=["RI on the input"] + [f"d = {r.distance:.3g}" for r in self.similar],
+            flagged=[bool(self.misclassified)] + [r.misclassified for r in self.similar])
+
+    def plot(self, path: str | os.PathLike | None = None):
+        """The input and its similar references, raw and with the reused RI heat map.
+
+        Args:
+          path: where to write the PNG (optional).
+
+        Returns:
+          The matplotlib ``Figure``.
+        """
+        return interpretation_figure(**self.figure_parts(),
+                                     title=f"{self.headline()}\n{_capitalise(self.describe())}",
+                                     footnote=_footnote(self.similar), path=path)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes ``plot()`` to ``path`` (PNG) and returns the path."""
+        self.plot(path)
+        return Path(path)
+
+
+def _capitalise(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _footnote(references: Sequence[Reference]) -> str:
+    notes = [HEATMAP_NOTE]
+    if references:
+        notes.append(DISTANCE_NOTE)
+    notes.append(MISCLASSIFIED_NOTE)
+    return "\n".join(notes)
+
+
+class Explanations(Sequence[Explanation]):
+    """The ``Explanation`` of every input, in input order, plus the run's settings.
+
+    Attributes:
+      items: the explanations.
+      config: checkpoint, data, references, |Q|, seed and the RI options used.
+    """
+
+    def __init__(self, items: Sequence[Explanation], config: Mapping[str, Any]):
+        self.items = tuple(items)
+        self.config = dict(config)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    def __iter__(self) -> Iterator[Explanation]:
+        return iter(self.items)
+
+    def summary(self) -> str:
+        """A readable summary: the run's settings, then each input with its polytope."""
+        c = self.config
+        wrong = sum(bool(e.misclassified) for e in self)
+        head = (f"Representative interpretations of {len(self)} image(s) by {c['checkpoint']} "
+                f"over {c['num_references']:,} reference images of {c['data']} "
+                f"(|Q| = {c['num_boundaries']} sampled boundaries, seed {c['seed']})"
+                + (f"; {wrong} misclassified" if wrong else "") + ".")
+        return "\n\n".join([head] + [str(e) for e in self])
+
+    __str__ = summary
+
+    def __repr__(self) -> str:
+        return f"Explanations({len(self)} inputs, checkpoint={self.config['checkpoint']!r})"
+
+    def plot(self, path: str | os.PathLike | None = None):
+        """Every input and its similar references in one figure (two rows per input).
+
+        Args:
+          path: where to write the PNG (optional).
+
+        Returns:
+          The matplotlib ``Figure``.
+        """
+        rows, labels = [], []
+        for e in self:
+            parts = e.figure_parts()
+            images = [parts["input_image"], *parts["similar_images"]]
+            maps = [parts["input_heatmap"], *parts["similar_heatmaps"]]
+            rows.append([Cell(im, None, cap, highlight=i == 0, flagged=f) for i, (im, cap, f)
+                         in enumerate(zip(images, parts["captions"], parts["flagged"]))])
+            rows.append([Cell(im, m, cap, highlight=i == 0, flagged=f) for i, (im, m, cap, f)
+                         in enumerate(zip(images, maps, parts["heatmap_captions"], parts["flagged"]))])
+            labels += [e.name, f"RI heat map\n({e.num_boundaries} boundaries, "
+                               f"{e.num_covered:,} covered)"]
+        title = "\n".join(f"{e.name}: {e.describe()}" for e in self)
+        return image_grid(rows, row_labels=labels, title=title,
+                          footnote=_footnote([r for e in self for r in e.similar]), path=path)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes ``plot()`` to ``path`` (PNG) and returns the path."""
+        self.plot(path)
+        return Path(path)
+
+    def save_html(self, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Writes the interactive report ``out/index.html`` (see ``ri_jax.html_report``)."""
+        from ri_jax.html_report import explanations_report, write_report
+        return write_report(out, explanations_report(self), overwrite=overwrite)
+
+
+def choose_inputs(labels: np.ndarray, count: int, *, seed: int) -> np.ndarray:
+    """``count`` indices drawn with ``seed``, alternating between classes (capped by the set)."""
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    alternating = [i for group in itertools.zip_longest(*per_class) for i in group if i is not None]
+    return np.asarray(alternating[:count], np.int64)
+
+
+def _own_images(images, image_size: int, class_names: Sequence[str]) -> ImageSet:
+    """Your images (uint8 arrays or files) as an unlabelled ``ImageSet`` (labels −1)."""
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    if isinstance(images, (list, tuple)) and images and all(
+            isinstance(i, (str, os.PathLike)) for i in images):
+        ids = tuple(str(i) for i in images)
+        data = np.stack([decode_image(i, image_size) for i in images])
+    else:
+        arr = np.asarray(images)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] == 0:
+            raise ValueError(f"images: expected uint8 images [B, H, W, 3] or [H, W, 3] or image "
+                             f"files, got shape {arr.shape}")
+        if arr.dtype != np.uint8:
+            raise ValueError(f"images: expected raw uint8 pixels (0–255), got dtype {arr.dtype}; "
+                             "convert with (x * 255).round().astype(np.uint8) if in [0, 1]")
+        ids = tuple(f"image {i}" for i in range(len(arr)))
+        data = np.stack([_to_square_rgb(Image.fromarray(a), image_size) for a in arr])
+    return ImageSet(name="images", split="inputs", class_names=tuple(class_names),
+                    labels=np.full(len(data), -1, np.int32), image_size=image_size,
+                    read_uint8=lambda i: data[np.asarray(i)], ids=ids)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+class _Model(NamedTuple):
+    """A loaded checkpoint with ψ and G bound to its parameters, kept between calls so that
+    repeated ``explain`` calls reuse the compiled functions (jit caches by function)."""
+
+    params: Any
+    config: ModelConfig
+    fns: ModelFns
+    features: Callable
+    head: Callable
+
+
+@functools.lru_cache(maxsize=4)
+def _load_model(checkpoint: str) -> _Model:
+    params, config, _ = load_checkpoint(None if checkpoint == "default" else checkpoint)
+    fns = make_vgg(config)
+    return _Model(params, config, fns, functools.partial(fns.features, params),
+                  functools.partial(fns.head, params))
+
+
+@functools.partial(jax.jit, static_argnames=("head_fn", "image_size"))
+def _gradcam_maps(in_psi: jax.Array, in_pred: jax.Array, target_psi: jax.Array, *,
+                  head_fn: Callable, image_size: int) -> jax.Array:
+    """Grad-CAM weights at each of V inputs, reused on its T targets [V, T, h, w, c] → [V, T, S, S]."""
+    alphas = gradcam_weights_batch(head_fn, in_psi, in_pred)
+    draw = jax.vmap(jax.vmap(cam, in_axes=(None, 0, None)), in_axes=(0, 0, None))
+    return draw(alphas, target_psi, image_size)
+
+
+def explain(images=None, *, checkpoint: str | os.PathLike = "default", data: str = "default",
+            inputs: Sequence[int] | None = None, num_inputs: int = 4, top_k: int = 4,
+            num_boundaries: int = DEFAULT_NUM_BOUNDARIES, refs_per_class: int = 0, seed: int = 0,
+            batch_size: int = 128, cache_dir: str | os.PathLike | None = None,
+            progress: bool = False, **ri_options) -> Explanations:
+    """Representative interpretations of a few images, ready to print, plot and save.
+
+    Args:
+      images: None (test images of ``data``), uint8 arrays [B, H, W, 3] / [H, W, 3], or image
+        file paths; your images are resized and centre-cropped to the model's input size.
+      checkpoint: ``"default"`` (the embedded model) or a folder from ``experiments/train.py``.
+      data: data spec of the references (its train split) and of the default inputs (its test
+        split): ``"default"``, a folder ``root/<split>/<class>/``, or ``"tfds:NAME"``.
+      inputs: test-split indices to explain (``images`` None only).
+      num_inputs: test images drawn with ``seed``, alternating classes, when ``inputs`` is None.
+      top_k: similar references kept per input.
+      num_boundaries: |Q|, boundaries sampled (Eq. 2).
+      refs_per_class: references per class from the train split, drawn with ``seed`` (0 = all).
+      seed: seed of every random choice (inputs, references, Q).
+      batch_size: images per forward pass.
+      cache_dir: folder caching the reference features between calls (None: no cache).
+      progress: show progress bars.
+      **ri_options: passed on to ``RepresentativeInterpreter``.
+
+    Returns:
+      ``Explanations``, one ``Explanation`` per input.
+    """
+    if not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k: must be a positive integer, got {top_k!r}")
+    model = _load_model(str(checkpoint))
+    params, model_config, fns = model.params, model.config, model.fns
+    train = load_dataset(data, "train", image_size=model_config.image_size,
+                         class_names=model_config.class_names or None)
+    classes = train.class_names
+    if train.num_classes != model_config.num_classes:
+        raise ValueError(f"data: {data} has {train.num_classes} classes but checkpoint "
+                         f"{checkpoint} predicts {model_config.num_classes}")
+    refs = train.subset(sample_per_class(train.labels, refs_per_class, seed=seed))
+    if images is None:
+        source = load_dataset(data, "test", image_size=model_config.image_size, class_names=classes)
+        if inputs is None:
+            if not isinstance(num_inputs, (int, np.integer)) or num_inputs < 1:
+                raise ValueError(f"num_inputs: must be a positive integer, got {num_inputs!r}")
+            chosen = choose_inputs(source.labels, num_inputs, seed=seed)
+        else:
+            chosen = np.asarray(inputs, np.int64).reshape(-1)
+            if chosen.size == 0 or chosen.min() < 0 or chosen.max() >= len(source):
+                raise ValueError(f"inputs: expected test indices in [0, {len(source)}), got "
+                                 f"{chosen.tolist()}")
+    else:
+        if inputs is not None:
+            raise ValueError("inputs: selects test images, so give either images or inputs")
+        source = _own_images(images, model_config.image_size, classes)
+        chosen = np.arange(len(source))
+    cache = None if cache_dir is None else Path(cache_dir)
+    ref_feats = compute_features(fns, params, refs, batch_size=batch_size, cache_dir=cache,
+                                 progress=progress, desc="reference features")
+    in_feats = compute_features(fns, params, source, chosen, batch_size=batch_size,
+                                progress=False)
+    top_k = min(int(top_k), len(refs))
+    interpreter = RepresentativeInterpreter(
+        model.features, model.head, ref_feats.psi,
+        key=jax.random.key(seed), num_boundaries=num_boundaries, batch_size=batch_size,
+        is_features=True, progress=progress, **ri_options)
+    raw = source.raw(chosen)
+    res = jax.device_get(interpreter.interpret_batch(fns.normalize(raw), top_k=top_k))
+    items = explanations_from(model.head, res, raw, source, chosen, in_feats, refs, ref_feats)
+    config = {"checkpoint": str(checkpoint), "data": data, "num_references": len(refs),
+              "num_boundaries": int(interpreter.reference_set.boundaries.b.shape[0]),
+              "seed": seed, "top_k": top_k, "refs_per_class": refs_per_class,
+              "inputs": [int(i) for i in chosen] if images is None else None,
+              "ri_options": dict(ri_options)}
+    return Explanations(items, config)
+
+
+def explanations_from(head_fn: Callable, res: Interpretation, raw: np.ndarray, source: ImageSet,
+                      chosen: np.ndarray, in_feats: Features, refs: ImageSet,
+                      ref_feats: Features) -> list[Explanation]:
+    """Per-input ``Explanation``s from an ``interpret_batch`` answer (for scripts that ran it).
+
+    Args:
+      head_fn: G with its parameters bound, ``head_fn(ψ [B, h, w, c]) -> logits`` (Grad-CAM).
+      res: ``Interpretation`` batch of the V inputs (``jax.device_get``-ed or not).
+      raw: float32[V, S, S, 3] the raw inputs.
+      source: the image set the inputs come from (labels −1 = unknown).
+      chosen: int[V] their indices in ``source``.
+      in_feats: ``Features`` of the inputs, in the same order.
+      refs: the reference set the interpreter was built on.
+      ref_feats: ``Features`` of ``refs``.
+
+    Returns:
+      One ``Explanation`` per input.
+    """
+    res = jax.device_get(res)
+    classes = refs.class_names
+    size = raw.shape[1]
+    in_pred = np.asarray(res.predicted_class)
+    in_probs = _softmax(in_feats.logits.astype(np.float64))
+    ref_preds = ref_feats.predictions
+    ref_probs = _softmax(ref_feats.logits.astype(np.float64))
+    similar = np.asarray(res.similar)
+    safe = np.maximum(similar, 0)
+    # Grad-CAM on each input (target 0) and on its similar references (targets 1..k).
+    targets = np.concatenate([in_feats.psi[:, None], ref_feats.psi[safe]], axis=1)
+    gradcam = np.asarray(_gradcam_maps(jnp.asarray(in_feats.psi), jnp.asarray(in_pred),
+                                       jnp.asarray(targets), head_fn=head_fn, image_size=size))
+    items = []
+    for b, index in enumerate(chosen):
+        present = similar[b] >= 0
+        shown = similar[b][present]
+        ref_raw = refs.raw(shown)
+        covered = np.asarray(res.covered[b])
+        label = int(source.labels[index])
+        one = jax.tree.map(lambda a: np.asarray(a[b]), res)
+        items.append(Explanation(
+            name=Path(source.ids[index]).name, file=source.ids[index], image=raw[b],
+            true_class=classes[label] if label >= 0 else None,
+            predicted_class=classes[in_pred[b]], probability=float(in_probs[b, in_pred[b]]),
+            num_boundaries=int(res.num_selected[b]), num_sampled=int(res.selected.shape[1]),
+            num_references=len(refs), num_covered=int(res.num_covered[b]),
+            covered_predicted={c: int(np.sum(covered & (ref_preds == k)))
+                               for k, c in enumerate(classes)},
+            covered_labels={c: int(np.sum(covered & (refs.labels == k)))
+                            for k, c in enumerate(classes)},
+            delta=int(res.delta[b]), heatmap=np.asarray(res.heatmap[b]),
+            gradcam_heatmap=gradcam[b, 0],
+            similar=tuple(Reference(
+                rank=r + 1, index=int(j), file=refs.ids[j], true_class=classes[refs.labels[j]],
+                predicted_class=classes[ref_preds[j]],
+                probability=float(ref_probs[j, ref_preds[j]]),
+                distance=float(res.similar_distances[b][r]), image=ref_raw[r],
+                heatmap=np.asarray(res.similar_heatmaps[b][r]), gradcam_heatmap=gradcam[b, 1 + r])
+                for r, j in enumerate(shown)),
+            details=one))
+    return items

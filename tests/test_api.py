@@ -1,0 +1,152 @@
+"""``ri_jax.explain``: names, counts and maps against the pure functions it wraps; the README snippet."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+import ri_jax
+from ri_jax.api import choose_inputs
+from ri_jax.baselines.gradcam import gradcam_weights
+from ri_jax.checkpoint import save_checkpoint
+from ri_jax.data import load_dataset
+from ri_jax.heatmaps import cam, polytope_heatmap
+from ri_jax.interpreter import RepresentativeInterpreter
+
+ROOT = Path(__file__).resolve().parents[1]
+PER_CLASS = 6
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory, tiny_model, tiny_config):
+    """The tiny VGG as a checkpoint folder and a folder data set of both its classes."""
+    fns, params = tiny_model
+    root = tmp_path_factory.mktemp("api")
+    checkpoint = save_checkpoint(root / "ckpt", params, tiny_config)
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c, cls in enumerate(tiny_config.class_names):
+            folder = root / "data" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(PER_CLASS):  # class b brighter, so a random net may split them
+                pixels = rng.integers(0, 128, (40, 40, 3)) + 100 * c
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{cls}{i}.png")
+    return fns, params, str(checkpoint), str(root / "data")
+
+
+def test_explain_matches_the_interpreter_and_names_everything(tiny_setup, tmp_path):
+    fns, params, checkpoint, data = tiny_setup
+    result = ri_jax.explain(checkpoint=checkpoint, data=data, num_inputs=3, top_k=3,
+                            num_boundaries=6, seed=1)
+    train = load_dataset(data, "train", image_size=32)
+    test = load_dataset(data, "test", image_size=32)
+    chosen = choose_inputs(test.labels, 3, seed=1)
+    assert len(result) == 3 and [e.file for e in result] == [test.ids[i] for i in chosen]
+    # The same answer straight from the pure interpreter.
+    interp = RepresentativeInterpreter(lambda x: fns.features(params, x),
+                                       lambda p: fns.head(params, p),
+                                       fns.normalize(train.raw(range(len(train)))),
+                                       key=jax.random.key(1), num_boundaries=6, progress=False)
+    direct = interp.interpret_batch(fns.normalize(test.raw(chosen)), top_k=3)
+    ref_psi = interp.reference_set.feats
+    for b, e in enumerate(result):
+        assert e.true_class == test.class_names[test.labels[chosen[b]]]
+        assert e.predicted_class == test.class_names[int(direct.predicted_class[b])]
+        assert e.misclassified == (e.true_class != e.predicted_class)
+        assert e.num_boundaries == int(direct.num_selected[b]) and e.num_sampled == 6
+        assert e.num_covered == int(direct.num_covered[b]) == sum(e.covered_predicted.values())
+        assert sum(e.covered_labels.values()) == e.num_covered
+        assert e.covered_predicted[e.predicted_class] == int(
+            direct.num_covered[b] - direct.num_covered_other[b])
+        np.testing.assert_allclose(e.heatmap, direct.heatmap[b], atol=1e-5)
+        sims = [int(j) for j in direct.similar[b] if j >= 0]
+        assert [r.index for r in e.similar] == sims
+        assert [r.file for r in e.similar] == [train.ids[j] for j in sims]
+        assert [r.rank for r in e.similar] == list(range(1, len(sims) + 1))
+        x_psi = fns.features(params, fns.normalize(jnp.asarray(e.image[None])))[0]
+        alpha = gradcam_weights(lambda p: fns.head(params, p), x_psi, int(direct.predicted_class[b]))
+        np.testing.assert_allclose(e.gradcam_heatmap, cam(alpha, x_psi, 32), atol=1e-5)
+        for r in e.similar:
+            assert r.true_class == train.class_names[train.labels[r.index]]
+            np.testing.assert_allclose(r.image, train.raw([r.index])[0])
+            np.testing.assert_allclose(r.heatmap, polytope_heatmap(
+                e.details.alphas, e.details.selected, ref_psi[r.index], 32), atol=1e-5)
+            np.testing.assert_allclose(r.gradcam_heatmap, cam(alpha, ref_psi[r.index], 32),
+                                       atol=1e-5)
+        text = str(e)
+        assert e.name in text and e.describe() in text
+        assert ("MISCLASSIFIED" in e.headline()) == e.misclassified
+    summary = str(result)
+    assert f"{len(train):,} reference images" in summary and "|Q| = 6" in summary
+    fig = result.save(tmp_path / "all.png")
+    assert fig.stat().st_size > 0 and result[0].save(tmp_path / "one.png").stat().st_size > 0
+    page = result.save_html(tmp_path / "report")
+    html = page.read_text()
+    assert html.count('<section class="input"') == 3 and all(e.name in html for e in result)
+
+
+def test_explain_own_uint8_images_and_options(tiny_setup):
+    _, _, checkpoint, data = tiny_setup
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (2, 50, 40, 3)).astype(np.uint8)  # not square, not 32 px
+    result = ri_jax.explain(images, checkpoint=checkpoint, data=data, top_k=2, num_boundaries=4,
+                            piecewise_linear=True)
+    assert [e.name for e in result] == ["image 0", "image 1"]
+    assert all(e.true_class is None and e.misclassified is None for e in result)
+    assert result[0].image.shape == (32, 32, 3)
+    one = ri_jax.explain(images[0], checkpoint=checkpoint, data=data, top_k=2, num_boundaries=4)
+    np.testing.assert_allclose(one[0].heatmap, result[0].heatmap, atol=1e-6)
+    with pytest.raises(ValueError, match="images: expected raw uint8"):
+        ri_jax.explain(images / 255.0, checkpoint=checkpoint, data=data)
+    with pytest.raises(ValueError, match="images: expected uint8 images"):
+        ri_jax.explain(np.zeros((4, 4), np.uint8), checkpoint=checkpoint, data=data)
+    with pytest.raises(ValueError, match="inputs"):
+        ri_jax.explain(images, inputs=[0], checkpoint=checkpoint, data=data)
+    with pytest.raises(ValueError, match="inputs"):
+        ri_jax.explain(inputs=[99], checkpoint=checkpoint, data=data)
+    with pytest.raises(ValueError, match="top_k"):
+        ri_jax.explain(checkpoint=checkpoint, data=data, top_k=0)
+    with pytest.raises(TypeError, match="no_such_option"):
+        ri_jax.explain(checkpoint=checkpoint, data=data, num_boundaries=4, no_such_option=1)
+
+
+def readme_snippet() -> str:
+    """The first Python block of the README's library section."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Using the library", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.slow
+def test_readme_snippet_runs_as_a_script(tmp_path):
+    snippet = readme_snippet()
+    assert "print(" in snippet
+    script = tmp_path / "snippet.py"
+    script.write_text(snippet)
+    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Representative interpretations of 4 image(s)" in run.stdout
+    assert "polytope of" in run.stdout and "MISCLASSIFIED" in run.stdout
+    figures = list(tmp_path.glob("*.png"))
+    assert figures and all(f.stat().st_size > 10_000 for f in figures)
+    assert (tmp_path / "report" / "index.html").is_file()
+
+
+def test_tensorflow_datasets_is_imported_only_for_tfds_specs():
+    code = ("import sys, ri_jax, ri_jax.api, ri_jax.data\n"
+            "s = ri_jax.data.load_dataset('default', 'train'); s.raw([0, 1])\n"
+            "print('tensorflow_datasets' in sys.modules, 'tensorflow' in sys.modules)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["False", "False"]
