@@ -235,7 +235,7 @@ def centre_square_heatmap(image_size: int) -> np.ndarray:
     """The "Centre square" control: minus each pixel's Chebyshev distance to the image centre.
 
     Its top ``fraction`` (``top_fraction_mask``) is the largest centred a × a square with
-    a² ≤ k (a has the parity of S, so the square is exactly centred) plus k − a² pixels of
+    a² ≤ k (a has the parity of S, so the square is exactly centred; a may be 0) plus k − a² pixels of
     the next square ring, chosen in ``tie_priority`` order: exactly k pixels, the same on
     every image.
 
