@@ -14,7 +14,7 @@ blocks (``--layout paper`` draws, as in Figure 2, RI only under RI's images and 
 baselines only under the Euclidean neighbours, controls under both; every score is
 computed and saved either way). Under each image: the softmax probability of x's predicted class c.
 Under each heat map: the probability of c on the image masked to the map's top 20 %
-(the rest black), "a higher prediction score means a better interpretation".
+(the rest black, or --fill mean | blur), "a higher prediction score means a better interpretation".
 
 Written into ``--out``: ``case_<i>.png`` per input (i = test index; its title says the
 polytope in words, a colour bar reads the maps, misclassified images have a red frame),
@@ -40,9 +40,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import (HelpFormatter, add_html_arg, add_ri_variant_arg, ri_options, ace_config, ace_settings, add_ace_args, add_common_args,
-                    choose_inputs, describe_run, load_setup, markdown_table, parse_indices,
-                    prepare_output, write_csv, write_json)
+from common import (HelpFormatter, add_html_arg, ace_config, ace_settings, add_ace_args, add_common_args, add_fill_args,
+                    add_ri_variant_arg, choose_inputs, describe_run, load_setup, markdown_table,
+                    masking_options, parse_indices, prepare_output, ri_options, write_csv,
+                    write_json)
 from ri_jax.cli import positive_int, run_script
 from ri_jax.data import load_dataset
 from ri_jax.featurize import compute_features
@@ -66,10 +67,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "baselines under the Euclidean neighbours (Figure 2)")
     p.add_argument("--with-controls", action="store_true",
                    help="add the Random and Grad-CAM (own weights) rows")
+    add_fill_args(p)
     add_ace_args(p, max_images_help=f"ACE discovery set size: x and its nearest references "
                                     f"(0 = {ACE_DISCOVERY_IMAGES})")
     add_html_arg(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    masking_options(args, p)  # validates --blur-sigma
+    return args
 
 
 FOOTNOTE = ("Under each image: p(c), the probability of the input's predicted class c. Under each "
@@ -103,7 +107,8 @@ def main(argv=None) -> dict:
     config = CaseStudiesConfig(top_k=args.top_k,
                                ri=ri_options(args),
                                layout=args.layout, controls=args.with_controls,
-                               batch_size=args.batch_size, ace=ace_settings(args))
+                               batch_size=args.batch_size, masking=masking_options(args),
+                               ace=ace_settings(args))
     result = run_case_studies(setup.fns, setup.params, inputs, references, seed=args.seed,
                               config=config, progress=progress)
     for rec, blocks, title in zip(result.records, result.panels, result.titles):
@@ -112,7 +117,8 @@ def main(argv=None) -> dict:
     if args.html:
         write_report(out, case_studies_report(result, args), overwrite=args.resume)
     payload = {**result.to_json(),
-               "config": describe_run(args, num_references=len(refs), top_k=result.top_k,
+               "config": describe_run(args, **config.masking.describe(setup.model_config.image_size),
+                                      num_references=len(refs), top_k=result.top_k,
                                       inputs_used=[int(i) for i in chosen],
                                       ace_config=ace_config(args) if args.ace else None)}
     write_json(out / "case_studies.json", payload)

@@ -39,8 +39,10 @@ from ri_jax.data import ImageSet, load_dataset, sample_count, sample_per_class
 from ri_jax.errors import RIInputError
 from ri_jax.featurize import Features, compute_features
 from ri_jax.models.vgg import ModelConfig, ModelFns, make_vgg
+from ri_jax.metrics import DEFAULT_FILL, FILLS
 from ri_jax.protocols.ace_adapter import ACESettings
 from ri_jax.protocols.methods import RIOptions
+from ri_jax.protocols.scoring import MaskingOptions
 from ri_jax.variants import VARIANT_NAMES, ri_variant
 from ri_jax.protocols.report import format_mean_std, markdown_table  # noqa: F401 (for the scripts)
 from ri_jax.protocols.statistics import mean_std  # noqa: F401 (for the scripts)
@@ -115,6 +117,28 @@ def ri_options(args: argparse.Namespace) -> RIOptions:
     """``RIOptions`` from ``--num-boundaries``, ``--batch-size`` and ``--ri-variant``."""
     return RIOptions(num_boundaries=args.num_boundaries, batch_size=args.batch_size,
                      variant=ri_variant(args.ri_variant))
+
+
+def add_fill_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--fill and --blur-sigma: what AD / AI paint the dropped 80 % of the pixels with."""
+    p.add_argument("--fill", choices=FILLS, default=DEFAULT_FILL,
+                   help="what the dropped pixels become: black (raw 0, the paper's), mean (the "
+                        "model's normalisation mean colour) or blur (the image under a strong "
+                        "Gaussian blur)")
+    p.add_argument("--blur-sigma", type=float, default=None,
+                   help="σ in pixels of --fill blur (default: 0.1 × image size)")
+    return p
+
+
+def masking_options(args: argparse.Namespace, p: argparse.ArgumentParser | None = None
+                    ) -> MaskingOptions:
+    """The ``MaskingOptions`` of --fill / --blur-sigma; with ``p`` a bad σ is a usage error."""
+    try:
+        return MaskingOptions(fill=args.fill, blur_sigma=args.blur_sigma)
+    except ValueError as e:
+        if p is None:
+            raise
+        p.error(f"--blur-sigma: {e}")
 
 
 def add_ace_args(p: argparse.ArgumentParser, *, max_images_help: str) -> argparse.ArgumentParser:

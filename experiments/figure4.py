@@ -5,8 +5,8 @@
 For N input images sampled from the reference set (``--num-inputs``, default 1,000
 as in the paper, capped by the set), every method computes one interpretation at
 each input x and reuses it on x's top-K similar references S; AD and AI (Eqs. 7–8,
-top 20 % of pixels kept, the rest black) are averaged over S and then over the N
-inputs, for K in ``--ks`` (default 1, 5, 10, 20, 30, 40, 50).
+top 20 % of pixels kept, the rest black or --fill mean | blur) are averaged over S and
+then over the N inputs, for K in ``--ks`` (default 1, 5, 10, 20, 30, 40, 50).
 
 * RI: S = the references covered by P(x), ranked by the semantic distance of Eq. 6;
   the heat map on each is drawn with x's channel weights (Eq. 5).
@@ -44,9 +44,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common import (HelpFormatter, add_ri_variant_arg, ri_options, ace_config, ace_settings,
-                    add_ace_args, add_common_args, describe_run, load_setup, markdown_table,
-                    prepare_output, write_csv, write_json)
+from common import (HelpFormatter, ace_config, ace_settings, add_ace_args, add_common_args, add_fill_args,
+                    add_ri_variant_arg, describe_run, load_setup, markdown_table, masking_options,
+                    prepare_output, ri_options,
+                    write_csv, write_json)
 from ri_jax.cli import positive_int, positive_int_list, run_script
 from ri_jax.plots import K_CURVES_NOTE, k_curves_figure
 from ri_jax.protocols.figure4 import (ACE_DISCOVERY_IMAGES, DEFAULT_KS, Figure4Config,
@@ -62,14 +63,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated K values")
     p.add_argument("--num-boundaries", type=positive_int, default=50, help="|Q| for RI")
     add_ri_variant_arg(p)
-    p.add_argument("--no-controls", action="store_true", help="skip the Random and own-weights controls")
+    p.add_argument("--no-controls", action="store_true",
+                   help="skip the controls (Random, Grad-CAM own weights, Centre square)")
     p.add_argument("--block-size", type=positive_int, default=16,
                    help="inputs whose K similar images are evaluated together (memory ~ block·K images)")
+    add_fill_args(p)
     add_ace_args(p, max_images_help=f"ACE discovery set size: x and its nearest references "
                                     f"(0 = {ACE_DISCOVERY_IMAGES})")
     p.add_argument("--ace-inputs", type=positive_int, default=10,
                    help="ACE is evaluated on only the first N sampled inputs (it is slow)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    masking_options(args, p)  # validates --blur-sigma
+    return args
 
 
 def _spread(stats: dict) -> str:
@@ -84,7 +89,8 @@ def main(argv=None) -> dict:
     config = Figure4Config(num_inputs=args.num_inputs, ks=tuple(args.ks),
                            ri=ri_options(args),
                            controls=not args.no_controls, block_size=args.block_size,
-                           batch_size=args.batch_size, ace=ace_settings(args),
+                           batch_size=args.batch_size, masking=masking_options(args),
+                           ace=ace_settings(args),
                            ace_inputs=args.ace_inputs)
     # Every reference may be a target many times over: decode the set once (uint8 in memory).
     refs = setup.references.cached()
@@ -95,7 +101,8 @@ def main(argv=None) -> dict:
     except ValueError as e:
         sys.exit(f"--ks: {e}")
     payload = {**result.to_json(),
-               "config": describe_run(args, num_references=n_refs,
+               "config": describe_run(args, **config.masking.describe(setup.model_config.image_size),
+                                      num_references=n_refs,
                                       num_inputs_used=result.runs[0]["num_inputs"],
                                       ace_config=ace_config(args) if args.ace else None)}
     write_json(out / "figure4.json", payload)

@@ -16,8 +16,9 @@ Per run r (seed = --seed + r):
    covers e (several: the one covering the most references; none: the nearest
    centre's); the baselines use the nearest centre's.
 4. The interpretation is drawn on e with its weights unchanged (§6.1), the top 20 % of
-   pixels are kept, the rest painted black, and AD / AI (Eqs. 7–8) compare the
-   softmax probability of the class the model predicts on e before and after.
+   pixels are kept, the rest painted with --fill (black, the paper's, by default), and
+   AD / AI (Eqs. 7–8) compare the softmax probability of the class the model predicts
+   on e before and after.
 
 mAD / mAI are mean ± std (population) over the runs, in percent, like the paper.
 
@@ -29,7 +30,14 @@ were routed by a polytope or fell back to the nearest centre, ties at the 20 % c
 
 Controls beside the paper's methods (under ``controls``): "Random" keeps a uniformly
 random 20 % of each image's pixels; "Grad-CAM (own weights)" computes Grad-CAM at each
-unseen image itself, i.e. without reuse (deterministic, so computed once: its std is 0).
+unseen image itself, i.e. without reuse; "Centre square" keeps the same centred 20 % of
+every image (the last two are deterministic, so computed once: their std is 0).
+
+Checks of the metric itself: every method's and deterministic control's ``inverse``
+(its least important 20 %, mAD / mAI), ``per_class`` (AD / AI split by the class
+predicted on the unmasked image) and ``fill_prior`` (the model's probabilities on an
+all-fill image; for --fill blur, the mean over the fully blurred unseen images). The
+fill is recorded as ``config.fill`` (and ``config.blur_sigma``, in pixels).
 
 Choices the paper leaves open:
 * The reference and unseen sets are drawn once with --seed (--refs-per-class per class
@@ -56,11 +64,12 @@ import argparse
 
 import numpy as np
 
-from common import (HelpFormatter, ri_options, ace_config, ace_settings, add_ace_args,
-                    add_common_args, add_polytope_args, describe_run, format_mean_std, load_setup,
-                    markdown_table, prepare_output, write_csv, write_json)
+from common import (HelpFormatter, ace_config, ace_settings, add_ace_args, add_common_args, add_fill_args,
+                    add_polytope_args, describe_run, format_mean_std, load_setup, markdown_table,
+                    masking_options, prepare_output, ri_options, write_csv, write_json)
 from ri_jax.cli import run_script
 from ri_jax.metrics import KEEP_FRACTION
+from ri_jax.protocols.report import table1_fill_section
 from ri_jax.protocols.table1 import Table1Config, run_table1
 
 
@@ -68,9 +77,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(p, runs=5, refs_per_class=2500, unseen=1000)
     add_polytope_args(p)
+    add_fill_args(p)
     add_ace_args(p, max_images_help="ACE discovery images per cluster, nearest the centre first "
                                     "(0 = all)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    masking_options(args, p)  # validates --blur-sigma
+    return args
 
 
 def main(argv=None) -> dict:
@@ -81,14 +93,15 @@ def main(argv=None) -> dict:
     seeds = [args.seed + r for r in range(args.runs)]
     config = Table1Config(per_class=args.per_class, batch_size=args.batch_size,
                           ri=ri_options(args),
-                          ace=ace_settings(args))
+                          masking=masking_options(args), ace=ace_settings(args))
     result = run_table1(setup.fns, setup.params, setup.ref_features, setup.unseen_features,
                         setup.references.raw, raw_unseen,
                         num_classes=setup.references.num_classes, seeds=seeds, config=config,
-                        progress=not args.no_progress)
+                        class_names=setup.references.class_names, progress=not args.no_progress)
     payload = {
         **result.to_json(),
-        "config": describe_run(args, seeds=seeds, num_interpretations=args.per_class
+        "config": describe_run(args, **config.masking.describe(setup.model_config.image_size),
+                               seeds=seeds, num_interpretations=args.per_class
                                * setup.references.num_classes,
                                num_references=len(setup.references), num_unseen=len(raw_unseen),
                                keep_fraction=KEEP_FRACTION, units="percent",
@@ -104,18 +117,19 @@ def main(argv=None) -> dict:
 
 
 def render_markdown(payload: dict) -> str:
-    """Table 1 as Markdown: methods, controls, and what the interpretations were."""
+    """Table 1 as Markdown: methods, controls, the fill's checks, and what the interpretations were."""
     cfg = payload["config"]
     text = [f"# Table 1: mAD / mAI (%) on {cfg['num_unseen']} unseen images, |V| = "
-            f"{cfg['num_interpretations']}, {len(cfg['seeds'])} run(s)\n",
+            f"{cfg['num_interpretations']}, {len(cfg['seeds'])} run(s), fill {cfg['fill']}\n",
             markdown_table(["Method", "mAD (%) ↓", "mAI (%) ↑"],
                            [[n, format_mean_std(s["mAD"]), format_mean_std(s["mAI"])]
                             for n, s in payload["methods"].items()]),
-            "\nControls (not in the paper): a random 20 % of the pixels, and Grad-CAM computed "
-            "at each unseen image itself (no reuse).\n",
+            "\nControls (not in the paper): a random 20 % of the pixels, Grad-CAM computed "
+            "at each unseen image itself (no reuse), and the same centred square on every image.\n",
             markdown_table(["Control", "mAD (%)", "mAI (%)"],
                            [[n, format_mean_std(s["mAD"]), format_mean_std(s["mAI"])]
                             for n, s in payload["controls"].items()]),
+            "\n" + "\n".join(table1_fill_section(cfg["fill"], payload)),
             "\nWhat the interpretations were (means over runs):\n"]
     rows = []
     for name, reports in payload["interpretations"].items():

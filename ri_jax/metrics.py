@@ -1,16 +1,38 @@
 """Evaluation metrics: Average Drop / Increase (§6.2, Eqs. 7–8) and decision regions as classifiers (App. D).
 
 AD and AI keep the most important ``fraction`` of an image's pixels (20 % in the
-paper), paint the rest black in raw space (0 before normalisation), and compare
-the softmax probability Y_c of the class c the model predicts on the unmasked
-image before and after masking. The library returns fractions in [0, 1];
-experiment scripts multiply by 100 for the paper's percentages.
+paper), paint the rest with a *fill*, and compare the softmax probability Y_c of the
+class c the model predicts on the unmasked image before and after masking. The
+library returns fractions in [0, 1]; experiment scripts multiply by 100 for the
+paper's percentages.
 
 Which pixels are kept: exactly k = floor(fraction · S² + 1/2) pixels (round half
 up), the highest values first. Among pixels tied at the cut, those earlier in the
 fixed pseudo-random pixel order of ``tie_priority`` are kept (so a tied flat region is
 sampled evenly over the image, not from its top rows); ``cut_ties`` counts the tied
 pixels that were dropped. NaN heat-map values rank below every number.
+
+The *inverse* of a map (``bottom_fraction_mask``) keeps the k pixels that same total
+order ranks last: lowest values first, NaN lowest of all, and among pixels tied at the
+cut those *latest* in ``tie_priority``. It is the complement of the top S² − k pixels,
+so a map and its inverse never share a pixel when 2k ≤ S².
+
+Fills (``FILLS``; ``make_fill``): what the dropped pixels become.
+  * ``"black"``: raw 0, the paper's "masked in black" (the default);
+  * ``"mean"``: the model's normalisation mean colour in raw space, i.e. the raw colour
+    the model sees as 0 after normalisation;
+  * ``"blur"``: the image itself under a strong Gaussian blur (as insertion / deletion
+    metrics use): σ = ``BLUR_SIGMA_FRACTION`` · S pixels unless given, separable,
+    truncated at ``BLUR_TRUNCATE`` σ, borders reflected (``scipy.ndimage.gaussian_filter``'s
+    defaults, against which it is tested).
+No flat fill is neutral: the model has its own class prior on an all-fill image
+(``fill_prior``), which pulls masked images towards one class. ``per_class`` splits
+AD / AI by the class predicted on the unmasked image to show it.
+
+The "Centre square" control (``centre_square_heatmap``) ranks pixels by their
+Chebyshev distance to the image centre, so the cut keeps the largest centred square
+of at most k pixels and fills the remaining k − a² pixels from the next square ring
+in ``tie_priority`` order: exactly k pixels, like every other map.
 """
 
 from __future__ import annotations
@@ -28,6 +50,10 @@ ForwardFn = Callable[[Array], Array]
 NormalizeFn = Callable[[Array], Array]
 
 KEEP_FRACTION = 0.2
+FILLS = ("black", "mean", "blur")
+DEFAULT_FILL = "black"
+BLUR_SIGMA_FRACTION = 0.1  # σ = 0.1 · S: 9.6 px at 96 px, 22.4 px at 224 px
+BLUR_TRUNCATE = 4.0  # kernel radius in σ (scipy.ndimage.gaussian_filter's default)
 
 
 class MaskedScores(NamedTuple):
@@ -42,6 +68,50 @@ class MaskedScores(NamedTuple):
     y_orig: Array
     y_masked: Array
     classes: Array
+
+
+class Fill(NamedTuple):
+    """What the dropped pixels of an image x become: ``K x Kᵀ + colour`` per channel.
+
+    One linear form covers every mode, so masking has a single jit-friendly code path:
+    ``"black"`` and ``"mean"`` have K = 0 and a constant colour, ``"blur"`` has K the
+    1-D Gaussian blur matrix (separable: rows, then columns) and colour 0.
+
+    Attributes:
+      matrix: float32[S, S] K.
+      colour: float32[3] raw RGB added everywhere.
+    """
+
+    matrix: Array
+    colour: Array
+
+
+class PerClass(NamedTuple):
+    """AD / AI split by the class c predicted on the unmasked image.
+
+    Attributes:
+      count: int32[C] images predicted as each class; 0 marks that class's ad / ai as undefined.
+      ad: float32[C] Average Drop over those images, a fraction (0.0 where count is 0).
+      ai: float32[C] Average Increase over those images, a fraction (0.0 where count is 0).
+    """
+
+    count: Array
+    ad: Array
+    ai: Array
+
+
+class FillPrior(NamedTuple):
+    """The model's view of an image that is all fill.
+
+    Attributes:
+      probabilities: float32[C] softmax of the model on the all-fill image; for ``"blur"``
+        (one fully blurred image per input) the mean over the images.
+      predicted: float32[C] share of all-fill images predicted as each class (one-hot for a
+        constant fill).
+    """
+
+    probabilities: Array
+    predicted: Array
 
 
 class RegionMetrics(NamedTuple):
@@ -95,6 +165,12 @@ def _keep_order(heatmap: Array) -> Array:
     return priority[jnp.argsort(flat[priority], descending=True, stable=True)]
 
 
+def _kept_indices(heatmap: Array, k: int, inverse: bool) -> Array:
+    """The first k pixels of ``_keep_order`` (``inverse``: the last k)."""
+    order = _keep_order(heatmap)
+    return order[heatmap.size - k:] if inverse else order[:k]
+
+
 def top_fraction_mask(heatmap: Array, fraction: float = KEEP_FRACTION) -> Array:
     """The pixels kept for AD / AI.
 
@@ -108,46 +184,186 @@ def top_fraction_mask(heatmap: Array, fraction: float = KEEP_FRACTION) -> Array:
     """
     _check_map(heatmap)
     k = num_kept(heatmap.size, fraction)
-    order = _keep_order(heatmap)
-    flat = jnp.zeros(heatmap.size, bool).at[order[:k]].set(True)
+    flat = jnp.zeros(heatmap.size, bool).at[_kept_indices(heatmap, k, False)].set(True)
     return flat.reshape(heatmap.shape)
 
 
-def cut_ties(heatmap: Array, fraction: float = KEEP_FRACTION) -> Array:
+def bottom_fraction_mask(heatmap: Array, fraction: float = KEEP_FRACTION) -> Array:
+    """The pixels a map's *inverse* keeps: its least important ``fraction``.
+
+    Args:
+      heatmap: [S, S] importance map (any real values).
+      fraction: share of pixels to keep, in [0, 1] (static).
+
+    Returns:
+      bool[S, S] with exactly k = ``num_kept(S*S, fraction)`` True entries: the k pixels
+      ranked last by ``top_fraction_mask``'s order (lowest values first, NaN lowest; among
+      pixels tied at the cut, those latest in ``tie_priority``). Equal to the complement of
+      the top S² − k pixels.
+    """
+    _check_map(heatmap)
+    k = num_kept(heatmap.size, fraction)
+    flat = jnp.zeros(heatmap.size, bool).at[_kept_indices(heatmap, k, True)].set(True)
+    return flat.reshape(heatmap.shape)
+
+
+def cut_ties(heatmap: Array, fraction: float = KEEP_FRACTION, *, inverse: bool = False) -> Array:
     """How many pixels tied with the last kept pixel were dropped by the tie rule.
 
     Args:
       heatmap: [S, S] importance map.
       fraction: share of pixels kept, in [0, 1] (static).
+      inverse: count for ``bottom_fraction_mask`` instead of ``top_fraction_mask`` (static).
 
     Returns:
-      int32 scalar: pixels whose value equals the lowest kept value but that are not
-      kept (0 when nothing or everything is kept).
+      int32 scalar: pixels whose value equals the kept value nearest the cut (the lowest
+      kept, or for ``inverse`` the highest kept) but that are not kept (0 when nothing or
+      everything is kept).
     """
     _check_map(heatmap)
     k = num_kept(heatmap.size, fraction)
     if k in (0, heatmap.size):
         return jnp.zeros((), jnp.int32)
     flat = jnp.where(jnp.isnan(heatmap.reshape(-1)), -jnp.inf, heatmap.reshape(-1))
-    order = _keep_order(heatmap)
-    threshold = flat[order[k - 1]]
-    kept = jnp.zeros(heatmap.size, bool).at[order[:k]].set(True)
+    kept_idx = _kept_indices(heatmap, k, inverse)
+    threshold = flat[kept_idx[0] if inverse else kept_idx[k - 1]]
+    kept = jnp.zeros(heatmap.size, bool).at[kept_idx].set(True)
     return jnp.sum((flat == threshold) & ~kept, dtype=jnp.int32)
 
 
-def mask_image(raw_image: Array, mask: Array) -> Array:
-    """Paints the pixels outside ``mask`` black.
+def centre_square_heatmap(image_size: int) -> np.ndarray:
+    """The "Centre square" control: minus each pixel's Chebyshev distance to the image centre.
+
+    Its top ``fraction`` (``top_fraction_mask``) is the largest centred a × a square with
+    a² ≤ k (a has the parity of S, so the square is exactly centred; a may be 0) plus k − a² pixels of
+    the next square ring, chosen in ``tie_priority`` order: exactly k pixels, the same on
+    every image.
+
+    Args:
+      image_size: side S.
+
+    Returns:
+      float32[S, S], 0 at the centre pixel(s), decreasing outwards.
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise ValueError(f"image_size: must be a positive int, got {image_size!r}")
+    offset = np.abs(np.arange(image_size) - (image_size - 1) / 2)
+    return -np.maximum(offset[:, None], offset[None, :]).astype(np.float32)
+
+
+def centre_square_mask(image_size: int, fraction: float = KEEP_FRACTION) -> np.ndarray:
+    """bool[S, S] the pixels the "Centre square" control keeps (``centre_square_heatmap``)."""
+    return np.asarray(top_fraction_mask(jnp.asarray(centre_square_heatmap(image_size)), fraction))
+
+
+def check_fill(fill: str) -> str:
+    """Returns ``fill`` if it is one of ``FILLS``; raises ValueError naming the argument otherwise."""
+    if fill not in FILLS:
+        raise ValueError(f"fill: unknown fill {fill!r}; choose one of {list(FILLS)}")
+    return fill
+
+
+def blur_sigma(image_size: int, sigma: float | None = None) -> float:
+    """The blur's σ in pixels: ``sigma`` if given, else ``BLUR_SIGMA_FRACTION`` · S."""
+    if sigma is None:
+        return BLUR_SIGMA_FRACTION * image_size
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0 \
+            or not math.isfinite(sigma):
+        raise ValueError(f"blur_sigma: must be a positive number of pixels, got {sigma!r}")
+    return float(sigma)
+
+
+def gaussian_blur_matrix(size: int, sigma: float, truncate: float = BLUR_TRUNCATE) -> np.ndarray:
+    """1-D Gaussian blur along one axis as a matrix: ``blurred = K @ signal``.
+
+    The kernel is exp(−t²/2σ²) for |t| ≤ radius = int(truncate·σ + 1/2), normalised to sum
+    1; indices beyond the border are reflected (… c b a | a b c … c b a | a b c …), as
+    ``scipy.ndimage.gaussian_filter1d(mode="reflect")``, so every row sums to 1.
+
+    Args:
+      size: signal length S.
+      sigma: σ in pixels (> 0).
+      truncate: kernel radius in σ.
+
+    Returns:
+      float32[S, S].
+    """
+    sigma = blur_sigma(size, sigma)
+    radius = int(truncate * sigma + 0.5)
+    taps = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 * (taps / sigma) ** 2)
+    weights /= weights.sum()
+    source = np.arange(size)[:, None] + taps[None, :]
+    source = source % (2 * size)
+    source = np.where(source >= size, 2 * size - 1 - source, source)
+    matrix = np.zeros((size, size))
+    np.add.at(matrix, (np.repeat(np.arange(size), len(taps)), source.reshape(-1)),
+              np.tile(weights, size))
+    return matrix.astype(np.float32)
+
+
+def normalisation_mean(normalize_fn: NormalizeFn) -> np.ndarray:
+    """The raw RGB colour that ``normalize_fn`` maps to 0 (its mean, for ``(x − mean) / std``).
+
+    Solved from ``normalize_fn`` at raw 0 and 1, which is exact for any per-channel affine
+    normalisation; anything else raises.
+
+    Returns:
+      float32[3].
+    """
+    probe = jnp.asarray([0.0, 0.5, 1.0], jnp.float32)[:, None, None, None] * jnp.ones((1, 1, 1, 3))
+    at = np.asarray(normalize_fn(probe), np.float64).reshape(3, 3)
+    slope = at[2] - at[0]
+    if not np.all(np.isfinite(at)) or np.any(slope == 0) \
+            or not np.allclose(at[1], (at[0] + at[2]) / 2, rtol=1e-5, atol=1e-6):
+        raise ValueError("fill: 'mean' needs a per-channel affine normalize_fn ((x - mean) / std)")
+    return (-at[0] / slope).astype(np.float32)
+
+
+def make_fill(fill: str, normalize_fn: NormalizeFn, image_size: int, *,
+              sigma: float | None = None) -> Fill:
+    """The ``Fill`` of one fill mode for S × S images.
+
+    Args:
+      fill: one of ``FILLS``.
+      normalize_fn: the model's input normalisation (gives the ``"mean"`` colour).
+      image_size: side S.
+      sigma: blur σ in pixels for ``"blur"`` (default ``BLUR_SIGMA_FRACTION`` · S).
+
+    Returns:
+      ``Fill``.
+    """
+    check_fill(fill)
+    zeros = jnp.zeros((image_size, image_size), jnp.float32)
+    if fill == "blur":
+        return Fill(jnp.asarray(gaussian_blur_matrix(image_size, blur_sigma(image_size, sigma))),
+                    jnp.zeros(3, jnp.float32))
+    colour = normalisation_mean(normalize_fn) if fill == "mean" else np.zeros(3, np.float32)
+    return Fill(zeros, jnp.asarray(colour))
+
+
+def fill_image(raw_image: Array, fill: Fill) -> Array:
+    """[S, S, 3] what every pixel of ``raw_image`` [S, S, 3] becomes when dropped: K x Kᵀ + colour."""
+    blurred = jnp.einsum("si,ijc,tj->stc", fill.matrix, raw_image, fill.matrix,
+                         precision=jax.lax.Precision.HIGHEST)
+    return blurred + fill.colour
+
+
+def mask_image(raw_image: Array, mask: Array, fill: Fill | None = None) -> Array:
+    """Replaces the pixels outside ``mask`` by the fill.
 
     Args:
       raw_image: [S, S, 3] raw image in [0, 1].
       mask: bool[S, S] pixels to keep.
+      fill: ``make_fill``'s fill; None paints black (raw 0).
 
     Returns:
-      [S, S, 3] raw image, 0 outside the mask.
+      [S, S, 3] raw image, ``fill_image`` outside the mask.
     """
     if jnp.ndim(raw_image) != 3 or jnp.shape(raw_image)[:2] != jnp.shape(mask):
         raise ValueError(f"mask: shape {jnp.shape(mask)} does not match raw_image {jnp.shape(raw_image)}")
-    return jnp.where(mask[..., None], raw_image, jnp.zeros_like(raw_image))
+    outside = jnp.zeros_like(raw_image) if fill is None else fill_image(raw_image, fill)
+    return jnp.where(mask[..., None], raw_image, outside)
 
 
 def _check_images(raw_images: Array, other: Array, name: str) -> None:
@@ -160,12 +376,14 @@ def _check_images(raw_images: Array, other: Array, name: str) -> None:
         raise ValueError(f"{name}: contains NaN")
 
 
-_mask_batch = jax.jit(jax.vmap(mask_image))
+_mask_batch = jax.jit(jax.vmap(mask_image, in_axes=(0, 0, None)))
+_fill_batch = jax.jit(jax.vmap(fill_image, in_axes=(0, None)))
 
 
-@functools.partial(jax.jit, static_argnames="fraction")
-def _top_masks(heatmaps: Array, fraction: float) -> Array:
-    return jax.vmap(lambda m: top_fraction_mask(m, fraction))(heatmaps)
+@functools.partial(jax.jit, static_argnames=("fraction", "inverse"))
+def _top_masks(heatmaps: Array, fraction: float, inverse: bool) -> Array:
+    keep = bottom_fraction_mask if inverse else top_fraction_mask
+    return jax.vmap(lambda m: keep(m, fraction))(heatmaps)
 
 
 @jax.jit
@@ -178,8 +396,14 @@ def _class_scores(logits: Array) -> tuple[Array, Array, Array]:
     return picked[:n], picked[n:], classes.astype(jnp.int32)
 
 
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: must be a positive int, got {batch_size!r}")
+
+
 def masked_scores_from_masks(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_images: Array,
-                             masks: Array, *, batch_size: int = 64) -> MaskedScores:
+                             masks: Array, *, fill: str = DEFAULT_FILL, blur_sigma: float | None = None,
+                             batch_size: int = 64) -> MaskedScores:
     """Y_c before and after keeping only the masked pixels (for ACE's segments or any pixel set).
 
     ``forward_fn`` is called on fixed-size batches of 2·``batch_size`` images (the last
@@ -190,14 +414,16 @@ def masked_scores_from_masks(forward_fn: ForwardFn, normalize_fn: NormalizeFn, r
       normalize_fn: maps raw [0, 1] images to the model's input normalisation.
       raw_images: [B, S, S, 3] raw images in [0, 1].
       masks: bool[B, S, S] pixels to keep.
+      fill: what the other pixels become, one of ``FILLS`` (default black, the paper's).
+      blur_sigma: σ in pixels for ``fill="blur"`` (default ``BLUR_SIGMA_FRACTION`` · S).
       batch_size: images per chunk.
 
     Returns:
       ``MaskedScores``; c is the argmax of the model on each unmasked image.
     """
     _check_images(raw_images, masks, "masks")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: must be a positive int, got {batch_size!r}")
+    _check_batch_size(batch_size)
+    painter = make_fill(fill, normalize_fn, raw_images.shape[1], sigma=blur_sigma)
     masks = jnp.asarray(masks, bool)
     total = raw_images.shape[0]
     chunk = min(batch_size, total)
@@ -207,14 +433,15 @@ def masked_scores_from_masks(forward_fn: ForwardFn, normalize_fn: NormalizeFn, r
     parts = []
     for start in range(0, total + pad, chunk):
         originals = raw[start:start + chunk]
-        masked = _mask_batch(originals, masks[start:start + chunk])
+        masked = _mask_batch(originals, masks[start:start + chunk], painter)
         parts.append(_class_scores(forward_fn(normalize_fn(jnp.concatenate([originals, masked])))))
     y, y_masked, classes = (jnp.concatenate(p)[:total] for p in zip(*parts))
     return MaskedScores(y_orig=y, y_masked=y_masked, classes=classes)
 
 
 def masked_scores(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_images: Array,
-                  heatmaps: Array, *, fraction: float = KEEP_FRACTION,
+                  heatmaps: Array, *, fraction: float = KEEP_FRACTION, inverse: bool = False,
+                  fill: str = DEFAULT_FILL, blur_sigma: float | None = None,
                   batch_size: int = 64) -> MaskedScores:
     """Y_c before and after keeping the top ``fraction`` of each heat map's pixels.
 
@@ -224,14 +451,55 @@ def masked_scores(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_images: 
       raw_images: [B, S, S, 3] raw images in [0, 1].
       heatmaps: [B, S, S] heat maps on those images.
       fraction: share of pixels kept (``top_fraction_mask``).
+      inverse: keep each map's *least* important ``fraction`` instead (``bottom_fraction_mask``).
+      fill: what the other pixels become, one of ``FILLS``.
+      blur_sigma: σ in pixels for ``fill="blur"``.
       batch_size: images per chunk.
 
     Returns:
       ``MaskedScores``; c is the argmax of the model on each unmasked image.
     """
     _check_images(raw_images, heatmaps, "heatmaps")
-    masks = _top_masks(jnp.asarray(heatmaps), fraction)
-    return masked_scores_from_masks(forward_fn, normalize_fn, raw_images, masks, batch_size=batch_size)
+    masks = _top_masks(jnp.asarray(heatmaps), fraction, bool(inverse))
+    return masked_scores_from_masks(forward_fn, normalize_fn, raw_images, masks, fill=fill,
+                                    blur_sigma=blur_sigma, batch_size=batch_size)
+
+
+def fill_prior(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_images: Array, *,
+               fill: str = DEFAULT_FILL, blur_sigma: float | None = None,
+               batch_size: int = 64) -> FillPrior:
+    """The model's class probabilities on an image that is all fill (every pixel dropped).
+
+    A constant fill (black, mean) gives one image whatever ``raw_images`` holds (only
+    their size is used); ``"blur"`` gives one fully blurred image per raw image, and the
+    prior is the mean over them.
+
+    Args:
+      forward_fn: ``forward_fn(normalised images [n, S, S, 3]) -> logits [n, C]``.
+      normalize_fn: maps raw [0, 1] images to the model's input normalisation.
+      raw_images: [B, S, S, 3] raw images in [0, 1].
+      fill: one of ``FILLS``.
+      blur_sigma: σ in pixels for ``fill="blur"``.
+      batch_size: images per forward call.
+
+    Returns:
+      ``FillPrior``.
+    """
+    if jnp.ndim(raw_images) != 4 or jnp.shape(raw_images)[-1] != 3 or jnp.shape(raw_images)[0] == 0:
+        raise ValueError(f"raw_images: expected a non-empty batch [B, S, S, 3], got shape {jnp.shape(raw_images)}")
+    _check_batch_size(batch_size)
+    painter = make_fill(fill, normalize_fn, raw_images.shape[1], sigma=blur_sigma)
+    images = jnp.asarray(raw_images if fill == "blur" else raw_images[:1])
+    total = images.shape[0]
+    chunk = min(batch_size, total)
+    images = jnp.pad(images, ((0, -total % chunk), (0, 0), (0, 0), (0, 0)))
+    probs = []
+    for start in range(0, images.shape[0], chunk):
+        filled = _fill_batch(images[start:start + chunk], painter)
+        probs.append(jax.nn.softmax(forward_fn(normalize_fn(filled)), axis=-1))
+    probs = jnp.concatenate(probs)[:total]
+    predicted = jax.nn.one_hot(jnp.argmax(probs, axis=-1), probs.shape[-1])
+    return FillPrior(probabilities=jnp.mean(probs, axis=0), predicted=jnp.mean(predicted, axis=0))
 
 
 def _check_scores(y: Array, y_masked: Array) -> None:
@@ -274,6 +542,34 @@ def average_increase(y: Array, y_masked: Array) -> Array:
     """
     _check_scores(y, y_masked)
     return jnp.mean((jnp.asarray(y) < jnp.asarray(y_masked)).astype(jnp.float32))
+
+
+def per_class(y: Array, y_masked: Array, classes: Array, num_classes: int) -> PerClass:
+    """AD / AI (Eqs. 7–8) over the images of each predicted class separately.
+
+    Args:
+      y: [B] Y_c(e) on the unmasked images.
+      y_masked: [B] Y_c(e') on the masked images.
+      classes: int[B] the class c predicted on each unmasked image.
+      num_classes: C (static).
+
+    Returns:
+      ``PerClass``; a class no image is predicted as has count 0 and ad = ai = 0.0 (never NaN).
+    """
+    _check_scores(y, y_masked)
+    if jnp.shape(classes) != jnp.shape(y) or not jnp.issubdtype(jnp.asarray(classes).dtype, jnp.integer):
+        raise ValueError(f"classes: expected int[{jnp.shape(y)[0]}], got {jnp.asarray(classes).dtype}"
+                         f"{list(jnp.shape(classes))}")
+    if not isinstance(classes, jax.core.Tracer) and (
+            int(jnp.min(classes)) < 0 or int(jnp.max(classes)) >= num_classes):
+        raise ValueError(f"classes: values must lie in [0, {num_classes})")
+    y, y_masked = jnp.asarray(y, jnp.float32), jnp.asarray(y_masked, jnp.float32)
+    drop = jnp.where(y > 0, jnp.maximum(y - y_masked, 0.0) / jnp.where(y > 0, y, 1.0), 0.0)
+    increase = (y < y_masked).astype(jnp.float32)
+    sums = lambda v: jax.ops.segment_sum(v, jnp.asarray(classes), num_segments=num_classes)
+    count = sums(jnp.ones_like(y)).astype(jnp.int32)
+    denom = jnp.maximum(count, 1).astype(jnp.float32)
+    return PerClass(count=count, ad=sums(drop) / denom, ai=sums(increase) / denom)
 
 
 def region_metrics(predicted_label: Array, ground_truth: Array, model_pred: Array) -> RegionMetrics:

@@ -87,13 +87,36 @@ def np_minmax(m):
     return (m - m.min()) / span if span > 0 else np.zeros_like(m)
 
 
-def np_scorecam(forward, raw, psi, class_idx):
+def np_align_corners(m, size):
+    """Bilinear upsampling with corner samples aligned (torch ``align_corners=True``), pixel by pixel."""
+    m = np.asarray(m, np.float64)
+    h, w = m.shape
+    out = np.zeros((size, size))
+    for y in range(size):
+        for x in range(size):
+            sy = y * (h - 1) / (size - 1) if size > 1 else 0.0
+            sx = x * (w - 1) / (size - 1) if size > 1 else 0.0
+            y0, x0 = min(int(sy), max(h - 2, 0)), min(int(sx), max(w - 2, 0))
+            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+            fy, fx = sy - y0, sx - x0
+            out[y, x] = ((1 - fy) * (1 - fx) * m[y0, x0] + (1 - fy) * fx * m[y0, x1]
+                         + fy * (1 - fx) * m[y1, x0] + fy * fx * m[y1, x1])
+    return out
+
+
+def np_scorecam(forward, raw, psi, class_idx, score="probability", masked_input="raw",
+                mask_upsampling="half_pixel"):
     scores = []
     for k in range(psi.shape[-1]):
-        mask = np_minmax(upsample(psi[:, :, k], SIZE))
-        masked = np.asarray(raw) * mask[..., None]
-        logits = forward(FNS.normalize(jnp.asarray(masked, jnp.float32))[None])[0]
-        scores.append(np_softmax(logits)[class_idx])
+        up = (upsample(psi[:, :, k], SIZE) if mask_upsampling == "half_pixel"
+              else np_align_corners(psi[:, :, k], SIZE))
+        mask = np_minmax(up)
+        if masked_input == "raw":
+            inputs = FNS.normalize(jnp.asarray(np.asarray(raw) * mask[..., None], jnp.float32))
+        else:
+            inputs = jnp.asarray(np.asarray(FNS.normalize(raw)) * mask[..., None], jnp.float32)
+        logits = forward(inputs[None])[0]
+        scores.append(np_softmax(logits)[class_idx] if score == "probability" else float(logits[class_idx]))
     return np.asarray(scores), np_softmax(scores)
 
 
@@ -182,6 +205,32 @@ def test_scorecam_matches_channel_loop(model, chunk_size):
     np.testing.assert_allclose(alpha, alpha_ref, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("options", [{"score": "logit"}, {"masked_input": "normalised"},
+                                     {"mask_upsampling": "align_corners"},
+                                     {"score": "logit", "masked_input": "normalised",
+                                      "mask_upsampling": "align_corners"}])
+def test_scorecam_options_match_channel_loop(model, options):
+    params, raw, psi, _, forward = model
+    scores_ref, alpha_ref = np_scorecam(forward, raw[0], psi[0], 1, **options)
+    scores = baselines.scorecam_scores(forward, FNS.normalize, raw[0], psi[0], 1, chunk_size=16, **options)
+    np.testing.assert_allclose(scores, scores_ref, rtol=1e-4, atol=1e-6)
+    alpha = baselines.scorecam_weights(forward, FNS.normalize, raw[0], psi[0], 1, chunk_size=16, **options)
+    np.testing.assert_allclose(alpha, alpha_ref, rtol=1e-4, atol=1e-7)
+    default = baselines.scorecam_weights(forward, FNS.normalize, raw[0], psi[0], 1, chunk_size=16)
+    assert not np.allclose(alpha, default, rtol=1e-3, atol=1e-6)  # each option changes the weights
+    batch = baselines.scorecam_weights_batch(forward, FNS.normalize, raw[:2], psi[:2], jnp.array([1, 0]),
+                                             chunk_size=16, **options)
+    np.testing.assert_allclose(batch[0], alpha, rtol=1e-5, atol=1e-8)
+
+
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(1, 6), w=st.integers(1, 6), size=st.integers(1, 13), seed=st.integers(0, 2**16))
+def test_align_corners_mask_matches_pixel_loop(h, w, size, seed):
+    channel = np.random.default_rng(seed).normal(size=(h, w)).astype(np.float32)
+    got = baselines.scorecam_mask(jnp.asarray(channel), size, mask_upsampling="align_corners")
+    np.testing.assert_allclose(got, np_minmax(np_align_corners(channel, size)), atol=1e-5)
+
+
 def test_scorecam_jit_and_batch(model):
     params, raw, psi, _, forward = model
 
@@ -254,3 +303,9 @@ def test_bad_inputs_raise(model):
         baselines.scorecam_weights(forward, FNS.normalize, raw[0], psi[0], -1)
     with pytest.raises(ValueError, match="psis"):
         baselines.scorecam_weights_batch(forward, FNS.normalize, raw, psi[:2], jnp.array([0, 1, 0]))
+    for option in ("score", "masked_input", "mask_upsampling"):
+        with pytest.raises(ValueError, match=option):
+            baselines.scorecam_weights(forward, FNS.normalize, raw[0], psi[0], 0, **{option: "other"})
+        with pytest.raises(ValueError, match=option):
+            baselines.scorecam_weights_batch(forward, FNS.normalize, raw, psi, jnp.array([0, 1, 0]),
+                                             **{option: "other"})

@@ -123,7 +123,7 @@ def test_figure4_curves_controls_and_k1_cross_check(tiny_setup):
     for t in saved["ties"].values():
         assert t["maps"] > 0 and 0 <= t["tied_maps"] <= t["maps"]
     assert "covered references only" in saved["notes"]["fewer_than_k"]
-    assert len(read_csv(out / "figure4.csv")) == 6 * 3
+    assert len(read_csv(out / "figure4.csv")) == (len(methods.METHODS) + len(methods.CONTROLS)) * 3
     assert (out / "figure4.png").stat().st_size > 0 and "K=8" in (out / "figure4.md").read_text()
 
     # K = 1 is x alone: Grad-CAM reused at x is Grad-CAM with x's own weights, and both

@@ -23,8 +23,9 @@ from ri_jax.checkpoint import save_checkpoint  # noqa: E402
 from ri_jax.protocols.report import format_mean_std  # noqa: E402
 
 PER_CLASS = 10
-SCRIPTS = {"table1": table1, "table2": table2, "figure4": figure4, "figures5_6": figures5_6,
-           "case_studies": case_studies, "variant_study": variant_study}
+SCRIPTS = {"table1": table1, "table1_mean": table1, "table1_blur": table1, "table2": table2,
+           "figure4": figure4, "figures5_6": figures5_6, "case_studies": case_studies,
+           "variant_study": variant_study}
 TINY_ARGS = ["--refs-per-class", "0", "--unseen", "0", "--batch-size", "16", "--no-progress",
              "--per-class", "2"]
 
@@ -79,6 +80,13 @@ def results(tiny_setup):
         "--extra", "figure4:--ks 1,3 --num-boundaries 4",
         # The case studies only add figures; tests/test_experiments_figures.py runs them.
         "--steps", "table1,table2,figure4,figures5_6"])
+    # Table 1 under the other two fills, in this process (the jitted steps compile once: a
+    # fill is data, not a shape), into the folders run_all's table1_mean / table1_blur use;
+    # then RESULTS.md again from everything on disk.
+    for fill in ("mean", "blur"):
+        table1.main(base + ["--out", str(out / f"table1_{fill}"), "--cache-dir", str(out / "cache"),
+                            "--runs", "1", "--num-boundaries", "4", "--fill", fill])
+    run_all.main(["--out", str(out), "--render-only", "--results-md", str(md)])
     return out, md, record
 
 
@@ -86,11 +94,23 @@ def test_table1_writes_the_stable_schema(results):
     out = results[0] / "table1"
     saved = json.loads((out / "table1.json").read_text())
     assert saved["methods"].keys() == {"RI", "Grad-CAM", "Grad-CAM++", "Score-CAM"}
-    assert saved["controls"].keys() == {"Random", "Grad-CAM (own weights)"}
-    for block in (saved["methods"], saved["controls"]):
-        for scores in block.values():
-            assert scores.keys() == {"mAD", "mAI"}
-            assert mean_std_ok(scores["mAD"]) and mean_std_ok(scores["mAI"])
+    assert saved["controls"].keys() == {"Random", "Grad-CAM (own weights)", "Centre square"}
+    for name, scores in {**saved["methods"], **saved["controls"]}.items():
+        # Every method and deterministic control has its inverse; "Random"'s would be random too.
+        assert scores.keys() == ({"mAD", "mAI"} if name == "Random" else {"mAD", "mAI", "inverse"})
+        for s in (scores, scores.get("inverse", scores)):
+            assert mean_std_ok(s["mAD"]) and mean_std_ok(s["mAI"])
+    assert saved["config"]["fill"] == "black" and saved["config"]["blur_sigma"] is None
+    prior = saved["fill_prior"]
+    assert prior["fill"] == "black" and prior["images"] == 1
+    assert sum(prior["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert sorted(prior["predicted"].values()) == [0.0, 1.0]
+    per_class = saved["per_class"]["RI"]
+    assert per_class.keys() == {"a", "b"} and sum(c["count"] for c in per_class.values()) == 20
+    # The per-class AD / AI average back to the overall numbers, weighted by the counts.
+    defined = [c for c in per_class.values() if c["count"]]
+    assert sum(c["count"] * c["mAD"]["mean"] for c in defined) / 20 == pytest.approx(
+        saved["methods"]["RI"]["mAD"]["mean"], rel=1e-4)
     ri = saved["interpretations"]["RI"]
     assert len(ri) == 2
     for report in ri:
@@ -106,11 +126,11 @@ def test_table1_writes_the_stable_schema(results):
     # Own-weights Grad-CAM has nothing random: it is computed once, std 0.
     assert saved["controls"]["Grad-CAM (own weights)"]["mAD"]["std"] == 0
     rows = read_csv(out / "table1.csv")
-    assert len(rows) == 2 * 6 and {r["method"] for r in rows} >= {"RI", "Random"}
+    assert len(rows) == 2 * 7 and {r["method"] for r in rows} >= {"RI", "Random", "Centre square"}
     ads = [float(r["AD"]) for r in rows if r["method"] == "RI"]
     assert saved["methods"]["RI"]["mAD"]["mean"] == pytest.approx(np.mean(ads))
     md = (out / "table1.md").read_text()
-    assert "| RI |" in md and "Grad-CAM (own weights)" in md
+    assert "| RI |" in md and "Grad-CAM (own weights)" in md and "inverse mAD" in md
     assert saved["config"]["seeds"] == [0, 1] and saved["config"]["num_unseen"] == 20
 
 
@@ -132,6 +152,18 @@ def test_table1_runs_are_seeded_and_repeatable_and_ace_joins(tiny_setup, results
     ace = again["interpretations"]["ACE"][0]
     assert ace["routed_to_nearest_centre"] == 20 and ace["interpretations"] == 4
     assert 0 <= ace["empty_masks"] <= 20 and 0 <= ace["without_significant_concept"] <= 4
+
+
+@pytest.mark.parametrize("fill", ["mean", "blur"])
+def test_table1_under_other_fills(results, fill):
+    saved = json.loads((results[0] / f"table1_{fill}" / "table1.json").read_text())
+    assert saved["config"]["fill"] == fill == saved["fill_prior"]["fill"]
+    if fill == "blur":  # σ = 0.1 · S by default; the blur prior averages over the 20 unseen images
+        assert saved["config"]["blur_sigma"] == pytest.approx(3.2) and saved["fill_prior"]["images"] == 20
+    black = json.loads((results[0] / "table1" / "table1.json").read_text())
+    # Same images, same first seed, another fill: other scores.
+    assert saved["methods"]["RI"] != black["methods"]["RI"] or \
+        saved["controls"]["Random"] != black["controls"]["Random"]
 
 
 def test_table2_writes_the_stable_schema_and_shares_table1_polytopes(results):
@@ -199,7 +231,21 @@ def test_run_all_writes_results_md_from_the_json(results):
     assert format_mean_std(t2["unseen"]["CVR"]) in text
     assert "(all/figures5_6/figures5_6.png)" in text and "(all/figure4/figure4.png)" in text
     assert "does NOT hold" in text or "holds here" in text
+    # Table 1 under each fill, with its checks and a verdict computed across the fills.
+    for fill in ("black", "mean", "blur"):
+        assert f"### Fill: {fill}" in text
+    assert "### Verdict across fills (black, mean, blur)" in text and "Holds under every fill" in text
+    assert "inverse mAD" in text and "(n = " in text
     assert json.loads((out / "run_all.json").read_text())["total_wall_seconds"] > 0
+
+
+def test_run_all_runs_table1_under_every_fill(tmp_path):
+    for quick in ([], ["--quick"]):
+        args = run_all.parse_args(["--out", str(tmp_path)] + quick)
+        fills = {step: table1.parse_args(run_all.step_argv(step, args, tmp_path)).fill
+                 for step in ("table1", "table1_mean", "table1_blur")}
+        assert fills == {"table1": "black", "table1_mean": "mean", "table1_blur": "blur"}
+        assert "--ace" not in run_all.step_argv("table1_blur", args, tmp_path)
 
 
 def test_run_all_settings_parse_in_every_script(tmp_path):

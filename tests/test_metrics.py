@@ -1,5 +1,6 @@
 """AD / AI masking and region metrics against hand-computed and brute-force references."""
 
+import functools
 import math
 
 import chex
@@ -199,3 +200,189 @@ def test_bad_inputs_raise():
         metrics.region_metrics(np.array([0, 0]), np.array([0, 0]), np.array([0]))
     with pytest.raises(ValueError, match="predicted_label"):
         metrics.region_metrics(np.array([], int), np.array([], int), np.array([], int))
+
+
+# ---------------------------------------------------------------- inverse, centre square, fills, per class
+
+bottom_mask = jax.jit(metrics.bottom_fraction_mask, static_argnames="fraction")
+inverse_ties = jax.jit(functools.partial(metrics.cut_ties, inverse=True), static_argnames="fraction")
+
+
+@settings(max_examples=100, deadline=None)
+@given(maps_and_fractions())
+def test_bottom_fraction_mask_is_the_same_order_read_from_the_end(case):
+    heatmap, fraction = case
+    k = metrics.num_kept(heatmap.size, fraction)
+    order, flat = ref_keep(heatmap, 1.0)  # the full keep order
+    kept = order[len(order) - k:]
+    expected = np.zeros(heatmap.size, bool)
+    expected[kept] = True
+    mask = np.asarray(bottom_mask(heatmap, fraction=fraction))
+    np.testing.assert_array_equal(mask.reshape(-1), expected)
+    # The complement of the top S² − k pixels; disjoint from the top k when 2k ≤ S².
+    top_rest = np.zeros(heatmap.size, bool)
+    top_rest[order[:len(order) - k]] = True
+    np.testing.assert_array_equal(mask.reshape(-1), ~top_rest)
+    if 2 * k <= heatmap.size:
+        assert not np.any(mask & np.asarray(top_mask(heatmap, fraction=fraction)))
+    if 0 < k < len(flat):
+        threshold = flat[kept[0]]
+        dropped = sum(1 for i in range(len(flat)) if flat[i] == threshold and not expected[i])
+    else:
+        dropped = 0
+    assert int(inverse_ties(heatmap, fraction=fraction)) == dropped
+
+
+def test_inverse_by_hand():
+    heatmap = np.array([[0.9, 0.1], [np.nan, 0.5]], np.float32)
+    np.testing.assert_array_equal(metrics.bottom_fraction_mask(heatmap, 0.5), [[False, True], [True, False]])
+    flat = np.zeros(25, np.float32)  # all tied: the inverse keeps the last k of tie_priority
+    last = metrics.tie_priority(25)[-5:]
+    np.testing.assert_array_equal(np.flatnonzero(metrics.bottom_fraction_mask(flat.reshape(5, 5))),
+                                  np.sort(last))
+
+
+@pytest.mark.parametrize("size", [1, 4, 5, 10, 11, 32, 96])
+def test_centre_square_keeps_k_pixels_as_a_centred_square_plus_part_of_the_next_ring(size):
+    k = metrics.num_kept(size * size)
+    mask = metrics.centre_square_mask(size)
+    assert mask.sum() == k
+    a = max((side for side in range(size % 2, size + 1, 2) if side * side <= k), default=0)
+    lo = (size - a) // 2
+    assert mask[lo:lo + a, lo:lo + a].all()  # the full centred a × a square
+    outside = np.ones((size, size), bool)
+    lo2 = max(lo - 1, 0)
+    outside[lo2:lo2 + a + 2, lo2:lo2 + a + 2] = False
+    assert not np.any(mask & outside)  # the rest lies on the next ring only
+    np.testing.assert_array_equal(mask, metrics.centre_square_mask(size))  # same on every call
+
+
+def test_centre_square_by_hand():
+    # 5×5, k = 5: the centre pixel and 4 of its 8 neighbours, picked in tie_priority order.
+    mask = metrics.centre_square_mask(5)
+    ring = [i for i in metrics.tie_priority(25) if i != 12 and max(abs(i // 5 - 2), abs(i % 5 - 2)) == 1][:4]
+    assert set(np.flatnonzero(mask)) == {12, *ring}
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(1, 40), sigma=st.floats(0.3, 30.0), seed=st.integers(0, 2**16))
+def test_gaussian_blur_matches_scipy(size, sigma, seed):
+    from scipy import ndimage
+
+    image = np.random.default_rng(seed).random((size, size, 3)).astype(np.float32)
+    fill = metrics.make_fill("blur", lambda x: x, size, sigma=sigma)
+    got = np.asarray(metrics.fill_image(jnp.asarray(image), fill))
+    want = ndimage.gaussian_filter(image.astype(np.float64), sigma=(sigma, sigma, 0), mode="reflect",
+                                   truncate=metrics.BLUR_TRUNCATE)
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    np.testing.assert_allclose(metrics.gaussian_blur_matrix(size, sigma).sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_default_blur_sigma_scales_with_the_image():
+    assert metrics.blur_sigma(96) == pytest.approx(9.6)
+    assert metrics.blur_sigma(96, 2.5) == 2.5
+    blurred = metrics.fill_image(jax.random.uniform(jax.random.key(0), (96, 96, 3)),
+                                 metrics.make_fill("blur", lambda x: x, 96))
+    assert float(jnp.std(blurred)) < 0.02  # strong: uniform noise (std 0.29) is almost flat
+
+
+def test_normalisation_mean_recovers_the_model_mean(tiny_config):
+    from ri_jax.models.vgg import make_vgg
+
+    mean = metrics.normalisation_mean(make_vgg(tiny_config).normalize)
+    np.testing.assert_allclose(mean, tiny_config.mean, rtol=1e-5)
+    with pytest.raises(ValueError, match="affine"):
+        metrics.normalisation_mean(lambda x: x ** 2)
+
+
+def test_fills_by_hand():
+    raw = np.full((4, 4, 3), 0.7, np.float32)
+    raw[0, 0] = 0.1
+    keep = np.zeros((4, 4), bool)
+    keep[0, 0] = True
+    normalize = lambda x: (x - jnp.array([0.2, 0.4, 0.6])) / 0.5
+    black = np.asarray(metrics.mask_image(raw, keep, metrics.make_fill("black", normalize, 4)))
+    mean = np.asarray(metrics.mask_image(raw, keep, metrics.make_fill("mean", normalize, 4)))
+    blur = np.asarray(metrics.mask_image(raw, keep, metrics.make_fill("blur", normalize, 4, sigma=50.0)))
+    for out in (black, mean, blur):
+        np.testing.assert_array_equal(out[0, 0], raw[0, 0])  # kept pixels are untouched
+    np.testing.assert_array_equal(black[1:], 0.0)
+    np.testing.assert_allclose(mean[2, 3], [0.2, 0.4, 0.6], rtol=1e-6)
+    np.testing.assert_allclose(blur[3, 3], raw.mean(axis=(0, 1)), atol=2e-3)  # σ ≫ S: nearly the image mean
+    np.testing.assert_array_equal(metrics.mask_image(raw, keep), black)  # no fill = black
+
+
+@pytest.mark.parametrize("fill", metrics.FILLS)
+@pytest.mark.parametrize("inverse", [False, True])
+def test_masked_scores_with_fill_match_direct_computation(fill, inverse):
+    raw = jax.random.uniform(jax.random.key(3), (5, 6, 6, 3))
+    heatmaps = jax.random.uniform(jax.random.key(4), (5, 6, 6))
+    normalize = lambda x: (x - 0.3) / 0.2
+    scores = metrics.masked_scores(toy_forward, normalize, raw, heatmaps, fill=fill, inverse=inverse,
+                                   blur_sigma=1.5, batch_size=2)
+    keep = metrics.bottom_fraction_mask if inverse else metrics.top_fraction_mask
+    painted = []
+    for x, h in zip(np.asarray(raw), np.asarray(heatmaps)):
+        if fill == "blur":
+            from scipy import ndimage
+            background = ndimage.gaussian_filter(x, (1.5, 1.5, 0), mode="reflect", truncate=4.0)
+        else:
+            background = np.full_like(x, 0.3 if fill == "mean" else 0.0)
+        painted.append(np.where(np.asarray(keep(h))[..., None], x, background))
+    probs = np.asarray(jax.nn.softmax(toy_forward(normalize(jnp.asarray(np.stack(painted)))), axis=-1))
+    np.testing.assert_allclose(scores.y_masked, probs[np.arange(5), scores.classes], rtol=1e-4, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_per_class_matches_a_loop_over_classes(data):
+    n = data.draw(st.sampled_from([1, 4, 9]))
+    num_classes = data.draw(st.sampled_from([2, 3]))
+    unit = st.floats(0, 1, width=32, allow_subnormal=False)
+    y = data.draw(hnp.arrays(np.float32, n, elements=unit))
+    y_masked = data.draw(hnp.arrays(np.float32, n, elements=unit))
+    classes = data.draw(hnp.arrays(np.int32, n, elements=st.integers(0, num_classes - 1)))
+    got = metrics.per_class(y, y_masked, classes, num_classes)
+    for c in range(num_classes):
+        rows = classes == c
+        assert int(got.count[c]) == rows.sum()
+        if rows.any():
+            assert float(got.ad[c]) == pytest.approx(float(metrics.average_drop(y[rows], y_masked[rows])),
+                                                     rel=1e-5, abs=1e-6)
+            assert float(got.ai[c]) == pytest.approx(float(metrics.average_increase(y[rows], y_masked[rows])))
+        else:
+            assert (float(got.ad[c]), float(got.ai[c])) == (0.0, 0.0)
+
+
+def test_fill_prior():
+    raw = jax.random.uniform(jax.random.key(5), (7, 6, 6, 3))
+    normalize = lambda x: (x - 0.5) / 0.25
+    black = metrics.fill_prior(toy_forward, normalize, raw, fill="black")
+    # black normalises to −2 everywhere: logits (−72, −72), a tie → argmax class 0.
+    np.testing.assert_allclose(black.probabilities, [0.5, 0.5], rtol=1e-6)
+    np.testing.assert_array_equal(black.predicted, [1.0, 0.0])
+    mean = metrics.fill_prior(toy_forward, normalize, raw, fill="mean")
+    np.testing.assert_allclose(mean.probabilities, [0.5, 0.5], rtol=1e-6)
+    traced = jax.jit(chex.assert_max_traces(toy_forward, n=1))
+    blur = metrics.fill_prior(traced, normalize, raw, fill="blur", blur_sigma=2.0, batch_size=3)
+    fill = metrics.make_fill("blur", normalize, 6, sigma=2.0)
+    blurred = jax.vmap(metrics.fill_image, in_axes=(0, None))(raw, fill)
+    probs = jax.nn.softmax(toy_forward(normalize(blurred)), axis=-1)
+    np.testing.assert_allclose(blur.probabilities, probs.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(blur.predicted, np.bincount(np.argmax(probs, -1), minlength=2) / 7)
+
+
+def test_fill_and_class_bad_inputs_raise():
+    raw, maps = np.zeros((2, 4, 4, 3), np.float32), np.zeros((2, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="fill"):
+        metrics.masked_scores(toy_forward, lambda x: x, raw, maps, fill="grey")
+    with pytest.raises(ValueError, match="blur_sigma"):
+        metrics.masked_scores(toy_forward, lambda x: x, raw, maps, fill="blur", blur_sigma=0.0)
+    with pytest.raises(ValueError, match="fill"):
+        metrics.fill_prior(toy_forward, lambda x: x, raw, fill="white")
+    with pytest.raises(ValueError, match="raw_images"):
+        metrics.fill_prior(toy_forward, lambda x: x, raw[0])
+    with pytest.raises(ValueError, match="classes"):
+        metrics.per_class(np.ones(2), np.ones(2), np.array([0, 2]), 2)
+    with pytest.raises(ValueError, match="image_size"):
+        metrics.centre_square_heatmap(0)

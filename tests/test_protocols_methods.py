@@ -84,6 +84,17 @@ def test_single_row_interpretation_is_plain_cam(protocol_model):
         np.testing.assert_allclose(own[i], cam(alpha, psi[i], S), atol=1e-5)
 
 
+def test_centre_square_control_keeps_the_same_centred_pixels_everywhere(protocol_model):
+    from ri_jax.metrics import centre_square_mask, num_kept, top_fraction_mask
+
+    fns, params, raw, psi, classes = protocol_model
+    maps = methods.control_heatmaps("Centre square", fns, params, raw[:3], psi[:3], classes[:3])
+    assert maps.shape == (3, S, S) and np.all(maps == maps[0])
+    kept = np.asarray(top_fraction_mask(maps[0]))
+    np.testing.assert_array_equal(kept, centre_square_mask(S))
+    assert kept.sum() == num_kept(S * S) and kept[S // 2 - 6:S // 2 + 6, S // 2 - 6:S // 2 + 6].all()
+
+
 def test_interpretation_heatmaps_reject_bad_input():
     interps = methods.Interpretations(np.ones((2, 1, 3), np.float32), np.ones((2, 1), bool))
     psi = np.ones((2, 2, 2, 3), np.float32)

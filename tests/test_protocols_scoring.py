@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ri_jax.protocols import scoring
+from ri_jax.models.vgg import IMAGENET_MEAN  # the tiny model's normalisation mean
 
 S = 32
 FEW = settings(max_examples=40, deadline=None)
@@ -14,21 +15,33 @@ FEW = settings(max_examples=40, deadline=None)
 
 # ---- evaluation ---------------------------------------------------------------------------------
 
-def slow_evaluation(fns, params, raw, maps, fraction=0.2):
+def slow_background(image, fill):
+    """What the dropped pixels become, written out: 0, the tiny model's mean, or scipy's blur."""
+    if fill == "black":
+        return np.zeros_like(image)
+    if fill == "mean":
+        return np.broadcast_to(np.asarray(IMAGENET_MEAN, np.float32), image.shape)
+    from scipy import ndimage
+    return ndimage.gaussian_filter(image.astype(np.float64), (0.1 * S, 0.1 * S, 0), mode="reflect",
+                                   truncate=4.0)
+
+
+def slow_evaluation(fns, params, raw, maps, fraction=0.2, fill="black", inverse=False):
     ad, ai, tied_images, tied_pixels, flat = [], [], 0, 0, 0
     k = int(np.floor(fraction * S * S + 0.5))
     for image, m in zip(raw, maps):
         flat_m = m.reshape(-1)
         order = sorted(range(flat_m.size), key=lambda j: (-flat_m[j], (j * 2654435761) % 2**32))
         keep = np.zeros(flat_m.size, bool)
-        keep[order[:k]] = True
-        masked = np.where(keep.reshape(S, S)[..., None], image, 0.0)
+        kept = order[len(order) - k:] if inverse else order[:k]
+        keep[kept] = True
+        masked = np.where(keep.reshape(S, S)[..., None], image, slow_background(image, fill))
         p = np.asarray(jax.nn.softmax(fns.apply(params, fns.normalize(np.stack([image, masked])))))
         c = p[0].argmax()
         y, y2 = p[0, c], p[1, c]
         ad.append(max(0.0, y - y2) / y)
         ai.append(y < y2)
-        dropped = int(np.sum((flat_m == flat_m[order[k - 1]]) & ~keep))
+        dropped = int(np.sum((flat_m == flat_m[kept[0] if inverse else kept[-1]]) & ~keep))
         tied_images += dropped > 0
         tied_pixels += dropped
         flat += flat_m.min() == flat_m.max()
@@ -50,6 +63,50 @@ def test_evaluate_heatmaps_matches_loop(protocol_model, seed, levels):
     assert (got.tied_images, got.tied_pixels, got.flat_maps) == (tied_images, tied_pixels, flat)
     np.testing.assert_allclose(100 * got.drop.mean(), got.ad, rtol=1e-5)
     assert got.drop.shape == got.increase.shape == got.y.shape == (6,)
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 2**16), fill=st.sampled_from(["black", "mean", "blur"]),
+       inverse=st.booleans())
+def test_evaluate_heatmaps_with_fill_and_inverse_matches_loop(protocol_model, seed, fill, inverse):
+    fns, params, raw, _, _ = protocol_model
+    maps = np.floor(np.random.default_rng(seed).random((5, S, S)) * 4).astype(np.float32) / 4
+    masking = scoring.MaskingOptions(fill=fill)
+    got = scoring.evaluate_heatmaps(fns, params, raw[:5], maps, masking=masking, inverse=inverse,
+                                    batch_size=4)
+    ad, ai, tied_images, tied_pixels, flat = slow_evaluation(fns, params, raw[:5], maps, fill=fill,
+                                                             inverse=inverse)
+    assert got.ad == pytest.approx(ad, abs=1e-3) and got.ai == pytest.approx(ai)
+    assert (got.tied_images, got.tied_pixels, got.flat_maps) == (tied_images, tied_pixels, flat)
+
+
+def test_per_class_and_fill_prior_reports(protocol_model):
+    fns, params, raw, _, classes = protocol_model
+    maps = np.random.default_rng(1).random((len(raw), S, S)).astype(np.float32)
+    ev = scoring.evaluate_heatmaps(fns, params, raw, maps, batch_size=8)
+    report = ev.per_class(("a", "b"))
+    assert [report[c]["count"] for c in "ab"] == [int(np.sum(classes == 0)), int(np.sum(classes == 1))]
+    for label, name in enumerate("ab"):
+        rows = ev.classes == label
+        assert report[name]["AD"] == pytest.approx(100 * ev.drop[rows].mean(), rel=1e-5)
+        assert report[name]["AI"] == pytest.approx(100 * ev.increase[rows].mean())
+    only_a = scoring.per_class_report(ev._replace(classes=np.zeros_like(ev.classes)), ("a", "b"))
+    assert only_a["b"] == {"count": 0, "AD": None, "AI": None}
+    black = scoring.fill_prior_report(fns, params, raw, scoring.MaskingOptions(), ("a", "b"))
+    p = np.asarray(jax.nn.softmax(fns.apply(params, fns.normalize(np.zeros((1, S, S, 3))))))[0]
+    assert black["probabilities"] == pytest.approx(dict(zip("ab", p)), rel=1e-5)
+    assert black["images"] == 1 and black["fill"] == "black" and black["blur_sigma"] is None
+    blur = scoring.fill_prior_report(fns, params, raw, scoring.MaskingOptions(fill="blur"), ("a", "b"),
+                                     batch_size=5)
+    assert blur["images"] == len(raw) and blur["blur_sigma"] == pytest.approx(0.1 * S)
+    assert sum(blur["predicted"].values()) == pytest.approx(1.0)
+
+
+def test_masking_options_reject_bad_fills():
+    with pytest.raises(ValueError, match="fill"):
+        scoring.MaskingOptions(fill="grey")
+    with pytest.raises(ValueError, match="blur_sigma"):
+        scoring.MaskingOptions(fill="blur", blur_sigma=-1.0)
 
 
 def test_evaluate_masks_keeps_everything_means_no_change(protocol_model):

@@ -6,6 +6,14 @@ paper's extension of the CAM baselines to new images.
 
 Gradients are of the class score y_c, the pre-softmax logit of class c, with
 respect to ψ: ``∂ head_fn(ψ[None])[0, c] / ∂ψ``.
+
+Against pytorch-grad-cam 1.5.7's ``GradCAM`` (default ``ClassifierOutputTarget``, the
+logit; target layer ψ) on a numerically identical torch copy of the network
+(``benchmarks/peer_cams.py``): the same map to float32 precision. It min–max
+normalises before *and* after its ``cv2.resize`` (half-pixel bilinear, like
+``heatmaps.upsample``), which gives the same map as resizing then normalising, since
+bilinear resizing commutes with an affine rescale; its only other difference is the
+1e-7 it adds to the normalisation's denominator.
 """
 
 from __future__ import annotations

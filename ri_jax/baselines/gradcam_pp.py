@@ -9,10 +9,16 @@ with g = ∂y_c/∂ψ:
     a^k_ij = g²_ij / (2 g²_ij + Σ_ab A^k_ab · g³_ij)      (the S factors cancel)
     α_k   = Σ_ij a^k_ij · ReLU(g_ij)
 
-We implement exactly this common form (as in pytorch-grad-cam): the remaining
-factor S in ReLU(S·g) is a positive constant per image, which the min–max
-normalisation of ``cam`` removes, so it is dropped. Where the denominator is 0
-a^k_ij is taken as 0; for ψ ≥ 0 (after a ReLU) that needs g ≤ 0, where ReLU(g) = 0 anyway.
+This is the common form (pytorch-grad-cam's too): the remaining factor S in
+ReLU(S·g) is a positive constant per image, which the min–max normalisation of
+``cam`` removes, so it is dropped. Where the denominator is 0 a^k_ij is taken as 0;
+for ψ ≥ 0 (after a ReLU) that needs g ≤ 0, where ReLU(g) = 0 anyway.
+
+Against pytorch-grad-cam 1.5.7's ``GradCAMPlusPlus`` (``benchmarks/peer_cams.py``, same
+network and classes) the one difference is its ε = 1e-6 added to the denominator,
+a = g² / (2g² + Σ A g³ + 1e-6), where we divide exactly: with small gradients that
+shifts the weights by a few parts in 10⁴ (maps by ~1e-4); adding the same ε to ours
+agrees to float32 precision.
 """
 
 from __future__ import annotations

@@ -1,18 +1,38 @@
 """Score-CAM (Wang et al., 2020) weights at x; maps anywhere via ``heatmaps.cam``.
 
 For every channel k of ψ(x): upsample ψ^k bilinearly to the image size (the same
-``heatmaps.upsample`` as every other map), min–max normalise it to [0, 1], multiply
-the RAW image by it, normalise the product and forward it through the full model.
-The channel's score is the softmax probability of class c on that masked image,
-and the weights are a softmax over channels of these scores,
-α = softmax_k(p_c(x ∘ M_k)). This is Algorithm 1 of the Score-CAM paper: its
-baseline subtraction p_c(x ∘ M_k) − p_c(x_b) shifts every channel by the same
-constant, which the softmax ignores. (The authors' released code instead weights by
-p_c directly and skips constant channels; pytorch-grad-cam uses the softmax over
-channels, as here.)
+half-pixel ``heatmaps.upsample`` as every other map), min–max normalise it to [0, 1]
+(M_k), multiply the RAW image by it, normalise the product and forward it through the
+full model. The channel's score s_k is the softmax probability of class c on that
+masked image (``score="probability"``, the default) or its logit (``score="logit"``),
+and the weights are a softmax over channels, α = softmax_k(s_k). With probabilities
+this is Algorithm 1 of the Score-CAM paper: its baseline subtraction
+p_c(x ∘ M_k) − p_c(x_b) shifts every channel by the same constant, which the softmax
+ignores.
 
-A channel whose upsampled map is constant gives a zero mask (a black image), never
-NaN, and keeps its softmax weight.
+How this differs from its peers (checked by ``benchmarks/peer_cams.py`` against
+pytorch-grad-cam 1.5.7 on a numerically identical torch copy of the network):
+  * pytorch-grad-cam's ``ScoreCAM`` with its default target (``ClassifierOutputTarget``)
+    scores the raw **logit**, where our default scores the softmax probability
+    (``score="logit"`` reproduces it; its ``ClassifierOutputSoftmaxTarget`` matches our
+    default);
+  * it multiplies the model's **normalised** input by the masks, where we mask the raw
+    image and then normalise (so a dropped pixel is raw black, as in AD / AI);
+    ``masked_input="normalised"`` reproduces it;
+  * it upsamples ψ^k with ``UpsamplingBilinear2d``, i.e. ``align_corners=True``, where we
+    use half-pixel bilinear (``align_corners=False``, like ``cv2.resize`` and every other
+    map here); ``mask_upsampling="align_corners"`` reproduces it;
+  * it divides by max − min + 1e-8 when normalising a mask (we divide exactly), and uses
+    the same softmax over channels.
+  With all three options set to pytorch-grad-cam's choices the two agree to float32
+  precision. The authors' released code (github.com/haofanwang/Score-CAM,
+  ``cam/scorecam.py``) scores the **softmax probability** of the target class on the
+  masked **normalised** input, upsamples half-pixel (``align_corners=False``), and
+  weights every channel by that probability directly (no softmax over channels),
+  skipping channels whose upsampled map is constant.
+
+A channel whose upsampled map is constant gives a zero mask (a black image, or a zero
+normalised input), never NaN, and keeps its softmax weight.
 
 The masked forward passes are batched: channels are split into chunks of
 ``chunk_size`` (the last chunk padded with zero channels) and ``lax.map`` runs one
@@ -25,6 +45,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ri_jax.baselines.gradcam import check_class_idx, check_psi
 from ri_jax.heatmaps import normalize_map, upsample
@@ -33,18 +54,49 @@ Array = jax.Array
 ForwardFn = Callable[[Array], Array]
 NormalizeFn = Callable[[Array], Array]
 
+SCORES = ("probability", "logit")
+MASKED_INPUTS = ("raw", "normalised")
+MASK_UPSAMPLING = ("half_pixel", "align_corners")
 
-def scorecam_mask(channel: Array, image_size: int) -> Array:
+
+def _align_corners_matrix(n: int, image_size: int) -> np.ndarray:
+    """[image_size, n] bilinear weights with the corner samples aligned (torch ``align_corners=True``)."""
+    if n == 1:
+        return np.ones((image_size, 1), np.float32)
+    src = np.arange(image_size) * (n - 1) / max(image_size - 1, 1)
+    lo = np.minimum(np.floor(src).astype(int), n - 2)
+    frac = src - lo
+    out = np.zeros((image_size, n))
+    out[np.arange(image_size), lo] = 1 - frac
+    out[np.arange(image_size), lo + 1] += frac
+    return out.astype(np.float32)
+
+
+def scorecam_mask(channel: Array, image_size: int, *, mask_upsampling: str = "half_pixel") -> Array:
     """One channel as a soft mask.
 
     Args:
       channel: [h, w] one channel ψ^k.
       image_size: side S of the image.
+      mask_upsampling: ``"half_pixel"`` (``heatmaps.upsample``) or ``"align_corners"``
+        (pytorch-grad-cam's ``UpsamplingBilinear2d``).
 
     Returns:
       [S, S] upsampled channel min–max normalised to [0, 1]; zeros if it is constant.
     """
-    return normalize_map(upsample(channel, image_size))
+    if mask_upsampling == "half_pixel":
+        return normalize_map(upsample(channel, image_size))
+    rows = jnp.asarray(_align_corners_matrix(channel.shape[0], image_size))
+    cols = jnp.asarray(_align_corners_matrix(channel.shape[1], image_size))
+    return normalize_map(jnp.einsum("sh,hw,tw->st", rows, channel, cols,
+                                    precision=jax.lax.Precision.HIGHEST))
+
+
+def _check_options(score: str, masked_input: str, mask_upsampling: str) -> None:
+    for name, value, allowed in (("score", score, SCORES), ("masked_input", masked_input, MASKED_INPUTS),
+                                 ("mask_upsampling", mask_upsampling, MASK_UPSAMPLING)):
+        if value not in allowed:
+            raise ValueError(f"{name}: unknown value {value!r}; choose one of {list(allowed)}")
 
 
 def _check_inputs(forward_fn: ForwardFn, raw_image: Array, psi: Array, class_idx,
@@ -59,8 +111,9 @@ def _check_inputs(forward_fn: ForwardFn, raw_image: Array, psi: Array, class_idx
 
 
 def scorecam_scores(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image: Array,
-                    psi: Array, class_idx, *, chunk_size: int = 32) -> Array:
-    """Class-c probability of the image masked by each channel.
+                    psi: Array, class_idx, *, chunk_size: int = 32, score: str = "probability",
+                    masked_input: str = "raw", mask_upsampling: str = "half_pixel") -> Array:
+    """Class-c score of the image masked by each channel.
 
     Args:
       forward_fn: ``forward_fn(normalised images [B, S, S, 3]) -> logits [B, C]`` (the full model).
@@ -69,10 +122,17 @@ def scorecam_scores(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image:
       psi: [h, w, c] feature map ψ(x).
       class_idx: scalar int, the class c to explain.
       chunk_size: masked images per ``forward_fn`` call.
+      score: ``"probability"`` (softmax of class c, the default) or ``"logit"`` (pytorch-grad-cam's
+        default target).
+      masked_input: ``"raw"`` (mask x, then normalise; the default) or ``"normalised"`` (mask the
+        normalised x, as pytorch-grad-cam and the authors' code do).
+      mask_upsampling: ``"half_pixel"`` (the default) or ``"align_corners"`` (pytorch-grad-cam).
 
     Returns:
-      [c] softmax(forward_fn(normalize_fn(x ∘ M_k)))[c] for every channel k.
+      [c] for every channel k, softmax(forward_fn(normalize_fn(x ∘ M_k)))[c] (or the logit, or
+      with ``normalize_fn(x) ∘ M_k`` as input, per the options).
     """
+    _check_options(score, masked_input, mask_upsampling)
     _check_inputs(forward_fn, raw_image, psi, class_idx, chunk_size)
     size = raw_image.shape[0]
     channels = psi.shape[-1]
@@ -83,17 +143,25 @@ def scorecam_scores(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image:
     maps = jnp.pad(maps, ((0, num_chunks * chunk - channels), (0, 0), (0, 0)))
     maps = maps.reshape(num_chunks, chunk, *psi.shape[:2])
 
+    normalised = normalize_fn(raw_image)
+
     def chunk_scores(chunk_maps: Array) -> Array:
-        masks = jax.vmap(scorecam_mask, in_axes=(0, None))(chunk_maps, size)
-        masked = raw_image[None] * masks[..., None]
-        probs = jax.nn.softmax(forward_fn(normalize_fn(masked)), axis=-1)
-        return probs[:, class_idx]
+        masks = jax.vmap(lambda m: scorecam_mask(m, size, mask_upsampling=mask_upsampling))(chunk_maps)
+        if masked_input == "raw":
+            inputs = normalize_fn(raw_image[None] * masks[..., None])
+        else:
+            inputs = normalised[None] * masks[..., None]
+        logits = forward_fn(inputs)
+        if score == "probability":
+            logits = jax.nn.softmax(logits, axis=-1)
+        return logits[:, class_idx]
 
     return jax.lax.map(chunk_scores, maps).reshape(-1)[:channels]
 
 
 def scorecam_weights(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image: Array,
-                     psi: Array, class_idx, *, chunk_size: int = 32) -> Array:
+                     psi: Array, class_idx, *, chunk_size: int = 32, score: str = "probability",
+                     masked_input: str = "raw", mask_upsampling: str = "half_pixel") -> Array:
     """Score-CAM channel weights at one input image.
 
     Args:
@@ -103,16 +171,25 @@ def scorecam_weights(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image
       psi: [h, w, c] feature map ψ(x).
       class_idx: scalar int, the class c to explain.
       chunk_size: masked images per ``forward_fn`` call.
+      score: ``"probability"`` (softmax of class c, the default) or ``"logit"`` (pytorch-grad-cam's
+        default target).
+      masked_input: ``"raw"`` (mask x, then normalise; the default) or ``"normalised"`` (mask the
+        normalised x, as pytorch-grad-cam and the authors' code do).
+      mask_upsampling: ``"half_pixel"`` (the default) or ``"align_corners"`` (pytorch-grad-cam).
 
     Returns:
       [c] α = softmax over channels of ``scorecam_scores``.
     """
     return jax.nn.softmax(scorecam_scores(forward_fn, normalize_fn, raw_image, psi, class_idx,
-                                          chunk_size=chunk_size))
+                                          chunk_size=chunk_size, score=score,
+                                          masked_input=masked_input,
+                                          mask_upsampling=mask_upsampling))
 
 
 def scorecam_weights_batch(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_images: Array,
-                           psis: Array, class_idx: Array, *, chunk_size: int = 32) -> Array:
+                           psis: Array, class_idx: Array, *, chunk_size: int = 32,
+                           score: str = "probability", masked_input: str = "raw",
+                           mask_upsampling: str = "half_pixel") -> Array:
     """``scorecam_weights`` over a batch, one image at a time (``lax.map``).
 
     ``forward_fn`` already batches over channels, so images are mapped sequentially
@@ -125,10 +202,16 @@ def scorecam_weights_batch(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw
       psis: [B, h, w, c] their feature maps.
       class_idx: int[B] class of each image.
       chunk_size: masked images per ``forward_fn`` call.
+      score: ``"probability"`` (softmax of class c, the default) or ``"logit"`` (pytorch-grad-cam's
+        default target).
+      masked_input: ``"raw"`` (mask x, then normalise; the default) or ``"normalised"`` (mask the
+        normalised x, as pytorch-grad-cam and the authors' code do).
+      mask_upsampling: ``"half_pixel"`` (the default) or ``"align_corners"`` (pytorch-grad-cam).
 
     Returns:
       [B, c] channel weights.
     """
+    _check_options(score, masked_input, mask_upsampling)
     if jnp.ndim(raw_images) != 4:
         raise ValueError(f"raw_images: expected [B, S, S, 3], got shape {jnp.shape(raw_images)}")
     if jnp.ndim(psis) != 4 or psis.shape[0] != raw_images.shape[0]:
@@ -137,5 +220,7 @@ def scorecam_weights_batch(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw
     logits = jax.eval_shape(forward_fn, jax.ShapeDtypeStruct((1, *raw_images.shape[1:]), raw_images.dtype))
     check_class_idx(class_idx, logits.shape[-1], (raw_images.shape[0],))
     return jax.lax.map(
-        lambda args: scorecam_weights(forward_fn, normalize_fn, *args, chunk_size=chunk_size),
+        lambda args: scorecam_weights(forward_fn, normalize_fn, *args, chunk_size=chunk_size,
+                                      score=score, masked_input=masked_input,
+                                      mask_upsampling=mask_upsampling),
         (raw_images, psis, jnp.asarray(class_idx)))

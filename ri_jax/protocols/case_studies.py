@@ -5,7 +5,8 @@ references covered by P(x), ranked by Eq. 6) and "Euclidean neighbours" (x and i
 nearest references in Ω, how the baselines find similar images, §6.1). Every method
 computes its interpretation at x and reuses it on the images of both blocks. Each
 image is scored by the softmax probability of x's predicted class c, unmasked and
-masked to each map's top 20 % (the rest black). Optional rows: the controls, and ACE
+masked to each map's top 20 % (the rest filled with ``config.masking.fill``, black
+by default). Optional rows: the controls, and ACE
 (discovered on x and its nearest references; its "heat map" is its keep mask).
 """
 
@@ -214,7 +215,7 @@ def run_case_studies(fns: ModelFns, params: Params, inputs: CaseInputs, refs: Ca
         found = ace_adapter.ace_masks(results, owner, t_raw, fns, params, cache=cache)
         maps[methods.ACE] = found.masks.astype(np.float32)
         probs = scoring.masked_probabilities(fns, params, t_raw, found.masks,
-                                             batch_size=config.batch_size)
+                                             masking=config.masking, batch_size=config.batch_size)
         masked[methods.ACE] = probs[np.arange(len(owner)), score_class]
         ace_report = {**ace_adapter.ace_summary(results, found), "discovery_images": 1 + n_near}
 

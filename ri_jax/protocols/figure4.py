@@ -123,7 +123,7 @@ def _ace_curves(fns: ModelFns, params: Params, feats: Features,
     raw_t = ref_raw(targets)
     found = ace_adapter.ace_masks(results, v, raw_t, fns, params, cache=cache)
     ev = scoring.evaluate_masks(fns, params, raw_t, found.masks, logits=feats.logits[targets],
-                                batch_size=config.batch_size)
+                                masking=config.masking, batch_size=config.batch_size)
     drop, inc = np.zeros(used[:n].shape), np.zeros(used[:n].shape, bool)
     drop[v, r], inc[v, r] = ev.drop, ev.increase
     report = {**ace_adapter.ace_summary(results, found), "inputs_evaluated": n,

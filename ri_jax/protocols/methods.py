@@ -21,7 +21,11 @@ every protocol calls it.
 Controls (``CONTROLS``; not the paper's methods, they make the numbers readable):
   * ``"Random"``: i.i.d. uniform heat-map values, i.e. a uniformly random 20 % of
     the pixels (ties have probability zero);
-  * ``"Grad-CAM (own weights)"``: Grad-CAM computed at each target itself, no reuse.
+  * ``"Grad-CAM (own weights)"``: Grad-CAM computed at each target itself, no reuse;
+  * ``"Centre square"``: the same centred square on every image
+    (``metrics.centre_square_heatmap``: the largest centred square within 20 % of the
+    pixels, topped up to exactly 20 % from the next square ring by the tie order), a
+    positional prior that uses neither the model nor the image.
 
 ACE explains with image segments instead (``protocols.ace_adapter``).
 """
@@ -42,6 +46,7 @@ from ri_jax.baselines.scorecam import scorecam_weights_batch
 from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES
 from ri_jax.heatmaps import polytope_heatmap
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
+from ri_jax.metrics import centre_square_heatmap
 from ri_jax.models.vgg import ModelFns
 from ri_jax.protocols.batching import check_batch, check_choice, check_positive, map_chunks
 from ri_jax.ranking import unit_normals
@@ -53,7 +58,7 @@ Params = Any
 
 METHODS = ("RI", "Grad-CAM", "Grad-CAM++", "Score-CAM")
 CAM_METHODS = ("Grad-CAM", "Grad-CAM++", "Score-CAM")
-CONTROLS = ("Random", "Grad-CAM (own weights)")
+CONTROLS = ("Random", "Grad-CAM (own weights)", "Centre square")
 ACE = "ACE"  # segment-based; see protocols.ace_adapter
 
 
@@ -477,7 +482,7 @@ def control_heatmaps(control: str, fns: ModelFns, params: Params, raw: np.ndarra
       chunk_size: targets per jitted call.
 
     Returns:
-      float32[B, S, S].
+      float32[B, S, S] ("Centre square": the same map on every target).
     """
     check_choice(control, CONTROLS)
     raw = check_batch(raw, "raw", 4)
@@ -485,4 +490,6 @@ def control_heatmaps(control: str, fns: ModelFns, params: Params, raw: np.ndarra
         if key is None:
             raise ValueError('key: the "Random" control needs a PRNG key')
         return random_heatmaps(len(raw), raw.shape[1], key=key)
+    if control == "Centre square":
+        return np.broadcast_to(centre_square_heatmap(raw.shape[1]), raw.shape[:3]).copy()
     return own_gradcam_heatmaps(fns, params, raw, psi, classes, chunk_size=chunk_size)

@@ -41,6 +41,10 @@ PAPER_TABLE2 = {  # (RI mean, RI std, F)
 }
 
 
+# The driver steps holding Table 1 under each fill (run_all.py).
+TABLE1_FILL_STEPS = {"black": "table1", "mean": "table1_mean", "blur": "table1_blur"}
+
+
 def _pm(mean: float, std: float) -> str:
     return f"{mean:.2f} ± {std:.2f}"
 
@@ -271,6 +275,11 @@ def render_results(record: dict, results: dict[str, dict], *, rel: str,
     for step, render in sections.items():
         if results.get(step) is not None:
             text += render(results[step])
+        if step == "table1":
+            by_fill = {fill: results.get(name) for fill, name in TABLE1_FILL_STEPS.items()}
+            by_fill = {f: t for f, t in by_fill.items() if t is not None and "fill_prior" in t}
+            if by_fill:
+                text += fills_section(by_fill)
     if "case_studies" in record["steps"]:
         text += cases_section(case_figures, rel)
     if results.get("variant_study") is not None:
@@ -350,3 +359,120 @@ def variant_study_markdown(study: dict) -> str:
               "Verdict (computed from the numbers above):", ""]
     lines += [f"- {v}" for v in study["verdict"]] + [""]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- Table 1 under each fill
+
+FILL_WORDS = {"black": "black (raw 0, the paper's)", "mean": "the model's normalisation mean colour",
+              "blur": "the image under a strong Gaussian blur"}
+
+
+def _fill_label(t1: dict) -> str:
+    m = t1.get("masking", {"fill": t1.get("config", {}).get("fill", "black")})
+    sigma = f", σ = {m['blur_sigma']:.1f} px" if m.get("blur_sigma") else ""
+    return f"{FILL_WORDS.get(m['fill'], m['fill'])}{sigma}"
+
+
+def _cell(d: dict | None, metric: str) -> str:
+    return "–" if not d or d.get(metric) is None else format_mean_std(d[metric])
+
+
+def table1_fill_section(fill: str, t1: dict) -> list[str]:
+    """One fill's Table 1 with its checks: controls, inverses, per-class AD / AI, fill prior."""
+    classes = list(t1["fill_prior"]["probabilities"])
+    rows = []
+    for kind in ("methods", "controls"):
+        for name, s in t1[kind].items():
+            per = t1.get("per_class", {}).get(name, {})
+            rows.append([name if kind == "methods" else f"{name} (control)",
+                         _cell(s, "mAD"), _cell(s, "mAI"), _cell(s.get("inverse"), "mAD"),
+                         _cell(s.get("inverse"), "mAI")]
+                        + [f"{_cell(per.get(c), 'mAD')} / {_cell(per.get(c), 'mAI')}" for c in classes])
+    counts = {c: next(iter(t1["per_class"].values()))[c]["count"] for c in classes} \
+        if t1.get("per_class") else {c: "?" for c in classes}
+    prior = t1["fill_prior"]
+    blur_note = (f" (mean over the {prior['images']} fully blurred unseen images; predicted as: "
+                 + ", ".join(f"{c} {100 * p:.0f} %" for c, p in prior["predicted"].items()) + ")"
+                 if prior["fill"] == "blur" else "")
+    return [f"### Fill: {fill} — {_fill_label(t1)}", "",
+            "The model's probabilities on an all-fill image (the fill's own class prior): "
+            + ", ".join(f"p({c}) = {p:.2f}" for c, p in prior["probabilities"].items())
+            + blur_note + ".", "",
+            markdown_table(["Method", "mAD ↓", "mAI ↑", "inverse mAD", "inverse mAI"]
+                           + [f"{c} (n = {counts[c]}): mAD / mAI" for c in classes], rows),
+            "The inverse keeps each map's least important 20 % (same tie order, read from the "
+            "other end); per-class columns split the unseen images by the class the model "
+            "predicts on the unmasked image. Percent, mean ± std over runs.", ""]
+
+
+def fill_claims(t1: dict) -> dict[str, bool]:
+    """Statements about the methods, each true or false on one fill's Table 1 (by the means).
+
+    A method "beats" another score on mAD when its mAD is lower and on mAI when its mAI is
+    higher; "clearly" means by more than the sum of the two stds.
+    """
+    methods, controls = t1["methods"], t1["controls"]
+    mean = lambda s, m: s[m]["mean"]
+    clear = lambda a, b, m, low: ((mean(a, m) < mean(b, m)) if low else (mean(a, m) > mean(b, m))) \
+        and abs(mean(a, m) - mean(b, m)) > a[m]["std"] + b[m]["std"]
+    claims = {}
+    for metric, low in (("mAD", True), ("mAI", False)):
+        order = sorted(methods, key=lambda n: mean(methods[n], metric), reverse=not low)
+        claims[f"{metric} ordering of the methods is {' > '.join(order)} (best first)"] = True
+        if "RI" in methods:  # strictly: a tie is not "the best"
+            claims[f"RI is the best method on {metric}"] = all(
+                (mean(methods["RI"], metric) < mean(s, metric)) if low else
+                (mean(methods["RI"], metric) > mean(s, metric))
+                for n, s in methods.items() if n != "RI")
+        for name, s in methods.items():
+            if "inverse" in s:
+                claims[f"{name} clearly beats its own inverse on {metric}"] = clear(
+                    s, s["inverse"], metric, low)
+            for control in ("Random", "Centre square"):
+                if control in controls:
+                    claims[f"{name} clearly beats the {control} control on {metric}"] = clear(
+                        s, controls[control], metric, low)
+    return claims
+
+
+def fills_verdict(tables: dict[str, dict]) -> list[str]:
+    """Which statements about the methods hold under every fill, computed from the numbers.
+
+    Args:
+      tables: fill name -> that fill's Table 1 JSON.
+
+    Returns:
+      Markdown lines: the statements true under all fills, and those that depend on the fill
+      (with the fills under which they hold).
+    """
+    per_fill = {fill: fill_claims(t1) for fill, t1 in tables.items()}
+    statements = list(dict.fromkeys(k for c in per_fill.values() for k in c))
+    holds = {s: [f for f, c in per_fill.items() if c.get(s)] for s in statements}
+    fills = list(tables)
+    survive = [s for s in statements if len(holds[s]) == len(fills)]
+    depend = [s for s in statements if 0 < len(holds[s]) < len(fills)]
+    never = [s for s in statements if not holds[s] and "ordering" not in s]
+    lines = [f"### Verdict across fills ({', '.join(fills)})", "",
+             "Computed from the tables above (means; \"clearly\" = by more than the sum of the "
+             "two stds). A conclusion about the methods that changes with the fill measures the "
+             "fill, not the interpretations.", "",
+             "Holds under every fill:", ""]
+    lines += [f"- {s}" for s in survive] or ["- nothing"]
+    lines += ["", "Depends on the fill (holds only under the fills named):", ""]
+    lines += [f"- {s}: {', '.join(holds[s])}" for s in depend] or ["- nothing"]
+    lines += ["", "Holds under no fill:", ""]
+    lines += [f"- {s}" for s in never] or ["- nothing"]
+    return lines + [""]
+
+
+def fills_section(tables: dict[str, dict]) -> list[str]:
+    """Table 1 under each fill with its checks, then the verdict across fills."""
+    text = ["## Table 1 under each fill: controls, inverses, per-class breakdown", "",
+            "The paper masks the dropped 80 % of the pixels in black. No flat fill is neutral "
+            "(see each fill's class prior), so Table 1 is repeated with the normalisation's mean "
+            "colour and with a blurred copy of the image as the fill.", ""]
+    for fill, t1 in tables.items():
+        text += table1_fill_section(fill, t1)
+    if len(tables) > 1:
+        text += fills_verdict(tables)
+    return text

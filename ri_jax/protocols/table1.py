@@ -12,8 +12,18 @@ Per run (one seed each):
 4. The interpretation is drawn on the image with its weights unchanged (§6.1) and scored
    with ``scoring.evaluate_heatmaps`` (ACE: ``scoring.evaluate_masks``).
 
-Controls: "Random" (a uniformly random 20 % of the pixels, per run) and "Grad-CAM (own
-weights)" (Grad-CAM at each unseen image itself; deterministic, computed once).
+Controls: "Random" (a uniformly random 20 % of the pixels, per run), "Grad-CAM (own
+weights)" (Grad-CAM at each unseen image itself) and "Centre square" (the same centred
+20 % on every image); the last two are deterministic, so computed once.
+
+Checks beside the table, all under the fill of ``config.masking`` (black, the paper's, by
+default):
+  * every method's (and the deterministic controls') *inverse*: the same maps keeping
+    their least important 20 % (``scoring.evaluate_heatmaps(inverse=True)``). A method
+    worth its name loses clearly to its own inverse. Not for "Random" (its inverse is
+    another random 20 %) nor ACE (its segments carry no pixel ranking);
+  * AD / AI per class predicted on the unmasked image (``Evaluation.per_class``);
+  * the fill's own class prior (``scoring.fill_prior_report``) on the unseen images.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ class Table1Config:
       batch_size: images per forward pass when scoring.
       ace: ACE settings (``max_images``: discovery images per cluster, nearest the centre
         first, 0 = all); None leaves ACE out.
+      inverse: also score every method's inverse (doubles the masked forward passes).
     """
 
     per_class: int = 10
@@ -55,6 +66,7 @@ class Table1Config:
     masking: MaskingOptions = MaskingOptions()
     batch_size: int = 128
     ace: ACESettings | None = None
+    inverse: bool = True
 
 
 class Table1Result(NamedTuple):
@@ -63,36 +75,74 @@ class Table1Result(NamedTuple):
     Attributes:
       seeds: the run seeds.
       runs: per run, ``{name: (Evaluation, report dict)}`` in table order.
+      inverses: per run, ``{name: Evaluation}`` of the names that have an inverse.
+      class_names: the model's C class names (``per_class`` keys).
+      fill_prior: ``scoring.fill_prior_report`` on the unseen images.
+      masking: the ``MaskingOptions`` used.
+      image_size: side S of the images.
     """
 
     seeds: list[int]
     runs: list[dict[str, tuple[Evaluation, dict]]]
+    inverses: list[dict[str, Evaluation]]
+    class_names: tuple[str, ...]
+    fill_prior: dict
+    masking: MaskingOptions
+    image_size: int
+
+    def summary(self, name: str) -> dict:
+        """mAD / mAI of ``name`` over runs, with ``"inverse"`` (its own mAD / mAI) when scored."""
+        out = {"mAD": mean_std([res[name][0].ad for res in self.runs]),
+               "mAI": mean_std([res[name][0].ai for res in self.runs])}
+        if name in self.inverses[0]:
+            out["inverse"] = {"mAD": mean_std([inv[name].ad for inv in self.inverses]),
+                              "mAI": mean_std([inv[name].ai for inv in self.inverses])}
+        return out
+
+    def per_class(self, name: str) -> dict:
+        """``{class: {"count", "mAD", "mAI"}}`` of ``name`` over runs (None where no image is
+        predicted as the class)."""
+        reports = [res[name][0].per_class(self.class_names) for res in self.runs]
+        out = {}
+        for c in self.class_names:
+            rows = [r[c] for r in reports]
+            defined = rows[0]["count"] > 0
+            out[c] = {"count": rows[0]["count"],
+                      "mAD": mean_std([r["AD"] for r in rows]) if defined else None,
+                      "mAI": mean_std([r["AI"] for r in rows]) if defined else None}
+        return out
 
     def to_json(self) -> dict:
-        """``methods`` and ``controls`` (mAD / mAI mean ± std over runs), ``interpretations``
-        (per name and run, what they were) and ``tie_rule``."""
+        """``methods`` and ``controls`` (mAD / mAI mean ± std over runs, each with its
+        ``inverse`` where scored), ``per_class``, ``fill_prior``, ``interpretations`` (per
+        name and run, what they were), ``tie_rule`` and ``masking`` (fill, σ)."""
         names = list(self.runs[0])
-        summary = {n: {"mAD": mean_std([res[n][0].ad for res in self.runs]),
-                       "mAI": mean_std([res[n][0].ai for res in self.runs])} for n in names}
-        return {"methods": {n: summary[n] for n in names if n not in methods.CONTROLS},
-                "controls": {n: summary[n] for n in methods.CONTROLS},
+        return {"methods": {n: self.summary(n) for n in names if n not in methods.CONTROLS},
+                "controls": {n: self.summary(n) for n in methods.CONTROLS},
+                "per_class": {n: self.per_class(n) for n in names},
+                "fill_prior": self.fill_prior,
                 "interpretations": {n: [res[n][1] for res in self.runs] for n in names},
-                "tie_rule": scoring.TIE_RULE}
+                "tie_rule": scoring.TIE_RULE,
+                "masking": self.masking.describe(self.image_size)}
 
     def csv_rows(self) -> list[dict]:
-        """One row per run and name: AD, AI and the scalar report fields."""
+        """One row per run and name: AD, AI, the inverse's AD / AI (None where not scored)
+        and the scalar report fields."""
         return [{"run": r, "seed": s, "method": n,
                  "kind": "control" if n in methods.CONTROLS else "method",
                  "AD": res[n][0].ad, "AI": res[n][0].ai,
+                 "AD_inverse": inv[n].ad if n in inv else None,
+                 "AI_inverse": inv[n].ai if n in inv else None,
                  **{k: v for k, v in res[n][1].items() if not isinstance(v, dict)}}
-                for r, (s, res) in enumerate(zip(self.seeds, self.runs)) for n in res]
+                for r, (s, res, inv) in enumerate(zip(self.seeds, self.runs, self.inverses))
+                for n in res]
 
 
 def _run_once(fns: ModelFns, params: Params, ref_features: Features, unseen_features: Features,
               ref_raw: Callable[[np.ndarray], np.ndarray], unseen_raw: np.ndarray,
               num_classes: int, seed: int, config: Table1Config, ace_cache: ACECache | None,
-              own_weights: tuple[Evaluation, dict],
-              progress: bool) -> dict[str, tuple[Evaluation, dict]]:
+              fixed: dict[str, tuple[Evaluation, dict]],
+              progress: bool) -> tuple[dict[str, tuple[Evaluation, dict]], dict[str, Evaluation]]:
     ref_f, un_f = ref_features, unseen_features
     size = unseen_raw.shape[1]
     keys = routing.protocol_keys(seed)
@@ -102,10 +152,10 @@ def _run_once(fns: ModelFns, params: Params, ref_features: Features, unseen_feat
     in_psi, in_cls = ref_f.psi[km.inputs], ref_f.predictions[km.inputs]
     nearest = routing.nearest_centre(un_f.psi, km.centres)
     common = {"interpretations": num_v, "distinct_inputs": int(len(np.unique(km.inputs)))}
-    evaluate = lambda maps: scoring.evaluate_heatmaps(fns, params, unseen_raw, maps,
-                                                      logits=un_f.logits, masking=config.masking,
-                                                      batch_size=config.batch_size)
-    out = {}
+    evaluate = lambda maps, inverse=False: scoring.evaluate_heatmaps(
+        fns, params, unseen_raw, maps, logits=un_f.logits, masking=config.masking,
+        inverse=inverse, batch_size=config.batch_size)
+    out, inverses = {}, {}
     for method in tqdm(methods.METHODS, desc=f"run seed={seed}", disable=not progress,
                        leave=False):
         if method == "RI":
@@ -117,9 +167,12 @@ def _run_once(fns: ModelFns, params: Params, ref_features: Features, unseen_feat
         else:
             interps = methods.cam_interpretations(method, fns, params, raw_inputs, in_psi, in_cls)
             route, extra = nearest, {}
-        ev = evaluate(methods.interpretation_heatmaps(interps, route.which, un_f.psi, size))
+        maps = methods.interpretation_heatmaps(interps, route.which, un_f.psi, size)
+        ev = evaluate(maps)
         out[method] = (ev, {**common, **extra, **routing.routing_report(route),
                             **ev.tie_report()})
+        if config.inverse:
+            inverses[method] = evaluate(maps, inverse=True)
     if config.ace is not None:
         ace = config.ace
         members = [np.flatnonzero(km.assignment == v) for v in range(num_v)]
@@ -134,7 +187,7 @@ def _run_once(fns: ModelFns, params: Params, ref_features: Features, unseen_feat
         found = ace_adapter.ace_masks(results, nearest.which, unseen_raw, fns, params,
                                       cache=ace_cache)
         ev = scoring.evaluate_masks(fns, params, unseen_raw, found.masks, logits=un_f.logits,
-                                    batch_size=config.batch_size)
+                                    masking=config.masking, batch_size=config.batch_size)
         out[methods.ACE] = (ev, {**common, **ace_adapter.ace_summary(results, found),
                                  "discovery_images": {
                                      "mean": float(np.mean([len(m) for m in members])),
@@ -142,14 +195,17 @@ def _run_once(fns: ModelFns, params: Params, ref_features: Features, unseen_feat
                                  **routing.routing_report(nearest)})
     ev = evaluate(methods.random_heatmaps(len(unseen_raw), size, key=keys.random))
     out["Random"] = (ev, {"reuse": False, **ev.tie_report()})
-    out["Grad-CAM (own weights)"] = own_weights
-    return out
+    for name, (ev, report, inverse) in fixed.items():
+        out[name] = (ev, report)
+        if inverse is not None:
+            inverses[name] = inverse
+    return out, inverses
 
 
 def run_table1(fns: ModelFns, params: Params, ref_features: Features, unseen_features: Features,
                ref_raw: Callable[[np.ndarray], np.ndarray], unseen_raw: np.ndarray, *,
                num_classes: int, seeds: Sequence[int], config: Table1Config = Table1Config(),
-               progress: bool = False) -> Table1Result:
+               class_names: Sequence[str] | None = None, progress: bool = False) -> Table1Result:
     """Table 1 on one model, reference set and unseen set.
 
     Args:
@@ -161,20 +217,36 @@ def run_table1(fns: ModelFns, params: Params, ref_features: Features, unseen_fea
       num_classes: classes of the model.
       seeds: one run per seed.
       config: ``Table1Config``.
+      class_names: the C class names (``per_class`` keys); default "0", "1", ….
       progress: show progress bars over runs and methods.
 
     Returns:
       ``Table1Result``.
     """
     un_f = unseen_features
+    names = tuple(class_names) if class_names else tuple(str(c) for c in range(num_classes))
+    if len(names) != num_classes:
+        raise ValueError(f"class_names: {len(names)} names for {num_classes} classes")
     ace_cache = ACECache() if config.ace is not None else None
-    # Grad-CAM at each unseen image itself involves no random choice, so it runs once.
-    maps = methods.own_gradcam_heatmaps(fns, params, unseen_raw, un_f.psi, un_f.predictions)
-    ev = scoring.evaluate_heatmaps(fns, params, unseen_raw, maps, logits=un_f.logits,
-                                   masking=config.masking, batch_size=config.batch_size)
-    own = (ev, {"reuse": False, **ev.tie_report()})
+    size = unseen_raw.shape[1]
+    # The controls that involve no random choice run once: Grad-CAM at each unseen image
+    # itself, and the same centred square on every image.
+    fixed = {}
+    for control in ("Grad-CAM (own weights)", "Centre square"):
+        maps = methods.control_heatmaps(control, fns, params, unseen_raw, un_f.psi,
+                                        un_f.predictions)
+        score = lambda inverse: scoring.evaluate_heatmaps(
+            fns, params, unseen_raw, maps, logits=un_f.logits, masking=config.masking,
+            inverse=inverse, batch_size=config.batch_size)
+        ev = score(False)
+        fixed[control] = (ev, {"reuse": False, **ev.tie_report()},
+                          score(True) if config.inverse else None)
+    prior = scoring.fill_prior_report(fns, params, unseen_raw, config.masking, names,
+                                      batch_size=config.batch_size)
     seeds = list(seeds)
-    runs = [_run_once(fns, params, ref_features, unseen_features, ref_raw, unseen_raw,
-                      num_classes, s, config, ace_cache, own, progress)
+    both = [_run_once(fns, params, ref_features, unseen_features, ref_raw, unseen_raw,
+                      num_classes, s, config, ace_cache, fixed, progress)
             for s in tqdm(seeds, desc="Table 1 runs", disable=not progress)]
-    return Table1Result(seeds=seeds, runs=runs)
+    return Table1Result(seeds=seeds, runs=[b[0] for b in both], inverses=[b[1] for b in both],
+                        class_names=names, fill_prior=prior, masking=config.masking,
+                        image_size=size)
