@@ -80,7 +80,10 @@ def model_label(checkpoint: str) -> str:
 def model_info(checkpoint: str) -> dict:
     path = DEFAULT_CHECKPOINT if checkpoint == "default" else Path(checkpoint)
     _, config, meta = load_checkpoint(path)
-    return {"checkpoint": checkpoint, "arch": config.arch, "width": config.width,
+    shown = checkpoint
+    if checkpoint != "default" and Path(checkpoint).resolve().is_relative_to(HERE.parent):
+        shown = str(Path(checkpoint).resolve().relative_to(HERE.parent))  # the repository's own
+    return {"checkpoint": shown, "arch": config.arch, "width": config.width,
             "image_size": config.image_size, "feature_shape": list(config.feature_shape),
             "test_accuracy": meta.get("test_accuracy"), "val_accuracy": meta.get("val_accuracy")}
 
