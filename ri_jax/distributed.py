@@ -1,0 +1,384 @@
+"""Multi-process runs on ``jax.distributed``: one process per host, any number of hosts.
+
+JAX's own multi-process runtime is the engine; nothing here schedules work. Every
+process runs the same program on the same arguments. What each one does:
+
+* **features**: process p computes ψ and logits of its contiguous, batch-aligned
+  share of the images (``distributed_features``), then the shares are gathered
+  (``process_allgather``), so every image is computed in exactly the batch, with
+  exactly the padding, of a one-process ``compute_features`` call;
+* **boundaries**: Q is drawn from the same key everywhere (threefry is
+  platform-independent), the sample's ψ are on every process after the gather,
+  process 0's Eq. 2 result is broadcast (``broadcast_one_to_all``) so all
+  processes hold its exact bits even on hosts whose CPUs compile differently;
+* **packed sides**: split into the same word-aligned chunks ``boundaries.sides``
+  uses in one process, each process packs its chunks, the words are gathered;
+* **solve**: ``sharding.sharded_solve_batch`` over a mesh of every device of every
+  process (integer arithmetic only, so any split gives the same answer);
+* **files**: only process 0 writes (``is_main_process``).
+
+Hence a multi-process run computes every floating-point value with the same
+program, shapes and operands as a one-process run: its results are bit for bit
+the same (``tests/test_distributed.py`` checks the written JSON).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
+
+from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, sample_boundaries,
+                               sample_indices, sides)
+from ri_jax.data import ImageSet
+from ri_jax.featurize import Features, compute_features
+from ri_jax.interpreter import ReferenceSet, RepresentativeInterpreter, _check_array
+from ri_jax.models.vgg import ModelFns
+from ri_jax.sharding import make_mesh, sharded_solve_batch
+from ri_jax.solver import WORD_BITS, GreedyResult, pack_bits
+
+Array = jax.Array
+
+# Environment variables read by ``initialize_from_env`` (the flags take precedence).
+COORDINATOR_ENV = "RI_JAX_COORDINATOR"
+NUM_PROCESSES_ENV = "RI_JAX_NUM_PROCESSES"
+PROCESS_ID_ENV = "RI_JAX_PROCESS_ID"
+# ``--coordinator auto``: let JAX detect the cluster (SLURM, Open MPI, TPU pods, ...).
+AUTO = "auto"
+# Rows per ``boundaries.sides`` matmul, the chunk its one-process call uses.
+SIDE_CHUNK = 1024
+
+
+class LaunchConfig(NamedTuple):
+    """How this process joins a run.
+
+    Attributes:
+      coordinator: "host:port" of process 0's coordination service, ``AUTO`` to let JAX
+        detect the cluster, or None for a one-process run.
+      num_processes: processes in the run (None with ``AUTO``).
+      process_id: this process's rank in [0, num_processes) (None with ``AUTO``).
+    """
+
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+def check_launch(config: LaunchConfig) -> LaunchConfig:
+    """Validates a ``LaunchConfig``; errors name the flag."""
+    coordinator, n, rank = config
+    if coordinator is None:
+        if n not in (None, 1) or rank not in (None, 0):
+            raise ValueError("--coordinator: required when --num-processes > 1 or "
+                             "--process-id > 0")
+        return LaunchConfig()
+    if coordinator != AUTO:
+        host, _, port = coordinator.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"--coordinator: expected host:port or '{AUTO}', got {coordinator!r}")
+        if n is None or rank is None:
+            raise ValueError("--num-processes and --process-id: both required with "
+                             f"--coordinator {coordinator}")
+    if n is not None and int(n) < 1:
+        raise ValueError(f"--num-processes: must be >= 1, got {n}")
+    if rank is not None and (n is None or not 0 <= int(rank) < int(n)):
+        raise ValueError(f"--process-id: must be in [0, --num-processes), got {rank}")
+    return LaunchConfig(coordinator, None if n is None else int(n),
+                        None if rank is None else int(rank))
+
+
+def initialize(config: LaunchConfig, *, timeout_s: int = 300) -> bool:
+    """Joins the run described by ``config`` (call before any other JAX work).
+
+    A config without a coordinator is a one-process run and does nothing. On CPUs the
+    collectives go over gloo (JAX's CPU implementation for multi-process runs).
+
+    Args:
+      config: from ``initialize_from_args``/``initialize_from_env`` or built directly.
+      timeout_s: seconds to wait for every process to join.
+
+    Returns:
+      Whether ``jax.distributed`` was initialised.
+    """
+    config = check_launch(config)
+    if config.coordinator is None:
+        return False
+    if jax.distributed.is_initialized():  # a second script in the same process
+        return True
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if config.coordinator == AUTO:
+        jax.distributed.initialize(initialization_timeout=timeout_s)
+    else:
+        jax.distributed.initialize(config.coordinator, config.num_processes, config.process_id,
+                                   initialization_timeout=timeout_s)
+    return True
+
+
+def config_from_env(environ: dict | None = None) -> LaunchConfig:
+    """``LaunchConfig`` from ``RI_JAX_COORDINATOR``, ``RI_JAX_NUM_PROCESSES``, ``RI_JAX_PROCESS_ID``."""
+    environ = os.environ if environ is None else environ
+
+    def number(name):
+        text = environ.get(name)
+        if text is None or text == "":
+            return None
+        if not text.strip().isdigit():
+            raise ValueError(f"{name}: expected a non-negative integer, got {text!r}")
+        return int(text)
+
+    return LaunchConfig(environ.get(COORDINATOR_ENV) or None, number(NUM_PROCESSES_ENV),
+                        number(PROCESS_ID_ENV))
+
+
+def initialize_from_env(environ: dict | None = None, **kwargs) -> bool:
+    """``initialize(config_from_env(environ))``."""
+    return initialize(config_from_env(environ), **kwargs)
+
+
+def initialize_from_args(args: Any, **kwargs) -> bool:
+    """``initialize`` from ``args.coordinator``, ``args.num_processes``, ``args.process_id``
+    (argparse attributes; each one missing or None falls back to the environment)."""
+    env = config_from_env()
+    config = LaunchConfig(*(getattr(args, name, None) if getattr(args, name, None) is not None
+                            else default for name, default in zip(LaunchConfig._fields, env)))
+    return initialize(config, **kwargs)
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the files (process 0)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Waits until every process gets here (no-op in a one-process run)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def share_range(n: int, granule: int = 1, *, process_index: int | None = None,
+                process_count: int | None = None) -> tuple[int, int]:
+    """This process's contiguous share [start, stop) of ``n`` items, in whole granules.
+
+    Granules are split as evenly as possible, lower ranks taking the extra ones; a share
+    may be empty when there are fewer granules than processes.
+
+    Args:
+      n: items.
+      granule: share boundaries fall on multiples of it (e.g. the batch size).
+      process_index, process_count: default this process and the run's count.
+
+    Returns:
+      (start, stop), 0 ≤ start ≤ stop ≤ n.
+    """
+    rank = jax.process_index() if process_index is None else int(process_index)
+    count = jax.process_count() if process_count is None else int(process_count)
+    granules = -(-int(n) // int(granule))
+    base, extra = divmod(granules, count)
+    first = rank * base + min(rank, extra)
+    last = first + base + (rank < extra)
+    return min(first * granule, n), min(last * granule, n)
+
+
+def gather_shares(local: np.ndarray, n: int, granule: int = 1) -> np.ndarray:
+    """Concatenates every process's ``share_range`` rows into the global [n, ...] array.
+
+    Args:
+      local: [stop - start, ...] this process's rows (same trailing shape and dtype on
+        every process).
+      n, granule: as given to ``share_range``.
+
+    Returns:
+      [n, ...] host array, identical on every process.
+    """
+    local = np.asarray(local)
+    count = jax.process_count()
+    if count == 1:
+        return local
+    ranges = [share_range(n, granule, process_index=p, process_count=count) for p in range(count)]
+    rows = max(stop - start for start, stop in ranges)
+    padded = np.zeros((rows,) + local.shape[1:], local.dtype)
+    padded[:len(local)] = local
+    every = np.asarray(multihost_utils.process_allgather(padded, tiled=False))
+    return np.concatenate([every[p, :stop - start] for p, (start, stop) in enumerate(ranges)])
+
+
+def distributed_features(fns: ModelFns, params: Any, images: ImageSet,
+                         indices: np.ndarray | None = None, *, batch_size: int = 128,
+                         cache_dir=None, progress: bool = True,
+                         desc: str = "features") -> Features:
+    """``featurize.compute_features`` with each process computing its share, then gathered.
+
+    Shares are whole batches, so every image is computed in the same batch (same
+    neighbours, same zero padding) as in a one-process call: the result is bit for bit
+    ``compute_features(fns, params, images, indices, batch_size=batch_size)``. Each
+    process caches its own share under ``cache_dir``.
+
+    Returns:
+      ``Features`` of every requested image, on every process.
+    """
+    idx = np.arange(len(images)) if indices is None else np.asarray(indices, np.int64)
+    if jax.process_count() == 1:
+        return compute_features(fns, params, images, idx, batch_size=batch_size,
+                                cache_dir=cache_dir, progress=progress, desc=desc)
+    start, stop = share_range(len(idx), batch_size)
+    if stop > start:
+        local = compute_features(fns, params, images, idx[start:stop], batch_size=batch_size,
+                                 cache_dir=cache_dir, progress=progress and is_main_process(),
+                                 desc=desc)
+        psi, logits = local.psi, local.logits
+    else:  # fewer batches than processes: contribute nothing, with the right shapes
+        size = images.image_size
+        shapes = jax.eval_shape(lambda raw: (lambda f: (f, fns.head(params, f)))(
+            fns.features(params, fns.normalize(raw))),
+            jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+        psi, logits = (np.zeros((0,) + s.shape[1:], np.float32) for s in shapes)
+    return Features(gather_shares(psi, len(idx), batch_size),
+                    gather_shares(logits, len(idx), batch_size),
+                    images.labels[idx].astype(np.int32), idx)
+
+
+def side_chunk_size(num_refs: int) -> int:
+    """Width of ``boundaries.sides``'s matmuls for ``num_refs`` feature maps (its own rule)."""
+    return min(-(-SIDE_CHUNK // WORD_BITS), -(-int(num_refs) // WORD_BITS)) * WORD_BITS
+
+
+def chunk_sides_packed(boundaries: Boundaries, feats: np.ndarray, chunk: int) -> np.ndarray:
+    """Packed sides of consecutive feature maps, with the matmul shape of a longer call.
+
+    ``feats`` is a run of whole ``chunk``-sized pieces of a longer reference set (the
+    last one may be short): each piece is zero-padded to ``chunk`` and goes through one
+    ``sides(..., chunk_size=chunk)`` matmul, exactly as inside the longer call, so the
+    bits are those of ``sides_packed(boundaries, longer)`` for these references.
+
+    Args:
+      boundaries: ``Boundaries(w [Q, *feat_shape], b [Q])``.
+      feats: [M, *feat_shape] feature maps.
+      chunk: the longer call's chunk width, a multiple of 32.
+
+    Returns:
+      uint32[Q, ⌈M/32⌉], padding bits zero.
+    """
+    m = feats.shape[0]
+    padded = -(-m // chunk) * chunk
+    feats = np.pad(np.asarray(feats), [(0, padded - m)] + [(0, 0)] * (feats.ndim - 1))
+    return np.asarray(pack_bits(sides(boundaries, feats, chunk_size=chunk)[:, :m]))
+
+
+def shared_boundaries(head_fn: Callable[[Array], Array], feats: np.ndarray, *, key: Array,
+                      num_boundaries: int = DEFAULT_NUM_BOUNDARIES,
+                      piecewise_linear: bool | None = None) -> tuple[Array, Boundaries]:
+    """Q drawn with ``key`` and its Eq. 2 boundaries, process 0's bits on every process.
+
+    Args:
+      head_fn: G.
+      feats: [N, *feat_shape] every reference's ψ (the same on every process).
+      key, num_boundaries, piecewise_linear: as in ``RepresentativeInterpreter``.
+
+    Returns:
+      (int32[Q] chosen references, ``Boundaries``).
+    """
+    chosen = sample_indices(feats.shape[0], num_boundaries, key=key)
+    bounds = sample_boundaries(head_fn, jnp.asarray(feats)[chosen],
+                               piecewise_linear=piecewise_linear)
+    if jax.process_count() > 1:
+        bounds = Boundaries(*(jnp.asarray(a) for a in
+                              multihost_utils.broadcast_one_to_all(jax.device_get(bounds))))
+    return chosen, bounds
+
+
+def distributed_sides_packed(boundaries: Boundaries, feats: np.ndarray) -> np.ndarray:
+    """``boundaries.sides_packed(boundaries, feats)``, its chunks split over the processes.
+
+    Returns:
+      uint32[Q, ⌈N/32⌉], identical on every process and to the one-process call.
+    """
+    n = feats.shape[0]
+    chunk = side_chunk_size(n)
+    start, stop = share_range(n, chunk)
+    q = boundaries.w.shape[0]
+    local = (chunk_sides_packed(boundaries, feats[start:stop], chunk) if stop > start
+             else np.zeros((q, 0), np.uint32))
+    # Shares start on multiples of 32 references, so their words concatenate.
+    return gather_shares(local.T, -(-n // WORD_BITS), chunk // WORD_BITS).T
+
+
+class DistributedInterpreter(RepresentativeInterpreter):
+    """``RepresentativeInterpreter`` for a multi-process run, same arguments, same answers.
+
+    Reference feature maps are computed in per-process shares of whole batches and
+    gathered (or given, ``is_features``, the same on every process); the boundaries
+    come from ``shared_boundaries``, the packed sides from ``distributed_sides_packed``,
+    and every batched solve is sharded over ``mesh``. Explanations, heat maps and
+    regions are the parent class's, run on every process. Every value is bit for bit
+    what ``RepresentativeInterpreter`` computes in one process.
+
+    Args:
+      features_fn, head_fn, references, key, num_boundaries, batch_size, is_features,
+        piecewise_linear, progress: as in ``RepresentativeInterpreter``; ``references``
+        must be the same on every process.
+      mesh: devices for the solve (default every device of every process).
+    """
+
+    def __init__(self, features_fn: Callable[[Array], Array], head_fn: Callable[[Array], Array],
+                 references, *, key: Array, num_boundaries: int = DEFAULT_NUM_BOUNDARIES,
+                 batch_size: int = 64, is_features: bool = False,
+                 piecewise_linear: bool | None = None, progress: bool = True, mesh=None):
+        if not callable(features_fn):
+            raise ValueError("features_fn: must be callable")
+        if not callable(head_fn):
+            raise ValueError("head_fn: must be callable")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self._features_fn = jax.jit(features_fn)
+        self._head_fn = jax.jit(head_fn)
+        self.mesh = make_mesh() if mesh is None else mesh
+        references = _check_array(references, "references", 4)
+        self.image_shape = None if is_features else references.shape[1:]
+        feats = references if is_features else self._shared_features(references, progress)
+        if feats.ndim != 4:
+            raise ValueError(f"features_fn: expected feature maps [B, h, w, c], got {feats.shape}")
+        preds = self.predict_classes(feats)
+        chosen, bounds = shared_boundaries(head_fn, feats, key=key, num_boundaries=num_boundaries,
+                                           piecewise_linear=piecewise_linear)
+        words = distributed_sides_packed(bounds, np.asarray(feats))
+        self.reference_set = ReferenceSet(feats=feats, preds=preds, boundary_refs=chosen,
+                                          boundaries=bounds, side_words=jnp.asarray(words))
+
+    def _shared_features(self, images: Array, progress: bool) -> Array:
+        """ψ of this process's share of whole batches, gathered: the parent's batches exactly."""
+        n = images.shape[0]
+        size = min(self.batch_size, n)
+        start, stop = share_range(n, size)
+        parts = []
+        for i in tqdm(range(start, stop, size), desc="reference features", unit="batch",
+                      disable=not (progress and is_main_process())):
+            batch = images[i:i + size]
+            if batch.shape[0] < size:  # the parent pads its last batch the same way
+                batch = jnp.pad(batch, [(0, size - batch.shape[0])] + [(0, 0)] * (batch.ndim - 1))
+            parts.append(np.asarray(self._features_fn(batch))[:min(size, stop - i)])
+        if not parts:
+            shape = jax.eval_shape(self._features_fn, jax.ShapeDtypeStruct(
+                (size,) + images.shape[1:], images.dtype)).shape
+            parts = [np.zeros((0,) + shape[1:], np.float32)]
+        return jnp.asarray(gather_shares(np.concatenate(parts), n, size))
+
+    def _solve_features(self, feats: Array, preds: Array) -> tuple[GreedyResult, Array]:
+        x_sides = sides(self.reference_set.boundaries, feats).T
+        result = sharded_solve_batch(self.reference_set.side_words, self.num_refs, x_sides,
+                                     self._positives(preds), mesh=self.mesh)
+        return GreedyResult(*(jnp.asarray(f) for f in result)), x_sides
+
+
+def representative_interpreter(*args, **kwargs) -> RepresentativeInterpreter:
+    """``DistributedInterpreter`` in a multi-process run, ``RepresentativeInterpreter``
+    otherwise (same arguments)."""
+    if jax.process_count() > 1:
+        return DistributedInterpreter(*args, **kwargs)
+    kwargs.pop("mesh", None)
+    return RepresentativeInterpreter(*args, **kwargs)
