@@ -285,10 +285,19 @@ def shared_boundaries(head_fn: Callable[[Array], Array], feats: np.ndarray, *, k
     chosen = sample_indices(feats.shape[0], num_boundaries, key=key)
     bounds = sample_boundaries(head_fn, jnp.asarray(feats)[chosen],
                                piecewise_linear=piecewise_linear)
-    if jax.process_count() > 1:
-        bounds = Boundaries(*(jnp.asarray(a) for a in
-                              multihost_utils.broadcast_one_to_all(jax.device_get(bounds))))
-    return chosen, bounds
+    return chosen, from_main_process(bounds)
+
+
+def from_main_process(tree: Any) -> Any:
+    """Process 0's value of a pytree of arrays, on every process (identity in one process).
+
+    Values every process computes alike (the same program on the same operands) could
+    still differ in their last bits on hosts whose CPUs compile differently; broadcasting
+    makes them exactly process 0's, which is what a one-process run computes.
+    """
+    if jax.process_count() == 1:
+        return tree
+    return jax.tree.map(jnp.asarray, multihost_utils.broadcast_one_to_all(jax.device_get(tree)))
 
 
 def distributed_sides_packed(boundaries: Boundaries, feats: np.ndarray) -> np.ndarray:

@@ -51,8 +51,39 @@ def semantic_distance(w: Array, selected: Array, psi_x: Array, psis: Array) -> A
     if psis.ndim != w.ndim or psis.shape[1:] != w.shape[1:]:
         raise ValueError(f"psis: expected [N, *{w.shape[1:]}], got {psis.shape}")
     normals = unit_normals(w)
-    proj_x = jnp.dot(normals, psi_x.reshape(-1), precision=_HIGHEST)
-    proj = jnp.dot(psis.reshape(psis.shape[0], -1), normals.T, precision=_HIGHEST)
+    return distance_from_projections(selected, projection(normals, psi_x),
+                                     projections(normals, psis))
+
+
+def projection(normals: Array, psi: Array) -> Array:
+    """⟨n_h, ψ⟩ of one feature map [*feat_shape] for every boundary, float[Q]."""
+    return jnp.dot(normals, psi.reshape(-1), precision=_HIGHEST)
+
+
+def projections(normals: Array, psis: Array) -> Array:
+    """⟨n_h, ψ⟩ for every feature map and boundary: all Eq. 6 needs from a reference.
+
+    Args:
+      normals: float[Q, D] unit normals (``unit_normals``).
+      psis: [N, *feat_shape] feature maps, D values each.
+
+    Returns:
+      float[N, Q].
+    """
+    return jnp.dot(psis.reshape(psis.shape[0], -1), normals.T, precision=_HIGHEST)
+
+
+def distance_from_projections(selected: Array, proj_x: Array, proj: Array) -> Array:
+    """Eq. 6 from projections: Σ_{h ∈ P(x)} |proj_x[h] − proj[n, h]|.
+
+    Args:
+      selected: bool[Q], the boundaries of P(x).
+      proj_x: float[Q], x's projections.
+      proj: float[N, Q], the other images' projections.
+
+    Returns:
+      float[N].
+    """
     return jnp.sum(jnp.where(selected, jnp.abs(proj - proj_x), 0.0), axis=1)
 
 

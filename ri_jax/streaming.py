@@ -1,0 +1,300 @@
+"""Reference sets streamed as projections: memory O(N·Q) instead of O(N·h·w·c).
+
+From a reference r, the paper's RI needs its class, its side of every boundary in Q
+(the packed side matrix) and, for Eq. 6, its Q projections ⟨W_h/‖W_h‖, ψ(r)⟩. None
+of these needs ψ(r) once computed, so ``stream_references`` reads the images in
+batches, computes ψ, and keeps only the predicted classes, packed sides and
+projections (an [N, Q] float matrix): 1,000,000 references with |Q| = 50 take
+200 MB of projections and 6 MB of side bits instead of 400 GB of VGG-19 feature maps.
+
+Heat maps need ψ only for the few references that are shown; ``StreamingInterpreter``
+recomputes those from the images (or takes them from ``feats`` when
+``keep_features=True`` kept ψ in memory, for sets where it fits).
+
+Every value is computed with the shapes of the in-memory ``RepresentativeInterpreter``:
+ψ and classes in the same batches, the sample's ψ from those batches, the sides in
+the same matmul chunks. So the boundaries, sides, selections, covered sets and
+rankings are identical (``tests/test_streaming.py``); Eq. 6 projections come from
+chunked products instead of one [N, D]·[D, Q] product, so distances agree to float
+rounding (identical in the tests, not guaranteed by XLA for every shape).
+
+In a multi-process run (``ri_jax.distributed``) each process streams its share of
+whole chunks and the [N, Q] projections, classes and side words are gathered.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, sample_boundaries,
+                               sample_indices)
+from ri_jax.distributed import (chunk_sides_packed, from_main_process, gather_shares,
+                                is_main_process, share_range, side_chunk_size)
+from ri_jax.heatmaps import polytope_heatmap, ri_channel_weights
+from ri_jax.interpreter import Interpretation, ReferenceSet, RepresentativeInterpreter
+from ri_jax.ranking import distance_from_projections, projection, projections, rank_covered, \
+    unit_normals
+from ri_jax.solver import WORD_BITS, GreedyResult, num_words, unpack_bits
+
+Array = jax.Array
+
+
+class StreamedReferences(NamedTuple):
+    """What RI keeps of a streamed reference set.
+
+    Attributes:
+      preds: int32[N] predicted classes.
+      boundary_refs: int32[Q] references whose boundaries form Q.
+      boundaries: ``Boundaries(w [Q, h, w, c], b [Q])``.
+      normals: float32[Q, h·w·c] unit normals W_h/‖W_h‖.
+      side_words: uint32[Q, ⌈N/32⌉] packed sides.
+      projections: float32[N, Q], ⟨n_h, ψ(r)⟩ (Eq. 6 needs nothing else from r).
+      feats: [N, h, w, c] ψ when kept (``keep_features=True``), else None.
+    """
+
+    preds: Array
+    boundary_refs: Array
+    boundaries: Boundaries
+    normals: Array
+    side_words: Array
+    projections: Array
+    feats: Array | None
+
+
+def _padded(x, size: int):
+    """``x`` [m ≤ size, ...] zero-padded to ``size`` rows (the in-memory batches' padding)."""
+    x = jnp.asarray(x)
+    return jnp.pad(x, [(0, size - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+
+
+def stream_references(features_fn: Callable[[Array], Array], head_fn: Callable[[Array], Array],
+                      load_images: Callable[[np.ndarray], np.ndarray], num_refs: int, *,
+                      key: Array, num_boundaries: int = DEFAULT_NUM_BOUNDARIES,
+                      batch_size: int = 64, piecewise_linear: bool | None = None,
+                      keep_features: bool = False, progress: bool = True) -> StreamedReferences:
+    """Streams images → ψ in batches → classes, packed sides and projections.
+
+    Two passes over the images: one over the (at most |Q|) batches holding the sample Q,
+    for Eq. 2, then one over every batch. Peak memory is the outputs plus one side chunk
+    of ψ (1,024 maps).
+
+    Args:
+      features_fn: ψ of normalised images [B, S, S, 3] → [B, h, w, c] (jitted here).
+      head_fn: G, ψ → logits [B, C], piecewise linear.
+      load_images: normalised images of int64 reference indices [k] → [k, S, S, 3]
+        (e.g. ``lambda i: fns.normalize(image_set.raw(i))``, or a generator of synthetic
+        images); called with runs of consecutive indices.
+      num_refs: N.
+      key: PRNG key drawing Q (the same draw as ``RepresentativeInterpreter``).
+      num_boundaries: |Q| (capped at N with a warning).
+      batch_size: images per ``features_fn`` call.
+      piecewise_linear: as in ``boundaries.sample_boundaries``.
+      keep_features: also keep every ψ (only where N·h·w·c floats fit in memory).
+      progress: show a progress bar.
+
+    Returns:
+      ``StreamedReferences``, identical on every process of a multi-process run.
+    """
+    if not callable(features_fn) or not callable(head_fn) or not callable(load_images):
+        raise ValueError("features_fn, head_fn, load_images: must be callable")
+    n = int(num_refs)
+    if n < 1:
+        raise ValueError(f"num_refs: need at least one reference, got {num_refs}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    features_fn, head_jit = jax.jit(features_fn), jax.jit(head_fn)
+    size = min(int(batch_size), n)
+
+    def batch_features(first: int) -> np.ndarray:
+        """ψ of references [first, first + size) ∩ [0, N), computed as a padded batch."""
+        idx = np.arange(first, min(first + size, n), dtype=np.int64)
+        images = np.asarray(load_images(idx))
+        if images.ndim != 4 or images.shape[0] != len(idx):
+            raise ValueError(f"load_images: expected [{len(idx)}, S, S, 3] for {len(idx)} "
+                             f"indices, got shape {images.shape}")
+        if not np.all(np.isfinite(images)):
+            raise ValueError(f"load_images: references {first}..{idx[-1]} contain NaN or inf")
+        return np.asarray(features_fn(_padded(images, size)))[:len(idx)]
+
+    chosen = np.asarray(sample_indices(n, num_boundaries, key=key))
+    sample = {}
+    for first in np.unique(chosen // size) * size:
+        psi = batch_features(int(first))
+        sample.update({int(first) + j: psi[j] for j in range(len(psi))})
+    bounds = from_main_process(sample_boundaries(
+        head_fn, jnp.asarray(np.stack([sample[int(i)] for i in chosen])),
+        piecewise_linear=piecewise_linear))
+    normals = unit_normals(bounds.w)
+    project = jax.jit(projections)
+
+    chunk = side_chunk_size(n)
+    granule = math.lcm(size, chunk)  # shares hold whole batches and whole side chunks
+    start, stop = share_range(n, granule)
+    preds, words, proj, kept, buffer = [], [], [], [], []
+
+    def flush():
+        feats = np.concatenate(buffer)
+        words.append(chunk_sides_packed(bounds, feats, chunk))
+        proj.append(np.asarray(project(normals, jnp.asarray(feats))))
+        if keep_features:
+            kept.append(feats)
+        buffer.clear()
+
+    for first in tqdm(range(start, stop, size), desc="streamed references", unit="batch",
+                      disable=not (progress and is_main_process())):
+        psi = batch_features(first)
+        preds.append(np.argmax(np.asarray(head_jit(_padded(psi, size)))[:len(psi)], axis=1))
+        buffer.append(psi)
+        if sum(len(b) for b in buffer) >= chunk or first + size >= stop:
+            flush()
+    q = bounds.w.shape[0]
+    feat_shape = bounds.w.shape[1:]
+    local_words = np.concatenate(words, axis=1) if words else np.zeros((q, 0), np.uint32)
+    local_proj = np.concatenate(proj) if proj else np.zeros((0, q), np.float32)
+    local_preds = np.concatenate(preds) if preds else np.zeros(0, np.int64)
+    side_words = gather_shares(local_words.T, num_words(n), granule // WORD_BITS).T
+    feats = None
+    if keep_features:
+        local = np.concatenate(kept) if kept else np.zeros((0,) + feat_shape, np.float32)
+        feats = jnp.asarray(gather_shares(local, n, granule))
+    return StreamedReferences(
+        preds=jnp.asarray(gather_shares(local_preds, n, granule), jnp.int32),
+        boundary_refs=jnp.asarray(chosen, jnp.int32), boundaries=bounds, normals=normals,
+        side_words=jnp.asarray(side_words),
+        projections=jnp.asarray(gather_shares(local_proj, n, granule)), feats=feats)
+
+
+# Floats of per-boundary heat maps held at once while explaining a batch (256 MiB).
+_EXPLAIN_CHUNK_FLOATS = 1 << 26
+
+
+def _explain_streamed(refs: StreamedReferences, psi_x: Array, predicted_class: Array,
+                      result: GreedyResult, *, top_k: int, image_size: int) -> Interpretation:
+    """An ``Interpretation`` of one input from projections; similar heat maps left zero."""
+    n = refs.projections.shape[0]
+    covered = unpack_bits(result.covered, n)
+    distances = distance_from_projections(result.selected, projection(refs.normals, psi_x),
+                                          refs.projections)
+    ranking = rank_covered(distances, covered)
+    ranked_distances = distances[ranking.order]
+    present = jnp.arange(top_k) < ranking.count
+    alphas = ri_channel_weights(refs.boundaries.w, refs.boundaries.b, psi_x)
+    return Interpretation(
+        predicted_class=jnp.asarray(predicted_class, jnp.int32),
+        selected=result.selected, order=result.order, num_selected=result.num_selected,
+        empty=result.num_selected == 0, delta=result.delta, tau=result.tau,
+        reached=result.reached, covered=covered,
+        num_covered=result.num_covered_positive + result.num_covered_negative,
+        num_covered_other=result.num_covered_negative,
+        ranked=ranking.order, ranked_distances=ranked_distances,
+        similar=jnp.where(present, ranking.order[:top_k], -1),
+        similar_distances=jnp.where(present, ranked_distances[:top_k], jnp.inf),
+        alphas=alphas,
+        heatmap=polytope_heatmap(alphas, result.selected, psi_x, image_size),
+        similar_heatmaps=jnp.zeros((top_k, image_size, image_size), jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnames=("top_k", "image_size"))
+def _explain_streamed_batch(refs: StreamedReferences, feats: Array, preds: Array,
+                            result: GreedyResult, *, top_k: int, image_size: int
+                            ) -> Interpretation:
+    def one(args):
+        return _explain_streamed(refs, *args, top_k=top_k, image_size=image_size)
+
+    # Each input draws its Q boundary maps at full size: chunks bound that memory.
+    per_input = refs.boundaries.w.shape[0] * image_size ** 2
+    chunk = max(1, min(feats.shape[0], _EXPLAIN_CHUNK_FLOATS // per_input))
+    return jax.lax.map(one, (feats, preds, result), batch_size=chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("image_size",))
+def _draw_similar(alphas: Array, selected: Array, psis: Array, present: Array, *,
+                  image_size: int) -> Array:
+    """[B, top_k, S, S] heat maps of P(x) drawn on the similar references' ψ [B, top_k, ...]."""
+    draw = jax.vmap(jax.vmap(polytope_heatmap, in_axes=(None, None, 0, None)),
+                    in_axes=(0, 0, 0, None))
+    return jnp.where(present[..., None, None], draw(alphas, selected, psis, image_size), 0.0)
+
+
+class StreamingInterpreter(RepresentativeInterpreter):
+    """``RepresentativeInterpreter`` over a streamed reference set (``stream_references``).
+
+    Same answers as the in-memory class (see the module docstring); ψ of a reference is
+    recomputed from ``load_images`` only when its heat map is drawn, unless
+    ``keep_features`` kept them all.
+
+    Args:
+      features_fn, head_fn, key, num_boundaries, batch_size, piecewise_linear, progress:
+        as in ``RepresentativeInterpreter``.
+      load_images: normalised reference images of int64 indices [k] → [k, S, S, 3].
+      num_refs: N.
+      keep_features: keep every ψ in memory (``StreamedReferences.feats``).
+    """
+
+    def __init__(self, features_fn: Callable[[Array], Array], head_fn: Callable[[Array], Array],
+                 load_images: Callable[[np.ndarray], np.ndarray], num_refs: int, *,
+                 key: Array, num_boundaries: int = DEFAULT_NUM_BOUNDARIES, batch_size: int = 64,
+                 piecewise_linear: bool | None = None, keep_features: bool = False,
+                 progress: bool = True):
+        self.batch_size = int(batch_size)
+        self._features_fn = jax.jit(features_fn)
+        self._head_fn = jax.jit(head_fn)
+        self._load_images = load_images
+        self.streamed = stream_references(
+            features_fn, head_fn, load_images, num_refs, key=key, num_boundaries=num_boundaries,
+            batch_size=batch_size, piecewise_linear=piecewise_linear,
+            keep_features=keep_features, progress=progress)
+        s = self.streamed
+        first = np.asarray(load_images(np.zeros(1, np.int64)))
+        self.image_shape = first.shape[1:]
+        # The parent's methods read only the shape of ``feats``: a placeholder stands in.
+        feats = s.feats if s.feats is not None else jax.ShapeDtypeStruct(
+            (int(num_refs),) + tuple(s.boundaries.w.shape[1:]), jnp.float32)
+        self.reference_set = ReferenceSet(feats=feats, preds=s.preds,
+                                          boundary_refs=s.boundary_refs, boundaries=s.boundaries,
+                                          side_words=s.side_words)
+
+    def reference_features(self, indices) -> Array:
+        """ψ of references by index [k] → [k, h, w, c]: kept, or recomputed from the images."""
+        idx = np.asarray(indices, np.int64)
+        if self.streamed.feats is not None:
+            return jnp.asarray(self.streamed.feats)[idx]
+        return self._in_batches(self._features_fn, jnp.asarray(self._load_images(idx)))
+
+    def interpret(self, x: Array, *, top_k: int = 5) -> Interpretation:
+        """Interprets one normalised image x [S, S, 3]."""
+        x = jnp.asarray(x)
+        if x.ndim != 3:
+            raise ValueError(f"x: expected one image [S, S, 3], got shape {x.shape}")
+        return jax.tree.map(lambda a: a[0], self.interpret_batch(x[None], top_k=top_k))
+
+    def interpret_batch(self, xs: Array, *, top_k: int = 5) -> Interpretation:
+        """Interprets normalised images xs [B, S, S, 3] (see ``RepresentativeInterpreter``).
+
+        Returns:
+          ``Interpretation`` with a leading batch axis B on every field.
+        """
+        xs = self._check_images(xs, "xs")
+        top_k = self._check_top_k(top_k)
+        feats = self._features(xs, "xs")
+        preds = self.predict_classes(feats)
+        result, _ = self._solve_features(feats, preds)
+        out = _explain_streamed_batch(self.streamed, feats, preds, result, top_k=top_k,
+                                      image_size=xs.shape[1])
+        similar = np.asarray(out.similar)
+        present = similar >= 0
+        shown = np.unique(similar[present])
+        if shown.size == 0:
+            return out
+        psi = self.reference_features(shown)
+        where = np.searchsorted(shown, np.where(present, similar, shown[0]))
+        maps = _draw_similar(out.alphas, out.selected, psi[where], jnp.asarray(present),
+                             image_size=xs.shape[1])
+        return out._replace(similar_heatmaps=maps)
