@@ -139,21 +139,25 @@ def stream_references(features_fn: Callable[[Array], Array], head_fn: Callable[[
     start, stop = share_range(n, granule)
     preds, words, proj, kept, buffer = [], [], [], [], []
 
-    def flush():
-        feats = np.concatenate(buffer)
+    def flush(rows: int):
+        """Sides and projections of the first ``rows`` buffered maps (one side chunk)."""
+        held = np.concatenate(buffer)
+        feats, rest = held[:rows], held[rows:]
         words.append(chunk_sides_packed(bounds, feats, chunk))
         proj.append(np.asarray(project(normals, jnp.asarray(feats))))
         if keep_features:
             kept.append(feats)
-        buffer.clear()
+        buffer[:] = [rest] if len(rest) else []
 
     for first in tqdm(range(start, stop, size), desc="streamed references", unit="batch",
                       disable=not (progress and is_main_process())):
         psi = batch_features(first)
         preds.append(np.argmax(np.asarray(head_jit(_padded(psi, size)))[:len(psi)], axis=1))
         buffer.append(psi)
-        if sum(len(b) for b in buffer) >= chunk or first + size >= stop:
-            flush()
+        while sum(len(b) for b in buffer) >= chunk:  # side chunks fall where sides() puts them
+            flush(chunk)
+    if buffer:
+        flush(sum(len(b) for b in buffer))
     q = bounds.w.shape[0]
     feat_shape = bounds.w.shape[1:]
     local_words = np.concatenate(words, axis=1) if words else np.zeros((q, 0), np.uint32)
