@@ -36,6 +36,7 @@ from ri_jax.checkpoint import write_json as write_strict_json
 from ri_jax.cli import (DEBUG_FLAG, check_output_dir, int_at_least, non_negative_int,
                         output_dir, positive_int)
 from ri_jax.data import ImageSet, load_dataset, sample_count, sample_per_class
+from ri_jax import distributed
 from ri_jax.errors import RIInputError
 from ri_jax.featurize import Features, compute_features
 from ri_jax.models.vgg import ModelConfig, ModelFns, make_vgg
@@ -174,6 +175,46 @@ def ace_config(args: argparse.Namespace) -> ACEConfig:
         raise RIInputError(f"--ace-*: {e}") from None
 
 
+# Launch settings: they decide where the work runs, never what it computes, so they are
+# left out of the results (a multi-process run writes the JSON of a one-process run).
+LAUNCH_ARGS = ("coordinator", "num_processes", "process_id")
+
+
+def add_distributed_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds ``--coordinator``, ``--num-processes``, ``--process-id`` (docs/distributed.md)."""
+    g = p.add_argument_group("multi-process runs (jax.distributed; see docs/distributed.md)")
+    g.add_argument("--coordinator", default=None,
+                   help="host:port of process 0's coordinator, or 'auto' for JAX's cluster "
+                        f"detection (SLURM, Open MPI, TPU pods); default ${distributed.COORDINATOR_ENV}"
+                        " or a one-process run")
+    g.add_argument("--num-processes", type=positive_int, default=None,
+                   help=f"processes in the run (default ${distributed.NUM_PROCESSES_ENV})")
+    g.add_argument("--process-id", type=non_negative_int, default=None,
+                   help=f"this process's rank, 0 writes the files (default ${distributed.PROCESS_ID_ENV})")
+    return p
+
+
+def start_run(args: argparse.Namespace) -> Path:
+    """Joins a multi-process run if asked, then ``prepare_output`` on process 0.
+
+    Returns:
+      ``--out`` on process 0; on the others a throwaway folder, so only process 0's
+      files are written (``--cache-dir``, when given, is used by every process).
+    """
+    try:
+        distributed.initialize_from_args(args)
+    except ValueError as e:
+        raise RIInputError(str(e)) from None
+    if distributed.is_main_process():
+        out = prepare_output(args.out, args.resume)
+    else:
+        import atexit, shutil, tempfile
+        out = Path(tempfile.mkdtemp(prefix=f"ri_jax_process{jax.process_index()}_"))
+        atexit.register(shutil.rmtree, out, ignore_errors=True)
+    distributed.barrier("start_run")
+    return out
+
+
 def prepare_output(out: str | Path, resume: bool) -> Path:
     """Creates the results folder; refuses to write into a non-empty one unless resuming."""
     out = check_output_dir(out, "--out")
@@ -209,14 +250,17 @@ def load_setup(args: argparse.Namespace, out: Path, *, need_unseen: bool = True)
                            f"--checkpoint {args.checkpoint} predicts {model_config.num_classes}")
     refs = train.subset(sample_per_class(train.labels, args.refs_per_class, seed=args.seed))
     progress = not args.no_progress
-    ref_feats = compute_features(fns, params, refs, batch_size=args.batch_size, cache_dir=cache,
-                                 progress=progress, desc="reference features")
+    # One process: compute_features itself; several: each computes its share of batches.
+    ref_feats = distributed.distributed_features(fns, params, refs, batch_size=args.batch_size,
+                                                 cache_dir=cache, progress=progress,
+                                                 desc="reference features")
     if need_unseen:
         test = load_dataset(args.data, "test", image_size=model_config.image_size,
                             class_names=train.class_names)
         unseen = test.subset(sample_count(len(test), args.unseen, seed=args.seed + 1))
-        unseen_feats = compute_features(fns, params, unseen, batch_size=args.batch_size,
-                                         cache_dir=cache, progress=progress, desc="unseen features")
+        unseen_feats = distributed.distributed_features(
+            fns, params, unseen, batch_size=args.batch_size, cache_dir=cache, progress=progress,
+            desc="unseen features")
     else:
         unseen, unseen_feats = refs.subset([]), None
     return Setup(fns, params, model_config, refs, unseen, ref_feats, unseen_feats)
@@ -224,7 +268,8 @@ def load_setup(args: argparse.Namespace, out: Path, *, need_unseen: bool = True)
 
 def describe_run(args: argparse.Namespace, **extra: Any) -> dict:
     """The configuration block written with every result file."""
-    return {**{k: v for k, v in vars(args).items() if k not in ("no_progress", "debug")},
+    return {**{k: v for k, v in vars(args).items()
+               if k not in ("no_progress", "debug") + LAUNCH_ARGS},
             "jax": jax.__version__, "backend": jax.default_backend(),
             "machine": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
 

@@ -38,19 +38,21 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from common import (HelpFormatter, add_common_args, add_html_arg, add_ri_variant_arg, choose_inputs,
-                    describe_run, load_setup, parse_indices, prepare_output, write_csv, write_json)
+from common import (HelpFormatter, add_common_args, add_distributed_args, add_html_arg,
+                    add_ri_variant_arg, choose_inputs, describe_run, load_setup, parse_indices,
+                    start_run, write_csv, write_json)
 from ri_jax.api import Explanations, explanations_from
 from ri_jax.cli import positive_int, run_script
 from ri_jax.data import load_dataset
+from ri_jax.distributed import representative_interpreter
 from ri_jax.featurize import compute_features
 from ri_jax.html_report import explanations_report, write_report
-from ri_jax.interpreter import RepresentativeInterpreter
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_common_args(p, refs_per_class=0, unseen=None)
+    add_distributed_args(p)
     p.add_argument("--num-inputs", type=positive_int, default=4, help="test images to interpret (seeded)")
     p.add_argument("--inputs", default=None,
                    help="comma-separated test-split indices to interpret (overrides --num-inputs)")
@@ -94,7 +96,7 @@ def summary_markdown(records: list[dict], config: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    out = prepare_output(args.out, args.resume)
+    out = start_run(args)
     setup = load_setup(args, out, need_unseen=False)
     fns, params, model_config = setup.fns, setup.params, setup.model_config
     refs, ref_feats = setup.references, setup.ref_features
@@ -108,7 +110,8 @@ def main(argv=None) -> dict:
     top_k = min(args.top_k, len(refs))
 
     head = functools.partial(fns.head, params)
-    interpreter = RepresentativeInterpreter(
+    # Sharded (and bit-identical) when run on several processes.
+    interpreter = representative_interpreter(
         functools.partial(fns.features, params), head, ref_feats.psi,
         key=jax.random.key(args.seed), num_boundaries=args.num_boundaries,
         batch_size=args.batch_size, is_features=True, progress=not args.no_progress,

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import argparse
 
-from common import (HelpFormatter, ri_options, add_common_args, add_polytope_args, describe_run,
-                    format_mean_std, load_setup, markdown_table, prepare_output, write_csv,
-                    write_json)
+from common import (HelpFormatter, ri_options, add_common_args, add_distributed_args,
+                    add_polytope_args, describe_run, format_mean_std, load_setup, markdown_table,
+                    start_run, write_csv, write_json)
 from ri_jax.cli import run_script
 from ri_jax.protocols.table2 import SETS, Table2Config, run_table2
 
@@ -41,13 +41,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=HelpFormatter)
     add_common_args(p, runs=5, refs_per_class=2500, unseen=1000)
+    add_distributed_args(p)
     add_polytope_args(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    out = prepare_output(args.out, args.resume)
+    out = start_run(args)
     setup = load_setup(args, out)
     seeds = [args.seed + r for r in range(args.runs)]
     config = Table2Config(per_class=args.per_class,

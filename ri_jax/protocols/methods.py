@@ -45,6 +45,7 @@ from ri_jax.baselines.gradcam_pp import gradcam_pp_weights_batch
 from ri_jax.baselines.scorecam import scorecam_weights_batch
 from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES
 from ri_jax.heatmaps import polytope_heatmap
+from ri_jax.distributed import representative_interpreter
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
 from ri_jax.metrics import centre_square_heatmap
 from ri_jax.models.vgg import ModelFns
@@ -184,11 +185,12 @@ def make_interpreter(fns: ModelFns, params: Params, ref_psi: np.ndarray, *, key:
     Returns:
       ``RepresentativeInterpreter`` with ``is_features=True``.
     """
-    return RepresentativeInterpreter(functools.partial(fns.features, params),
-                                     functools.partial(fns.head, params), ref_psi, key=key,
-                                     num_boundaries=num_boundaries, batch_size=batch_size,
-                                     is_features=True, piecewise_linear=True, progress=progress,
-                                     variant=variant)
+    # One process: RepresentativeInterpreter; several: its sharded, bit-identical subclass.
+    return representative_interpreter(functools.partial(fns.features, params),
+                                      functools.partial(fns.head, params), ref_psi, key=key,
+                                      num_boundaries=num_boundaries, batch_size=batch_size,
+                                      is_features=True, piecewise_linear=True, progress=progress,
+                                      variant=variant)
 
 
 def ri_interpretations(interpreter: RepresentativeInterpreter, fns: ModelFns, raw: np.ndarray, *,

@@ -1,0 +1,144 @@
+"""Multi-process runs: launch settings, shares, and 2 local CPU processes against 1, bit for bit."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ri_jax import distributed as dist
+from ri_jax.boundaries import Boundaries, sides_packed
+from ri_jax.interpreter import RepresentativeInterpreter
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+ROOT = Path(__file__).parents[1]
+
+
+@given(n=st.integers(0, 500), granule=st.integers(1, 70), count=st.integers(1, 9))
+def test_shares_partition_the_items_in_whole_granules(n, granule, count):
+    shares = [dist.share_range(n, granule, process_index=p, process_count=count)
+              for p in range(count)]
+    assert shares[0][0] == 0 and shares[-1][1] == n
+    for (a, b), (c, _) in zip(shares, shares[1:]):
+        assert a <= b == c
+    assert all(start % granule == 0 for start, stop in shares if stop > start)
+    sizes = [-(-(b - a) // granule) for a, b in shares]
+    assert max(sizes) - min(sizes) <= 1
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 2100), q=st.integers(1, 5), seed=st.integers(0, 1000))
+def test_chunked_sides_are_the_one_call_sides(n, q, seed):
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    feats = np.asarray(jax.random.normal(k1, (n, 3)))
+    bounds = Boundaries(jax.random.normal(k2, (q, 3)), jax.random.normal(k3, (q,)))
+    want = np.asarray(sides_packed(bounds, feats))
+    np.testing.assert_array_equal(dist.distributed_sides_packed(bounds, feats), want)
+    chunk = dist.side_chunk_size(n)
+    for first in range(0, n, chunk):
+        np.testing.assert_array_equal(
+            dist.chunk_sides_packed(bounds, feats[first:first + 2 * chunk], chunk),
+            want[:, first // 32:(first + 2 * chunk + 31) // 32])
+
+
+def test_launch_settings_are_checked_and_read_from_the_environment():
+    assert dist.check_launch(dist.LaunchConfig()) == dist.LaunchConfig()
+    assert dist.check_launch(dist.LaunchConfig(None, 1, 0)) == dist.LaunchConfig()
+    assert dist.check_launch(dist.LaunchConfig("auto")) == dist.LaunchConfig("auto")
+    for bad, flag in [(dist.LaunchConfig(None, 2, 0), "--coordinator"),
+                      (dist.LaunchConfig("host", 2, 0), "--coordinator"),
+                      (dist.LaunchConfig("h:99999", 2, 0), "--coordinator"),
+                      (dist.LaunchConfig("h:1234", 2, None), "--process-id"),
+                      (dist.LaunchConfig("h:1234", 0, 0), "--num-processes"),
+                      (dist.LaunchConfig("h:1234", 2, 2), "--process-id")]:
+        with pytest.raises(ValueError, match=flag):
+            dist.check_launch(bad)
+    env = {dist.COORDINATOR_ENV: "10.0.0.1:1234", dist.NUM_PROCESSES_ENV: "4",
+           dist.PROCESS_ID_ENV: "3"}
+    assert dist.config_from_env(env) == dist.LaunchConfig("10.0.0.1:1234", 4, 3)
+    assert dist.config_from_env({}) == dist.LaunchConfig()
+    with pytest.raises(ValueError, match=dist.NUM_PROCESSES_ENV):
+        dist.config_from_env({dist.NUM_PROCESSES_ENV: "two"})
+    assert dist.initialize(dist.LaunchConfig()) is False  # one process: nothing to join
+
+
+def test_one_process_distributed_interpreter_is_the_plain_one(tiny_model):
+    fns, params = tiny_model
+    refs = fns.normalize(jax.random.uniform(jax.random.key(1), (40, 32, 32, 3)))
+    args = (lambda x: fns.features(params, x), lambda p: fns.head(params, p), refs)
+    kw = dict(key=jax.random.key(0), num_boundaries=6, batch_size=16, progress=False)
+    plain, mine = RepresentativeInterpreter(*args, **kw), dist.DistributedInterpreter(*args, **kw)
+    for a, b in zip(jax.tree.leaves(plain.reference_set), jax.tree.leaves(mine.reference_set)):
+        np.testing.assert_array_equal(a, b)
+    xs = refs[:5]
+    for a, b in zip(plain.interpret_batch(xs, top_k=2), mine.interpret_batch(xs, top_k=2)):
+        np.testing.assert_array_equal(a, b)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(commands, env, timeout_s: float):
+    """Starts every command, waits at most ``timeout_s`` in all, kills them all on failure."""
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for c in commands]
+    try:
+        outputs = [p.communicate(timeout=timeout_s)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        outputs = None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert outputs is not None, f"processes did not finish in {timeout_s} s"
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+
+
+def comparable(path: Path) -> dict:
+    """The JSON minus what names the run rather than its results (its time and folders)."""
+    payload = json.loads(path.read_text())
+    for key in ("date", "out", "cache_dir"):
+        payload["config"].pop(key)
+    return payload
+
+
+@pytest.mark.slow
+def test_two_processes_write_what_one_process_writes(tmp_path):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_experiments_tables import write_images
+    from ri_jax.checkpoint import save_checkpoint
+    from ri_jax.models.vgg import make_vgg
+    from conftest import TINY
+
+    write_images(tmp_path / "data", np.random.default_rng(0))
+    fns = make_vgg(TINY)
+    save_checkpoint(tmp_path / "ckpt", fns.init(jax.random.key(0)), TINY)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+           # Two devices per process: the solve is sharded over 4 devices in 2 processes.
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    base = [sys.executable, str(WORKER)]
+    data, ckpt = str(tmp_path / "data"), str(tmp_path / "ckpt")
+    coordinator = f"127.0.0.1:{free_port()}"
+    run_processes([base + [str(tmp_path / "one"), data, ckpt]]
+                  + [base + [str(tmp_path / "two"), data, ckpt, "--coordinator", coordinator,
+                             "--num-processes", "2", "--process-id", str(rank)]
+                     for rank in (0, 1)], env, timeout_s=240)
+    for name in ("interpret/summary.json", "table2/table2.json"):
+        one, two = comparable(tmp_path / "one" / name), comparable(tmp_path / "two" / name)
+        assert one == two, name
+    for name in ("interpret/summary.csv", "table2/table2.csv", "table2/table2.md"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    for png in (tmp_path / "one" / "interpret").glob("*.png"):
+        assert (tmp_path / "two" / "interpret" / png.name).is_file()
