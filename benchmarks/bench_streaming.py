@@ -1,0 +1,136 @@
+"""Streamed reference sets at 10k, 100k, 1M references: throughput, peak memory, one interpret.
+
+    python -m benchmarks.bench_streaming --sizes 10000,100000,1000000
+
+References are synthetic and deterministic: image i is uniform noise drawn from
+``fold_in(key(seed), i)``, generated on the fly in each batch (nothing is stored).
+They go through a small model (the embedded VGG-19 at width 1/8, 96 px, ψ 6×6×64,
+or with ``--checkpoint tiny`` a VGG-11 at width 1/16, 32 px, ψ 2×2×32) into ``ri_jax.streaming.stream_references`` (classes, packed sides and
+[N, Q] projections), then one ``StreamingInterpreter.interpret_batch`` of
+``--inputs`` images. Each size runs in its own process so its peak resident memory
+(``resource.getrusage``) is its own; the record also holds the memory the in-memory
+reference set would need for ψ (N·h·w·c float32) and the XLA cost analysis (FLOPs)
+of one image's forward pass, for the per-image estimates in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.common import DEFAULT_OUT, finish, record
+
+
+def forward_flops(fns, params, image_size: int) -> float:
+    """XLA's FLOP count of ψ and G for one image (cost analysis of the compiled program)."""
+    def forward(x):
+        psi = fns.features(params, x)
+        return fns.head(params, psi)
+
+    compiled = jax.jit(forward).lower(jnp.zeros((1, image_size, image_size, 3))).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def run_one(args) -> dict:
+    """One size in this process: stream, interpret, report (printed as JSON)."""
+    import functools
+
+    from ri_jax.checkpoint import load_checkpoint
+    from ri_jax.models.vgg import make_vgg
+    from ri_jax.streaming import StreamingInterpreter
+
+    if args.checkpoint == "tiny":  # the test suite's model, random weights: cheap per image
+        from ri_jax.models.vgg import ModelConfig
+        config = ModelConfig(arch="vgg11", width=1 / 16, image_size=32, num_classes=2)
+        fns = make_vgg(config)
+        params = fns.init(jax.random.key(args.seed))
+    else:
+        params, config, _ = load_checkpoint(args.checkpoint)
+        fns = make_vgg(config)
+    size = config.image_size
+    key = jax.random.key(args.seed)
+
+    @jax.jit
+    def synthetic(idx):
+        one = lambda i: jax.random.uniform(jax.random.fold_in(key, i), (size, size, 3))
+        return fns.normalize(jax.vmap(one)(idx))
+
+    ri_start = time.perf_counter()
+    cpu_start = time.process_time()
+    ri = StreamingInterpreter(functools.partial(fns.features, params),
+                              functools.partial(fns.head, params),
+                              lambda idx: synthetic(jnp.asarray(idx, jnp.uint32)), args.n,
+                              key=jax.random.key(args.seed + 1),
+                              num_boundaries=args.num_boundaries, batch_size=args.batch_size,
+                              piecewise_linear=True, progress=not args.no_progress)
+    jax.block_until_ready(ri.streamed.projections)
+    stream_s = time.perf_counter() - ri_start
+    stream_cpu = time.process_time() - cpu_start
+    xs = synthetic(jnp.arange(args.inputs, dtype=jnp.uint32) + np.uint32(2**31))
+    t = time.perf_counter()
+    out = jax.block_until_ready(ri.interpret_batch(xs, top_k=4))
+    interpret_s = time.perf_counter() - t
+    s = ri.streamed
+    feat_floats = int(np.prod(s.boundaries.w.shape[1:]))
+    return {
+        "references": args.n, "stream_s": stream_s, "stream_cpu_s": stream_cpu,
+        "refs_per_s": args.n / stream_s,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "kept_mib": (s.projections.nbytes + s.side_words.nbytes + s.preds.nbytes) / 2**20,
+        "in_memory_psi_mib": args.n * feat_floats * 4 / 2**20,
+        "interpret_inputs": args.inputs, "interpret_s": interpret_s,
+        "mean_selected": float(np.mean(out.num_selected)),
+        "mean_covered": float(np.mean(out.num_covered)),
+        "feature_shape": list(s.boundaries.w.shape[1:]),
+        "forward_flops_per_image": forward_flops(fns, params, size),
+    }
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="10000,100000,1000000", help="N values, comma-separated")
+    p.add_argument("--checkpoint", default=None, help="checkpoint folder, or 'tiny' (VGG-11 at width 1/16, 32 px, random "
+                        "weights); default the embedded VGG-19")
+    p.add_argument("--num-boundaries", type=int, default=50, help="|Q|")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--inputs", type=int, default=4, help="inputs in the interpret run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="folder of the JSON record")
+    p.add_argument("--name", default="streaming", help="record name")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)  # one size, internal
+    args = p.parse_args(argv)
+    if args.n is not None:
+        print("RESULT " + json.dumps(run_one(args)), flush=True)
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rec = record("streaming", {k: v for k, v in vars(args).items() if k != "n"})
+    for n in sizes:
+        cmd = [sys.executable, "-m", "benchmarks.bench_streaming", "--n", str(n)]
+        for flag in ("num_boundaries", "batch_size", "inputs", "seed"):
+            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        if args.checkpoint:
+            cmd += ["--checkpoint", args.checkpoint]
+        if args.no_progress:
+            cmd.append("--no-progress")
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+        row = json.loads(done.stdout.split("RESULT ", 1)[1])
+        rec["rows"].append(row)
+        print({k: row[k] for k in ("references", "stream_s", "refs_per_s", "peak_rss_mib",
+                                   "kept_mib", "in_memory_psi_mib", "interpret_s")}, flush=True)
+        finish(rec, args.out, args.name)  # after every size: a long run keeps what it measured
+
+
+if __name__ == "__main__":
+    main()
