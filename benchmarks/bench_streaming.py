@@ -41,6 +41,51 @@ def forward_flops(fns, params, image_size: int) -> float:
     return float(cost.get("flops", float("nan")))
 
 
+def vgg19_flops_per_image() -> dict:
+    """XLA's FLOPs of VGG-19 (width 1, 224 px) ψ and G for one image, from the lowered
+    program's cost analysis (abstract weights: nothing is allocated or run)."""
+    from ri_jax.models.vgg import ModelConfig, make_vgg
+    fns = make_vgg(ModelConfig(arch="vgg19", width=1.0, image_size=224, num_classes=2))
+    params = jax.eval_shape(fns.init, jax.random.key(0))
+    image = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    psi = jax.eval_shape(fns.features, params, image)
+    cost = jax.jit(lambda p, x: fns.head(p, fns.features(p, x))).lower(params, image)
+    cost = cost.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return {"flops": float(cost["flops"]), "feature_floats": int(np.prod(psi.shape[1:]))}
+
+
+def estimates(vgg: dict, *, tflops: float, hosts: int, q: int, n: int, inputs: int) -> list[str]:
+    """The written estimates, from XLA's FLOP count and a stated sustained rate."""
+    per_s = tflops * 1e12 / vgg["flops"]
+    proj = 2 * q * vgg["feature_floats"]  # FLOPs of one reference's Q projections and sides
+    pools = 2.0 * inputs * q * n * vgg["feature_floats"]
+    psi_gib = n * vgg["feature_floats"] * 4 / 2**30
+    return [
+        f"VGG-19 at 224 px: {vgg['flops'] / 1e9:.1f} GFLOP per image forward (XLA cost "
+        f"analysis), ψ = {vgg['feature_floats']} floats; projections and sides add "
+        f"{proj / 1e6:.1f} MFLOP per reference.",
+        f"Assumed sustained rate {tflops:g} TFLOP/s on one H100 (an assumption: bf16/TF32 "
+        f"convolutions at a fraction of peak, input decoding not limiting): "
+        f"{per_s:,.0f} references/s, {n / per_s / 60:,.1f} min for {n:,} references; "
+        f"the kept state is {n * q * 4 / 2**20:,.0f} MiB of projections vs "
+        f"{n * vgg['feature_floats'] * 4 / 2**30:,.0f} GiB of ψ.",
+        f"A {hosts}-host slice with one such device each: shares need no communication "
+        f"until the gather of {n * q * 4 / 2**20:,.0f} MiB of projections and "
+        f"{n * q / 8 / 2**20:,.1f} MiB of side bits, so about {n / per_s / hosts / 60:,.1f} "
+        f"min, linear in hosts while the gather stays small.",
+        f"The authors' per-input pools: each of B inputs gets its own Q boundaries, so no "
+        f"projection is shared; B·Q·N inner products of {vgg['feature_floats']} floats are "
+        f"{pools / 1e15:,.0f} PFLOP for B = {inputs}, Q = {q}, N = {n:,} "
+        f"({pools / (tflops * 1e12):,.0f} s at the same rate), but every input reads all N ψ: "
+        f"{psi_gib:,.0f} GiB, which fits in no device memory, so each input streams it from "
+        f"host memory (about {psi_gib * 2**30 / 25e9:,.0f} s at an assumed 25 GB/s, "
+        f"{inputs * psi_gib * 2**30 / 25e9 / 3600:,.1f} h for B = {inputs}) or recomputes it "
+        f"({inputs * n / per_s / 3600:,.0f} h). Here each ψ is computed once and B inputs "
+        f"cost B·Q·⌈N/32⌉ word operations in the solver plus B·Q·N subtractions for Eq. 6.",
+    ]
+
+
 def run_one(args) -> dict:
     """One size in this process: stream, interpret, report (printed as JSON)."""
     import functools
@@ -108,6 +153,9 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(DEFAULT_OUT), help="folder of the JSON record")
     p.add_argument("--name", default="streaming", help="record name")
+    p.add_argument("--assumed-tflops", type=float, default=200.0,
+                   help="sustained TFLOP/s assumed for one H100 in the written estimate")
+    p.add_argument("--hosts", type=int, default=8, help="hosts of the slice in the estimate")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)  # one size, internal
     args = p.parse_args(argv)
@@ -116,6 +164,10 @@ def main(argv=None) -> None:
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     rec = record("streaming", {k: v for k, v in vars(args).items() if k != "n"})
+    rec["vgg19_224"] = vgg19_flops_per_image()
+    rec["notes"] += estimates(rec["vgg19_224"], tflops=args.assumed_tflops, hosts=args.hosts,
+                              q=args.num_boundaries, n=1_000_000, inputs=1000)
+    print("\n".join(rec["notes"]), flush=True)
     for n in sizes:
         cmd = [sys.executable, "-m", "benchmarks.bench_streaming", "--n", str(n)]
         for flag in ("num_boundaries", "batch_size", "inputs", "seed"):
