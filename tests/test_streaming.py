@@ -1,6 +1,5 @@
 """Streamed references (projections, packed sides) against the in-memory interpreter."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
