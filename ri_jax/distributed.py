@@ -37,10 +37,11 @@ from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, sample_bounda
                                sample_indices, sides)
 from ri_jax.data import ImageSet
 from ri_jax.featurize import Features, compute_features
-from ri_jax.interpreter import ReferenceSet, RepresentativeInterpreter, _check_array
+from ri_jax.interpreter import ReferenceSet, RepresentativeInterpreter
 from ri_jax.models.vgg import ModelFns
 from ri_jax.sharding import make_mesh, sharded_solve_batch
 from ri_jax.solver import WORD_BITS, GreedyResult, pack_bits
+from ri_jax.variants import RIVariant, ri_variant
 
 Array = jax.Array
 
@@ -328,38 +329,27 @@ class DistributedInterpreter(RepresentativeInterpreter):
 
     Args:
       features_fn, head_fn, references, key, num_boundaries, batch_size, is_features,
-        piecewise_linear, progress: as in ``RepresentativeInterpreter``; ``references``
-        must be the same on every process.
+        piecewise_linear, progress, variant: as in ``RepresentativeInterpreter``;
+        ``references`` must be the same on every process; ``variant`` must use the shared
+        sample (``sampling="shared"``, the paper's), else ValueError.
       mesh: devices for the solve (default every device of every process).
     """
 
-    def __init__(self, features_fn: Callable[[Array], Array], head_fn: Callable[[Array], Array],
-                 references, *, key: Array, num_boundaries: int = DEFAULT_NUM_BOUNDARIES,
-                 batch_size: int = 64, is_features: bool = False,
-                 piecewise_linear: bool | None = None, progress: bool = True, mesh=None):
-        if not callable(features_fn):
-            raise ValueError("features_fn: must be callable")
-        if not callable(head_fn):
-            raise ValueError("head_fn: must be callable")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
-        self.batch_size = int(batch_size)
-        self._features_fn = jax.jit(features_fn)
-        self._head_fn = jax.jit(head_fn)
+    def __init__(self, *args, mesh=None, **kwargs):
+        require_shared_sample(kwargs.get("variant", "paper"), type(self).__name__)
         self.mesh = make_mesh() if mesh is None else mesh
-        references = _check_array(references, "references", 4)
-        self.image_shape = None if is_features else references.shape[1:]
-        feats = references if is_features else self._shared_features(references, progress)
-        if feats.ndim != 4:
-            raise ValueError(f"features_fn: expected feature maps [B, h, w, c], got {feats.shape}")
-        preds = self.predict_classes(feats)
-        chosen, bounds = shared_boundaries(head_fn, feats, key=key, num_boundaries=num_boundaries,
+        super().__init__(*args, **kwargs)
+
+    def _build_reference_set(self, feats: Array, preds: Array, *, key: Array,
+                             num_boundaries: int, piecewise_linear: bool | None) -> ReferenceSet:
+        chosen, bounds = shared_boundaries(self._raw_head_fn, feats, key=key,
+                                           num_boundaries=num_boundaries,
                                            piecewise_linear=piecewise_linear)
         words = distributed_sides_packed(bounds, np.asarray(feats))
-        self.reference_set = ReferenceSet(feats=feats, preds=preds, boundary_refs=chosen,
-                                          boundaries=bounds, side_words=jnp.asarray(words))
+        return ReferenceSet(feats=feats, preds=preds, boundary_refs=chosen, boundaries=bounds,
+                            side_words=jnp.asarray(words))
 
-    def _shared_features(self, images: Array, progress: bool) -> Array:
+    def _reference_features(self, images: Array, progress: bool) -> Array:
         """ψ of this process's share of whole batches, gathered: the parent's batches exactly."""
         n = images.shape[0]
         size = min(self.batch_size, n)
@@ -377,11 +367,23 @@ class DistributedInterpreter(RepresentativeInterpreter):
             parts = [np.zeros((0,) + shape[1:], np.float32)]
         return jnp.asarray(gather_shares(np.concatenate(parts), n, size))
 
-    def _solve_features(self, feats: Array, preds: Array) -> tuple[GreedyResult, Array]:
-        x_sides = sides(self.reference_set.boundaries, feats).T
-        result = sharded_solve_batch(self.reference_set.side_words, self.num_refs, x_sides,
-                                     self._positives(preds), mesh=self.mesh)
-        return GreedyResult(*(jnp.asarray(f) for f in result)), x_sides
+    def _greedy(self, side_words, x_sides, positives, delta) -> GreedyResult:
+        result = sharded_solve_batch(side_words, self.num_refs, x_sides, positives, delta,
+                                     mesh=self.mesh)
+        return GreedyResult(*(jnp.asarray(f) for f in result))
+
+
+def require_shared_sample(variant, owner: str) -> RIVariant:
+    """``ri_variant(variant)``, refused unless it uses the paper's shared sample Q.
+
+    Raises:
+      ValueError: naming ``variant``, for per-input pools (the authors' variant).
+    """
+    chosen = ri_variant(variant)
+    if chosen.sampling != "shared":
+        raise ValueError(f"variant: {owner} supports only the paper's shared sample of "
+                         f"boundaries (sampling='shared'), got sampling={chosen.sampling!r}")
+    return chosen
 
 
 def representative_interpreter(*args, **kwargs) -> RepresentativeInterpreter:

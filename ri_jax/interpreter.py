@@ -139,17 +139,43 @@ def _explain_with(ref_feats: Array, bounds: Boundaries, psi_x: Array, predicted_
     Returns:
       ``Interpretation``.
     """
-    n = ref_feats.shape[0]
-    q = bounds.w.shape[0]
-    covered = unpack_bits(result.covered, n)
+    covered = unpack_bits(result.covered, ref_feats.shape[0])
     distances = semantic_distance(bounds.w, result.selected, psi_x, ref_feats)
+    alphas = ri_channel_weights(bounds.w, bounds.b, psi_x)
+    out = interpretation_from(predicted_class, result, covered, distances, alphas, psi_x,
+                              top_k=top_k, image_size=image_size)
+    draw = jax.vmap(polytope_heatmap, in_axes=(None, None, 0, None))
+    similar_maps = draw(alphas, result.selected, ref_feats[out.ranked[:top_k]], image_size)
+    return out._replace(similar_heatmaps=jnp.where((out.similar >= 0)[:, None, None],
+                                                   similar_maps, 0.0))
+
+
+def interpretation_from(predicted_class: Array, result: GreedyResult, covered: Array,
+                        distances: Array, alphas: Array, psi_x: Array, *, top_k: int,
+                        image_size: int) -> Interpretation:
+    """The ``Interpretation`` of one input from its covered set and Eq. 6 distances.
+
+    The similar references' heat maps are left zero (drawing them needs their ψ) and the
+    diagnostics fields (``x_side``, ``pool``, ``search_*``) are placeholders that the
+    caller fills in.
+
+    Args:
+      predicted_class: int32 Class(x).
+      result: ``GreedyResult`` of x (unbatched), Q boundaries.
+      covered: bool[N] references covered by P(x).
+      distances: float32[N] Eq. 6 distances to x.
+      alphas: float32[Q, c] channel weights oriented towards x (Eq. 5).
+      psi_x: [h, w, c] feature map of x.
+      top_k: number of similar references to return, 1 ≤ top_k ≤ N.
+      image_size: side S of the heat maps.
+
+    Returns:
+      ``Interpretation``.
+    """
+    q = result.selected.shape[0]
     ranking = rank_covered(distances, covered)
     ranked_distances = distances[ranking.order]
     present = jnp.arange(top_k) < ranking.count
-    top = ranking.order[:top_k]
-    alphas = ri_channel_weights(bounds.w, bounds.b, psi_x)
-    draw = jax.vmap(polytope_heatmap, in_axes=(None, None, 0, None))
-    similar_maps = draw(alphas, result.selected, ref_feats[top], image_size)
     return Interpretation(
         predicted_class=jnp.asarray(predicted_class, jnp.int32),
         selected=result.selected, order=result.order, num_selected=result.num_selected,
@@ -158,11 +184,11 @@ def _explain_with(ref_feats: Array, bounds: Boundaries, psi_x: Array, predicted_
         num_covered=result.num_covered_positive + result.num_covered_negative,
         num_covered_other=result.num_covered_negative,
         ranked=ranking.order, ranked_distances=ranked_distances,
-        similar=jnp.where(present, top, -1),
+        similar=jnp.where(present, ranking.order[:top_k], -1),
         similar_distances=jnp.where(present, ranked_distances[:top_k], jnp.inf),
         alphas=alphas,
         heatmap=polytope_heatmap(alphas, result.selected, psi_x, image_size),
-        similar_heatmaps=jnp.where(present[:, None, None], similar_maps, 0.0),
+        similar_heatmaps=jnp.zeros((top_k, image_size, image_size), jnp.float32),
         x_side=jnp.zeros((q,), bool), pool=jnp.full((q,), -1, jnp.int32),
         num_selected_greedy=result.num_selected, search_steps=jnp.zeros((q,), jnp.int32),
         search_converged=jnp.ones((q,), bool))
@@ -245,6 +271,28 @@ class RepresentativeInterpreter:
                  batch_size: int = 64, is_features: bool = False,
                  piecewise_linear: bool | None = None, progress: bool = True,
                  variant: str | RIVariant = "paper"):
+        self._setup(features_fn, head_fn, key=key, batch_size=batch_size, variant=variant)
+        references = _check_array(references, "references", 4)
+        self.image_shape = None if is_features else references.shape[1:]
+        feats = references if is_features else self._reference_features(references, progress)
+        if feats.ndim != 4:
+            raise ValueError(f"features_fn: expected feature maps [B, h, w, c], got {feats.shape}")
+        preds = self.predict_classes(feats)
+        if int(num_boundaries) < 1:
+            raise ValueError(f"num_boundaries: must be >= 1, got {num_boundaries}")
+        if self.variant.sampling == "per_input":
+            self.num_boundaries = int(num_boundaries)
+            self.reference_set = ReferenceSet(feats=feats, preds=preds, boundary_refs=None,
+                                              boundaries=None, side_words=None)
+            return
+        self.reference_set = self._build_reference_set(feats, preds, key=key,
+                                                       num_boundaries=num_boundaries,
+                                                       piecewise_linear=piecewise_linear)
+        self.num_boundaries = int(self.reference_set.boundary_refs.shape[0])
+
+    def _setup(self, features_fn, head_fn, *, key: Array, batch_size: int,
+               variant: str | RIVariant) -> None:
+        """Checks and keeps the model functions, key, batch size and variant (every subclass)."""
         if not callable(features_fn):
             raise ValueError("features_fn: must be callable")
         if not callable(head_fn):
@@ -261,29 +309,28 @@ class RepresentativeInterpreter:
         self._features_fn = jax.jit(features_fn)
         self._head_fn = jax.jit(head_fn)
         self._key = key
-        references = _check_array(references, "references", 4)
-        self.image_shape = None if is_features else references.shape[1:]
-        if is_features:
-            feats = references
-        else:
-            feats = self._in_batches(self._features_fn, references, "reference features",
-                                     progress)
-        if feats.ndim != 4:
-            raise ValueError(f"features_fn: expected feature maps [B, h, w, c], got {feats.shape}")
-        preds = self.predict_classes(feats)
-        if int(num_boundaries) < 1:
-            raise ValueError(f"num_boundaries: must be >= 1, got {num_boundaries}")
-        if self.variant.sampling == "per_input":
-            self.num_boundaries = int(num_boundaries)
-            self.reference_set = ReferenceSet(feats=feats, preds=preds, boundary_refs=None,
-                                              boundaries=None, side_words=None)
-            return
+
+    def _reference_features(self, references: Array, progress: bool) -> Array:
+        """ψ of the reference images [N, S, S, 3] → [N, h, w, c] (a hook for subclasses)."""
+        return self._in_batches(self._features_fn, references, "reference features", progress)
+
+    def _build_reference_set(self, feats: Array, preds: Array, *, key: Array,
+                             num_boundaries: int, piecewise_linear: bool | None) -> ReferenceSet:
+        """The shared sample Q, its Eq. 2 boundaries and the packed sides (a hook for subclasses).
+
+        Args:
+          feats: [N, h, w, c] reference feature maps.
+          preds: int32[N] their classes.
+          key, num_boundaries, piecewise_linear: as in the class.
+
+        Returns:
+          ``ReferenceSet`` with Q ≤ ``num_boundaries`` boundaries.
+        """
         chosen = sample_indices(feats.shape[0], num_boundaries, key=key)
-        self.num_boundaries = int(chosen.shape[0])
-        bounds = sample_boundaries(head_fn, feats[chosen], piecewise_linear=piecewise_linear)
-        self.reference_set = ReferenceSet(feats=feats, preds=preds, boundary_refs=chosen,
-                                          boundaries=bounds,
-                                          side_words=sides_packed(bounds, feats))
+        bounds = sample_boundaries(self._raw_head_fn, feats[chosen],
+                                   piecewise_linear=piecewise_linear)
+        return ReferenceSet(feats=feats, preds=preds, boundary_refs=chosen, boundaries=bounds,
+                            side_words=sides_packed(bounds, feats))
 
     @property
     def num_refs(self) -> int:
@@ -397,13 +444,17 @@ class RepresentativeInterpreter:
     def _solve(self, side_words, x_sides, preds, delta):
         """Algorithm 1, then the loosen step when the variant asks for it."""
         positives = self._positives(preds)
-        result = solve_batch(side_words, self.num_refs, x_sides, positives, delta)
+        result = self._greedy(side_words, x_sides, positives, delta)
         greedy = result.num_selected
         if self.variant.loosen:
             kept = loosen_batch(side_words, self.num_refs, x_sides, positives, result.selected)
             result = result._replace(selected=kept.selected, num_selected=kept.num_selected,
                                      order=_compact_order(result.order, kept.selected))
         return result, greedy
+
+    def _greedy(self, side_words, x_sides, positives, delta) -> GreedyResult:
+        """Algorithm 1 for a batch of inputs (a hook: subclasses may spread it over devices)."""
+        return solve_batch(side_words, self.num_refs, x_sides, positives, delta)
 
     def _solve_pools(self, feats, preds, keys, delta, progress):
         """The authors' per-input pools, in chunks of inputs of bounded memory."""

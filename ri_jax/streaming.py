@@ -36,12 +36,14 @@ from tqdm.auto import tqdm
 from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, sample_boundaries,
                                sample_indices)
 from ri_jax.distributed import (chunk_sides_packed, from_main_process, gather_shares,
-                                is_main_process, share_range, side_chunk_size)
+                                is_main_process, require_shared_sample, share_range,
+                                side_chunk_size)
 from ri_jax.heatmaps import polytope_heatmap, ri_channel_weights
-from ri_jax.interpreter import Interpretation, ReferenceSet, RepresentativeInterpreter
-from ri_jax.ranking import distance_from_projections, projection, projections, rank_covered, \
-    unit_normals
+from ri_jax.interpreter import (Interpretation, ReferenceSet, RepresentativeInterpreter,
+                               interpretation_from)
+from ri_jax.ranking import distance_from_projections, projection, projections, unit_normals
 from ri_jax.solver import WORD_BITS, GreedyResult, num_words, unpack_bits
+from ri_jax.variants import RIVariant
 
 Array = jax.Array
 
@@ -182,27 +184,12 @@ _EXPLAIN_CHUNK_FLOATS = 1 << 26
 def _explain_streamed(refs: StreamedReferences, psi_x: Array, predicted_class: Array,
                       result: GreedyResult, *, top_k: int, image_size: int) -> Interpretation:
     """An ``Interpretation`` of one input from projections; similar heat maps left zero."""
-    n = refs.projections.shape[0]
-    covered = unpack_bits(result.covered, n)
+    covered = unpack_bits(result.covered, refs.projections.shape[0])
     distances = distance_from_projections(result.selected, projection(refs.normals, psi_x),
                                           refs.projections)
-    ranking = rank_covered(distances, covered)
-    ranked_distances = distances[ranking.order]
-    present = jnp.arange(top_k) < ranking.count
     alphas = ri_channel_weights(refs.boundaries.w, refs.boundaries.b, psi_x)
-    return Interpretation(
-        predicted_class=jnp.asarray(predicted_class, jnp.int32),
-        selected=result.selected, order=result.order, num_selected=result.num_selected,
-        empty=result.num_selected == 0, delta=result.delta, tau=result.tau,
-        reached=result.reached, covered=covered,
-        num_covered=result.num_covered_positive + result.num_covered_negative,
-        num_covered_other=result.num_covered_negative,
-        ranked=ranking.order, ranked_distances=ranked_distances,
-        similar=jnp.where(present, ranking.order[:top_k], -1),
-        similar_distances=jnp.where(present, ranked_distances[:top_k], jnp.inf),
-        alphas=alphas,
-        heatmap=polytope_heatmap(alphas, result.selected, psi_x, image_size),
-        similar_heatmaps=jnp.zeros((top_k, image_size, image_size), jnp.float32))
+    return interpretation_from(predicted_class, result, covered, distances, alphas, psi_x,
+                               top_k=top_k, image_size=image_size)
 
 
 @functools.partial(jax.jit, static_argnames=("top_k", "image_size"))
@@ -246,10 +233,9 @@ class StreamingInterpreter(RepresentativeInterpreter):
                  load_images: Callable[[np.ndarray], np.ndarray], num_refs: int, *,
                  key: Array, num_boundaries: int = DEFAULT_NUM_BOUNDARIES, batch_size: int = 64,
                  piecewise_linear: bool | None = None, keep_features: bool = False,
-                 progress: bool = True):
-        self.batch_size = int(batch_size)
-        self._features_fn = jax.jit(features_fn)
-        self._head_fn = jax.jit(head_fn)
+                 progress: bool = True, variant: str | RIVariant = "paper"):
+        require_shared_sample(variant, type(self).__name__)
+        self._setup(features_fn, head_fn, key=key, batch_size=batch_size, variant=variant)
         self._load_images = load_images
         self.streamed = stream_references(
             features_fn, head_fn, load_images, num_refs, key=key, num_boundaries=num_boundaries,
@@ -264,6 +250,7 @@ class StreamingInterpreter(RepresentativeInterpreter):
         self.reference_set = ReferenceSet(feats=feats, preds=s.preds,
                                           boundary_refs=s.boundary_refs, boundaries=s.boundaries,
                                           side_words=s.side_words)
+        self.num_boundaries = int(s.boundary_refs.shape[0])
 
     def reference_features(self, indices) -> Array:
         """ψ of references by index [k] → [k, h, w, c]: kept, or recomputed from the images."""
@@ -272,15 +259,12 @@ class StreamingInterpreter(RepresentativeInterpreter):
             return jnp.asarray(self.streamed.feats)[idx]
         return self._in_batches(self._features_fn, jnp.asarray(self._load_images(idx)))
 
-    def interpret(self, x: Array, *, top_k: int = 5) -> Interpretation:
-        """Interprets one normalised image x [S, S, 3]."""
-        x = jnp.asarray(x)
-        if x.ndim != 3:
-            raise ValueError(f"x: expected one image [S, S, 3], got shape {x.shape}")
-        return jax.tree.map(lambda a: a[0], self.interpret_batch(x[None], top_k=top_k))
-
-    def interpret_batch(self, xs: Array, *, top_k: int = 5) -> Interpretation:
+    def interpret_batch(self, xs: Array, *, top_k: int = 5, keys: Array | None = None,
+                        progress: bool = False) -> Interpretation:
         """Interprets normalised images xs [B, S, S, 3] (see ``RepresentativeInterpreter``).
+
+        ``keys`` and ``progress`` concern per-input pools, which a streamed set does not
+        support; they are accepted so that ``interpret`` and callers of the parent work.
 
         Returns:
           ``Interpretation`` with a leading batch axis B on every field.
@@ -289,9 +273,10 @@ class StreamingInterpreter(RepresentativeInterpreter):
         top_k = self._check_top_k(top_k)
         feats = self._features(xs, "xs")
         preds = self.predict_classes(feats)
-        result, _ = self._solve_features(feats, preds)
+        _, result, diag = self.solve_features(feats, preds)
         out = _explain_streamed_batch(self.streamed, feats, preds, result, top_k=top_k,
                                       image_size=xs.shape[1])
+        out = out._replace(**{k: v for k, v in diag._asdict().items() if v is not None})
         similar = np.asarray(out.similar)
         present = similar >= 0
         shown = np.unique(similar[present])

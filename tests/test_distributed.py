@@ -15,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 from ri_jax import distributed as dist
 from ri_jax.boundaries import Boundaries, sides_packed
 from ri_jax.interpreter import RepresentativeInterpreter
+from ri_jax.variants import ri_variant
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 ROOT = Path(__file__).parents[1]
@@ -68,17 +69,29 @@ def test_launch_settings_are_checked_and_read_from_the_environment():
     assert dist.initialize(dist.LaunchConfig()) is False  # one process: nothing to join
 
 
-def test_one_process_distributed_interpreter_is_the_plain_one(tiny_model):
+# The paper's variant, and the shared sample with the authors' δ = 0 and loosen step.
+@pytest.mark.parametrize("variant", ["paper", ri_variant("paper", delta="zero", loosen=True)])
+def test_one_process_distributed_interpreter_is_the_plain_one(tiny_model, variant):
     fns, params = tiny_model
     refs = fns.normalize(jax.random.uniform(jax.random.key(1), (40, 32, 32, 3)))
     args = (lambda x: fns.features(params, x), lambda p: fns.head(params, p), refs)
-    kw = dict(key=jax.random.key(0), num_boundaries=6, batch_size=16, progress=False)
+    kw = dict(key=jax.random.key(0), num_boundaries=6, batch_size=16, progress=False,
+              variant=variant)
     plain, mine = RepresentativeInterpreter(*args, **kw), dist.DistributedInterpreter(*args, **kw)
     for a, b in zip(jax.tree.leaves(plain.reference_set), jax.tree.leaves(mine.reference_set)):
         np.testing.assert_array_equal(a, b)
+    assert mine.num_boundaries == plain.num_boundaries
     xs = refs[:5]
     for a, b in zip(plain.interpret_batch(xs, top_k=2), mine.interpret_batch(xs, top_k=2)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_per_input_pools_are_refused_naming_the_variant(tiny_model):
+    fns, params = tiny_model
+    refs = jax.random.uniform(jax.random.key(1), (4, 2, 2, 8))
+    with pytest.raises(ValueError, match="variant.*per_input"):
+        dist.DistributedInterpreter(lambda x: x, lambda p: fns.head(params, p), refs,
+                                    key=jax.random.key(0), is_features=True, variant="authors")
 
 
 def free_port() -> int:

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ri_jax.interpreter import RepresentativeInterpreter
 from ri_jax.ranking import semantic_distance
 from ri_jax.streaming import StreamingInterpreter, stream_references
+from ri_jax.variants import ri_variant
 
 IMAGE = 4  # 4×4×3 images, ψ 2×2×6: thousands of references cost next to nothing
 
@@ -34,12 +35,12 @@ def images(n: int, seed: int) -> np.ndarray:
     return np.asarray(jax.random.normal(jax.random.key(seed), (n, IMAGE, IMAGE, 3)))
 
 
-def both(n, batch, q, seed, keep=False):
+def both(n, batch, q, seed, keep=False, variant="paper"):
     features, head = tiny_net(seed)
     refs = images(n, seed + 1)
     key = jax.random.key(seed + 2)
     memory = RepresentativeInterpreter(features, head, refs, key=key, num_boundaries=q,
-                                       batch_size=batch, progress=False)
+                                       batch_size=batch, progress=False, variant=variant)
     loads = []
 
     def load(idx):
@@ -47,7 +48,8 @@ def both(n, batch, q, seed, keep=False):
         return refs[idx]
 
     streamed = StreamingInterpreter(features, head, load, n, key=key, num_boundaries=q,
-                                    batch_size=batch, keep_features=keep, progress=False)
+                                    batch_size=batch, keep_features=keep, progress=False,
+                                    variant=variant)
     return memory, streamed, loads
 
 
@@ -132,3 +134,20 @@ def test_bad_load_images_names_the_argument():
                           10, key=jax.random.key(0), num_boundaries=2, progress=False)
     with pytest.raises(ValueError, match="num_refs"):
         stream_references(features, head, lambda i: images(len(i), 0), 0, key=jax.random.key(0))
+
+
+def test_shared_variants_match_in_memory_and_per_input_pools_are_refused():
+    memory, streamed, _ = both(300, 64, 8, 5, variant=ri_variant("paper", delta="zero",
+                                                                 loosen=True))
+    xs = images(4, 6)
+    want = jax.device_get(memory.interpret_batch(xs, top_k=2))
+    got = jax.device_get(streamed.interpret_batch(xs, top_k=2))
+    for name in ("selected", "order", "num_selected", "num_selected_greedy", "delta", "covered",
+                 "x_side", "pool", "search_steps", "search_converged"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    one = jax.device_get(streamed.interpret(xs[0], top_k=2))
+    np.testing.assert_array_equal(one.selected, got.selected[0])
+    features, head = tiny_net(0)
+    with pytest.raises(ValueError, match="variant.*per_input"):
+        StreamingInterpreter(features, head, lambda i: images(len(i), 0), 10,
+                             key=jax.random.key(0), variant="authors")
