@@ -203,6 +203,9 @@ def start_run(args: argparse.Namespace) -> Path:
     """
     try:
         distributed.initialize_from_args(args)
+        if jax.process_count() > 1:
+            distributed.require_shared_sample(getattr(args, "ri_variant", "paper"),
+                                              "a multi-process run", name="--ri-variant")
     except ValueError as e:
         raise RIInputError(str(e)) from None
     if distributed.is_main_process():

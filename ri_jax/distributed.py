@@ -373,15 +373,23 @@ class DistributedInterpreter(RepresentativeInterpreter):
         return GreedyResult(*(jnp.asarray(f) for f in result))
 
 
-def require_shared_sample(variant, owner: str) -> RIVariant:
+def require_shared_sample(variant, owner: str, *, name: str = "variant") -> RIVariant:
     """``ri_variant(variant)``, refused unless it uses the paper's shared sample Q.
 
+    Args:
+      variant: a preset name or an ``RIVariant``.
+      owner: what refuses it, for the message (e.g. the class name).
+      name: the argument named in the message.
+
+    Returns:
+      The ``RIVariant``.
+
     Raises:
-      ValueError: naming ``variant``, for per-input pools (the authors' variant).
+      ValueError: naming ``name``, for per-input pools (the authors' variant).
     """
     chosen = ri_variant(variant)
     if chosen.sampling != "shared":
-        raise ValueError(f"variant: {owner} supports only the paper's shared sample of "
+        raise ValueError(f"{name}: {owner} supports only the paper's shared sample of "
                          f"boundaries (sampling='shared'), got sampling={chosen.sampling!r}")
     return chosen
 
