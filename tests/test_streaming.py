@@ -59,6 +59,8 @@ def both(n, batch, q, seed, keep=False, variant="paper"):
 @given(n=st.integers(1, 2600), batch=st.sampled_from([1, 29, 64, 300]), q=st.integers(1, 9),
        seed=st.integers(0, 10_000), keep=st.booleans())
 def test_streamed_reference_set_and_answers_match_in_memory(n, batch, q, seed, keep):
+    if batch == 1:  # one forward call per image: keep N small, the other sizes cross chunks
+        n = 1 + n % 70
     memory, streamed, _ = both(n, batch, q, seed, keep)
     a, b = memory.reference_set, streamed.reference_set
     np.testing.assert_array_equal(a.boundary_refs, b.boundary_refs)
