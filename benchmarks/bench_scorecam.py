@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import DEFAULT_OUT, describe_machine, finish, format_table, record
+from benchmarks.common import HelpFormatter, DEFAULT_OUT, describe_machine, finish, format_table, record
 from ri_jax.protocols.methods import cam_weights
 from ri_jax.heatmaps import cam
 
@@ -58,7 +58,7 @@ def _timed(fn, repeat: int) -> tuple[list[float], list[float], object]:
 
 
 def main(argv=None) -> dict | None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument("--images", type=int, default=64, help="embedded test images explained")
     p.add_argument("--repeat", type=int, default=2, help="timed runs of each method")
     p.add_argument("--chunk-size", type=int, default=16, help="ri-jax inputs per jitted call")

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import DEFAULT_OUT, finish, record
+from benchmarks.common import HelpFormatter, DEFAULT_OUT, finish, record
 
 
 def forward_flops(fns, params, image_size: int) -> float:
@@ -143,21 +143,22 @@ def run_one(args) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--sizes", default="10000,100000,1000000", help="N values, comma-separated")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder, or 'tiny' (VGG-11 at width 1/16, 32 px, random "
                         "weights); default the embedded VGG-19")
     p.add_argument("--num-boundaries", type=int, default=50, help="|Q|")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--inputs", type=int, default=4, help="inputs in the interpret run")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic references")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="folder of the JSON record")
     p.add_argument("--name", default="streaming", help="record name")
     p.add_argument("--assumed-tflops", type=float, default=200.0,
                    help="sustained TFLOP/s assumed for one H100 in the written estimate")
     p.add_argument("--hosts", type=int, default=8, help="hosts of the slice in the estimate")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)  # one size, internal
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--n", type=int, default=None,
+                   help="internal: measure one size N in this process (the driver runs one per size)")
     args = p.parse_args(argv)
     if args.n is not None:
         print("RESULT " + json.dumps(run_one(args)), flush=True)

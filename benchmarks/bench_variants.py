@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import DEFAULT_OUT, block, finish, format_table, record, time_call
+from benchmarks.common import HelpFormatter, DEFAULT_OUT, block, finish, format_table, record, time_call
 from ri_jax.boundaries import (draw_pools, pool_boundaries, sample_boundaries, sample_indices,
                                sides, sides_packed, sides_packed_per_input)
 from ri_jax.checkpoint import load_checkpoint
@@ -40,7 +40,7 @@ from ri_jax.variants import ri_variant
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=_HelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--inputs", type=int, default=64, help="test images interpreted (default 64)")
     p.add_argument("--num-boundaries", type=int, default=50, help="|Q| (default 50)")
     p.add_argument("--top-k", type=int, default=5, help="similar references drawn (default 5)")
@@ -54,8 +54,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """``--help``: the docstring as written, and every option's default."""
 
 
 def main(argv=None) -> dict:

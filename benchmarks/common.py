@@ -8,6 +8,7 @@ block until their results are ready (``jax.block_until_ready``).
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -27,6 +28,10 @@ from ri_jax.checkpoint import json_default
 from ri_jax.solver import pack_bits
 
 DEFAULT_OUT = Path(__file__).parent / "results"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help``: the benchmark's docstring as written, and every option's default."""
 
 
 def machine_info() -> dict[str, Any]:

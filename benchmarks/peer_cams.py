@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import DEFAULT_OUT, describe_machine, finish, format_table, record
+from benchmarks.common import HelpFormatter, DEFAULT_OUT, describe_machine, finish, format_table, record
 from ri_jax.baselines.gradcam import class_score_grad, gradcam_weights_batch
 from ri_jax.baselines.gradcam_pp import gradcam_pp_weights_batch
 from ri_jax.baselines.scorecam import scorecam_weights_batch
@@ -169,7 +169,7 @@ def compare(fns, params, config, raw: np.ndarray) -> list[Comparison]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--images", type=int, default=4, help="embedded test images compared")
     p.add_argument("--seed", type=int, default=0, help="which test images (a seeded sample)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="folder of the JSON record")

@@ -130,6 +130,20 @@ def summarise_variant_study(entries: list[dict[str, Any]]) -> dict:
                 f"references covered {p['references_covered']:.0f} vs "
                 f"{a['references_covered']:.0f}; cosine of RI's channel weights with Grad-CAM's "
                 f"{p['cosine_ri_gradcam']:.2f} vs {a['cosine_ri_gradcam']:.2f}.")
+    for r in rows:  # why it fails, where it does
+        po = r["paper_ordering"]
+        if po["holds"]:
+            continue
+        beats_methods = [m for m in ("mAD", "mAI") if po[m]["clear_over_best_other"]]
+        loses_random = [m for m in ("mAD", "mAI") if not po[m].get("clear_over_random", True)]
+        verdict.append(
+            f"Why, {r['model']} / {r['variant']}: RI leads every other paper method clearly on "
+            f"{' and '.join(beats_methods) or 'neither metric'}; it does not clearly beat the "
+            f"random 20 % mask on {' and '.join(loses_random) or 'neither metric'}"
+            + (" — and RI is ahead of every other method there, so no method beats that "
+               "control: the failure is the metric's under this fill (see the fill study), not "
+               "RI's alone." if loses_random
+               and all(po[m]["clear_over_best_other"] for m in loses_random) else "."))
     holds = [f"{r['model']} / {r['variant']}" for r in rows if r["paper_ordering"]["holds"]]
     verdict.append("The paper's Table 1 ordering shows clearly in: "
                    + (", ".join(holds) if holds else "none of the combinations studied") + ".")
