@@ -194,7 +194,7 @@ def main(argv=None) -> dict:
     total = time.perf_counter() - started
     record = {"command": command, "steps": args.steps, "argv": argvs, "wall_seconds": timings,
               "total_wall_seconds": total, "quick": args.quick, "ace": not args.no_ace,
-              "deviations_from_paper": DEVIATIONS["quick" if args.quick else "full"],
+              "deviations_from_paper": deviations(args),
               "data": args.data, "checkpoint": args.checkpoint,
               "model": dataclasses.asdict(load_checkpoint(
                   None if args.checkpoint == "default" else args.checkpoint)[1]),
@@ -203,6 +203,17 @@ def main(argv=None) -> dict:
     md_path.write_text(render_record(out, md_path.parent, record))
     print(f"wrote {md_path} ({total / 60:.1f} min)")
     return record
+
+
+def deviations(args: argparse.Namespace) -> list[str]:
+    """The driver's deviations from the paper, as this run was actually set."""
+    lines = DEVIATIONS["quick" if args.quick else "full"]
+    if args.no_ace:  # the ACE settings did not apply; say that ACE was left out instead
+        lines = [d for d in lines if not (d.startswith("ACE") or "evaluates ACE" in d)]
+        lines = lines + ["ACE was left out (--no-ace)."]
+    lines = [d for d in lines if not d.startswith("Figure 4") or "figure4" in args.steps]
+    return lines + [f"Step {step} ran with extra arguments: {' '.join(extra)}"
+                    for step, extra in args.extra.items() if step in args.steps]
 
 
 def machine() -> dict:
