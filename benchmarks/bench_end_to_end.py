@@ -39,7 +39,7 @@ from ri_jax.featurize import compute_features
 from ri_jax.heatmaps import polytope_heatmap, ri_channel_weights
 from ri_jax.interpreter import ReferenceSet, explain
 from ri_jax.ranking import rank_covered, semantic_distance
-from ri_jax.solver import pack_bits, solve_batch, unpack_bits
+from ri_jax.solver import positive_words, solve_batch, unpack_bits
 
 
 def _chunks(n: int, size: int):
@@ -80,7 +80,7 @@ def run_pipeline(model, args, *, seed: int) -> tuple[dict[str, float], dict[str,
     def side_bits():
         words = sides_packed(bounds, psi)
         x_sides = sides(bounds, psi).T
-        positive = pack_bits(preds[None, :] == preds[:, None])
+        positive = positive_words(preds, preds, num_classes=int(preds.max()) + 1)
         return words, x_sides, positive
 
     words, x_sides, positive = stage("sides", side_bits)

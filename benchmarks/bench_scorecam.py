@@ -23,7 +23,6 @@ requires; without them it prints why it skipped and exits 0:
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.metadata
 import time
 
@@ -55,6 +54,23 @@ def _timed(fn, repeat: int) -> tuple[list[float], list[float], object]:
         walls.append(time.perf_counter() - start)
         cpus.append(time.process_time() - start_cpu)
     return walls, cpus, out
+
+
+def forward_rates(fns, params, model, torch, normalised: np.ndarray, repeat: int,
+                  batches=(16, 32, 64, 128)) -> list[dict]:
+    """Milliseconds per image of the plain forward pass in ri-jax and in the torch copy."""
+    apply = jax.jit(lambda x: fns.apply(params, x))
+    rows = []
+    for batch in batches:
+        x = np.resize(normalised, (batch,) + normalised.shape[1:])
+        xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        with torch.no_grad():
+            jax_s = min(_timed(lambda: jax.block_until_ready(apply(x)), repeat)[0])
+            torch_s = min(_timed(lambda: model(xt), repeat)[0])
+        rows.append({"batch": batch, "ri_jax_ms_per_image": 1e3 * jax_s / batch,
+                     "torch_ms_per_image": 1e3 * torch_s / batch,
+                     "torch_over_ri_jax": torch_s / jax_s})
+    return rows
 
 
 def main(argv=None) -> dict | None:
@@ -131,7 +147,7 @@ def main(argv=None) -> dict | None:
         return run
 
     methods = {
-        f"ri-jax Score-CAM (channel_chunk 32, the default)": ours(32),
+        "ri-jax Score-CAM (channel_chunk 32, the default)": ours(32),
         f"ri-jax Score-CAM (channel_chunk {channels}, one pass)": ours(channels),
         "peer: pytorch-grad-cam ScoreCAM (batch_size 16, its default)": peer(16),
         "peer: pytorch-grad-cam ScoreCAM (batch_size 32)": peer(32),
@@ -153,6 +169,13 @@ def main(argv=None) -> dict | None:
         f"{args.repeat} runs after an untimed one; every method starts from the raw images "
         "and ends with the heat maps; the peer's best row is the baseline")
     print(format_table(rec["rows"], ["method", "wall_s", "cpu_s", "peer_best_over_this_wall"]))
+    rec["forward"] = forward_rates(fns, params, model, torch, normalised, args.repeat)
+    print(format_table(rec["forward"], ["batch", "ri_jax_ms_per_image", "torch_ms_per_image",
+                                        "torch_over_ri_jax"]))
+    rec["notes"].append(
+        "Score-CAM is one forward pass per (image, channel) in both, so its ratio is bounded "
+        "by the two frameworks' forward throughput on this CPU: the forward table times the "
+        "plain model (no masks) at each batch size, best of --repeat runs after one untimed")
     finish(rec, args.out, args.name)
     return rec
 

@@ -49,7 +49,7 @@ from benchmarks.peers import greedy_peer_batch
 from ri_jax import solver
 from ri_jax.sharding import (default_chunk_size, local_solve_batch, make_mesh,
                              sharded_solve_batch)
-from ri_jax.solver import num_words, pack_bits, solve_batch
+from ri_jax.solver import num_words, pack_bits, positive_words, solve_batch
 
 GRID_Q = (10, 50, 100, 200)
 GRID_R = (1_000, 5_000, 20_000, 100_000)
@@ -62,16 +62,14 @@ DEFAULT_MAX_WORDS = 100_000_000
 def ours_vmapped(problem, num_refs: int):
     """``ri_jax.solver.solve_batch`` from the unpacked side matrix to the selections."""
     side_words = pack_bits(jnp.asarray(problem.sides))
-    positive = pack_bits(jnp.asarray(problem.ref_preds)[None, :]
-                         == jnp.asarray(problem.x_preds)[:, None])
+    positive = positive_words(problem.ref_preds, problem.x_preds, num_classes=2)
     return block(solve_batch(side_words, num_refs, jnp.asarray(problem.x_sides), positive))
 
 
 def ours_sharded(problem, num_refs: int, mesh, chunk_size="auto"):
     """``ri_jax.sharding.sharded_solve_batch`` over every device, same start and end."""
     side_words = pack_bits(jnp.asarray(problem.sides))
-    positive = pack_bits(jnp.asarray(problem.ref_preds)[None, :]
-                         == jnp.asarray(problem.x_preds)[:, None])
+    positive = positive_words(problem.ref_preds, problem.x_preds, num_classes=2)
     return sharded_solve_batch(side_words, num_refs, problem.x_sides, positive, mesh=mesh,
                                chunk_size=chunk_size)
 
@@ -94,9 +92,9 @@ def compare(args, rec) -> None:
     peer_wall = (time.perf_counter() - start) * b / peer_n
     peer_cpu = (time.process_time() - start_cpu) * b / peer_n
     solvers = {
-        "ri_jax.solver.solve_batch (vmap)": lambda: ours_vmapped(problem, r),
-        f"ri_jax.sharding.sharded_solve_batch ({mesh.size} device(s), chunk "
-        f"{default_chunk_size(mesh)})": lambda: ours_sharded(problem, r, mesh),
+        "ri_jax.solver.solve_batch (one device)": lambda: ours_vmapped(problem, r),
+        f"ri_jax.sharding.sharded_solve_batch ({mesh.size} device(s), "
+        f"{default_chunk_size(mesh)} lanes each)": lambda: ours_sharded(problem, r, mesh),
     }
     rows = []
     for label, fn in solvers.items():
@@ -238,8 +236,9 @@ def main(argv=None) -> None:
     p.add_argument("--peer-inputs", type=int, default=None,
                    help="time the peer on this many inputs and extrapolate (default: all)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs of ours per cell")
-    p.add_argument("--chunks", type=int, nargs="*", default=[0, 1, 8, 32],
-                   help="chunk sizes to sweep for sharded_solve_batch (0 = whole batch)")
+    p.add_argument("--chunks", type=int, nargs="*", default=[0, 1, 8, 32, 64, 128],
+                   help="lanes (inputs in flight per device, sharded_solve_batch's chunk_size) "
+                        "to sweep (0 = whole batch)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic problems")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling grid")
     p.add_argument("--full", action="store_true", help="run every grid cell (needs ~10 GiB)")

@@ -5,7 +5,8 @@
 References are synthetic and deterministic: image i is uniform noise drawn from
 ``fold_in(key(seed), i)``, generated on the fly in each batch (nothing is stored).
 They go through a small model (the embedded VGG-19 at width 1/8, 96 px, ψ 6×6×64,
-or with ``--checkpoint tiny`` a VGG-11 at width 1/16, 32 px, ψ 2×2×32) into ``ri_jax.streaming.stream_references`` (classes, packed sides and
+or with ``--checkpoint tiny`` a VGG-11 at width 1/16, 32 px, ψ 2×2×32, random weights
+with the last bias shifted so the classes are about balanced) into ``ri_jax.streaming.stream_references`` (classes, packed sides and
 [N, Q] projections), then one ``StreamingInterpreter.interpret_batch`` of
 ``--inputs`` images. Each size runs in its own process so its peak resident memory
 (``resource.getrusage``) is its own; the record also holds the memory the in-memory
@@ -86,6 +87,19 @@ def estimates(vgg: dict, *, tflops: float, hosts: int, q: int, n: int, inputs: i
     ]
 
 
+def balance_classes(fns, params, synthetic, *, count: int = 2048):
+    """Random weights call nearly every noise image one class, which would make the
+    interpret run trivial (no other-class reference to exclude). Shift the last layer's
+    bias so the median logit margin over ``count`` calibration images (indices from
+    2**30, disjoint from references and inputs) is zero: about half of each class."""
+    xs = synthetic(jnp.arange(count, dtype=jnp.uint32) + np.uint32(2**30))
+    logits = fns.head(params, fns.features(params, xs))
+    shift = jnp.median(logits[:, 1] - logits[:, 0]) / 2
+    last = sorted(k for k in params["params"] if k.startswith("fc_"))[-1]
+    bias = params["params"][last]["bias"] + jnp.array([shift, -shift])
+    return {"params": {**params["params"], last: {**params["params"][last], "bias": bias}}}
+
+
 def run_one(args) -> dict:
     """One size in this process: stream, interpret, report (printed as JSON)."""
     import functools
@@ -109,6 +123,9 @@ def run_one(args) -> dict:
     def synthetic(idx):
         one = lambda i: jax.random.uniform(jax.random.fold_in(key, i), (size, size, 3))
         return fns.normalize(jax.vmap(one)(idx))
+
+    if args.checkpoint == "tiny":
+        params = balance_classes(fns, params, synthetic)
 
     ri_start = time.perf_counter()
     cpu_start = time.process_time()
@@ -136,6 +153,7 @@ def run_one(args) -> dict:
         "interpret_inputs": args.inputs, "interpret_s": interpret_s,
         "mean_selected": float(np.mean(out.num_selected)),
         "mean_covered": float(np.mean(out.num_covered)),
+        "class_1_share": float(np.mean(np.asarray(s.preds) == 1)),
         "feature_shape": list(s.boundaries.w.shape[1:]),
         "forward_flops_per_image": forward_flops(fns, params, size),
     }

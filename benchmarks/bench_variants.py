@@ -34,7 +34,7 @@ from ri_jax.data import load_dataset
 from ri_jax.featurize import compute_features
 from ri_jax.interpreter import _explain_batch
 from ri_jax.models import make_vgg
-from ri_jax.solver import loosen_batch, pack_bits, solve_batch
+from ri_jax.solver import loosen_batch, positive_words, solve_batch
 from ri_jax.variants import ri_variant
 
 
@@ -70,7 +70,8 @@ def main(argv=None) -> dict:
     feats = jnp.asarray(inputs.psi)
     preds = jnp.argmax(jnp.asarray(inputs.logits), axis=1).astype(jnp.int32)
     n, b, q = ref_feats.shape[0], feats.shape[0], args.num_boundaries
-    positives = pack_bits(ref_preds[None, :] == preds[:, None])
+    classes = int(max(ref_preds.max(), preds.max())) + 1
+    positives = positive_words(ref_preds, preds, num_classes=classes)
     rec = record("variants", {"inputs": b, "references": n, "Q": q, "top_k": args.top_k,
                               "feature_shape": list(ref_feats.shape[1:]),
                               "checkpoint": args.checkpoint})

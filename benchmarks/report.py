@@ -79,8 +79,9 @@ def render(rec: dict) -> str:
                    f"{fmt(comp['identical_selections'])}):\n\n")
         out.append(table(comp["rows"]))
         if rec.get("chunk_sweep"):
-            out.append("\nInputs solved together per device (`sharded_solve_batch`, "
-                       "`chunk_size`), same problem:\n\n" + table(rec["chunk_sweep"]))
+            out.append("\nLanes (inputs in flight per device, refilled as each stops; "
+                       "`sharded_solve_batch`'s `chunk_size`), same problem:\n\n"
+                       + table(rec["chunk_sweep"]))
         if rec.get("rows"):
             out.append("\nScaling (seconds; memory in MiB):\n\n" + table(rec["rows"]))
         for solver, e in rec.get("exponents", {}).items():
@@ -92,6 +93,9 @@ def render(rec: dict) -> str:
         check = rec["copy_check"]
         out.append(f"\nTorch copy against the Flax model: max |Δψ| = {fmt(check['psi_max_abs'])}, "
                    f"max |Δlogits| = {fmt(check['logits_max_abs'])}.\n\n" + table(rec["rows"]))
+        if rec.get("forward"):
+            out.append("\nPlain forward pass, milliseconds per image (the bound on the "
+                       "Score-CAM ratio):\n\n" + table(rec["forward"]))
     elif name == "end_to_end":
         out.append(f"\n{rec['images']} images: {fmt(rec['images_per_s']['first_run'])} images/s "
                    f"(first run, with compilation), {fmt(rec['images_per_s']['second_run'])} "
@@ -119,14 +123,17 @@ def render(rec: dict) -> str:
 def targets(records: Sequence[dict]) -> str:
     """The issue's targets, each checked against the figures of the records.
 
-    A target is met only when both its wall-clock and its CPU-time ratio meet it (on a
-    shared machine other jobs stretch wall time, and contention inflates some peers' CPU
-    time); records started under a load above the usable cores are flagged.
+    "Faster" is wall-clock time, which is what a user waits for and what the solver and
+    Score-CAM targets allow to come from every core (the NumPy peer runs on one, torch on
+    all); the CPU-time ratio is shown beside it. A record started under a load above the
+    usable cores never meets a target: other jobs stretch wall time (and contention
+    inflates some peers' CPU time), so it is flagged to be rerun idle.
     """
     rows = []
     for rec in records:
         where = f"{rec['benchmark']} ({rec['machine']['backend']}, {rec['date']})"
-        if overloaded(rec):
+        idle = not overloaded(rec)
+        if not idle:
             where += f"; {overloaded(rec)}: other jobs distort the ratios, rerun idle"
         if rec["benchmark"] == "solver":
             comp = rec["comparison"]
@@ -136,7 +143,7 @@ def targets(records: Sequence[dict]) -> str:
                              "method": r["solver"],
                              "measured": f"{r['speedup_wall']:.1f}× wall, "
                                          f"{r['speedup_cpu']:.1f}× CPU",
-                             "met": min(r["speedup_wall"], r["speedup_cpu"]) >= SOLVER_TARGET,
+                             "met": idle and r["speedup_wall"] >= SOLVER_TARGET,
                              "record": where})
         elif rec["benchmark"] == "boundaries":
             largest = max(r["Q"] for r in rec["rows"])
@@ -145,7 +152,8 @@ def targets(records: Sequence[dict]) -> str:
                     rows.append({"target": f"boundaries ≥ {BOUNDARY_TARGET:g}× peer throughput "
                                            f"(Q = {largest})",
                                  "method": r["method"], "measured": f"{r['vs_peer']:.2f}×",
-                                 "met": r["vs_peer"] >= BOUNDARY_TARGET, "record": where})
+                                 "met": idle and r["vs_peer"] >= BOUNDARY_TARGET,
+                                 "record": where})
         elif rec["benchmark"] == "scorecam":
             for r in rec["rows"]:
                 if not r["method"].startswith("peer"):
@@ -154,8 +162,7 @@ def targets(records: Sequence[dict]) -> str:
                                  "method": r["method"],
                                  "measured": f"{r['peer_best_over_this_wall']:.2f}× wall, "
                                              f"{r['peer_best_over_this_cpu']:.2f}× CPU",
-                                 "met": min(r["peer_best_over_this_wall"],
-                                            r["peer_best_over_this_cpu"]) >= SCORECAM_TARGET,
+                                 "met": idle and r["peer_best_over_this_wall"] >= SCORECAM_TARGET,
                                  "record": where})
         elif rec["benchmark"] == "end_to_end":
             ratio = rec.get("total_over_features")
@@ -164,7 +171,7 @@ def targets(records: Sequence[dict]) -> str:
                                        "(second run)",
                              "method": f"{rec['images']} images, every stage",
                              "measured": f"{ratio['wall']:.2f}× wall, {ratio['cpu']:.2f}× CPU",
-                             "met": max(ratio["wall"], ratio["cpu"]) <= END_TO_END_TARGET,
+                             "met": idle and max(ratio["wall"], ratio["cpu"]) <= END_TO_END_TARGET,
                              "record": where})
             stages = [r for r in rec["rows"] if "first_run_s" in r and r["stage"] != "total"]
             slowest = max(stages, key=lambda r: r["second_run_s"])

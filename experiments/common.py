@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
-import json
 import platform
 import time
 from pathlib import Path

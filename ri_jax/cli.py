@@ -19,7 +19,6 @@ import linecache
 import math
 import os
 import sys
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence

@@ -29,8 +29,8 @@ from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, draw_pools, p
 from ri_jax.heatmaps import polytope_heatmap, ri_channel_weights
 from ri_jax.ranking import rank_covered, semantic_distance
 from ri_jax.regions import DecisionRegions
-from ri_jax.solver import (GreedyResult, loosen_batch, pack_bits, popcount, solve_batch,
-                           unpack_bits)
+from ri_jax.solver import (GreedyResult, loosen_batch, popcount, positive_words,
+                           solve_batch, unpack_bits)
 from ri_jax.variants import RIVariant, ri_variant
 
 Array = jax.Array
@@ -383,7 +383,9 @@ class RepresentativeInterpreter:
         return int(top_k)
 
     def _positives(self, preds: Array) -> Array:
-        return pack_bits(self.reference_set.preds[None, :] == preds[:, None])
+        ref_preds = self.reference_set.preds
+        num_classes = int(max(jnp.max(ref_preds), jnp.max(preds))) + 1
+        return positive_words(ref_preds, preds, num_classes=num_classes)
 
     def _keys(self, keys, b: int) -> Array:
         if keys is None:

@@ -29,8 +29,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ri_jax.boundaries import Boundaries
 from ri_jax.models.vgg import ModelFns
-from ri_jax.solver import (WORD_BITS, GreedyResult, check_batch_args, match_words, num_words,
-                           pack_bits, solve_greedy_packed, valid_words)
+from ri_jax.solver import (DEFAULT_LANES, WORD_BITS, GreedyResult, check_batch_args, class_sets,
+                           default_lanes, num_words, pack_bits, solve_lanes, valid_words)
 
 Array = jax.Array
 
@@ -242,17 +242,15 @@ def sharded_sides_packed(boundaries: Boundaries, feats, mesh: Mesh) -> np.ndarra
 
 
 def default_chunk_size(mesh: Mesh) -> int | None:
-    """Inputs solved together per device: 8 on CPUs, the whole share on accelerators.
+    """Inputs in flight per device: ``solver.DEFAULT_LANES`` on CPUs, the whole share on
+    accelerators.
 
-    On a CPU, a vmapped batch runs every input for as many greedy steps as the slowest
-    one needs and streams all their packed matrices through the cache at every step;
-    solving a few inputs at a time keeps their words in cache and stops each group
-    when it is done, which costs less CPU time per input, most of all on a loaded
-    machine (chunk sweep in benchmarks/RESULTS.md). On idle cores the vmapped batch
-    can still win on wall time, as XLA spreads its larger operations over the cores.
-    GPUs and TPUs want the whole batch in parallel.
+    On a CPU a few dozen lanes, each refilled with the next input as soon as its own
+    stops (``solver.solve_lanes``), keep their words in cache and amortise XLA's
+    per-operation cost (lane sweep in benchmarks/RESULTS.md). GPUs and TPUs want the
+    whole batch in parallel.
     """
-    return 8 if all(d.platform == "cpu" for d in mesh.devices.flat) else None
+    return DEFAULT_LANES if all(d.platform == "cpu" for d in mesh.devices.flat) else None
 
 
 def local_solve_batch(side_words: Array, num_refs, x_sides: Array, positive_words: Array,
@@ -266,21 +264,15 @@ def local_solve_batch(side_words: Array, num_refs, x_sides: Array, positive_word
       x_sides: bool[B, Q].
       positive_words: uint32[B, W].
       delta: int32[B] or None for each input's τ.
-      chunk_size: inputs solved together (``lax.map`` over groups of this size, vmapped
-        within a group); None vmaps the whole batch at once.
+      chunk_size: inputs in flight (``solver.solve_lanes``'s lanes); None puts the whole
+        batch in flight at once.
 
     Returns:
       ``GreedyResult`` with a leading batch axis B.
     """
-    def one(args):
-        x_side, positive, d = args
-        return solve_greedy_packed(match_words(side_words, x_side, num_refs), positive, d,
-                                   num_refs=num_refs)
-
-    args = (x_sides, positive_words, delta)
-    if chunk_size is None:
-        return jax.vmap(one)(args)
-    return jax.lax.map(one, args, batch_size=int(chunk_size))
+    positive, negative = jax.vmap(class_sets, (0, None))(positive_words, num_refs)
+    lanes = x_sides.shape[0] if chunk_size is None else int(chunk_size)
+    return solve_lanes(side_words, x_sides, positive, negative, delta, lanes=lanes)
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "chunk_size"))
@@ -312,7 +304,7 @@ def sharded_solve_batch(side_words, num_refs: int, x_sides, positive_words, delt
       delta: int[B] bounds ≥ 0, or None for each input's τ.
       mesh: the device mesh.
       chunk_size: inputs each device solves together (see ``local_solve_batch``);
-        "auto" is ``default_chunk_size(mesh)``.
+        "auto" is ``default_chunk_size(mesh)``, capped on CPUs by ``solver.default_lanes``.
 
     Returns:
       ``GreedyResult`` of host arrays with a leading batch axis B.
@@ -330,6 +322,8 @@ def sharded_solve_batch(side_words, num_refs: int, x_sides, positive_words, delt
         delta = shard_batch(delta.astype(np.int32), mesh)
     if chunk_size == "auto":
         chunk_size = default_chunk_size(mesh)
+        if chunk_size is not None:
+            chunk_size = min(chunk_size, default_lanes(q, w))
     elif chunk_size is not None and (not isinstance(chunk_size, (int, np.integer))
                                      or chunk_size < 1):
         raise ValueError(f"chunk_size: expected a positive int, None or 'auto', got {chunk_size!r}")

@@ -32,10 +32,16 @@ padding bits past the last reference always zero. The inner loop then works on
 Q × ⌈N/32⌉ words with ``lax.population_count``. A batch shares the references'
 packed side matrix [Q, W]; each input adds only its side bits [Q] and class
 bits [W], so 1,000 inputs × |Q| = 50 × |R| = 5,000 need well under 10 MiB.
+
+A batch against one shared sample runs on ``solve_lanes``: a few dozen inputs in flight,
+each lane taking the next input as soon as its own stops, so no input waits for a
+slower one (a vmapped while loop runs every input for as many steps as the slowest).
+With at most 65,535 references the exact ratio comparison fits in uint32 products.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -46,6 +52,7 @@ from jax import lax
 Array = jax.Array
 
 WORD_BITS = 32
+_ALL_ONES = np.uint32(0xFFFFFFFF)
 _BIT_WEIGHTS = np.left_shift(np.uint32(1), np.arange(WORD_BITS, dtype=np.uint32))
 
 
@@ -95,6 +102,23 @@ def unpack_bits(words: Array, num_bits: int) -> Array:
         raise ValueError(f"num_bits: {num_bits} does not fit in {words.shape[-1]} words")
     bits = (words[..., None] & _BIT_WEIGHTS) != 0
     return bits.reshape(words.shape[:-1] + (-1,))[..., :num_bits]
+
+
+@functools.partial(jax.jit, static_argnames="num_classes")
+def positive_words(ref_preds: Array, x_preds: Array, *, num_classes: int) -> Array:
+    """Packed Class(x) references of each input, packed once per class and gathered.
+
+    Args:
+      ref_preds: int[N] predicted classes of the references.
+      x_preds: int[B] predicted classes of the inputs, each in [0, num_classes).
+      num_classes: more than every class id (static).
+
+    Returns:
+      uint32[B, ⌈N/32⌉]: row b is ``pack_bits(ref_preds == x_preds[b])``.
+    """
+    per_class = pack_bits(jnp.asarray(ref_preds)[None, :]
+                          == jnp.arange(num_classes, dtype=jnp.asarray(ref_preds).dtype)[:, None])
+    return per_class[jnp.asarray(x_preds)]
 
 
 def valid_words(num_refs, num_word: int) -> Array:
@@ -149,24 +173,33 @@ def _mul_wide(a: Array, b: Array) -> tuple[Array, Array]:
     return high, low
 
 
-def _better(a, b):
+def _better(a, b, narrow: bool = False):
     """Whether candidate a = (valid, nom, den, index) beats b under Algorithm 1's rule.
 
     Smaller nom/den wins, compared exactly as nom_a·den_b < nom_b·den_a; then the
-    larger den; then the lower index. Invalid candidates always lose.
+    larger den; then the lower index. Invalid candidates always lose. ``narrow`` (static)
+    says every count is below 2^16, so the products fit in one uint32.
     """
     valid_a, nom_a, den_a, idx_a = a
     valid_b, nom_b, den_b, idx_b = b
-    lhs_hi, lhs_lo = _mul_wide(nom_a.astype(jnp.uint32), den_b.astype(jnp.uint32))
-    rhs_hi, rhs_lo = _mul_wide(nom_b.astype(jnp.uint32), den_a.astype(jnp.uint32))
-    less = (lhs_hi < rhs_hi) | ((lhs_hi == rhs_hi) & (lhs_lo < rhs_lo))
-    equal = (lhs_hi == rhs_hi) & (lhs_lo == rhs_lo)
+    if narrow:
+        lhs = nom_a.astype(jnp.uint32) * den_b.astype(jnp.uint32)
+        rhs = nom_b.astype(jnp.uint32) * den_a.astype(jnp.uint32)
+        less, equal = lhs < rhs, lhs == rhs
+    else:
+        lhs_hi, lhs_lo = _mul_wide(nom_a.astype(jnp.uint32), den_b.astype(jnp.uint32))
+        rhs_hi, rhs_lo = _mul_wide(nom_b.astype(jnp.uint32), den_a.astype(jnp.uint32))
+        less = (lhs_hi < rhs_hi) | ((lhs_hi == rhs_hi) & (lhs_lo < rhs_lo))
+        equal = (lhs_hi == rhs_hi) & (lhs_lo == rhs_lo)
     wins = less | (equal & ((den_a > den_b) | ((den_a == den_b) & (idx_a < idx_b))))
     return ~valid_b | (valid_a & wins)
 
 
-def _best_candidate(candidate: Array, nom: Array, den: Array) -> Array:
-    """Index of the best candidate boundary by a pairwise tournament (log2 Q levels)."""
+def _best_candidate(candidate: Array, nom: Array, den: Array, narrow: bool = False) -> Array:
+    """Index of the best candidate boundary by a pairwise tournament (log2 Q levels).
+
+    ``narrow``: every count is below 2^16 (at most 65,535 references; see ``_better``).
+    """
     q = candidate.shape[0]
     size = 1 << max(q - 1, 0).bit_length()
     pad = size - q
@@ -176,9 +209,14 @@ def _best_candidate(candidate: Array, nom: Array, den: Array) -> Array:
         size //= 2
         left = tuple(x[:size] for x in state)
         right = tuple(x[size:] for x in state)
-        keep_left = _better(left, right)
+        keep_left = _better(left, right, narrow)
         state = tuple(jnp.where(keep_left, l, r) for l, r in zip(left, right))
     return state[3][0]
+
+
+def _narrow(num_words_: int) -> bool:
+    """Whether W words hold few enough references (< 2^16) for ``_better``'s narrow path."""
+    return num_words_ * WORD_BITS < 1 << 16
 
 
 def _flip_words(x_side: Array) -> Array:
@@ -214,6 +252,32 @@ def _removal_counts(side_words: Array, flip: Array, pos: Array, neg: Array) -> t
     return jnp.sum(low, axis=-1), jnp.sum(high, axis=-1)
 
 
+def _removal_counts_by_word(side_by_word: Array, flip: Array, pos: Array, neg: Array
+                            ) -> tuple[Array, Array]:
+    """``_removal_counts`` on the transposed side matrix (words major, boundaries minor).
+
+    Summing over the major axis lets XLA:CPU vectorise across boundaries (about 20 %
+    faster than row sums along the words, measured in benchmarks/bench_solver.py's
+    lane sweep).
+
+    Args:
+      side_by_word: uint32[W, Q]; flip: uint32[Q]; pos, neg: uint32[W].
+
+    Returns:
+      (int32[Q], int32[Q]).
+    """
+    leaving = side_by_word ^ flip[None, :]
+    both = (lax.population_count(leaving & pos[:, None])
+            + (lax.population_count(leaving & neg[:, None]) << np.uint32(16)))
+    w = both.shape[0]
+    chunk = min(w, _HALF_WORDS)
+    both = jnp.pad(both, ((0, -w % chunk), (0, 0))).reshape(-1, chunk, both.shape[1])
+    sums = jnp.sum(both, axis=1, dtype=jnp.uint32)  # [chunks, Q], no carry between halves
+    low = (sums & np.uint32(0xFFFF)).astype(jnp.int32)
+    high = (sums >> np.uint32(16)).astype(jnp.int32)
+    return jnp.sum(low, axis=0), jnp.sum(high, axis=0)
+
+
 def _greedy(side_words: Array, x_side: Array, positive: Array, negative: Array,
             delta: Array | None) -> GreedyResult:
     """Algorithm 1 for one input on packed sets.
@@ -245,7 +309,7 @@ def _greedy(side_words: Array, x_side: Array, positive: Array, negative: Array,
 
     def body(state):
         covered, selected, order, step, nom, den, _ = state
-        h = _best_candidate(~selected & (den > 0), nom, den)
+        h = _best_candidate(~selected & (den > 0), nom, den, _narrow(side_words.shape[1]))
         covered = covered & ~(side_words[h] ^ flip[h])
         nom, den = counts(covered)
         return (covered, selected.at[h].set(True), order.at[step].set(h), step + 1, nom, den,
@@ -272,7 +336,13 @@ def _check_delta(delta) -> None:
         raise ValueError(f"delta: must be >= 0, got {int(d)}")
 
 
-def _classes(positive_words, num_refs):
+def class_sets(positive_words: Array, num_refs) -> tuple[Array, Array]:
+    """Class(x) and D(x) bit sets of one input: uint32[W] each, padding bits zero.
+
+    Args:
+      positive_words: uint32[W], packed references predicted as Class(x).
+      num_refs: N (may be traced).
+    """
     valid = valid_words(num_refs, positive_words.shape[-1])
     return positive_words & valid, ~positive_words & valid
 
@@ -280,7 +350,7 @@ def _classes(positive_words, num_refs):
 @jax.jit
 def _solve_packed(match_words, positive_words, delta, num_refs):
     # match = side XNOR x's side; with x on the positive side of every row, side = match.
-    positive, negative = _classes(positive_words, num_refs)
+    positive, negative = class_sets(positive_words, num_refs)
     x_side = jnp.ones(match_words.shape[:1], jnp.bool_)
     return _greedy(match_words, x_side, positive, negative, delta)
 
@@ -361,21 +431,125 @@ def match_words(side_words: Array, x_side: Array, num_refs) -> Array:
 
 _CHUNK_WORDS = 1 << 20
 
+# Inputs in flight at once in ``solve_lanes`` (``default_lanes`` caps them by the words of
+# their [lanes, Q, W] temporaries). With lanes refilled as inputs finish, more lanes cost no
+# lockstep waste; 64 amortises XLA:CPU's per-operation cost over enough work
+# (``python -m benchmarks.bench_solver`` sweeps it).
+DEFAULT_LANES = 64
+
+
+def _tau(side_words: Array, flips: Array, negative: Array, lanes: int) -> Array:
+    """τ of each input: D(x) references on x's side of every boundary, int32[B]."""
+    def one(args):
+        flip, neg = args
+        ever_removed = lax.reduce((side_words ^ flip[:, None]) & neg, np.uint32(0),
+                                  lax.bitwise_or, (0,))
+        return popcount(neg & ~ever_removed)
+
+    return lax.map(one, (flips, negative), batch_size=lanes)
+
+
+def solve_lanes(side_words: Array, x_sides: Array, positive: Array, negative: Array,
+                delta: Array | None, *, lanes: int = DEFAULT_LANES) -> GreedyResult:
+    """Algorithm 1 for a batch sharing one side matrix, on lanes refilled as inputs finish.
+
+    A vmapped while loop runs every input of a group for as many steps as the group's
+    slowest input needs. Here ``lanes`` inputs are in flight; at every iteration each
+    lane either takes one greedy step or, once its input has stopped, writes the answer
+    and starts the next input. Every input follows exactly ``_greedy``'s steps, so the
+    answers are identical; the iterations are about Σ (steps + 1) / lanes plus one tail.
+
+    Args:
+      side_words: uint32[Q, W].
+      x_sides: bool[B, Q].
+      positive, negative: uint32[B, W] disjoint class sets (padding zero).
+      delta: int32[B], or None for each input's τ.
+      lanes: inputs in flight (static; capped at B).
+
+    Returns:
+      ``GreedyResult`` with a leading batch axis B.
+    """
+    q, w = side_words.shape
+    b = x_sides.shape[0]
+    lanes = max(1, min(int(lanes), b))
+    flips = jnp.where(x_sides, _ALL_ONES, np.uint32(0))  # [B, Q]
+    tau = _tau(side_words, flips, negative, lanes)
+    delta = tau if delta is None else delta.astype(jnp.int32)
+    lane_ids = jnp.arange(lanes, dtype=jnp.int32)
+
+    side_by_word = side_words.T
+
+    def counts(covered, flip, pos, neg):
+        return _removal_counts_by_word(side_by_word, flip, covered & pos, covered & neg)
+
+    def refill(state):
+        """Lanes whose input stopped write their answer and take the next input."""
+        (idx, covered, selected, order, step, nom, den, neg_count, nxt, out) = state
+        live = idx < b
+        d = delta[jnp.minimum(idx, b - 1)]
+        running = live & (neg_count > d) & jnp.any(~selected & (den > 0), axis=1)
+        done = jnp.where(live & ~running, idx, b)  # b: dropped by the scatters
+        pos_l = positive[jnp.minimum(idx, b - 1)]
+        out = {"selected": out["selected"].at[done].set(selected, mode="drop"),
+               "order": out["order"].at[done].set(order, mode="drop"),
+               "num_selected": out["num_selected"].at[done].set(step, mode="drop"),
+               "covered": out["covered"].at[done].set(covered, mode="drop"),
+               "num_covered_positive": out["num_covered_positive"].at[done].set(
+                   popcount(covered & pos_l), mode="drop"),
+               "num_covered_negative": out["num_covered_negative"].at[done].set(
+                   neg_count, mode="drop")}
+        free = ~running
+        new = nxt + jnp.cumsum(free.astype(jnp.int32)) - 1
+        idx = jnp.where(free, jnp.minimum(new, b), idx)
+        nxt = jnp.minimum(nxt + jnp.sum(free, dtype=jnp.int32), b)
+        return idx, free, (covered, selected, order, step, nom, den, neg_count, nxt, out)
+
+    def cond(state):
+        idx, nxt = state[0], state[8]
+        return jnp.any(idx < b) | (nxt < b)
+
+    def body(state):
+        idx, free, (covered, selected, order, step, nom, den, _, nxt, out) = refill(state)
+        safe = jnp.minimum(idx, b - 1)
+        flip, pos, neg = flips[safe], positive[safe], negative[safe]
+        h = jax.vmap(_best_candidate, (0, 0, 0, None))(~selected & (den > 0), nom, den,
+                                                      _narrow(w))
+        removed = side_words[h] ^ flip[lane_ids, h][:, None]
+        covered = jnp.where(free[:, None], pos | neg, covered & ~removed)
+        selected = jnp.where(free[:, None], False, selected.at[lane_ids, h].set(True))
+        # A running lane has an unselected candidate left, so step < Q.
+        order = jnp.where(free[:, None], -1, order.at[lane_ids, jnp.minimum(step, q - 1)].set(h))
+        step = jnp.where(free, 0, step + 1)
+        nom, den = jax.vmap(counts)(covered, flip, pos, neg)
+        return (idx, covered, selected, order, step, nom, den, popcount(covered & neg), nxt,
+                out)
+
+    out = {"selected": jnp.zeros((b, q), jnp.bool_), "order": jnp.full((b, q), -1, jnp.int32),
+           "num_selected": jnp.zeros((b,), jnp.int32), "covered": jnp.zeros((b, w), jnp.uint32),
+           "num_covered_positive": jnp.zeros((b,), jnp.int32),
+           "num_covered_negative": jnp.zeros((b,), jnp.int32)}
+    init = (jnp.full((lanes,), b, jnp.int32), jnp.zeros((lanes, w), jnp.uint32),
+            jnp.zeros((lanes, q), jnp.bool_), jnp.full((lanes, q), -1, jnp.int32),
+            jnp.zeros((lanes,), jnp.int32), jnp.zeros((lanes, q), jnp.int32),
+            jnp.zeros((lanes, q), jnp.int32), jnp.zeros((lanes,), jnp.int32),
+            jnp.asarray(0, jnp.int32), out)
+    out = lax.while_loop(cond, body, init)[9]
+    return GreedyResult(delta=delta, tau=tau, reached=out["num_covered_negative"] <= delta,
+                        **out)
+
+
+def default_lanes(num_boundaries: int, num_word: int) -> int:
+    """``DEFAULT_LANES``, fewer where their [lanes, Q, W] temporaries pass ``_CHUNK_WORDS``
+    words: XLA:CPU allocates temporaries per call, and past glibc's 32 MiB mmap threshold
+    every call pays fresh page faults (measured 5-10× slower)."""
+    return max(1, min(DEFAULT_LANES, _CHUNK_WORDS // (num_boundaries * num_word)))
+
 
 @jax.jit
 def _solve_batch(side_words, num_refs, x_sides, positive_words, delta):
-    def one(args):
-        x_side, positive_words, d = args
-        positive, negative = _classes(positive_words, num_refs)
-        return _greedy(side_words, x_side, positive, negative, d)
-
-    # Vmapped chunks of ~2^20 words of [chunk, Q, W] temporaries, one chunk after another:
-    # XLA:CPU allocates temporaries per call, and past glibc's 32 MiB mmap threshold every
-    # call pays fresh page faults (measured 5-10× slower). Each chunk's while loop also
-    # stops at its own longest input rather than the batch's.
-    q, w = side_words.shape
-    chunk = max(1, min(x_sides.shape[0], _CHUNK_WORDS // (q * w)))
-    return lax.map(one, (x_sides, positive_words, delta), batch_size=chunk)
+    positive, negative = jax.vmap(class_sets, (0, None))(positive_words, num_refs)
+    return solve_lanes(side_words, x_sides, positive, negative, delta,
+                       lanes=default_lanes(*side_words.shape))
 
 
 def check_batch_args(side_words, num_refs, x_sides, positive_words) -> tuple[int, int, int]:
@@ -401,7 +575,7 @@ def check_batch_args(side_words, num_refs, x_sides, positive_words) -> tuple[int
 def _solve_batch_per_input(side_words, num_refs, x_sides, positive_words, delta):
     def one(args):
         words, x_side, positive_words, d = args
-        positive, negative = _classes(positive_words, num_refs)
+        positive, negative = class_sets(positive_words, num_refs)
         return _greedy(words, x_side, positive, negative, d)
 
     q, w = side_words.shape[1:]
@@ -468,9 +642,6 @@ class LoosenResult(NamedTuple):
     num_dropped: Array
 
 
-_ALL_ONES = np.uint32(0xFFFFFFFF)
-
-
 def _loosen(side_words: Array, x_side: Array, positive: Array, negative: Array,
             selected: Array) -> LoosenResult:
     """The loosen step for one input on packed sets (arguments as in ``_greedy``).
@@ -511,7 +682,7 @@ def _loosen_batch(side_words, num_refs, x_sides, positive_words, selected):
             words, x_side, positive_words, sel = args
         else:
             (x_side, positive_words, sel), words = args, side_words
-        positive, negative = _classes(positive_words, num_refs)
+        positive, negative = class_sets(positive_words, num_refs)
         return _loosen(words, x_side, positive, negative, sel)
 
     per_row = (x_sides, positive_words, selected)

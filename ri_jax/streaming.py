@@ -139,37 +139,40 @@ def stream_references(features_fn: Callable[[Array], Array], head_fn: Callable[[
     chunk = side_chunk_size(n)
     granule = math.lcm(size, chunk)  # shares hold whole batches and whole side chunks
     start, stop = share_range(n, granule)
-    preds, words, proj, kept, buffer = [], [], [], [], []
+    q = bounds.w.shape[0]
+    feat_shape = bounds.w.shape[1:]
+    # Outputs are filled in place, so the peak holds them once (not a list plus its concat).
+    local_preds = np.empty(stop - start, np.int32)
+    local_proj = np.empty((stop - start, q), np.float32)
+    local_words = np.empty((q, num_words(stop - start)), np.uint32)
+    kept = np.empty((stop - start,) + feat_shape, np.float32) if keep_features else None
+    buffer, done = [], [0]  # maps waiting for a whole side chunk; rows flushed so far
 
     def flush(rows: int):
         """Sides and projections of the first ``rows`` buffered maps (one side chunk)."""
         held = np.concatenate(buffer)
         feats, rest = held[:rows], held[rows:]
-        words.append(chunk_sides_packed(bounds, feats, chunk))
-        proj.append(np.asarray(project(normals, jnp.asarray(feats))))
+        row = done[0]  # a multiple of ``chunk``, so of 32: side words start on a word
+        words = chunk_sides_packed(bounds, feats, chunk)
+        local_words[:, row // WORD_BITS:row // WORD_BITS + words.shape[1]] = words
+        local_proj[row:row + rows] = np.asarray(project(normals, jnp.asarray(feats)))
         if keep_features:
-            kept.append(feats)
+            kept[row:row + rows] = feats
+        done[0] += rows
         buffer[:] = [rest] if len(rest) else []
 
     for first in tqdm(range(start, stop, size), desc="streamed references", unit="batch",
                       disable=not (progress and is_main_process())):
         psi = batch_features(first)
-        preds.append(np.argmax(np.asarray(head_jit(_padded(psi, size)))[:len(psi)], axis=1))
+        local_preds[first - start:first - start + len(psi)] = np.argmax(
+            np.asarray(head_jit(_padded(psi, size)))[:len(psi)], axis=1)
         buffer.append(psi)
         while sum(len(b) for b in buffer) >= chunk:  # side chunks fall where sides() puts them
             flush(chunk)
     if buffer:
         flush(sum(len(b) for b in buffer))
-    q = bounds.w.shape[0]
-    feat_shape = bounds.w.shape[1:]
-    local_words = np.concatenate(words, axis=1) if words else np.zeros((q, 0), np.uint32)
-    local_proj = np.concatenate(proj) if proj else np.zeros((0, q), np.float32)
-    local_preds = np.concatenate(preds) if preds else np.zeros(0, np.int64)
     side_words = gather_shares(local_words.T, num_words(n), granule // WORD_BITS).T
-    feats = None
-    if keep_features:
-        local = np.concatenate(kept) if kept else np.zeros((0,) + feat_shape, np.float32)
-        feats = jnp.asarray(gather_shares(local, n, granule))
+    feats = jnp.asarray(gather_shares(kept, n, granule)) if keep_features else None
     return StreamedReferences(
         preds=jnp.asarray(gather_shares(local_preds, n, granule), jnp.int32),
         boundary_refs=jnp.asarray(chosen, jnp.int32), boundaries=bounds, normals=normals,

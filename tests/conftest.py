@@ -1,4 +1,21 @@
-"""Shared fixtures: a tiny VGG so the suite stays fast on 2 CPU cores."""
+"""Shared fixtures: a tiny VGG so the suite stays fast on 2 CPU cores.
+
+The suite runs on every core (pytest-xdist, ``-n auto`` in pyproject.toml) and shares
+one JAX persistent compilation cache, made fresh for the session, between its workers
+and the scripts its tests start as subprocesses: they compile the same tiny model
+again and again. A cached executable is the one XLA would compile, so nothing
+checked changes; set ``JAX_COMPILATION_CACHE_DIR`` yourself to keep or move it.
+"""
+
+import os
+import shutil
+import tempfile
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # before jax is imported (read at import)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="ri-jax-test-xla-")
+    os.environ["RI_JAX_TEST_OWNS_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax
 import numpy as np
@@ -53,3 +70,11 @@ def protocol_ri(protocol_model):
     fns, params, raw, psi, _ = protocol_model
     interpreter = methods.make_interpreter(fns, params, psi, key=jax.random.key(3), num_boundaries=8)
     return interpreter, methods.ri_interpretations(interpreter, fns, raw[:5], chunk_size=2)
+
+
+def pytest_unconfigure(config):
+    """The process that made the session's compilation cache removes it (not the workers)."""
+    owned = os.environ.get("RI_JAX_TEST_OWNS_CACHE")
+    if owned and not hasattr(config, "workerinput") and owned == os.environ.get(
+            "JAX_COMPILATION_CACHE_DIR"):
+        shutil.rmtree(owned, ignore_errors=True)

@@ -38,9 +38,11 @@ def test_targets_read_the_end_to_end_ratio_and_the_scorecam_rows():
     assert "rerun idle" not in text
 
 
-def test_targets_need_wall_and_cpu_and_flag_an_overloaded_machine():
+def test_targets_go_by_wall_time_on_an_idle_machine_and_flag_an_overloaded_one():
     comparison = {"Q": 50, "R": 5000, "batch": 1000, "rows": [
         {"solver": "ours", "speedup_wall": 150.0, "speedup_cpu": 40.0}, {"solver": "peer"}]}
-    rec = _record("solver", comparison=comparison, load_before=[9.0, 8.0, 7.0])
-    line = report.targets([rec]).splitlines()[-1]
+    idle = report.targets([_record("solver", comparison=comparison)]).splitlines()[-1]
+    assert "| yes |" in idle and "150.0× wall, 40.0× CPU" in idle and "rerun idle" not in idle
+    busy = _record("solver", comparison=comparison, load_before=[9.0, 8.0, 7.0])
+    line = report.targets([busy]).splitlines()[-1]
     assert "| no |" in line and "load 9 on 2 cores" in line

@@ -198,7 +198,6 @@ def test_authors_variant_pools_on_the_decision_boundary(setup, authors):
     feats = interp.features(xs)
     preds = np.asarray(interp.predict_classes(feats))
     ref_preds = np.asarray(interp.reference_set.preds)
-    head = jax.jit(functools.partial(fns.head, params))
     for i in range(len(xs)):
         pool = np.asarray(out.pool[i])
         assert np.all(ref_preds[pool] != preds[i])  # drawn from D(x)

@@ -1,5 +1,6 @@
 """Algorithm 1 (ri_jax.solver) against a plain NumPy/Fraction implementation of the same rule."""
 
+import functools
 from fractions import Fraction
 
 import chex
@@ -11,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ri_jax import solver as solver_module
-from ri_jax.solver import (GreedyResult, _mul_wide, loosen_batch, match_words, num_words, pack_bits,
-                           popcount,
-                           solve_batch, solve_greedy, solve_greedy_packed, unpack_bits)
+from ri_jax.solver import (GreedyResult, _better, _mul_wide, class_sets, loosen_batch, match_words,
+                           num_words, pack_bits, popcount, positive_words, solve_batch,
+                           solve_greedy, solve_greedy_packed, solve_lanes, unpack_bits)
 
 SHAPES = [(1, 5), (4, 33), (6, 64), (7, 70)]
 
@@ -205,6 +206,58 @@ def test_solve_batch_matches_per_input(seed, use_delta):
         assert_matches_reference(jax.tree.map(lambda a: a[i], r), ref, n)
 
 
+@functools.partial(jax.jit, static_argnames="lanes")
+def lanes_solve(side_words, num_refs, x_sides, positive_words, delta, *, lanes):
+    positive, negative = jax.vmap(class_sets, (0, None))(positive_words, num_refs)
+    return solve_lanes(side_words, x_sides, positive, negative, delta, lanes=lanes)
+
+
+# Fewer, more and as many lanes as inputs; tie-heavy instances; one shape per batch size.
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), b=st.sampled_from([1, 9]),
+       lanes=st.sampled_from([1, 2, 4, 64]), patterns=st.integers(1, 12),
+       use_delta=st.booleans())
+def test_refilled_lanes_match_reference(seed, b, lanes, patterns, use_delta):
+    rng = np.random.default_rng(seed)
+    q, n = 7, 70
+    columns = rng.random((q, patterns)) < rng.uniform(0.3, 0.9)
+    side = columns[:, rng.integers(0, patterns, n)]
+    x_sides = rng.random((b, q)) < 0.5
+    ref_class = rng.integers(0, 3, n)
+    positive = ref_class[None, :] == rng.integers(0, 3, b)[:, None]
+    delta = jnp.asarray(rng.integers(0, 6, b), jnp.int32) if use_delta else None
+    r = lanes_solve(pack_bits(jnp.asarray(side)), n, jnp.asarray(x_sides),
+                    pack_bits(jnp.asarray(positive)), delta, lanes=lanes)
+    for i in range(b):
+        match = side == x_sides[i][:, None]
+        ref = greedy_reference(match, positive[i], None if delta is None else int(delta[i]))
+        assert_matches_reference(jax.tree.map(lambda a: a[i], r), ref, n)
+
+
+@settings(max_examples=200, deadline=None)
+@given(counts=st.lists(st.integers(0, 2**16 - 1), min_size=4, max_size=4),
+       wide=st.lists(st.integers(0, 2**31 - 1), min_size=4, max_size=4),
+       idx=st.lists(st.integers(0, 63), min_size=2, max_size=2))
+def test_narrow_and_wide_comparisons_follow_the_exact_rule(counts, wide, idx):
+    def exact(na, da, nb, db):
+        if db == 0 or da == 0:  # den 0 never reaches the rule; compare the products only
+            return (na * db, -da, idx[0]) < (nb * da, -db, idx[1])
+        return (Fraction(na, da), -da, idx[0]) < (Fraction(nb, db), -db, idx[1])
+
+    for (na, da, nb, db), narrow in ((counts, True), (counts, False), (wide, False)):
+        a = (jnp.bool_(True), jnp.int32(na), jnp.int32(da), jnp.int32(idx[0]))
+        b = (jnp.bool_(True), jnp.int32(nb), jnp.int32(db), jnp.int32(idx[1]))
+        assert bool(_better(a, b, narrow)) == exact(na, da, nb, db), (na, da, nb, db, narrow)
+
+
+def test_positive_words_are_the_packed_class_comparison():
+    rng = np.random.default_rng(11)
+    ref_preds, x_preds = rng.integers(0, 4, 75), rng.integers(0, 4, 9)
+    np.testing.assert_array_equal(
+        positive_words(ref_preds, x_preds, num_classes=4),
+        pack_bits(jnp.asarray(ref_preds[None, :] == x_preds[:, None])))
+
+
 def test_match_words_is_xnor_with_zero_padding():
     rng = np.random.default_rng(5)
     side = rng.random((3, 40)) < 0.5
@@ -293,6 +346,10 @@ def test_removal_counts_do_not_carry_between_halves():
     bits = lambda a: np.unpackbits(a.view(np.uint8)).sum(axis=-1)  # noqa: E731
     np.testing.assert_array_equal(nom, [bits(side[h] & pos) for h in range(2)])
     np.testing.assert_array_equal(den, [bits(side[h] & neg) for h in range(2)])
+    by_word = solver_module._removal_counts_by_word(jnp.asarray(side.T), jnp.zeros(2, jnp.uint32),
+                                                    jnp.asarray(pos), jnp.asarray(neg))
+    np.testing.assert_array_equal(by_word[0], nom)
+    np.testing.assert_array_equal(by_word[1], den)
 
 
 # --- The authors' variant: per-input side words, δ = 0 and the loosen step ------------------

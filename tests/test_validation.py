@@ -18,7 +18,6 @@ from ri_jax.cli import check_output_dir, run_script
 from ri_jax.data import DatasetError, decode_image, load_dataset, stratified_split
 from ri_jax.errors import CheckpointError, RIInputError, TrainingDivergedError
 from ri_jax.featurize import FeatureCacheWarning, compute_features
-from ri_jax.models.vgg import ModelConfig
 from ri_jax.solver import solve_greedy
 from ri_jax.training import HISTORY_FILE, TrainConfig, train_and_evaluate
 
