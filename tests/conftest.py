@@ -72,18 +72,6 @@ def protocol_ri(protocol_model):
     return interpreter, methods.ri_interpretations(interpreter, fns, raw[:5], chunk_size=2)
 
 
-# The longest modules (``--durations``), started first: pytest-xdist's loadscope hands
-# modules to workers in collection order, so a long module collected last would run
-# alone on one worker at the end.
-LONGEST_FIRST = ("test_streaming.py", "test_experiments_tables.py", "test_distributed.py",
-                 "test_experiments_figures.py", "test_api.py", "test_boundaries.py")
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable
-
-
 def pytest_unconfigure(config):
     """The process that made the session's compilation cache removes it (not the workers)."""
     owned = os.environ.get("RI_JAX_TEST_OWNS_CACHE")
