@@ -410,14 +410,20 @@ def betainc(a: float, b: float, x: float) -> float:
     """Regularised incomplete beta function I_x(a, b) for a, b > 0, x in [0, 1]."""
     if not (a > 0 and b > 0 and 0 <= x <= 1):
         raise ValueError(f"a, b, x: need a > 0, b > 0, 0 <= x <= 1, got {a}, {b}, {x}")
-    if x in (0.0, 1.0):
-        return float(x)
+    return _betainc(a, b, x, 1.0 - x)
+
+
+def _betainc(a: float, b: float, x: float, y: float) -> float:
+    """I_x(a, b) given both x and y = 1 − x, so a caller that knows y exactly (x near 1)
+    loses no digits to the rounding of 1 − x."""
+    if x == 0.0 or y == 0.0:
+        return float(y == 0.0)
     log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
+                 + a * math.log(x) + b * math.log(y))
     # the continued fraction converges fast on this side of the mean; use symmetry otherwise
     if x < (a + 1.0) / (a + b + 2.0):
         return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
+    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, y) / b
 
 
 def t_two_sided_p(t: float, df: float) -> float:
@@ -426,7 +432,8 @@ def t_two_sided_p(t: float, df: float) -> float:
         raise ValueError(f"df: must be positive, got {df}")
     if math.isinf(t):
         return 0.0
-    return betainc(df / 2.0, 0.5, df / (df + t * t))
+    t2 = t * t
+    return _betainc(df / 2.0, 0.5, df / (df + t2), t2 / (df + t2))
 
 
 def welch_t_test(a: np.ndarray, b: np.ndarray) -> TTest:
