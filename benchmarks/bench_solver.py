@@ -48,8 +48,8 @@ from benchmarks.common import (DEFAULT_OUT, block, describe_machine, finish, for
 from benchmarks.peers import greedy_peer_batch
 from ri_jax import solver
 from ri_jax.sharding import (default_chunk_size, local_solve_batch, make_mesh,
-                             sharded_solve_batch)
-from ri_jax.solver import num_words, pack_bits, positive_words, solve_batch
+                             sharded_solve_batch, sharded_solve_classes)
+from ri_jax.solver import num_words, pack_bits, positive_words, solve_batch, solve_classes
 
 GRID_Q = (10, 50, 100, 200)
 GRID_R = (1_000, 5_000, 20_000, 100_000)
@@ -64,6 +64,20 @@ def ours_vmapped(problem, num_refs: int):
     side_words = pack_bits(jnp.asarray(problem.sides))
     positive = positive_words(problem.ref_preds, problem.x_preds, num_classes=2)
     return block(solve_batch(side_words, num_refs, jnp.asarray(problem.x_sides), positive))
+
+
+def ours_classes(problem):
+    """``ri_jax.solver.solve_classes`` (what the interpreter runs) from the same start."""
+    side_words = pack_bits(jnp.asarray(problem.sides))
+    return block(solve_classes(side_words, jnp.asarray(problem.x_sides), problem.ref_preds,
+                               problem.x_preds, num_classes=2))
+
+
+def ours_sharded_classes(problem, mesh):
+    """``ri_jax.sharding.sharded_solve_classes`` over every device, same start and end."""
+    side_words = pack_bits(jnp.asarray(problem.sides))
+    return sharded_solve_classes(side_words, problem.x_sides, problem.ref_preds,
+                                 problem.x_preds, num_classes=2, mesh=mesh)
 
 
 def ours_sharded(problem, num_refs: int, mesh, chunk_size="auto"):
@@ -93,8 +107,12 @@ def compare(args, rec) -> None:
     peer_cpu = (time.process_time() - start_cpu) * b / peer_n
     solvers = {
         "ri_jax.solver.solve_batch (one device)": lambda: ours_vmapped(problem, r),
+        "ri_jax.solver.solve_classes (one device, references grouped by class)":
+            lambda: ours_classes(problem),
         f"ri_jax.sharding.sharded_solve_batch ({mesh.size} device(s), "
         f"{default_chunk_size(mesh)} lanes each)": lambda: ours_sharded(problem, r, mesh),
+        f"ri_jax.sharding.sharded_solve_classes ({mesh.size} device(s), "
+        f"{default_chunk_size(mesh)} lanes each)": lambda: ours_sharded_classes(problem, mesh),
     }
     rows = []
     for label, fn in solvers.items():
@@ -116,7 +134,7 @@ def compare(args, rec) -> None:
         f"comparison at Q={q}, R={r}, batch={b}: selections asserted identical (order, counts, "
         f"τ) on {peer_n} inputs before timing; {note}; ours = median wall / best CPU of "
         f"{args.repeat} runs after a compile run, each from the unpacked side matrix "
-        "(packing, class masks, match matrices and solve included)")
+        "(packing, class masks or class blocks, match matrices and solve included)")
     print(format_table(rows, ["solver", "wall_s", "cpu_s", "speedup_wall", "speedup_cpu"]))
     print(f"Q={q} R={r} batch={b}: identical selections on {peer_n} inputs; {note}; "
           f"greedy steps mean {selected.mean():.1f}, max {selected.max()}")

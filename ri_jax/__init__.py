@@ -11,7 +11,7 @@ from ri_jax.heatmaps import cam, polytope_heatmap, ri_channel_weights
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
 from ri_jax.ranking import rank_covered, semantic_distance
 from ri_jax.regions import DecisionRegions, covers, predict
-from ri_jax.solver import GreedyResult, pack_bits, solve_batch, solve_greedy, unpack_bits
+from ri_jax.solver import GreedyResult, pack_bits, solve_batch, solve_classes, solve_greedy, unpack_bits
 
 __version__ = "0.1.0"
 
@@ -37,6 +37,7 @@ __all__ = [
     "sides",
     "sides_packed",
     "solve_batch",
+    "solve_classes",
     "solve_greedy",
     "unpack_bits",
 ]

@@ -13,7 +13,7 @@ process runs the same program on the same arguments. What each one does:
   processes hold its exact bits even on hosts whose CPUs compile differently;
 * **packed sides**: split into the same word-aligned chunks ``boundaries.sides``
   uses in one process, each process packs its chunks, the words are gathered;
-* **solve**: ``sharding.sharded_solve_batch`` over a mesh of every device of every
+* **solve**: ``sharding.sharded_solve_classes`` over a mesh of every device of every
   process (integer arithmetic only, so any split gives the same answer);
 * **files**: only process 0 writes (``is_main_process``).
 
@@ -39,7 +39,7 @@ from ri_jax.data import ImageSet
 from ri_jax.featurize import Features, compute_features
 from ri_jax.interpreter import ReferenceSet, RepresentativeInterpreter
 from ri_jax.models.vgg import ModelFns
-from ri_jax.sharding import make_mesh, sharded_solve_batch
+from ri_jax.sharding import make_mesh, sharded_solve_classes
 from ri_jax.solver import WORD_BITS, GreedyResult, pack_bits
 from ri_jax.variants import RIVariant, ri_variant
 
@@ -367,9 +367,10 @@ class DistributedInterpreter(RepresentativeInterpreter):
             parts = [np.zeros((0,) + shape[1:], np.float32)]
         return jnp.asarray(gather_shares(np.concatenate(parts), n, size))
 
-    def _greedy(self, side_words, x_sides, positives, delta) -> GreedyResult:
-        result = sharded_solve_batch(side_words, self.num_refs, x_sides, positives, delta,
-                                     mesh=self.mesh)
+    def _greedy(self, side_words, x_sides, preds, positives, delta, *,
+                num_classes: int) -> GreedyResult:
+        result = sharded_solve_classes(side_words, x_sides, self.reference_set.preds, preds,
+                                       delta, num_classes=num_classes, mesh=self.mesh)
         return GreedyResult(*(jnp.asarray(f) for f in result))
 
 

@@ -30,7 +30,7 @@ from ri_jax.heatmaps import polytope_heatmap, ri_channel_weights
 from ri_jax.ranking import rank_covered, semantic_distance
 from ri_jax.regions import DecisionRegions
 from ri_jax.solver import (GreedyResult, loosen_batch, popcount, positive_words,
-                           solve_batch, unpack_bits)
+                           solve_batch, solve_classes, unpack_bits)
 from ri_jax.variants import RIVariant, ri_variant
 
 Array = jax.Array
@@ -382,10 +382,9 @@ class RepresentativeInterpreter:
             raise ValueError(f"top_k: must be an integer in [1, {self.num_refs}], got {top_k!r}")
         return int(top_k)
 
-    def _positives(self, preds: Array) -> Array:
-        ref_preds = self.reference_set.preds
-        num_classes = int(max(jnp.max(ref_preds), jnp.max(preds))) + 1
-        return positive_words(ref_preds, preds, num_classes=num_classes)
+    def _num_classes(self, preds: Array) -> int:
+        """More than every predicted class (static for ``positive_words``)."""
+        return int(max(jnp.max(self.reference_set.preds), jnp.max(preds))) + 1
 
     def _keys(self, keys, b: int) -> Array:
         if keys is None:
@@ -445,8 +444,10 @@ class RepresentativeInterpreter:
 
     def _solve(self, side_words, x_sides, preds, delta):
         """Algorithm 1, then the loosen step when the variant asks for it."""
-        positives = self._positives(preds)
-        result = self._greedy(side_words, x_sides, positives, delta)
+        num_classes = self._num_classes(preds)
+        positives = positive_words(self.reference_set.preds, preds, num_classes=num_classes)
+        result = self._greedy(side_words, x_sides, preds, positives, delta,
+                              num_classes=num_classes)
         greedy = result.num_selected
         if self.variant.loosen:
             kept = loosen_batch(side_words, self.num_refs, x_sides, positives, result.selected)
@@ -454,9 +455,17 @@ class RepresentativeInterpreter:
                                      order=_compact_order(result.order, kept.selected))
         return result, greedy
 
-    def _greedy(self, side_words, x_sides, positives, delta) -> GreedyResult:
-        """Algorithm 1 for a batch of inputs (a hook: subclasses may spread it over devices)."""
-        return solve_batch(side_words, self.num_refs, x_sides, positives, delta)
+    def _greedy(self, side_words, x_sides, preds, positives, delta, *,
+                num_classes: int) -> GreedyResult:
+        """Algorithm 1 for a batch of inputs (a hook: subclasses may spread it over devices).
+
+        ``side_words`` is the shared [Q, W] matrix, or [B, Q, W] per-input pools; the
+        shared one goes to ``solve_classes``, which regroups the references by class.
+        """
+        if side_words.ndim == 3:
+            return solve_batch(side_words, self.num_refs, x_sides, positives, delta)
+        return solve_classes(side_words, x_sides, self.reference_set.preds, preds, delta,
+                             num_classes=num_classes)
 
     def _solve_pools(self, feats, preds, keys, delta, progress):
         """The authors' per-input pools, in chunks of inputs of bounded memory."""

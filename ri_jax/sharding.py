@@ -29,8 +29,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ri_jax.boundaries import Boundaries
 from ri_jax.models.vgg import ModelFns
-from ri_jax.solver import (DEFAULT_LANES, WORD_BITS, GreedyResult, check_batch_args, class_sets,
-                           default_lanes, num_words, pack_bits, solve_lanes, valid_words)
+from ri_jax.solver import (DEFAULT_LANES, WORD_BITS, GreedyResult, check_batch_args,
+                           check_class_args, class_blocks, class_sets, default_lanes, num_words,
+                           pack_bits, solve_blocks, solve_lanes, to_blocks, valid_words)
 
 Array = jax.Array
 
@@ -313,21 +314,85 @@ def sharded_solve_batch(side_words, num_refs: int, x_sides, positive_words, delt
     x_sides = np.asarray(x_sides)
     positive_words = np.asarray(positive_words)
     q, w, b = check_batch_args(side_words, num_refs, x_sides, positive_words)
-    if delta is not None:
-        delta = np.asarray(delta)
-        if delta.shape != (b,) or not np.issubdtype(delta.dtype, np.integer):
-            raise ValueError(f"delta: expected int[{b}] or None, got {delta.dtype}{delta.shape}")
-        if np.any(delta < 0):
-            raise ValueError("delta: every bound must be >= 0")
-        delta = shard_batch(delta.astype(np.int32), mesh)
-    if chunk_size == "auto":
-        chunk_size = default_chunk_size(mesh)
-        if chunk_size is not None:
-            chunk_size = min(chunk_size, default_lanes(q, w))
-    elif chunk_size is not None and (not isinstance(chunk_size, (int, np.integer))
-                                     or chunk_size < 1):
-        raise ValueError(f"chunk_size: expected a positive int, None or 'auto', got {chunk_size!r}")
+    delta = _shard_delta(delta, b, mesh)
+    chunk_size = _lanes(chunk_size, mesh, q, w)
     result = _solve(replicate(side_words, mesh), replicate(np.int32(num_refs), mesh),
                     shard_batch(x_sides, mesh), shard_batch(positive_words, mesh), delta, mesh,
                     chunk_size=chunk_size)
+    return GreedyResult(*(to_host(field)[:b] for field in result))
+
+
+def _shard_delta(delta, b: int, mesh: Mesh):
+    """Checks the bounds δ (int[B] ≥ 0 or None) and splits them over the devices."""
+    if delta is None:
+        return None
+    delta = np.asarray(delta)
+    if delta.shape != (b,) or not np.issubdtype(delta.dtype, np.integer):
+        raise ValueError(f"delta: expected int[{b}] or None, got {delta.dtype}{delta.shape}")
+    if np.any(delta < 0):
+        raise ValueError("delta: every bound must be >= 0")
+    return shard_batch(delta.astype(np.int32), mesh)
+
+
+def _lanes(chunk_size, mesh: Mesh, q: int, w: int) -> int | None:
+    """``chunk_size`` resolved: "auto" is ``default_chunk_size``, capped by ``default_lanes``."""
+    if chunk_size == "auto":
+        chunk_size = default_chunk_size(mesh)
+        return None if chunk_size is None else min(chunk_size, default_lanes(q, w))
+    if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer))
+                                   or chunk_size < 1):
+        raise ValueError(f"chunk_size: expected a positive int, None or 'auto', got {chunk_size!r}")
+    return chunk_size
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "mesh", "chunk_size"))
+def _solve_classes(side_words, x_sides, ref_classes, x_classes, delta, num_classes: int,
+                   mesh: Mesh, chunk_size: int | None) -> GreedyResult:
+    blocks = class_blocks(ref_classes, num_classes=num_classes)
+    blocked = to_blocks(side_words, blocks)
+    spec = _batch_spec(mesh)
+
+    def local(side_words, blocked, blocks, x_sides, x_classes, delta):
+        lanes = x_sides.shape[0] if chunk_size is None else chunk_size
+        return solve_blocks(side_words, blocked, blocks, x_sides, x_classes, delta, lanes=lanes)
+
+    specs = (P(), P(), P(), spec, spec, None if delta is None else spec)
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=spec, check_vma=False)(
+        side_words, blocked, blocks, x_sides, x_classes, delta)
+
+
+def sharded_solve_classes(side_words, x_sides, ref_classes, x_classes, delta=None, *,
+                          num_classes: int, mesh: Mesh,
+                          chunk_size: int | None | str = "auto") -> GreedyResult:
+    """``ri_jax.solver.solve_classes`` with the inputs split over the devices.
+
+    The class-blocked layout is made once and replicated; each device solves its share of
+    the inputs (padded to a multiple of the device count, padding dropped).
+
+    Args:
+      side_words: uint32[Q, ⌈N/32⌉] packed sides of the N references (replicated).
+      x_sides: bool[B, Q], each input's side of each boundary.
+      ref_classes: int[N], the references' predicted classes.
+      x_classes: int[B], the inputs' predicted classes.
+      delta: int[B] bounds ≥ 0, or None for each input's τ.
+      num_classes: more than every class id.
+      mesh: the device mesh.
+      chunk_size: inputs in flight per device, as in ``sharded_solve_batch``.
+
+    Returns:
+      ``GreedyResult`` of host arrays with a leading batch axis B.
+    """
+    side_words = np.asarray(side_words)
+    x_sides = np.asarray(x_sides)
+    ref_classes = np.asarray(ref_classes)
+    x_classes = np.asarray(x_classes)
+    check_class_args(side_words, x_sides, ref_classes, x_classes, num_classes)
+    b = x_sides.shape[0]
+    delta = _shard_delta(delta, b, mesh)
+    q, w = side_words.shape
+    chunk_size = _lanes(chunk_size, mesh, q, w + num_classes)
+    result = _solve_classes(replicate(side_words, mesh), shard_batch(x_sides, mesh),
+                            replicate(ref_classes.astype(np.int32), mesh),
+                            shard_batch(x_classes.astype(np.int32), mesh), delta, num_classes,
+                            mesh, chunk_size)
     return GreedyResult(*(to_host(field)[:b] for field in result))

@@ -37,6 +37,11 @@ A batch against one shared sample runs on ``solve_lanes``: a few dozen inputs in
 each lane taking the next input as soon as its own stops, so no input waits for a
 slower one (a vmapped while loop runs every input for as many steps as the slowest).
 With at most 65,535 references the exact ratio comparison fits in uint32 products.
+
+When Class(x) is "the references predicted as x's class", ``solve_classes`` first
+regroups the references so every class starts on a fresh word (``class_blocks``): a word
+then holds only Class(x) or only D(x) references, and one popcount per word gives both
+counts of Eq. 4 instead of two. Its answers are ``solve_batch``'s, ``covered`` included.
 """
 
 from __future__ import annotations
@@ -119,6 +124,58 @@ def positive_words(ref_preds: Array, x_preds: Array, *, num_classes: int) -> Arr
     per_class = pack_bits(jnp.asarray(ref_preds)[None, :]
                           == jnp.arange(num_classes, dtype=jnp.asarray(ref_preds).dtype)[:, None])
     return per_class[jnp.asarray(x_preds)]
+
+
+class ClassBlocks(NamedTuple):
+    """References regrouped by class, every class starting on a fresh word.
+
+    In this layout each word holds references of one class only, so one popcount per
+    word gives both of Algorithm 1's counts (``solve_classes``).
+
+    Attributes:
+      slot: int32[N], bit position of reference n (stable within a class).
+      word_class: int32[W'], the class of each word's references; -1 for padding words.
+      valid: uint32[W'], the bits that hold a reference.
+    """
+
+    slot: Array
+    word_class: Array
+    valid: Array
+
+
+def class_blocks(ref_classes: Array, *, num_classes: int) -> ClassBlocks:
+    """The class-blocked layout of N references (jittable; W' = ⌈N/32⌉ + num_classes).
+
+    Args:
+      ref_classes: int[N] predicted classes, each in [0, num_classes).
+      num_classes: more than every class id (static).
+
+    Returns:
+      ``ClassBlocks``.
+    """
+    ref_classes = jnp.asarray(ref_classes).astype(jnp.int32)
+    n = ref_classes.shape[0]
+    count = jnp.zeros((num_classes,), jnp.int32).at[ref_classes].add(1)
+    words_per_class = (count + WORD_BITS - 1) // WORD_BITS
+    word_end = jnp.cumsum(words_per_class)
+    order = jnp.argsort(ref_classes, stable=True)
+    by_class = ref_classes[order]
+    rank = jnp.arange(n, dtype=jnp.int32) - (jnp.cumsum(count) - count)[by_class]
+    slot = jnp.zeros((n,), jnp.int32).at[order].set(
+        WORD_BITS * (word_end - words_per_class)[by_class] + rank)
+    width = num_words(n) + num_classes  # each class wastes less than one word
+    word_class = jnp.searchsorted(word_end, jnp.arange(width, dtype=jnp.int32), side="right")
+    word_class = jnp.where(word_class < num_classes, word_class, -1).astype(jnp.int32)
+    valid = pack_bits(jnp.zeros((width * WORD_BITS,), jnp.bool_).at[slot].set(True))
+    return ClassBlocks(slot=slot, word_class=word_class, valid=valid)
+
+
+def to_blocks(words: Array, blocks: ClassBlocks) -> Array:
+    """uint32[..., ⌈N/32⌉] words in reference order → uint32[..., W'] in ``blocks``' layout."""
+    bits = unpack_bits(words, blocks.slot.shape[0])
+    width = blocks.word_class.shape[0] * WORD_BITS
+    moved = jnp.zeros(bits.shape[:-1] + (width,), jnp.bool_).at[..., blocks.slot].set(bits)
+    return pack_bits(moved)
 
 
 def valid_words(num_refs, num_word: int) -> Array:
@@ -224,8 +281,24 @@ def _flip_words(x_side: Array) -> Array:
     return jnp.where(x_side, np.uint32(0xFFFFFFFF), np.uint32(0))[:, None]
 
 
-# Words per partial sum in ``_removal_counts``: 32 · 2047 < 2^16, so one uint32 holds two sums.
+# Words per partial sum: 32 · 2047 < 2^16, so one uint32 holds two sums.
 _HALF_WORDS = 2047
+
+
+def _split_sums(both: Array, axis: int) -> tuple[Array, Array]:
+    """Sums of the low and the high 16 bits of ``both`` along ``axis`` (the words), int32.
+
+    Each element carries two popcounts (≤ 32 each) in its halves; partial sums over
+    ``_HALF_WORDS`` words cannot carry from the low half into the high one.
+    """
+    both = jnp.moveaxis(both, axis, 0)
+    w = both.shape[0]
+    chunk = min(w, _HALF_WORDS)
+    both = jnp.pad(both, ((0, -w % chunk),) + ((0, 0),) * (both.ndim - 1))
+    sums = jnp.sum(both.reshape((-1, chunk) + both.shape[1:]), axis=1, dtype=jnp.uint32)
+    low = (sums & np.uint32(0xFFFF)).astype(jnp.int32)
+    high = (sums >> np.uint32(16)).astype(jnp.int32)
+    return jnp.sum(low, axis=0), jnp.sum(high, axis=0)
 
 
 def _removal_counts(side_words: Array, flip: Array, pos: Array, neg: Array) -> tuple[Array, Array]:
@@ -243,13 +316,7 @@ def _removal_counts(side_words: Array, flip: Array, pos: Array, neg: Array) -> t
     leaving = side_words ^ flip
     both = (lax.population_count(leaving & pos)
             + (lax.population_count(leaving & neg) << np.uint32(16)))
-    w = both.shape[-1]
-    chunk = min(w, _HALF_WORDS)
-    both = jnp.pad(both, ((0, 0), (0, -w % chunk))).reshape(both.shape[0], -1, chunk)
-    sums = jnp.sum(both, axis=-1, dtype=jnp.uint32)  # [Q, chunks], no carry between halves
-    low = (sums & np.uint32(0xFFFF)).astype(jnp.int32)
-    high = (sums >> np.uint32(16)).astype(jnp.int32)
-    return jnp.sum(low, axis=-1), jnp.sum(high, axis=-1)
+    return _split_sums(both, axis=1)
 
 
 def _removal_counts_by_word(side_by_word: Array, flip: Array, pos: Array, neg: Array
@@ -269,13 +336,26 @@ def _removal_counts_by_word(side_by_word: Array, flip: Array, pos: Array, neg: A
     leaving = side_by_word ^ flip[None, :]
     both = (lax.population_count(leaving & pos[:, None])
             + (lax.population_count(leaving & neg[:, None]) << np.uint32(16)))
-    w = both.shape[0]
-    chunk = min(w, _HALF_WORDS)
-    both = jnp.pad(both, ((0, -w % chunk), (0, 0))).reshape(-1, chunk, both.shape[1])
-    sums = jnp.sum(both, axis=1, dtype=jnp.uint32)  # [chunks, Q], no carry between halves
-    low = (sums & np.uint32(0xFFFF)).astype(jnp.int32)
-    high = (sums >> np.uint32(16)).astype(jnp.int32)
-    return jnp.sum(low, axis=0), jnp.sum(high, axis=0)
+    return _split_sums(both, axis=0)
+
+
+def _removal_counts_pure(side_by_word: Array, flip: Array, covered: Array, neg: Array
+                         ) -> tuple[Array, Array]:
+    """``_removal_counts_by_word`` when no word mixes Class(x) and D(x) references.
+
+    Then one popcount per word is either count, and the word's class says which half of
+    the sum it goes to: half the popcounts of the mixed layout (``ClassBlocks``).
+
+    Args:
+      side_by_word: uint32[W, Q]; flip: uint32[Q]; covered: uint32[W], covered references
+        (within Class(x) ∪ D(x)); neg: uint32[W], D(x).
+
+    Returns:
+      (int32[Q], int32[Q]).
+    """
+    shift = jnp.where(neg != 0, np.uint32(16), np.uint32(0))[:, None]
+    both = lax.population_count((side_by_word ^ flip[None, :]) & covered[:, None]) << shift
+    return _split_sums(both, axis=0)
 
 
 def _greedy(side_words: Array, x_side: Array, positive: Array, negative: Array,
@@ -450,14 +530,17 @@ def _tau(side_words: Array, flips: Array, negative: Array, lanes: int) -> Array:
 
 
 def solve_lanes(side_words: Array, x_sides: Array, positive: Array, negative: Array,
-                delta: Array | None, *, lanes: int = DEFAULT_LANES) -> GreedyResult:
+                delta: Array | None, *, lanes: int = DEFAULT_LANES,
+                pure_words: bool = False,
+                first_counts: tuple[Array, Array] | None = None) -> GreedyResult:
     """Algorithm 1 for a batch sharing one side matrix, on lanes refilled as inputs finish.
 
     A vmapped while loop runs every input of a group for as many steps as the group's
     slowest input needs. Here ``lanes`` inputs are in flight; at every iteration each
     lane either takes one greedy step or, once its input has stopped, writes the answer
     and starts the next input. Every input follows exactly ``_greedy``'s steps, so the
-    answers are identical; the iterations are about Σ (steps + 1) / lanes plus one tail.
+    answers are identical; the iterations are about Σ (steps + 1) / lanes plus one tail,
+    or Σ steps / lanes when ``first_counts`` lets a new input take its first step at once.
 
     Args:
       side_words: uint32[Q, W].
@@ -465,6 +548,11 @@ def solve_lanes(side_words: Array, x_sides: Array, positive: Array, negative: Ar
       positive, negative: uint32[B, W] disjoint class sets (padding zero).
       delta: int32[B], or None for each input's τ.
       lanes: inputs in flight (static; capped at B).
+      pure_words: (static) no word holds both a Class(x) and a D(x) reference of any
+        input (the ``ClassBlocks`` layout), so one popcount per word gives both counts.
+      first_counts: (nom, den) int32[B, Q], each input's counts with everything covered
+        (``_removal_counts`` of its Class(x) and D(x)), when they come cheaper than a pass
+        over its words; None counts them in the loop.
 
     Returns:
       ``GreedyResult`` with a leading batch axis B.
@@ -480,6 +568,8 @@ def solve_lanes(side_words: Array, x_sides: Array, positive: Array, negative: Ar
     side_by_word = side_words.T
 
     def counts(covered, flip, pos, neg):
+        if pure_words:
+            return _removal_counts_pure(side_by_word, flip, covered, neg)
         return _removal_counts_by_word(side_by_word, flip, covered & pos, covered & neg)
 
     def refill(state):
@@ -512,14 +602,27 @@ def solve_lanes(side_words: Array, x_sides: Array, positive: Array, negative: Ar
         idx, free, (covered, selected, order, step, nom, den, _, nxt, out) = refill(state)
         safe = jnp.minimum(idx, b - 1)
         flip, pos, neg = flips[safe], positive[safe], negative[safe]
+        fresh = free[:, None]
+        covered = jnp.where(fresh, pos | neg, covered)
+        selected = jnp.where(fresh, False, selected)
+        order = jnp.where(fresh, -1, order)
+        step = jnp.where(free, 0, step)
+        if first_counts is None:  # a new input spends this iteration on its counts
+            go = ~free
+        else:  # a new input starts from its given counts and steps now, if it runs at all
+            nom = jnp.where(fresh, first_counts[0][safe], nom)
+            den = jnp.where(fresh, first_counts[1][safe], den)
+            go = ~free | ((idx < b) & (popcount(neg) > delta[safe])
+                          & jnp.any(den > 0, axis=1))
         h = jax.vmap(_best_candidate, (0, 0, 0, None))(~selected & (den > 0), nom, den,
                                                       _narrow(w))
         removed = side_words[h] ^ flip[lane_ids, h][:, None]
-        covered = jnp.where(free[:, None], pos | neg, covered & ~removed)
-        selected = jnp.where(free[:, None], False, selected.at[lane_ids, h].set(True))
+        covered = jnp.where(go[:, None], covered & ~removed, covered)
+        selected = jnp.where(go[:, None], selected.at[lane_ids, h].set(True), selected)
         # A running lane has an unselected candidate left, so step < Q.
-        order = jnp.where(free[:, None], -1, order.at[lane_ids, jnp.minimum(step, q - 1)].set(h))
-        step = jnp.where(free, 0, step + 1)
+        order = jnp.where(go[:, None], order.at[lane_ids, jnp.minimum(step, q - 1)].set(h),
+                          order)
+        step = jnp.where(go, step + 1, step)
         nom, den = jax.vmap(counts)(covered, flip, pos, neg)
         return (idx, covered, selected, order, step, nom, den, popcount(covered & neg), nxt,
                 out)
@@ -550,6 +653,123 @@ def _solve_batch(side_words, num_refs, x_sides, positive_words, delta):
     positive, negative = jax.vmap(class_sets, (0, None))(positive_words, num_refs)
     return solve_lanes(side_words, x_sides, positive, negative, delta,
                        lanes=default_lanes(*side_words.shape))
+
+
+def _first_counts(blocked: Array, blocks: ClassBlocks, x_sides: Array, x_classes: Array
+                  ) -> tuple[Array, Array]:
+    """Algorithm 1's counts before any step, from per-class sums: int32[B, Q] twice.
+
+    With everything covered, a boundary removes the references of a class on the side x
+    is not on; per class that is its size minus (or just) its references on the positive
+    side, summed once over its words for the whole batch.
+    """
+    num_classes = blocks.word_class.shape[0] - num_words(blocks.slot.shape[0])
+    segment = jnp.where(blocks.word_class < 0, num_classes, blocks.word_class)
+    on_positive = jax.ops.segment_sum(lax.population_count(blocked).T.astype(jnp.int32),
+                                      segment, num_segments=num_classes + 1)[:num_classes]
+    size = jax.ops.segment_sum(lax.population_count(blocks.valid).astype(jnp.int32),
+                               segment, num_segments=num_classes + 1)[:num_classes]
+    own_positive = on_positive[x_classes]  # [B, Q]
+    other_positive = jnp.sum(on_positive, axis=0)[None, :] - own_positive
+    own_size = size[x_classes][:, None]
+    other_size = jnp.sum(size) - own_size
+    nom = jnp.where(x_sides, own_size - own_positive, own_positive)
+    den = jnp.where(x_sides, other_size - other_positive, other_positive)
+    return nom, den
+
+
+def solve_blocks(side_words: Array, blocked: Array, blocks: ClassBlocks, x_sides: Array,
+                 x_classes: Array, delta: Array | None, *, lanes: int) -> GreedyResult:
+    """``solve_classes`` as a traceable function, once the layout is made (no checks).
+
+    Args:
+      side_words: uint32[Q, ⌈N/32⌉], the sides in reference order.
+      blocked: ``to_blocks(side_words, blocks)``, uint32[Q, W'].
+      blocks: ``class_blocks`` of the references' classes.
+      x_sides: bool[B, Q].
+      x_classes: int32[B].
+      delta: int32[B], or None for each input's τ.
+      lanes: inputs in flight (``solve_lanes``).
+
+    Returns:
+      ``GreedyResult`` with a leading batch axis B, ``covered`` in reference order.
+    """
+    own = blocks.word_class[None, :] == x_classes[:, None]  # [B, W']
+    positive = jnp.where(own, blocks.valid, np.uint32(0))
+    negative = jnp.where(own, np.uint32(0), blocks.valid)
+    result = solve_lanes(blocked, x_sides, positive, negative, delta, lanes=lanes,
+                         pure_words=True,
+                         first_counts=_first_counts(blocked, blocks, x_sides, x_classes))
+    # P(x)'s covered set again in reference order: cheaper than moving every bit back.
+    valid = valid_words(blocks.slot.shape[0], side_words.shape[1])
+
+    def covered(args):
+        x_side, selected = args
+        removed = (side_words ^ _flip_words(x_side)) & _flip_words(selected)
+        return valid & ~lax.reduce(removed, np.uint32(0), lax.bitwise_or, (0,))
+
+    return result._replace(covered=lax.map(covered, (x_sides, result.selected),
+                                           batch_size=lanes))
+
+
+@functools.partial(jax.jit, static_argnames="num_classes")
+def _solve_classes(side_words, x_sides, ref_classes, x_classes, delta, num_classes):
+    blocks = class_blocks(ref_classes, num_classes=num_classes)
+    blocked = to_blocks(side_words, blocks)
+    return solve_blocks(side_words, blocked, blocks, x_sides, x_classes, delta,
+                        lanes=default_lanes(*blocked.shape))
+
+
+def check_class_args(side_words, x_sides, ref_classes, x_classes, num_classes: int) -> int:
+    """Validates ``solve_classes``'s arrays (NumPy or JAX); returns N."""
+    n = ref_classes.shape[0] if ref_classes.ndim == 1 else -1
+    if n < 1 or not np.issubdtype(ref_classes.dtype, np.integer):
+        raise ValueError(f"ref_classes: expected int[N >= 1], got "
+                         f"{ref_classes.dtype}{ref_classes.shape}")
+    if side_words.ndim != 2 or side_words.shape[1] != num_words(n):
+        raise ValueError(f"side_words: expected uint32[Q, {num_words(n)}] for {n} references, "
+                         f"got {side_words.dtype}{side_words.shape}")
+    b = x_sides.shape[0] if x_sides.ndim == 2 else 0
+    if x_classes.shape != (b,) or not np.issubdtype(x_classes.dtype, np.integer):
+        raise ValueError(f"x_classes: expected int[{b}] (one per row of x_sides), got "
+                         f"{x_classes.dtype}{x_classes.shape}")
+    check_batch_args(side_words, n, x_sides, jax.ShapeDtypeStruct((b, side_words.shape[1]),
+                                                                 jnp.uint32))
+    for name, classes in (("ref_classes", ref_classes), ("x_classes", x_classes)):
+        if not isinstance(classes, jax.core.Tracer) and (
+                int(classes.min()) < 0 or int(classes.max()) >= num_classes):
+            raise ValueError(f"{name}: every class must be in [0, {num_classes}) (num_classes)")
+    return n
+
+
+def solve_classes(side_words: Array, x_sides: Array, ref_classes: Array, x_classes: Array,
+                  delta: Array | None = None, *, num_classes: int) -> GreedyResult:
+    """``solve_batch`` where Class(x) is "the references predicted as x's class".
+
+    The same answers as ``solve_batch(side_words, N, x_sides, positive_words(ref_classes,
+    x_classes, num_classes=num_classes), delta)``, faster: inside, the references are
+    regrouped by class (``class_blocks``) so each greedy step makes one popcount per word
+    instead of two; ``covered`` is then rebuilt in reference order from P(x).
+
+    Args:
+      side_words: uint32[Q, ⌈N/32⌉], packed sides of the N references (one shared sample).
+      x_sides: bool[B, Q], each input's side of each boundary.
+      ref_classes: int[N], the references' predicted classes.
+      x_classes: int[B], the inputs' predicted classes.
+      delta: int32[B] (each input its own bound ≥ 0), or None for each input's τ.
+      num_classes: more than every class id (static).
+
+    Returns:
+      ``GreedyResult`` with a leading batch axis B on every field.
+    """
+    side_words = jnp.asarray(side_words)
+    x_sides = jnp.asarray(x_sides)
+    ref_classes = jnp.asarray(ref_classes)
+    x_classes = jnp.asarray(x_classes)
+    b = x_sides.shape[0] if x_sides.ndim == 2 else 0
+    check_class_args(side_words, x_sides, ref_classes, x_classes, num_classes)
+    return _solve_classes(side_words, x_sides, ref_classes, x_classes,
+                          _check_delta_batch(delta, b), num_classes)
 
 
 def check_batch_args(side_words, num_refs, x_sides, positive_words) -> tuple[int, int, int]:

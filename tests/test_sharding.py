@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from ri_jax import sharding
 from ri_jax.boundaries import Boundaries, sides_packed
 from ri_jax.models.vgg import make_vgg
-from ri_jax.solver import pack_bits, solve_batch
+from ri_jax.solver import pack_bits, positive_words, solve_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     from ri_jax import sharding
     from ri_jax.boundaries import Boundaries, sides, sides_packed
     from ri_jax.models.vgg import ModelConfig, make_vgg
-    from ri_jax.solver import pack_bits, solve_batch
+    from ri_jax.solver import pack_bits, positive_words, solve_batch
 
     assert jax.device_count() == 4, jax.devices()
     mesh = sharding.make_mesh()
@@ -84,6 +84,16 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
         for name, a, b in zip(ref._fields, ours, ref):
             np.testing.assert_array_equal(a, np.asarray(b), err_msg=name)
         assert ours.num_selected.max() > 0
+        # The class-blocked solve, three classes (one absent from the inputs), same answers.
+        preds3 = rng.integers(0, 3, 70)
+        x_preds3 = rng.integers(0, 2, 7)
+        blocked = sharding.sharded_solve_classes(words, x_sides, preds3, x_preds3, delta,
+                                                 num_classes=3, mesh=mesh, chunk_size=chunk)
+        ref = solve_batch(jnp.asarray(words), 70, jnp.asarray(x_sides),
+                          positive_words(preds3, x_preds3, num_classes=3),
+                          None if delta is None else jnp.asarray(delta))
+        for name, a, b in zip(ref._fields, blocked, ref):
+            np.testing.assert_array_equal(a, np.asarray(b), err_msg=name)
     print("OK")
 """)
 
@@ -162,5 +172,12 @@ def test_one_device_sides_and_solve_match_unsharded(n, chunk, seed):
     positive = np.asarray(pack_bits(jnp.asarray(rng.random((3, n)) < 0.5)))
     ours = sharding.sharded_solve_batch(words, n, x_sides, positive, mesh=mesh, chunk_size=chunk)
     ref = solve_batch(jnp.asarray(words), n, jnp.asarray(x_sides), jnp.asarray(positive))
+    for name, a, b in zip(ref._fields, ours, ref):
+        np.testing.assert_array_equal(a, np.asarray(b), err_msg=name)
+    ref_preds, x_preds = rng.integers(0, 2, n), rng.integers(0, 2, 3)
+    ours = sharding.sharded_solve_classes(words, x_sides, ref_preds, x_preds, num_classes=2,
+                                          mesh=mesh, chunk_size=chunk)
+    ref = solve_batch(jnp.asarray(words), n, jnp.asarray(x_sides),
+                      positive_words(ref_preds, x_preds, num_classes=2))
     for name, a, b in zip(ref._fields, ours, ref):
         np.testing.assert_array_equal(a, np.asarray(b), err_msg=name)

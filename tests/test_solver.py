@@ -12,9 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ri_jax import solver as solver_module
-from ri_jax.solver import (GreedyResult, _better, _mul_wide, class_sets, loosen_batch, match_words,
-                           num_words, pack_bits, popcount, positive_words, solve_batch,
-                           solve_greedy, solve_greedy_packed, solve_lanes, unpack_bits)
+from ri_jax.solver import (GreedyResult, _better, _mul_wide, class_blocks, class_sets, loosen_batch,
+                           match_words, num_words, pack_bits, popcount, positive_words,
+                           solve_batch, solve_classes, solve_greedy, solve_greedy_packed,
+                           solve_lanes, to_blocks, unpack_bits)
 
 SHAPES = [(1, 5), (4, 33), (6, 64), (7, 70)]
 
@@ -332,6 +333,69 @@ def test_solve_batch_in_chunks(monkeypatch):
         assert_matches_reference(jax.tree.map(lambda a: a[i], r), ref, n)
 
 
+# Class ids from 1 to 4 classes (some absent), N across word edges; one shape per (N, C).
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.sampled_from([1, 31, 33, 70]),
+       num_classes=st.integers(1, 4), patterns=st.integers(1, 12), use_delta=st.booleans())
+def test_solve_classes_matches_reference(seed, n, num_classes, patterns, use_delta):
+    rng = np.random.default_rng(seed)
+    q, b = 7, 9
+    side = random_instance(rng, q, n, patterns)[0]
+    x_sides = rng.random((b, q)) < 0.5
+    present = rng.integers(1, num_classes + 1)  # classes 0 … present - 1 occur among the refs
+    ref_class = rng.integers(0, present, n)
+    x_class = rng.integers(0, num_classes, b)
+    delta = jnp.asarray(rng.integers(0, 6, b), jnp.int32) if use_delta else None
+    r = solve_classes(pack_bits(jnp.asarray(side)), jnp.asarray(x_sides), ref_class, x_class,
+                      delta, num_classes=num_classes)
+    for i in range(b):
+        match = side == x_sides[i][:, None]
+        ref = greedy_reference(match, ref_class == x_class[i],
+                               None if delta is None else int(delta[i]))
+        assert_matches_reference(jax.tree.map(lambda a: a[i], r), ref, n)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 200), num_classes=st.integers(1, 5))
+def test_class_blocks_put_each_class_in_its_own_words(seed, n, num_classes):
+    rng = np.random.default_rng(seed)
+    ref_class = rng.integers(0, num_classes, n)
+    blocks = jax.device_get(class_blocks(ref_class, num_classes=num_classes))
+    width = num_words(n) + num_classes
+    assert blocks.word_class.shape == (width,) and blocks.valid.shape == (width,)
+    slot = blocks.slot
+    assert len(set(slot.tolist())) == n and slot.min() >= 0 and slot.max() < 32 * width
+    np.testing.assert_array_equal(blocks.word_class[slot // 32], ref_class)  # pure words
+    for c in range(num_classes):  # classes in order, stable within a class
+        assert np.all(np.diff(slot[ref_class == c]) > 0)
+    valid = np.zeros(32 * width, bool)
+    valid[slot] = True
+    np.testing.assert_array_equal(np.asarray(unpack_bits(blocks.valid, 32 * width)), valid)
+    bits = rng.random((3, n)) < 0.5
+    moved = np.asarray(unpack_bits(to_blocks(pack_bits(jnp.asarray(bits)), blocks), 32 * width))
+    np.testing.assert_array_equal(moved[:, slot], bits)
+    assert not moved[:, ~valid].any()
+
+
+def test_solve_classes_rejects_bad_inputs():
+    words = np.zeros((2, 1), np.uint32)
+    with pytest.raises(ValueError, match="ref_classes"):
+        solve_classes(words, np.zeros((1, 2), bool), np.zeros((0,), np.int32), [0], num_classes=2)
+    with pytest.raises(ValueError, match="side_words"):
+        solve_classes(np.zeros((2, 2), np.uint32), np.zeros((1, 2), bool), [0, 1], [0],
+                      num_classes=2)
+    with pytest.raises(ValueError, match="x_classes"):
+        solve_classes(words, np.zeros((1, 2), bool), [0, 1], [0, 1], num_classes=2)
+    with pytest.raises(ValueError, match="x_sides"):
+        solve_classes(words, np.zeros((1, 3), bool), [0, 1], [0], num_classes=2)
+    with pytest.raises(ValueError, match=r"ref_classes: every class must be in \[0, 2\)"):
+        solve_classes(words, np.zeros((1, 2), bool), [0, 2], [0], num_classes=2)
+    with pytest.raises(ValueError, match="x_classes: every class"):
+        solve_classes(words, np.zeros((1, 2), bool), [0, 1], [-1], num_classes=2)
+    with pytest.raises(ValueError, match="delta"):
+        solve_classes(words, np.zeros((1, 2), bool), [0, 1], [0], np.array([-1]), num_classes=2)
+
+
 def test_removal_counts_do_not_carry_between_halves():
     # 4,100 words span three partial sums; all-ones words push each half to 32·2047.
     rng = np.random.default_rng(8)
@@ -350,6 +414,13 @@ def test_removal_counts_do_not_carry_between_halves():
                                                     jnp.asarray(pos), jnp.asarray(neg))
     np.testing.assert_array_equal(by_word[0], nom)
     np.testing.assert_array_equal(by_word[1], den)
+    # One popcount per word: words are all D(x) (neg) or not (pos); the same limits.
+    pure_neg = np.where(np.arange(w) % 3 == 0, np.uint32(0xFFFFFFFF), np.uint32(0))
+    pure = solver_module._removal_counts_pure(
+        jnp.asarray(side.T), jnp.zeros(2, jnp.uint32), jnp.full(w, 0xFFFFFFFF, jnp.uint32),
+        jnp.asarray(pure_neg))
+    np.testing.assert_array_equal(pure[0], [bits(side[h] & ~pure_neg) for h in range(2)])
+    np.testing.assert_array_equal(pure[1], [bits(side[h] & pure_neg) for h in range(2)])
 
 
 # --- The authors' variant: per-input side words, δ = 0 and the loosen step ------------------
