@@ -8,7 +8,7 @@ with the library's public functions:
   features   decode, resize, ψ and logits in batches (``ri_jax.featurize.compute_features``)
   boundaries Q boundaries by Eq. 2 (``ri_jax.boundaries.sample_boundaries``)
   sides      packed sides of the references, sides and class masks of the inputs
-  solve      Algorithm 1 for every input (``ri_jax.solver.solve_batch``)
+  solve      Algorithm 1 for every input (``ri_jax.solver.solve_classes``)
   explain    Eq. 6 ranking, channel weights and heat maps of each input and of its
              top-k similar references (``ri_jax.interpreter.explain``, vmapped in chunks)
 
@@ -39,7 +39,7 @@ from ri_jax.featurize import compute_features
 from ri_jax.heatmaps import polytope_heatmap, ri_channel_weights
 from ri_jax.interpreter import ReferenceSet, explain
 from ri_jax.ranking import rank_covered, semantic_distance
-from ri_jax.solver import positive_words, solve_batch, unpack_bits
+from ri_jax.solver import solve_classes, unpack_bits
 
 
 def _chunks(n: int, size: int):
@@ -78,14 +78,13 @@ def run_pipeline(model, args, *, seed: int) -> tuple[dict[str, float], dict[str,
     chosen, bounds = stage("boundaries", boundaries)
 
     def side_bits():
-        words = sides_packed(bounds, psi)
-        x_sides = sides(bounds, psi).T
-        positive = positive_words(preds, preds, num_classes=int(preds.max()) + 1)
-        return words, x_sides, positive
+        return sides_packed(bounds, psi), sides(bounds, psi).T
 
-    words, x_sides, positive = stage("sides", side_bits)
+    words, x_sides = stage("sides", side_bits)
     n = psi.shape[0]
-    result = stage("solve", lambda: solve_batch(words, n, x_sides, positive))
+    classes = int(preds.max()) + 1
+    result = stage("solve", lambda: solve_classes(words, x_sides, preds, preds,
+                                                  num_classes=classes))
     refs = ReferenceSet(feats=psi, preds=preds, boundary_refs=chosen, boundaries=bounds,
                         side_words=words)
     one = functools.partial(explain, top_k=args.top_k, image_size=model.config.image_size)

@@ -34,7 +34,7 @@ from ri_jax.data import load_dataset
 from ri_jax.featurize import compute_features
 from ri_jax.interpreter import _explain_batch
 from ri_jax.models import make_vgg
-from ri_jax.solver import loosen_batch, positive_words, solve_batch
+from ri_jax.solver import loosen_batch, positive_words, solve_batch, solve_classes
 from ri_jax.variants import ri_variant
 
 
@@ -93,7 +93,8 @@ def main(argv=None) -> dict:
 
     bounds, words = timed("paper", "setup (once per reference set)", setup, per_set=True)
     x_sides = timed("paper", "sides", lambda: sides(bounds, feats).T)
-    result = timed("paper", "solve", lambda: solve_batch(words, n, x_sides, positives))
+    result = timed("paper", "solve", lambda: solve_classes(words, x_sides, ref_preds, preds,
+                                                           num_classes=classes))
     explain = functools.partial(_explain_batch, top_k=args.top_k, image_size=config.image_size)
     timed("paper", "explain", lambda: explain(ref_feats, bounds, feats, preds, result))
 
