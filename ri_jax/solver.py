@@ -301,31 +301,14 @@ def _split_sums(both: Array, axis: int) -> tuple[Array, Array]:
     return jnp.sum(low, axis=0), jnp.sum(high, axis=0)
 
 
-def _removal_counts(side_words: Array, flip: Array, pos: Array, neg: Array) -> tuple[Array, Array]:
+def _removal_counts_by_word(side_by_word: Array, flip: Array, pos: Array, neg: Array
+                            ) -> tuple[Array, Array]:
     """Per boundary, how many references of ``pos`` and of ``neg`` leave x's side.
 
     Both popcounts go into one uint32 (low and high 16 bits), so XLA makes one pass and
-    one reduction over the [Q, W] words instead of two (~1.6× faster on CPU).
-
-    Args:
-      side_words: uint32[Q, W]; flip: uint32[Q, 1]; pos, neg: uint32[W].
-
-    Returns:
-      (int32[Q], int32[Q]).
-    """
-    leaving = side_words ^ flip
-    both = (lax.population_count(leaving & pos)
-            + (lax.population_count(leaving & neg) << np.uint32(16)))
-    return _split_sums(both, axis=1)
-
-
-def _removal_counts_by_word(side_by_word: Array, flip: Array, pos: Array, neg: Array
-                            ) -> tuple[Array, Array]:
-    """``_removal_counts`` on the transposed side matrix (words major, boundaries minor).
-
-    Summing over the major axis lets XLA:CPU vectorise across boundaries (about 20 %
-    faster than row sums along the words, measured in benchmarks/bench_solver.py's
-    lane sweep).
+    one reduction over the words instead of two (~1.6× faster on CPU). The side matrix
+    is transposed (words major, boundaries minor): summing over the major axis lets
+    XLA:CPU vectorise across boundaries (about 20 % faster than row sums along the words).
 
     Args:
       side_by_word: uint32[W, Q]; flip: uint32[Q]; pos, neg: uint32[W].
@@ -379,9 +362,11 @@ def _greedy(side_words: Array, x_side: Array, positive: Array, negative: Array,
     ever_removed = lax.reduce((side_words ^ flip) & negative, np.uint32(0), lax.bitwise_or, (0,))
     tau = popcount(negative & ~ever_removed)
     delta = tau if delta is None else jnp.asarray(delta, jnp.int32)
+    side_by_word = side_words.T
 
     def counts(covered):
-        return _removal_counts(side_words, flip, covered & positive, covered & negative)
+        return _removal_counts_by_word(side_by_word, flip[:, 0], covered & positive,
+                                       covered & negative)
 
     def cond(state):
         _, selected, _, _, _, den, neg_count = state
@@ -551,7 +536,7 @@ def solve_lanes(side_words: Array, x_sides: Array, positive: Array, negative: Ar
       pure_words: (static) no word holds both a Class(x) and a D(x) reference of any
         input (the ``ClassBlocks`` layout), so one popcount per word gives both counts.
       first_counts: (nom, den) int32[B, Q], each input's counts with everything covered
-        (``_removal_counts`` of its Class(x) and D(x)), when they come cheaper than a pass
+        (``_removal_counts_by_word`` of its Class(x) and D(x)), when they come cheaper than a pass
         over its words; None counts them in the loop.
 
     Returns:
