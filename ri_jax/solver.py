@@ -285,17 +285,16 @@ def _flip_words(x_side: Array) -> Array:
 _HALF_WORDS = 2047
 
 
-def _split_sums(both: Array, axis: int) -> tuple[Array, Array]:
-    """Sums of the low and the high 16 bits of ``both`` along ``axis`` (the words), int32.
+def _split_sums(both: Array) -> tuple[Array, Array]:
+    """Sums of the low and the high 16 bits of ``both`` [W, Q] over the words, int32[Q] each.
 
     Each element carries two popcounts (≤ 32 each) in its halves; partial sums over
     ``_HALF_WORDS`` words cannot carry from the low half into the high one.
     """
-    both = jnp.moveaxis(both, axis, 0)
     w = both.shape[0]
     chunk = min(w, _HALF_WORDS)
-    both = jnp.pad(both, ((0, -w % chunk),) + ((0, 0),) * (both.ndim - 1))
-    sums = jnp.sum(both.reshape((-1, chunk) + both.shape[1:]), axis=1, dtype=jnp.uint32)
+    both = jnp.pad(both, ((0, -w % chunk), (0, 0))).reshape(-1, chunk, both.shape[1])
+    sums = jnp.sum(both, axis=1, dtype=jnp.uint32)  # [chunks, Q]
     low = (sums & np.uint32(0xFFFF)).astype(jnp.int32)
     high = (sums >> np.uint32(16)).astype(jnp.int32)
     return jnp.sum(low, axis=0), jnp.sum(high, axis=0)
@@ -319,7 +318,7 @@ def _removal_counts_by_word(side_by_word: Array, flip: Array, pos: Array, neg: A
     leaving = side_by_word ^ flip[None, :]
     both = (lax.population_count(leaving & pos[:, None])
             + (lax.population_count(leaving & neg[:, None]) << np.uint32(16)))
-    return _split_sums(both, axis=0)
+    return _split_sums(both)
 
 
 def _removal_counts_pure(side_by_word: Array, flip: Array, covered: Array, neg: Array
@@ -338,7 +337,7 @@ def _removal_counts_pure(side_by_word: Array, flip: Array, covered: Array, neg: 
     """
     shift = jnp.where(neg != 0, np.uint32(16), np.uint32(0))[:, None]
     both = lax.population_count((side_by_word ^ flip[None, :]) & covered[:, None]) << shift
-    return _split_sums(both, axis=0)
+    return _split_sums(both)
 
 
 def _greedy(side_words: Array, x_side: Array, positive: Array, negative: Array,
@@ -536,8 +535,8 @@ def solve_lanes(side_words: Array, x_sides: Array, positive: Array, negative: Ar
       pure_words: (static) no word holds both a Class(x) and a D(x) reference of any
         input (the ``ClassBlocks`` layout), so one popcount per word gives both counts.
       first_counts: (nom, den) int32[B, Q], each input's counts with everything covered
-        (``_removal_counts_by_word`` of its Class(x) and D(x)), when they come cheaper than a pass
-        over its words; None counts them in the loop.
+        (``_removal_counts_by_word`` of its Class(x) and D(x)), when they come cheaper
+        than a pass over its words; None counts them in the loop.
 
     Returns:
       ``GreedyResult`` with a leading batch axis B.
