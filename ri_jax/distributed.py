@@ -367,8 +367,7 @@ class DistributedInterpreter(RepresentativeInterpreter):
             parts = [np.zeros((0,) + shape[1:], np.float32)]
         return jnp.asarray(gather_shares(np.concatenate(parts), n, size))
 
-    def _greedy(self, side_words, x_sides, preds, positives, delta, *,
-                num_classes: int) -> GreedyResult:
+    def _greedy(self, side_words, x_sides, preds, delta, *, num_classes: int) -> GreedyResult:
         result = sharded_solve_classes(side_words, x_sides, self.reference_set.preds, preds,
                                        delta, num_classes=num_classes, mesh=self.mesh)
         return GreedyResult(*(jnp.asarray(f) for f in result))

@@ -443,11 +443,18 @@ class RepresentativeInterpreter:
         return self._solve_pools(feats, preds, self._keys(keys, b), delta, progress)
 
     def _solve(self, side_words, x_sides, preds, delta):
-        """Algorithm 1, then the loosen step when the variant asks for it."""
+        """Algorithm 1, then the loosen step when the variant asks for it.
+
+        ``side_words`` is the shared [Q, W] matrix or [B, Q, W] per-input pools; only the
+        pools and the loosen step take Class(x) as packed bits.
+        """
         num_classes = self._num_classes(preds)
-        positives = positive_words(self.reference_set.preds, preds, num_classes=num_classes)
-        result = self._greedy(side_words, x_sides, preds, positives, delta,
-                              num_classes=num_classes)
+        positives = (positive_words(self.reference_set.preds, preds, num_classes=num_classes)
+                     if side_words.ndim == 3 or self.variant.loosen else None)
+        if side_words.ndim == 3:
+            result = solve_batch(side_words, self.num_refs, x_sides, positives, delta)
+        else:
+            result = self._greedy(side_words, x_sides, preds, delta, num_classes=num_classes)
         greedy = result.num_selected
         if self.variant.loosen:
             kept = loosen_batch(side_words, self.num_refs, x_sides, positives, result.selected)
@@ -455,15 +462,9 @@ class RepresentativeInterpreter:
                                      order=_compact_order(result.order, kept.selected))
         return result, greedy
 
-    def _greedy(self, side_words, x_sides, preds, positives, delta, *,
-                num_classes: int) -> GreedyResult:
-        """Algorithm 1 for a batch of inputs (a hook: subclasses may spread it over devices).
-
-        ``side_words`` is the shared [Q, W] matrix, or [B, Q, W] per-input pools; the
-        shared one goes to ``solve_classes``, which regroups the references by class.
-        """
-        if side_words.ndim == 3:
-            return solve_batch(side_words, self.num_refs, x_sides, positives, delta)
+    def _greedy(self, side_words, x_sides, preds, delta, *, num_classes: int) -> GreedyResult:
+        """Algorithm 1 against the shared sample (a hook: subclasses may spread it over
+        devices); ``solve_classes`` regroups the references by class."""
         return solve_classes(side_words, x_sides, self.reference_set.preds, preds, delta,
                              num_classes=num_classes)
 
