@@ -24,9 +24,19 @@ def normalize_map(m: Array) -> Array:
     return jnp.where(span > 0, (m - lo) / jnp.where(span > 0, span, 1.0), jnp.zeros_like(m))
 
 
-def _interpolation_matrix(n: int, image_size: int) -> Array:
-    """[image_size, n]: ``jax.image.resize``'s bilinear weights along one axis."""
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _resized_identity(n: int, image_size: int) -> Array:
     return jax.image.resize(jnp.eye(n, dtype=jnp.float32), (image_size, n), method="bilinear")
+
+
+@functools.lru_cache(maxsize=None)
+def _interpolation_matrix(n: int, image_size: int) -> np.ndarray:
+    """[image_size, n] float32: ``jax.image.resize``'s bilinear weights along one axis.
+
+    A constant per shape, computed once by one compiled call, also from inside a trace (run
+    op by op there, it cost ~30 small compilations per new shape).
+    """
+    return np.asarray(_resized_identity.lower(n, image_size).compile()())
 
 
 def upsample(m: Array, image_size: int) -> Array:
@@ -85,8 +95,7 @@ def _extreme_rows(n: int, image_size: int) -> np.ndarray:
     Returns:
       int[K] sorted row indices, K ≤ image_size.
     """
-    with jax.ensure_compile_time_eval():
-        weights = np.asarray(_interpolation_matrix(n, image_size), np.float64)
+    weights = _interpolation_matrix(n, image_size).astype(np.float64)
     if image_size <= 2:
         return np.arange(image_size)
     # A real kink has a second difference of about n / image_size; 1e-5 only absorbs the

@@ -382,9 +382,18 @@ class RepresentativeInterpreter:
             raise ValueError(f"top_k: must be an integer in [1, {self.num_refs}], got {top_k!r}")
         return int(top_k)
 
-    def _num_classes(self, preds: Array) -> int:
-        """More than every predicted class (static for ``positive_words``)."""
-        return int(max(jnp.max(self.reference_set.preds), jnp.max(preds))) + 1
+    @functools.cached_property
+    def num_classes(self) -> int:
+        """C, the head's output size: the solver's static class count.
+
+        Read from the head's shape rather than the batch's classes, so a batch never waits
+        on the device for it and the solver compiles once per shape, whichever classes a
+        batch happens to predict.
+        """
+        feats = self.reference_set.feats
+        logits = jax.eval_shape(self._raw_head_fn,
+                                jax.ShapeDtypeStruct((1, *feats.shape[1:]), feats.dtype))
+        return int(logits.shape[-1])
 
     def _keys(self, keys, b: int) -> Array:
         if keys is None:
@@ -448,7 +457,7 @@ class RepresentativeInterpreter:
         ``side_words`` is the shared [Q, W] matrix or [B, Q, W] per-input pools; only the
         pools and the loosen step take Class(x) as packed bits.
         """
-        num_classes = self._num_classes(preds)
+        num_classes = self.num_classes
         positives = (positive_words(self.reference_set.preds, preds, num_classes=num_classes)
                      if side_words.ndim == 3 or self.variant.loosen else None)
         if side_words.ndim == 3:

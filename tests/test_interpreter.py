@@ -116,10 +116,32 @@ def test_interpret_batch_agrees_and_does_not_retrace(setup):
                 continue
             np.testing.assert_allclose(getattr(batch, name)[i], getattr(single, name),
                                        rtol=1e-5, atol=1e-5, err_msg=name)
-    sizes = (solver._solve_batch._cache_size(), interpreter_module._explain_batch._cache_size())
+    sizes = (solver._solve_classes._cache_size(), interpreter_module._explain_batch._cache_size())
     interp.interpret_batch(jnp.concatenate([others[3:], refs[10:15]]), top_k=TOP_K)
-    assert (solver._solve_batch._cache_size(),
+    assert (solver._solve_classes._cache_size(),
             interpreter_module._explain_batch._cache_size()) == sizes
+
+
+def test_class_count_is_the_heads_so_a_class_no_reference_has_reuses_the_solver():
+    # A 3-class linear head on 2 features; no reference predicts class 2, a later batch
+    # does. The class count is the head's 3 (not 1 + the largest class seen so far), so
+    # both batches run the same compiled solver.
+    refs = np.zeros((40, 1, 1, 2), np.float32)
+    refs[:, 0, 0, 0] = np.random.default_rng(0).normal(size=40)
+    w = jnp.asarray([[1.0, -1.0, 0.0], [0.0, 0.0, 1.0]])
+    head = lambda psi: psi.reshape(psi.shape[0], -1) @ w + jnp.asarray([0.0, 0.0, -5.0])
+    interp = RepresentativeInterpreter(lambda x: x, head, refs, key=jax.random.key(0),
+                                       num_boundaries=6, is_features=True, progress=False)
+    assert interp.num_classes == 3
+    assert set(np.asarray(interp.reference_set.preds).tolist()) == {0, 1}
+    first = interp.interpret_batch(refs[:4], top_k=2)
+    size = solver._solve_classes._cache_size()
+    new_class = refs[:4].copy()
+    new_class[:, 0, 0, 1] = 10.0
+    second = interp.interpret_batch(new_class, top_k=2)
+    assert np.all(np.asarray(second.predicted_class) == 2)
+    assert solver._solve_classes._cache_size() == size
+    np.testing.assert_array_equal(first.predicted_class, np.asarray(interp.reference_set.preds)[:4])
 
 
 def test_regions_for_agree_with_interpretations(setup):

@@ -17,9 +17,9 @@ IMAGE = 4  # 4×4×3 images, ψ 2×2×6: thousands of references cost next to no
 
 def tiny_net(seed: int):
     """A conv-free piecewise-linear model: ψ = ReLU(2×2 patches · M), G = 2-layer ReLU MLP."""
-    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
-    m = jax.random.normal(k1, (12, 6))
-    w1, w2 = jax.random.normal(k2, (24, 16)), jax.random.normal(k3, (16, 3))
+    rng = np.random.default_rng(seed)
+    m, w1, w2 = (jnp.asarray(rng.standard_normal(shape), jnp.float32)
+                 for shape in ((12, 6), (24, 16), (16, 3)))
 
     def features(x):
         patches = x.reshape(x.shape[0], 2, 2, 2, 2, 3).transpose(0, 1, 3, 2, 4, 5)
@@ -32,7 +32,8 @@ def tiny_net(seed: int):
 
 
 def images(n: int, seed: int) -> np.ndarray:
-    return np.asarray(jax.random.normal(jax.random.key(seed), (n, IMAGE, IMAGE, 3)))
+    # NumPy draws: jax.random.normal would compile afresh for every new n.
+    return np.random.default_rng(seed).standard_normal((n, IMAGE, IMAGE, 3)).astype(np.float32)
 
 
 def both(n, batch, q, seed, keep=False, variant="paper"):
@@ -53,11 +54,13 @@ def both(n, batch, q, seed, keep=False, variant="paper"):
     return memory, streamed, loads
 
 
-# A few batch sizes (each compiles its own forward pass), N across one and several side
-# chunks of 1,024, batches that do and do not divide them.
+# A few batch sizes (each compiles its own forward pass), N within one and across several
+# side chunks of 1,024, batches that do and do not divide them. N and |Q| come from short
+# lists shared with the tests below, so examples reuse compiled shapes (one compilation per
+# shape) while every value is still drawn.
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n=st.integers(1, 2600), batch=st.sampled_from([1, 29, 64, 300]), q=st.integers(1, 9),
-       seed=st.integers(0, 10_000), keep=st.booleans())
+@given(n=st.sampled_from([2, 300, 1025, 2100]), batch=st.sampled_from([1, 29, 64, 300]),
+       q=st.sampled_from([1, 6, 8]), seed=st.integers(0, 10_000), keep=st.booleans())
 def test_streamed_reference_set_and_answers_match_in_memory(n, batch, q, seed, keep):
     if batch == 1:  # one forward call per image: keep N small, the other sizes cross chunks
         n = 1 + n % 70
@@ -68,7 +71,7 @@ def test_streamed_reference_set_and_answers_match_in_memory(n, batch, q, seed, k
     np.testing.assert_array_equal(a.boundaries.b, b.boundaries.b)
     np.testing.assert_array_equal(a.preds, b.preds)
     np.testing.assert_array_equal(a.side_words, b.side_words)
-    xs = images(5, seed + 3)
+    xs = images(4, seed + 3)
     top_k = min(3, n)
     want = jax.device_get(memory.interpret_batch(xs, top_k=top_k))
     got = jax.device_get(streamed.interpret_batch(xs, top_k=top_k))
