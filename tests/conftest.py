@@ -72,6 +72,74 @@ def protocol_ri(protocol_model):
     return interpreter, methods.ri_interpretations(interpreter, fns, raw[:5], chunk_size=2)
 
 
+# --compile-times N: where the suite's time goes. JAX reports each step of turning a
+# function into an executable (tracing, lowering to MLIR, XLA's compilation) through
+# jax.monitoring; these are summed per test, in every xdist worker, and the controller
+# prints the N tests that spent most on them. Subprocesses the tests start are not counted.
+COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+                  "/jax/core/compile/backend_compile_duration": "compile"}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--compile-times", type=int, default=0, metavar="N",
+                     help="print the N tests spending most time in JAX tracing, lowering and "
+                          "XLA compilation (in-process only), and the suite's totals")
+
+
+class CompileTimes:
+    def __init__(self):
+        self.per_test: dict[str, dict[str, float]] = {}
+        self.current = "(collection)"
+        jax.monitoring.register_event_duration_secs_listener(self.listen)
+
+    def listen(self, event, duration, **_):
+        if event in COMPILE_EVENTS:
+            times = self.per_test.setdefault(self.current, {})
+            times[COMPILE_EVENTS[event]] = times.get(COMPILE_EVENTS[event], 0.0) + duration
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item):
+        self.current = item.nodeid
+
+    def pytest_sessionfinish(self, session):
+        if hasattr(session.config, "workerinput"):  # an xdist worker: hand them over
+            session.config.workeroutput["compile_times"] = self.per_test
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error):
+        for test, times in getattr(node, "workeroutput", {}).get("compile_times", {}).items():
+            mine = self.per_test.setdefault(test, {})
+            for step, t in times.items():
+                mine[step] = mine.get(step, 0.0) + t
+
+    def pytest_terminal_summary(self, terminalreporter, config):
+        if hasattr(config, "workerinput"):
+            return
+        tr, n = terminalreporter, config.getoption("--compile-times")
+        totals = {step: sum(t.get(step, 0.0) for t in self.per_test.values())
+                  for step in COMPILE_EVENTS.values()}
+        tr.section(f"JAX compile time: the {n} costliest tests (seconds)")
+        tr.write_line("total: " + ", ".join(f"{k} {v:.1f}" for k, v in totals.items())
+                      + f", all {sum(totals.values()):.1f}")
+        ranked = sorted(self.per_test.items(), key=lambda kv: -sum(kv[1].values()))
+        for test, times in ranked[:n]:
+            tr.write_line(f"{sum(times.values()):8.2f}  " + "  ".join(
+                f"{k} {times.get(k, 0.0):6.2f}" for k in COMPILE_EVENTS.values()) + f"  {test}")
+
+
+def pytest_configure(config):
+    if config.getoption("--compile-times") > 0 or hasattr(config, "workerinput") and \
+            config.workerinput.get("compile_times"):
+        config.pluginmanager.register(CompileTimes(), "ri_jax_compile_times")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """xdist: tell each worker to count too."""
+    node.workerinput["compile_times"] = node.config.getoption("--compile-times") > 0
+
+
 def pytest_unconfigure(config):
     """The process that made the session's compilation cache removes it (not the workers)."""
     owned = os.environ.get("RI_JAX_TEST_OWNS_CACHE")
