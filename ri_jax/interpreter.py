@@ -439,6 +439,11 @@ class RepresentativeInterpreter:
           fields are None).
         """
         b = feats.shape[0]
+        preds = jnp.asarray(preds)
+        if preds.shape != (b,) or not jnp.issubdtype(preds.dtype, jnp.integer) or (
+                b and not 0 <= int(jnp.min(preds)) <= int(jnp.max(preds)) < self.num_classes):
+            raise ValueError(f"preds: expected {b} class ids in [0, {self.num_classes}) (the "
+                             f"head's outputs), got {preds.dtype}{preds.shape}")
         delta = jnp.zeros((b,), jnp.int32) if self.variant.delta == "zero" else None
         if self.variant.sampling == "shared":
             refs = self.reference_set

@@ -196,6 +196,10 @@ def test_bad_inputs(setup):
         interp.interpret_batch(refs[0])
     with pytest.raises(ValueError, match="feats"):
         interp.regions_for(jnp.ones((2, 3, 3, 32)))
+    feats = interp.reference_set.feats[:2]
+    for bad in (jnp.asarray([0, 2]), jnp.asarray([-1, 0]), jnp.asarray([0.0, 1.0]), jnp.asarray([0])):
+        with pytest.raises(ValueError, match=r"preds: expected 2 class ids in \[0, 2\)"):
+            interp.solve_features(feats, bad)
     with pytest.raises(ValueError, match="references"):
         RepresentativeInterpreter(lambda x: x, lambda t: t, jnp.ones((4, 3)),
                                   key=jax.random.key(0))
