@@ -78,20 +78,54 @@ def augment_image(raw: jax.Array, *, key: jax.Array, pad: int = 8) -> jax.Array:
     return jnp.clip(img, 0.0, 1.0)
 
 
-def make_optimizer(train_config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+def _sgd(learning_rate, weight_decay):
+    """SGD with Nesterov momentum 0.9 and decoupled weight decay, the usual VGG fine-tuning."""
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(learning_rate, momentum=0.9, nesterov=True))
+
+
+def make_optimizer(train_config: TrainConfig) -> optax.GradientTransformation:
+    """The optimiser, its learning rate a hyperparameter in its state (``inject_hyperparams``).
+
+    ``train_step`` sets that learning rate from its argument, so the schedule is data:
+    one compiled step serves every schedule, and a run resumed with more epochs (a
+    longer schedule) does not recompile it.
+    """
+    factory = _sgd if train_config.optimizer == "sgd" else optax.adamw
+    return optax.inject_hyperparams(factory)(learning_rate=train_config.lr,
+                                             weight_decay=train_config.weight_decay)
+
+
+def learning_rates(train_config: TrainConfig, steps_per_epoch: int) -> np.ndarray:
+    """float32[epochs · steps_per_epoch]: linear warm-up from 0 to ``lr``, then cosine decay to 0.
+
+    The values of ``optax.warmup_cosine_decay_schedule(0, lr, warmup, total)``, computed
+    on the host (in float64), so no schedule is compiled.
+
+    Args:
+      train_config: ``lr``, ``epochs`` and ``warmup_epochs`` are read.
+      steps_per_epoch: optimiser steps per epoch.
+
+    Returns:
+      The learning rate of every step.
+    """
     total = train_config.epochs * steps_per_epoch
     warmup = min(train_config.warmup_epochs * steps_per_epoch, max(total - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, train_config.lr, warmup, max(total, 1))
-    if train_config.optimizer == "sgd":
-        return optax.chain(optax.add_decayed_weights(train_config.weight_decay),
-                           optax.sgd(schedule, momentum=0.9, nesterov=True))
-    return optax.adamw(schedule, weight_decay=train_config.weight_decay)
+    step = np.arange(total, dtype=np.float64)
+    decay = max(total, 1) - warmup
+    cosine = 0.5 * (1 + np.cos(np.pi * np.minimum(step - warmup, decay) / decay))
+    rising = step / warmup if warmup else np.ones_like(step)
+    return (train_config.lr * np.where(step < warmup, rising, cosine)).astype(np.float32)
 
 
 def make_steps(fns: ModelFns, tx: optax.GradientTransformation, augment: bool
                ) -> tuple[Callable, Callable]:
-    """Returns jitted ``train_step(state, images_uint8, labels, key) -> (state, loss)`` and
-    ``eval_step(params, raw) -> logits``."""
+    """Returns jitted ``train_step(state, images_uint8, labels, key, learning_rate) ->
+    (state, loss)`` and ``eval_step(params, raw) -> logits``.
+
+    ``tx`` is ``make_optimizer``'s (its state holds the learning rate that
+    ``train_step`` sets); ``learning_rate`` is a float32 scalar, e.g. from ``learning_rates``.
+    """
 
     def loss_fn(params, images_uint8, labels, key):
         k_aug, k_drop = jax.random.split(key)
@@ -103,9 +137,12 @@ def make_steps(fns: ModelFns, tx: optax.GradientTransformation, augment: bool
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
     @jax.jit
-    def train_step(state: TrainState, raw, labels, key):
+    def train_step(state: TrainState, raw, labels, key, learning_rate):
         loss, grads = jax.value_and_grad(loss_fn)(state.params, raw, labels, key)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        opt_state = state.opt_state._replace(hyperparams={
+            **state.opt_state.hyperparams,
+            "learning_rate": jnp.asarray(learning_rate, jnp.float32)})
+        updates, opt_state = tx.update(grads, opt_state, state.params)
         return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), loss
 
     @jax.jit
@@ -180,7 +217,8 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, dat
     bs = min(train_config.batch_size, len(x_train))
     steps_per_epoch = len(x_train) // bs
     fns = make_vgg(model_config)
-    tx = make_optimizer(train_config, steps_per_epoch)
+    tx = make_optimizer(train_config)
+    lrs = learning_rates(train_config, steps_per_epoch)
     train_step, eval_step = make_steps(fns, tx, train_config.augment)
 
     key = jax.random.key(train_config.seed)
@@ -206,7 +244,8 @@ def train_and_evaluate(model_config: ModelConfig, train_config: TrainConfig, dat
         for s in range(steps_per_epoch):
             idx = perm[s * bs:(s + 1) * bs]
             step_key = jax.random.fold_in(key, epoch * steps_per_epoch + s)
-            state, loss = train_step(state, x_train[idx], y_train[idx], step_key)
+            state, loss = train_step(state, x_train[idx], y_train[idx], step_key,
+                                     lrs[epoch * steps_per_epoch + s])
             losses.append(loss)
         train_loss = float(np.mean(jax.device_get(losses)))
         val_logits = predict(eval_step, state.params, val_set, train_config.eval_batch_size)
