@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ri_jax.errors import all_finite
+
 Array = jax.Array
 
 
@@ -53,7 +55,7 @@ def _as_points(points, name: str = "points") -> Array:
     if len(shape) < 2 or shape[0] == 0 or int(np.prod(shape[1:])) == 0:
         raise ValueError(f"{name}: expected a non-empty [N, ...] array of points, got shape {shape}")
     flat = jnp.asarray(points, jnp.float32).reshape(shape[0], -1)
-    if not isinstance(flat, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(flat))):
+    if not isinstance(flat, jax.core.Tracer) and not all_finite(flat):
         raise ValueError(f"{name}: contains NaN or infinite values")
     return flat
 

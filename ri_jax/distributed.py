@@ -37,7 +37,7 @@ from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, sample_bounda
                                sample_indices, sides)
 from ri_jax.data import ImageSet
 from ri_jax.featurize import Features, compute_features
-from ri_jax.interpreter import ReferenceSet, RepresentativeInterpreter
+from ri_jax.interpreter import ReferenceSet, RepresentativeInterpreter, pad_rows
 from ri_jax.models.vgg import ModelFns
 from ri_jax.sharding import make_mesh, sharded_solve_classes
 from ri_jax.solver import WORD_BITS, GreedyResult, pack_bits
@@ -357,9 +357,7 @@ class DistributedInterpreter(RepresentativeInterpreter):
         parts = []
         for i in tqdm(range(start, stop, size), desc="reference features", unit="batch",
                       disable=not (progress and is_main_process())):
-            batch = images[i:i + size]
-            if batch.shape[0] < size:  # the parent pads its last batch the same way
-                batch = jnp.pad(batch, [(0, size - batch.shape[0])] + [(0, 0)] * (batch.ndim - 1))
+            batch = pad_rows(images[i:i + size], size)  # the parent pads its last batch the same way
             parts.append(np.asarray(self._features_fn(batch))[:min(size, stop - i)])
         if not parts:
             shape = jax.eval_shape(self._features_fn, jax.ShapeDtypeStruct(

@@ -9,6 +9,10 @@ e.g. ``"runs/a/config.json: model.std: must be > 0, got [0.0, 0.0, 0.0]"``.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 
 class RIError(Exception):
     """Base of the expected errors: the message alone tells the user what to fix."""
@@ -24,3 +28,19 @@ class CheckpointError(RIInputError):
 
 class TrainingDivergedError(RIError, RuntimeError):
     """Training produced a non-finite loss; the message names the epoch and what was kept."""
+
+
+@jax.jit
+def _all_finite(arrays):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
+
+
+def all_finite(*arrays) -> bool:
+    """Whether every element of every array is finite (the "contains NaN or inf" check).
+
+    NumPy arrays are checked on the host; JAX arrays where they live, by one compiled
+    reduction per set of shapes (instead of one eager op per step of the check).
+    """
+    if all(isinstance(a, np.ndarray) for a in arrays):
+        return all(bool(np.isfinite(a).all()) for a in arrays)
+    return bool(_all_finite(arrays))

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, draw_pools, pool_boundaries,
                                sample_boundaries, sample_indices, sides, sides_packed,
                                sides_packed_per_input)
+from ri_jax.errors import all_finite
 from ri_jax.heatmaps import polytope_heatmap, ri_channel_weights
 from ri_jax.ranking import rank_covered, semantic_distance
 from ri_jax.regions import DecisionRegions
@@ -234,15 +235,24 @@ def _explain_batch(ref_feats: Array, bounds: Boundaries, feats: Array, preds: Ar
 _POOL_CHUNK_FLOATS = 1 << 26
 
 
+def pad_rows(batch, size: int):
+    """``batch`` zero-padded to ``size`` rows (NumPy on the host, JAX arrays where they are)."""
+    if batch.shape[0] == size:
+        return batch
+    pad = np.pad if isinstance(batch, np.ndarray) else jnp.pad
+    return pad(batch, [(0, size - batch.shape[0])] + [(0, 0)] * (batch.ndim - 1))
+
+
 def _check_array(value, name: str, ndim: int) -> Array:
-    value = jnp.asarray(value)
+    if not isinstance(value, jax.Array):  # checked on the host before it moves
+        value = np.asarray(value)
     if value.ndim != ndim:
         raise ValueError(f"{name}: expected {ndim} axes, got shape {value.shape}")
     if not jnp.issubdtype(value.dtype, jnp.floating):
         raise ValueError(f"{name}: expected a floating array, got dtype {value.dtype}")
     if value.shape[0] == 0:
         raise ValueError(f"{name}: is empty")
-    if not bool(jnp.all(jnp.isfinite(value))):
+    if not all_finite(value):
         raise ValueError(f"{name}: contains NaN or inf")
     return value
 
@@ -274,7 +284,8 @@ class RepresentativeInterpreter:
         self._setup(features_fn, head_fn, key=key, batch_size=batch_size, variant=variant)
         references = _check_array(references, "references", 4)
         self.image_shape = None if is_features else references.shape[1:]
-        feats = references if is_features else self._reference_features(references, progress)
+        feats = (jnp.asarray(references) if is_features
+                 else self._reference_features(references, progress))
         if feats.ndim != 4:
             raise ValueError(f"features_fn: expected feature maps [B, h, w, c], got {feats.shape}")
         preds = self.predict_classes(feats)
@@ -338,17 +349,16 @@ class RepresentativeInterpreter:
 
     def _in_batches(self, fn, inputs: Array, desc: str | None = None,
                     progress: bool = False) -> Array:
-        """Applies ``fn`` in batches; the last batch is padded so one compiled shape serves all."""
+        """Applies ``fn`` in batches; the last batch is padded so one compiled shape serves all.
+
+        NumPy inputs are sliced and padded on the host, so only ``fn`` runs on the device.
+        """
         n = inputs.shape[0]
         size = min(self.batch_size, n)
-        starts = range(0, n, size)
-        outputs = []
-        for i in tqdm(starts, desc=desc, unit="batch", disable=not progress):
-            batch = inputs[i:i + size]
-            if batch.shape[0] < size:
-                batch = jnp.pad(batch, [(0, size - batch.shape[0])] + [(0, 0)] * (batch.ndim - 1))
-            outputs.append(fn(batch))
-        return jnp.concatenate(outputs)[:n]
+        outputs = [fn(pad_rows(inputs[i:i + size], size))
+                   for i in tqdm(range(0, n, size), desc=desc, unit="batch", disable=not progress)]
+        out = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs)
+        return out if out.shape[0] == n else out[:n]
 
     def features(self, images: Array) -> Array:
         """ψ of normalised images [B, S, S, 3] → [B, h, w, c], in batches."""
@@ -363,7 +373,7 @@ class RepresentativeInterpreter:
 
     def predict_classes(self, feats: Array) -> Array:
         """Class(x) = argmax G(ψ) for feature maps [B, h, w, c] → int32[B]."""
-        logits = self._in_batches(self._head_fn, jnp.asarray(feats))
+        logits = self._in_batches(self._head_fn, feats)
         if logits.ndim != 2 or logits.shape[1] < 2:
             raise ValueError(f"head_fn: expected logits [B, C >= 2], got shape {logits.shape}")
         return jnp.argmax(logits, axis=1).astype(jnp.int32)
@@ -414,7 +424,7 @@ class RepresentativeInterpreter:
         Returns:
           ``Interpretation`` for x.
         """
-        x = jnp.asarray(x)
+        x = x if isinstance(x, jax.Array) else np.asarray(x)
         if x.ndim != 3:
             raise ValueError(f"x: expected one image [S, S, 3], got shape {x.shape}")
         self._check_images(x[None], "x")
@@ -439,11 +449,12 @@ class RepresentativeInterpreter:
           fields are None).
         """
         b = feats.shape[0]
-        preds = jnp.asarray(preds)
-        if preds.shape != (b,) or not jnp.issubdtype(preds.dtype, jnp.integer) or (
-                b and not 0 <= int(jnp.min(preds)) <= int(jnp.max(preds)) < self.num_classes):
+        host = np.asarray(preds)  # B ids: read on the host, where checking compiles nothing
+        if host.shape != (b,) or not np.issubdtype(host.dtype, np.integer) or (
+                b and not 0 <= host.min() <= host.max() < self.num_classes):
             raise ValueError(f"preds: expected {b} class ids in [0, {self.num_classes}) (the "
-                             f"head's outputs), got {preds.dtype}{preds.shape}")
+                             f"head's outputs), got {host.dtype}{host.shape}")
+        preds = jnp.asarray(preds)
         delta = jnp.zeros((b,), jnp.int32) if self.variant.delta == "zero" else None
         if self.variant.sampling == "shared":
             refs = self.reference_set
@@ -478,9 +489,14 @@ class RepresentativeInterpreter:
 
     def _greedy(self, side_words, x_sides, preds, delta, *, num_classes: int) -> GreedyResult:
         """Algorithm 1 against the shared sample (a hook: subclasses may spread it over
-        devices); ``solve_classes`` regroups the references by class."""
+        devices); ``solve_classes`` regroups the references by class.
+
+        The arrays are valid by construction (the references' classes come from the head,
+        the inputs' were checked by ``solve_features``), so ``check=False``: no batch waits
+        on a host-side check of all N classes again.
+        """
         return solve_classes(side_words, x_sides, self.reference_set.preds, preds, delta,
-                             num_classes=num_classes)
+                             num_classes=num_classes, check=False)
 
     def _solve_pools(self, feats, preds, keys, delta, progress):
         """The authors' per-input pools, in chunks of inputs of bounded memory."""
@@ -551,7 +567,7 @@ class RepresentativeInterpreter:
         Returns:
           ``Interpretation`` with a leading batch axis B.
         """
-        feats = _check_array(feats, "feats", 4)
+        feats = jnp.asarray(_check_array(feats, "feats", 4))
         top_k = self._check_top_k(top_k)
         preds = self.predict_classes(feats)
         bounds, result, diag = self.solve_features(feats, preds, keys=keys, progress=progress)
@@ -587,7 +603,7 @@ class RepresentativeInterpreter:
         Returns:
           ``DecisionRegions`` over this interpreter's boundaries (or each input's pool).
         """
-        feats = _check_array(feats, "feats", 4)
+        feats = jnp.asarray(_check_array(feats, "feats", 4))
         if feats.shape[1:] != self.reference_set.feats.shape[1:]:
             raise ValueError(f"feats: expected feature maps of shape "
                              f"{self.reference_set.feats.shape[1:]}, got {feats.shape[1:]}")

@@ -727,7 +727,8 @@ def check_class_args(side_words, x_sides, ref_classes, x_classes, num_classes: i
 
 
 def solve_classes(side_words: Array, x_sides: Array, ref_classes: Array, x_classes: Array,
-                  delta: Array | None = None, *, num_classes: int) -> GreedyResult:
+                  delta: Array | None = None, *, num_classes: int,
+                  check: bool = True) -> GreedyResult:
     """``solve_batch`` where Class(x) is "the references predicted as x's class".
 
     The same answers as ``solve_batch(side_words, N, x_sides, positive_words(ref_classes,
@@ -742,6 +743,9 @@ def solve_classes(side_words: Array, x_sides: Array, ref_classes: Array, x_class
       x_classes: int[B], the inputs' predicted classes.
       delta: int32[B] (each input its own bound ≥ 0), or None for each input's τ.
       num_classes: more than every class id (static).
+      check: validate the arrays first (shapes, dtypes, class ids, delta), which reads
+        the class ids on the host. False skips that, for callers whose arrays are valid
+        by construction; invalid ones then give undefined answers.
 
     Returns:
       ``GreedyResult`` with a leading batch axis B on every field.
@@ -750,10 +754,10 @@ def solve_classes(side_words: Array, x_sides: Array, ref_classes: Array, x_class
     x_sides = jnp.asarray(x_sides)
     ref_classes = jnp.asarray(ref_classes)
     x_classes = jnp.asarray(x_classes)
-    b = x_sides.shape[0] if x_sides.ndim == 2 else 0
-    check_class_args(side_words, x_sides, ref_classes, x_classes, num_classes)
-    return _solve_classes(side_words, x_sides, ref_classes, x_classes,
-                          _check_delta_batch(delta, b), num_classes)
+    if check:
+        check_class_args(side_words, x_sides, ref_classes, x_classes, num_classes)
+        delta = _check_delta_batch(delta, x_sides.shape[0] if x_sides.ndim == 2 else 0)
+    return _solve_classes(side_words, x_sides, ref_classes, x_classes, delta, num_classes)
 
 
 def check_batch_args(side_words, num_refs, x_sides, positive_words) -> tuple[int, int, int]:

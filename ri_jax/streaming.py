@@ -260,7 +260,7 @@ class StreamingInterpreter(RepresentativeInterpreter):
         idx = np.asarray(indices, np.int64)
         if self.streamed.feats is not None:
             return jnp.asarray(self.streamed.feats)[idx]
-        return self._in_batches(self._features_fn, jnp.asarray(self._load_images(idx)))
+        return self._in_batches(self._features_fn, np.asarray(self._load_images(idx)))
 
     def interpret_batch(self, xs: Array, *, top_k: int = 5, keys: Array | None = None,
                         progress: bool = False) -> Interpretation:

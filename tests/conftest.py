@@ -75,7 +75,9 @@ def protocol_ri(protocol_model):
 # --compile-times N: where the suite's time goes. JAX reports each step of turning a
 # function into an executable (tracing, lowering to MLIR, XLA's compilation) through
 # jax.monitoring; these are summed per test, in every xdist worker, and the controller
-# prints the N tests that spent most on them. Subprocesses the tests start are not counted.
+# prints the N tests that spent most on them, and the N functions XLA spent most on
+# (their compilations counted, so many small eager ops show up as one jit(name) line).
+# Subprocesses the tests start are not counted.
 COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace",
                   "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
                   "/jax/core/compile/backend_compile_duration": "compile"}
@@ -90,13 +92,18 @@ def pytest_addoption(parser):
 class CompileTimes:
     def __init__(self):
         self.per_test: dict[str, dict[str, float]] = {}
+        self.per_function: dict[str, list] = {}  # name: [XLA compile seconds, compilations]
         self.current = "(collection)"
         jax.monitoring.register_event_duration_secs_listener(self.listen)
 
-    def listen(self, event, duration, **_):
+    def listen(self, event, duration, fun_name=None, **_):
         if event in COMPILE_EVENTS:
             times = self.per_test.setdefault(self.current, {})
             times[COMPILE_EVENTS[event]] = times.get(COMPILE_EVENTS[event], 0.0) + duration
+            if COMPILE_EVENTS[event] == "compile":
+                function = self.per_function.setdefault(str(fun_name), [0.0, 0])
+                function[0] += duration
+                function[1] += 1
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item):
@@ -105,6 +112,7 @@ class CompileTimes:
     def pytest_sessionfinish(self, session):
         if hasattr(session.config, "workerinput"):  # an xdist worker: hand them over
             session.config.workeroutput["compile_times"] = self.per_test
+            session.config.workeroutput["compile_functions"] = self.per_function
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error):
@@ -112,6 +120,11 @@ class CompileTimes:
             mine = self.per_test.setdefault(test, {})
             for step, t in times.items():
                 mine[step] = mine.get(step, 0.0) + t
+        for name, (t, count) in getattr(node, "workeroutput", {}).get(
+                "compile_functions", {}).items():
+            mine = self.per_function.setdefault(name, [0.0, 0])
+            mine[0] += t
+            mine[1] += count
 
     def pytest_terminal_summary(self, terminalreporter, config):
         if hasattr(config, "workerinput"):
@@ -126,6 +139,9 @@ class CompileTimes:
         for test, times in ranked[:n]:
             tr.write_line(f"{sum(times.values()):8.2f}  " + "  ".join(
                 f"{k} {times.get(k, 0.0):6.2f}" for k in COMPILE_EVENTS.values()) + f"  {test}")
+        tr.section(f"XLA compilation: the {n} costliest functions (seconds, compilations)")
+        for name, (t, count) in sorted(self.per_function.items(), key=lambda kv: -kv[1][0])[:n]:
+            tr.write_line(f"{t:8.2f}  {count:5d}  {name}")
 
 
 def pytest_configure(config):

@@ -34,7 +34,7 @@ def random_params(seed):
 @pytest.fixture(scope="module")
 def model():
     params = random_params(0)
-    raw = jax.random.uniform(jax.random.key(1), (3, SIZE, SIZE, 3))
+    raw = np.random.default_rng(1).random((3, SIZE, SIZE, 3), dtype=np.float32)
     psi = jax.jit(FNS.features)(params, FNS.normalize(raw))
     head = jax.jit(FNS.head)
     apply = jax.jit(FNS.apply)
@@ -136,7 +136,7 @@ def test_model_is_non_trivial(model):
 def test_grad_matches_finite_differences(model):
     params, _, psi, head, _ = model
     # Distinct positive values: no max-pool ties, so the float64 central difference is exact up to rounding.
-    psi_x = jax.random.uniform(jax.random.key(7), psi.shape[1:], minval=0.5, maxval=2.0)
+    psi_x = np.random.default_rng(7).uniform(0.5, 2.0, psi.shape[1:]).astype(np.float32)
     for c in range(2):
         grads = np.asarray(baselines.class_score_grad(head, psi_x, c))
         base = np.asarray(psi_x, np.float64)

@@ -78,7 +78,7 @@ def test_launch_settings_are_checked_and_read_from_the_environment():
 @pytest.mark.parametrize("variant", ["paper", ri_variant("paper", delta="zero", loosen=True)])
 def test_one_process_distributed_interpreter_is_the_plain_one(tiny_model, variant):
     fns, params = tiny_model
-    refs = fns.normalize(jax.random.uniform(jax.random.key(1), (40, 32, 32, 3)))
+    refs = fns.normalize(np.random.default_rng(1).random((40, 32, 32, 3), dtype=np.float32))
     args = (lambda x: fns.features(params, x), lambda p: fns.head(params, p), refs)
     kw = dict(key=jax.random.key(0), num_boundaries=6, batch_size=16, progress=False,
               variant=variant)
@@ -93,7 +93,7 @@ def test_one_process_distributed_interpreter_is_the_plain_one(tiny_model, varian
 
 def test_per_input_pools_are_refused_naming_the_variant(tiny_model):
     fns, params = tiny_model
-    refs = jax.random.uniform(jax.random.key(1), (4, 2, 2, 8))
+    refs = np.random.default_rng(1).random((4, 2, 2, 8), dtype=np.float32)
     with pytest.raises(ValueError, match="variant.*per_input"):
         dist.DistributedInterpreter(lambda x: x, lambda p: fns.head(params, p), refs,
                                     key=jax.random.key(0), is_features=True, variant="authors")

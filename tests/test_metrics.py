@@ -57,7 +57,7 @@ def test_top_fraction_mask_matches_sort_reference(case):
 
 
 def test_exactly_twenty_percent_at_paper_size():
-    heatmap = jax.random.uniform(jax.random.key(0), (224, 224))
+    heatmap = np.random.default_rng(0).random((224, 224), dtype=np.float32)
     heatmap = jnp.round(heatmap * 4) / 4  # five levels: ties straddle the cut
     mask = top_mask(heatmap)
     assert int(mask.sum()) == round(0.2 * 224 * 224)
@@ -123,8 +123,8 @@ def test_masked_scores_by_hand():
 
 
 def test_masked_scores_chunks_compile_once_and_agree():
-    raw = jax.random.uniform(jax.random.key(1), (7, 5, 5, 3))
-    heatmaps = jax.random.uniform(jax.random.key(2), (7, 5, 5))
+    raw = np.random.default_rng(1).random((7, 5, 5, 3), dtype=np.float32)
+    heatmaps = np.random.default_rng(2).random((7, 5, 5), dtype=np.float32)
     traced = jax.jit(chex.assert_max_traces(toy_forward, n=1))
     chunked = metrics.masked_scores(traced, lambda x: x - 0.5, raw, heatmaps, batch_size=3)
     whole = metrics.masked_scores(toy_forward, lambda x: x - 0.5, raw, heatmaps, batch_size=7)
@@ -281,7 +281,7 @@ def test_gaussian_blur_matches_scipy(size, sigma, seed):
 def test_default_blur_sigma_scales_with_the_image():
     assert metrics.blur_sigma(96) == pytest.approx(9.6)
     assert metrics.blur_sigma(96, 2.5) == 2.5
-    blurred = metrics.fill_image(jax.random.uniform(jax.random.key(0), (96, 96, 3)),
+    blurred = metrics.fill_image(np.random.default_rng(0).random((96, 96, 3), dtype=np.float32),
                                  metrics.make_fill("blur", lambda x: x, 96))
     assert float(jnp.std(blurred)) < 0.02  # strong: uniform noise (std 0.29) is almost flat
 
@@ -315,8 +315,8 @@ def test_fills_by_hand():
 @pytest.mark.parametrize("fill", metrics.FILLS)
 @pytest.mark.parametrize("inverse", [False, True])
 def test_masked_scores_with_fill_match_direct_computation(fill, inverse):
-    raw = jax.random.uniform(jax.random.key(3), (5, 6, 6, 3))
-    heatmaps = jax.random.uniform(jax.random.key(4), (5, 6, 6))
+    raw = np.random.default_rng(3).random((5, 6, 6, 3), dtype=np.float32)
+    heatmaps = np.random.default_rng(4).random((5, 6, 6), dtype=np.float32)
     normalize = lambda x: (x - 0.3) / 0.2
     scores = metrics.masked_scores(toy_forward, normalize, raw, heatmaps, fill=fill, inverse=inverse,
                                    blur_sigma=1.5, batch_size=2)
@@ -355,7 +355,7 @@ def test_per_class_matches_a_loop_over_classes(data):
 
 
 def test_fill_prior():
-    raw = jax.random.uniform(jax.random.key(5), (7, 6, 6, 3))
+    raw = np.random.default_rng(5).random((7, 6, 6, 3), dtype=np.float32)
     normalize = lambda x: (x - 0.5) / 0.25
     black = metrics.fill_prior(toy_forward, normalize, raw, fill="black")
     # black normalises to −2 everywhere: logits (−72, −72), a tie → argmax class 0.

@@ -103,7 +103,8 @@ def test_boundary_peer_matches_sample_boundaries(tiny_config):
                                    method=VGG.head)
     head = functools.partial(fns.head, params)
     # ψ is a ReLU output: random non-negative maps of its shape stand in for real ones.
-    feats = jax.nn.relu(jax.random.normal(jax.random.key(3), (6,) + tiny_config.feature_shape))
+    feats = np.maximum(np.random.default_rng(3).standard_normal((6,) + tiny_config.feature_shape,
+                                                                dtype=np.float32), 0)
     peer = BoundaryPeer(head)(np.asarray(feats))
     ours = sample_boundaries(head, feats, piecewise_linear=True)
     np.testing.assert_allclose(np.asarray(peer.w), np.asarray(ours.w), rtol=1e-5, atol=1e-6)

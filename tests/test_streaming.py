@@ -1,5 +1,6 @@
 """Streamed references (projections, packed sides) against the in-memory interpreter."""
 
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +16,11 @@ from ri_jax.variants import ri_variant
 IMAGE = 4  # 4×4×3 images, ψ 2×2×6: thousands of references cost next to nothing
 
 
+@functools.lru_cache(maxsize=None)
 def tiny_net(seed: int):
-    """A conv-free piecewise-linear model: ψ = ReLU(2×2 patches · M), G = 2-layer ReLU MLP."""
+    """A conv-free piecewise-linear model: ψ = ReLU(2×2 patches · M), G = 2-layer ReLU MLP.
+
+    Cached, so a seed's functions are the same objects and compile once per shape."""
     rng = np.random.default_rng(seed)
     m, w1, w2 = (jnp.asarray(rng.standard_normal(shape), jnp.float32)
                  for shape in ((12, 6), (24, 16), (16, 3)))
@@ -37,7 +41,7 @@ def images(n: int, seed: int) -> np.ndarray:
 
 
 def both(n, batch, q, seed, keep=False, variant="paper"):
-    features, head = tiny_net(seed)
+    features, head = tiny_net(seed % 3)  # three nets; the data and keys follow every seed
     refs = images(n, seed + 1)
     key = jax.random.key(seed + 2)
     memory = RepresentativeInterpreter(features, head, refs, key=key, num_boundaries=q,
