@@ -188,6 +188,13 @@ def test_bad_inputs(setup):
         interp.interpret(refs[0].at[0, 0, 0].set(jnp.nan))
     with pytest.raises(ValueError, match="x"):
         interp.interpret(jnp.ones((16, 16, 3)))
+    # Non-finite values are caught on the host (NumPy) and on the device (JAX) alike.
+    for bad in (np.nan, np.inf, -np.inf):
+        images = np.array(refs[:2])
+        images[1, 3, 4, 2] = bad
+        for as_given in (np.asarray, jnp.asarray):
+            with pytest.raises(ValueError, match="xs: contains NaN or inf"):
+                interp.interpret_batch(as_given(images))
     with pytest.raises(ValueError, match="top_k"):
         interp.interpret(refs[0], top_k=0)
     with pytest.raises(ValueError, match="top_k"):
