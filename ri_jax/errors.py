@@ -35,12 +35,20 @@ def _all_finite(arrays):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
 
 
+def _on_host(a) -> bool:
+    """Whether NumPy can read ``a`` without a transfer: a NumPy array, or a JAX array on CPU."""
+    return isinstance(a, np.ndarray) or (
+        isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer)
+        and a.is_fully_addressable and all(d.platform == "cpu" for d in a.devices()))
+
+
 def all_finite(*arrays) -> bool:
     """Whether every element of every array is finite (the "contains NaN or inf" check).
 
-    NumPy arrays are checked on the host; JAX arrays where they live, by one compiled
-    reduction per set of shapes (instead of one eager op per step of the check).
+    Arrays in host memory (NumPy, or JAX arrays on the CPU) are checked by NumPy, which
+    compiles nothing; others where they live, by one compiled reduction per set of
+    shapes (instead of one eager op per step of the check).
     """
-    if all(isinstance(a, np.ndarray) for a in arrays):
-        return all(bool(np.isfinite(a).all()) for a in arrays)
+    if all(_on_host(a) for a in arrays):
+        return all(bool(np.isfinite(np.asarray(a)).all()) for a in arrays)
     return bool(_all_finite(arrays))

@@ -75,11 +75,17 @@ def pack_bits(bits: Array) -> Array:
     Returns:
       uint32[..., ⌈N/32⌉]: bit j of word k is ``bits[..., 32k + j]``; padding bits are zero.
     """
-    bits = jnp.asarray(bits)
+    bits = bits if hasattr(bits, "dtype") else np.asarray(bits)
     if bits.dtype != jnp.bool_:
         raise ValueError(f"bits: expected a bool array, got dtype {bits.dtype}")
     if bits.ndim < 1:
         raise ValueError("bits: expected at least one axis (the bits to pack)")
+    return _pack_bits(bits)
+
+
+@jax.jit
+def _pack_bits(bits: Array) -> Array:
+    # One compiled program per shape: called eagerly, its four steps compiled one each.
     n = bits.shape[-1]
     words = num_words(n)
     pad = [(0, 0)] * (bits.ndim - 1) + [(0, words * WORD_BITS - n)]
@@ -98,13 +104,18 @@ def unpack_bits(words: Array, num_bits: int) -> Array:
     Returns:
       bool[..., N].
     """
-    words = jnp.asarray(words)
+    words = words if hasattr(words, "dtype") else np.asarray(words)
     if words.dtype != jnp.uint32:
         raise ValueError(f"words: expected uint32 words, got dtype {words.dtype}")
     if words.ndim < 1:
         raise ValueError("words: expected at least one axis (the words)")
     if not 0 <= num_bits <= words.shape[-1] * WORD_BITS:
         raise ValueError(f"num_bits: {num_bits} does not fit in {words.shape[-1]} words")
+    return _unpack_bits(words, int(num_bits))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _unpack_bits(words: Array, num_bits: int) -> Array:
     bits = (words[..., None] & _BIT_WEIGHTS) != 0
     return bits.reshape(words.shape[:-1] + (-1,))[..., :num_bits]
 

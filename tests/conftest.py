@@ -75,12 +75,14 @@ def protocol_ri(protocol_model):
 # --compile-times N: where the suite's time goes. JAX reports each step of turning a
 # function into an executable (tracing, lowering to MLIR, XLA's compilation) through
 # jax.monitoring; these are summed per test, in every xdist worker, and the controller
-# prints the N tests that spent most on them, and the N functions XLA spent most on
-# (their compilations counted, so many small eager ops show up as one jit(name) line).
-# Subprocesses the tests start are not counted.
+# prints the N tests that spent most on them, and the N functions that cost most (each
+# step's seconds and count, so many small eager ops show up as one jit(name) line, and
+# how many compilations the shared persistent cache served). Subprocesses the tests
+# start are not counted.
 COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace",
                   "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
                   "/jax/core/compile/backend_compile_duration": "compile"}
+CACHE_HIT = "/jax/compilation_cache/cache_hits"
 
 
 def pytest_addoption(parser):
@@ -92,18 +94,28 @@ def pytest_addoption(parser):
 class CompileTimes:
     def __init__(self):
         self.per_test: dict[str, dict[str, float]] = {}
-        self.per_function: dict[str, list] = {}  # name: [XLA compile seconds, compilations]
+        # name: {step: [seconds, count]}; lowering and compilation name the module
+        # (jit_f), tracing the function (f), so names are given as jit(f) throughout.
+        self.per_function: dict[str, dict[str, list]] = {}
+        self.cache_hits = 0
         self.current = "(collection)"
         jax.monitoring.register_event_duration_secs_listener(self.listen)
+        jax.monitoring.register_event_listener(self.count_hit)
+
+    def count_hit(self, event, **_):
+        self.cache_hits += event == CACHE_HIT
 
     def listen(self, event, duration, fun_name=None, **_):
         if event in COMPILE_EVENTS:
+            step = COMPILE_EVENTS[event]
             times = self.per_test.setdefault(self.current, {})
-            times[COMPILE_EVENTS[event]] = times.get(COMPILE_EVENTS[event], 0.0) + duration
-            if COMPILE_EVENTS[event] == "compile":
-                function = self.per_function.setdefault(str(fun_name), [0.0, 0])
-                function[0] += duration
-                function[1] += 1
+            times[step] = times.get(step, 0.0) + duration
+            name = str(fun_name)
+            name = f"jit({name[4:]})" if name.startswith("jit_") else (
+                name if name.startswith("jit(") else f"jit({name})")
+            function = self.per_function.setdefault(name, {}).setdefault(step, [0.0, 0])
+            function[0] += duration
+            function[1] += 1
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item):
@@ -113,6 +125,7 @@ class CompileTimes:
         if hasattr(session.config, "workerinput"):  # an xdist worker: hand them over
             session.config.workeroutput["compile_times"] = self.per_test
             session.config.workeroutput["compile_functions"] = self.per_function
+            session.config.workeroutput["cache_hits"] = self.cache_hits
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error):
@@ -120,11 +133,12 @@ class CompileTimes:
             mine = self.per_test.setdefault(test, {})
             for step, t in times.items():
                 mine[step] = mine.get(step, 0.0) + t
-        for name, (t, count) in getattr(node, "workeroutput", {}).get(
-                "compile_functions", {}).items():
-            mine = self.per_function.setdefault(name, [0.0, 0])
-            mine[0] += t
-            mine[1] += count
+        for name, steps in getattr(node, "workeroutput", {}).get("compile_functions", {}).items():
+            for step, (t, count) in steps.items():
+                mine = self.per_function.setdefault(name, {}).setdefault(step, [0.0, 0])
+                mine[0] += t
+                mine[1] += count
+        self.cache_hits += getattr(node, "workeroutput", {}).get("cache_hits", 0)
 
     def pytest_terminal_summary(self, terminalreporter, config):
         if hasattr(config, "workerinput"):
@@ -134,14 +148,20 @@ class CompileTimes:
                   for step in COMPILE_EVENTS.values()}
         tr.section(f"JAX compile time: the {n} costliest tests (seconds)")
         tr.write_line("total: " + ", ".join(f"{k} {v:.1f}" for k, v in totals.items())
-                      + f", all {sum(totals.values()):.1f}")
+                      + f", all {sum(totals.values()):.1f}; compilations "
+                      f"{sum(f.get('compile', [0, 0])[1] for f in self.per_function.values())}"
+                      f", served by the persistent cache {self.cache_hits}")
         ranked = sorted(self.per_test.items(), key=lambda kv: -sum(kv[1].values()))
         for test, times in ranked[:n]:
             tr.write_line(f"{sum(times.values()):8.2f}  " + "  ".join(
                 f"{k} {times.get(k, 0.0):6.2f}" for k in COMPILE_EVENTS.values()) + f"  {test}")
-        tr.section(f"XLA compilation: the {n} costliest functions (seconds, compilations)")
-        for name, (t, count) in sorted(self.per_function.items(), key=lambda kv: -kv[1][0])[:n]:
-            tr.write_line(f"{t:8.2f}  {count:5d}  {name}")
+        tr.section(f"JAX compile time: the {n} costliest functions (seconds, count)")
+        total = {name: sum(t for t, _ in steps.values()) for name, steps in self.per_function.items()}
+        for name in sorted(total, key=lambda k: -total[k])[:n]:
+            steps = self.per_function[name]
+            tr.write_line(f"{total[name]:8.2f}  " + "  ".join(
+                f"{k} {steps.get(k, [0.0, 0])[0]:6.2f} {steps.get(k, [0.0, 0])[1]:4d}"
+                for k in COMPILE_EVENTS.values()) + f"  {name}")
 
 
 def pytest_configure(config):

@@ -185,6 +185,10 @@ def test_sides_match_numpy(seed, n, chunk):
     packed = sides_packed(Boundaries(jnp.asarray(w), jnp.asarray(b)), jnp.asarray(feats),
                           chunk_size=chunk)
     np.testing.assert_array_equal(packed, pack_bits(jnp.asarray(got)))
+    # Chunks of feature maps give exactly the one-chunk answer, the padded last one too.
+    one = Boundaries(jnp.asarray(w), jnp.asarray(b))
+    np.testing.assert_array_equal(got, sides(one, jnp.asarray(feats), chunk_size=1024))
+    np.testing.assert_array_equal(packed, sides_packed(one, jnp.asarray(feats), chunk_size=1024))
 
 
 def test_bad_inputs():

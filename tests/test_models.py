@@ -6,26 +6,48 @@ import pytest
 from ri_jax.models.vgg import VGG_LAYERS, ModelConfig, make_vgg
 
 
+def random_params(fns, seed: int):
+    """Parameters of ``fns``'s structure drawn by NumPy (He-scaled), without compiling init:
+    a check that holds for any parameters need not pay ~3 s of compilation per config."""
+    shapes = jax.eval_shape(fns.init, jax.random.key(0))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (rng.standard_normal(s.shape) * np.sqrt(
+        2 / max(1, int(np.prod(s.shape[:-1]))))).astype(s.dtype), shapes)
+
+
 @pytest.mark.parametrize("arch", sorted(VGG_LAYERS))
 def test_shapes_for_every_config(arch):
+    # Shapes only, so abstractly: every function is traced, nothing is compiled.
     cfg = ModelConfig(arch=arch, width=1 / 16, image_size=64, num_classes=3)
     fns = make_vgg(cfg)
-    params = fns.init(jax.random.key(0))
-    x = jnp.zeros((2, 64, 64, 3))
-    psi = fns.features(params, x)
+    params = jax.eval_shape(fns.init, jax.random.key(0))
+    x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+    psi = jax.eval_shape(fns.features, params, x)
     assert psi.shape == (2,) + cfg.feature_shape == (2, 4, 4, 32)
-    assert fns.head(params, psi).shape == (2, 3)
+    assert jax.eval_shape(fns.head, params, psi).shape == (2, 3)
+    assert jax.eval_shape(fns.apply, params, x).shape == (2, 3)
     n_convs = sum(1 for c in VGG_LAYERS[arch] if c != "M")
     assert len([k for k in params["params"] if k.startswith("conv_")]) == n_convs
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
 
 
 @pytest.mark.parametrize("arch,size", [("vgg19", 96), ("vgg11", 32), ("vgg16", 64)])
 def test_head_of_features_is_the_forward_pass(arch, size):
     cfg = ModelConfig(arch=arch, width=1 / 8, image_size=size, num_classes=2)
     fns = make_vgg(cfg)
-    params = fns.init(jax.random.key(1))
+    params = random_params(fns, 1)
     x = np.random.default_rng(2).standard_normal((3, size, size, 3), dtype=np.float32)
-    np.testing.assert_array_equal(fns.head(params, fns.features(params, x)), fns.apply(params, x))
+    logits = fns.apply(params, x)
+    assert np.ptp(np.asarray(logits)) > 0  # not a dead network, where any two agree
+    np.testing.assert_array_equal(fns.head(params, fns.features(params, x)), logits)
+
+
+def test_same_config_same_functions():
+    # Equal configs share the jitted functions, so their compiled programs are reused.
+    a = make_vgg(ModelConfig(arch="vgg11", width=1 / 16, image_size=32, num_classes=2))
+    b = make_vgg(ModelConfig(arch="vgg11", width=0.0625, image_size=32, num_classes=2))
+    assert a is b and a.features is b.features
+    assert make_vgg(ModelConfig(arch="vgg11", width=1 / 16, image_size=64, num_classes=2)) is not a
 
 
 def test_vgg19_paper_feature_shape():

@@ -14,6 +14,7 @@ first FC kernel expects a channels-last (H, W, C) flatten.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import numbers
@@ -201,8 +202,14 @@ class ModelFns(NamedTuple):
     normalize: Callable[[Array], Array]
 
 
+@functools.cache
 def make_vgg(config: ModelConfig) -> ModelFns:
-    """Builds the pure ψ/G functions for ``config``; ``head(p, features(p, x)) == apply(p, x)``."""
+    """Builds the pure ψ/G functions for ``config``; ``head(p, features(p, x)) == apply(p, x)``.
+
+    The functions are jitted (called directly they run one compiled program per input
+    shape, not op by op; inside another transformation they are inlined), and equal
+    configs get the same functions, so their compiled programs are shared.
+    """
     model = VGG(config)
     mean = jnp.asarray(config.mean, jnp.float32)
     std = jnp.asarray(config.std, jnp.float32)
@@ -238,4 +245,5 @@ def make_vgg(config: ModelConfig) -> ModelFns:
     def normalize(raw: Array) -> Array:
         return (raw - mean) / std
 
-    return ModelFns(init=init, features=features, head=head, apply=apply, normalize=normalize)
+    return ModelFns(init=init, features=jax.jit(features), head=jax.jit(head),
+                    apply=jax.jit(apply, static_argnames="train"), normalize=jax.jit(normalize))
