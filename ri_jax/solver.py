@@ -85,7 +85,7 @@ def pack_bits(bits: Array) -> Array:
 
 @jax.jit
 def _pack_bits(bits: Array) -> Array:
-    # One compiled program per shape: called eagerly, its four steps compiled one each.
+    # Jitted so that an eager call compiles one program per shape, not one per step.
     n = bits.shape[-1]
     words = num_words(n)
     pad = [(0, 0)] * (bits.ndim - 1) + [(0, words * WORD_BITS - n)]
