@@ -42,6 +42,7 @@ from common import (HelpFormatter, add_common_args, add_distributed_args, add_ht
                     add_ri_variant_arg, choose_inputs, describe_run, load_setup, parse_indices,
                     start_run, write_csv, write_json)
 from ri_jax.api import Explanations, explanations_from
+from ri_jax.boundaries import pool_keys
 from ri_jax.cli import positive_int, run_script
 from ri_jax.data import load_dataset
 from ri_jax.distributed import representative_interpreter
@@ -119,9 +120,8 @@ def main(argv=None) -> dict:
     raw_inputs = test.raw(chosen)
     normalised = fns.normalize(raw_inputs)
     # Per-input pools (authors' variant) are drawn from the test index, not the position.
-    pool_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(args.seed + 1), i))(
-        np.asarray(chosen, np.int32))
-    res = interpreter.interpret_batch(normalised, top_k=top_k, keys=pool_keys)
+    keys = pool_keys(jax.random.key(args.seed + 1), np.asarray(chosen, np.int32))
+    res = interpreter.interpret_batch(normalised, top_k=top_k, keys=keys)
     in_feats = compute_features(fns, params, test, chosen, batch_size=args.batch_size,
                                 progress=False)
     explained = explanations_from(head, res, raw_inputs, test, chosen, in_feats, refs, ref_feats)

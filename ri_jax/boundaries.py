@@ -356,6 +356,16 @@ def search_boundary_point(head_fn: Callable[[Array], Array], psi_x: Array, psi_r
     return BoundaryPoints(point=pos, steps=steps, converged=done)
 
 
+@jax.jit
+def pool_keys(key: Array, ids: Array) -> Array:
+    """The PRNG keys of per-input pools: ``fold_in(key, i)`` for each id, [len(ids)].
+
+    Folding in an input's id (rather than splitting by position) keeps its pool the same
+    however the inputs are batched or chunked.
+    """
+    return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.asarray(ids, jnp.int32))
+
+
 def draw_pools(ref_preds: Array, classes: Array, pool_size: int = DEFAULT_NUM_BOUNDARIES, *,
                keys: Array) -> tuple[Array, Array]:
     """Each input's pool: ``pool_size`` references drawn without replacement from D(x).

@@ -35,9 +35,10 @@ from tqdm.auto import tqdm
 
 from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, sample_boundaries,
                                sample_indices, sides)
+from ri_jax.buckets import pad_rows
 from ri_jax.data import ImageSet
 from ri_jax.featurize import Features, compute_features
-from ri_jax.interpreter import ReferenceSet, RepresentativeInterpreter, pad_rows
+from ri_jax.interpreter import ReferenceSet, RepresentativeInterpreter
 from ri_jax.models.vgg import ModelFns
 from ri_jax.sharding import make_mesh, sharded_solve_classes
 from ri_jax.solver import WORD_BITS, GreedyResult, pack_bits

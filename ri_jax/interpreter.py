@@ -24,8 +24,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, draw_pools, pool_boundaries,
-                               sample_boundaries, sample_indices, sides, sides_packed,
+                               pool_keys, sample_boundaries, sample_indices, sides, sides_packed,
                                sides_packed_per_input)
+from ri_jax.buckets import bucket_size, first_rows, pad_rows, repeat_last_row
 from ri_jax.errors import all_finite
 from ri_jax.heatmaps import polytope_heatmap, ri_channel_weights
 from ri_jax.ranking import rank_covered, semantic_distance
@@ -235,14 +236,6 @@ def _explain_batch(ref_feats: Array, bounds: Boundaries, feats: Array, preds: Ar
 _POOL_CHUNK_FLOATS = 1 << 26
 
 
-def pad_rows(batch, size: int):
-    """``batch`` zero-padded to ``size`` rows (NumPy on the host, JAX arrays where they are)."""
-    if batch.shape[0] == size:
-        return batch
-    pad = np.pad if isinstance(batch, np.ndarray) else jnp.pad
-    return pad(batch, [(0, size - batch.shape[0])] + [(0, 0)] * (batch.ndim - 1))
-
-
 def _check_array(value, name: str, ndim: int) -> Array:
     if not isinstance(value, jax.Array):  # checked on the host before it moves
         value = np.asarray(value)
@@ -351,14 +344,16 @@ class RepresentativeInterpreter:
                     progress: bool = False) -> Array:
         """Applies ``fn`` in batches; the last batch is padded so one compiled shape serves all.
 
-        NumPy inputs are sliced and padded on the host, so only ``fn`` runs on the device.
+        Fewer inputs than ``batch_size`` are padded to their ``bucket_size``, so small
+        batches of nearby sizes share a compiled ``fn``. NumPy inputs are sliced and padded
+        on the host, so only ``fn`` runs on the device.
         """
         n = inputs.shape[0]
-        size = min(self.batch_size, n)
+        size = min(self.batch_size, bucket_size(n))
         outputs = [fn(pad_rows(inputs[i:i + size], size))
                    for i in tqdm(range(0, n, size), desc=desc, unit="batch", disable=not progress)]
         out = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs)
-        return out if out.shape[0] == n else out[:n]
+        return out if out.shape[0] == n else first_rows(out, rows=n)
 
     def features(self, images: Array) -> Array:
         """ψ of normalised images [B, S, S, 3] → [B, h, w, c], in batches."""
@@ -407,7 +402,7 @@ class RepresentativeInterpreter:
 
     def _keys(self, keys, b: int) -> Array:
         if keys is None:
-            return jax.vmap(lambda i: jax.random.fold_in(self._key, i))(jnp.arange(b))
+            return pool_keys(self._key, np.arange(b))
         keys = jnp.asarray(keys)
         if keys.shape[:1] != (b,):
             raise ValueError(f"keys: expected {b} PRNG keys (one per input), got shape {keys.shape}")
@@ -569,11 +564,17 @@ class RepresentativeInterpreter:
         """
         feats = jnp.asarray(_check_array(feats, "feats", 4))
         top_k = self._check_top_k(top_k)
+        b = feats.shape[0]
+        keys = None if keys is None else self._keys(keys, b)
+        rows = bucket_size(b)
+        if rows != b:  # every stage compiled once per bucket; the copies are dropped below
+            feats, keys = repeat_last_row((feats, keys), size=rows)
         preds = self.predict_classes(feats)
         bounds, result, diag = self.solve_features(feats, preds, keys=keys, progress=progress)
         out = _explain_batch(self.reference_set.feats, bounds, feats, preds, result,
                              top_k=top_k, image_size=int(image_size))
-        return out._replace(**{k: v for k, v in diag._asdict().items() if v is not None})
+        out = out._replace(**{k: v for k, v in diag._asdict().items() if v is not None})
+        return out if rows == b else first_rows(out, rows=b)
 
     def regions_from(self, interps: Interpretation) -> DecisionRegions:
         """Decision regions (appendix D) of interpretations from ``interpret_batch``.

@@ -54,6 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ri_jax.buckets import bucket_size, first_rows, zero_pad
+
 Array = jax.Array
 
 WORD_BITS = 32
@@ -144,48 +146,63 @@ class ClassBlocks(NamedTuple):
     word gives both of Algorithm 1's counts (``solve_classes``).
 
     Attributes:
-      slot: int32[N], bit position of reference n (stable within a class).
+      slot: int32[N], bit position of reference n (stable within a class); padding
+        references (n ≥ ``num_refs``) get a position past the last word, so they are in
+        no word.
       word_class: int32[W'], the class of each word's references; -1 for padding words.
       valid: uint32[W'], the bits that hold a reference.
+      num_refs: int32 scalar, the references that are not padding.
     """
 
     slot: Array
     word_class: Array
     valid: Array
+    num_refs: Array
 
 
-def class_blocks(ref_classes: Array, *, num_classes: int) -> ClassBlocks:
+def class_blocks(ref_classes: Array, *, num_classes: int, num_refs=None) -> ClassBlocks:
     """The class-blocked layout of N references (jittable; W' = ⌈N/32⌉ + num_classes).
 
     Args:
-      ref_classes: int[N] predicted classes, each in [0, num_classes).
+      ref_classes: int[N] predicted classes, each in [0, num_classes) (padding: any).
       num_classes: more than every class id (static).
+      num_refs: the first ``num_refs`` references are real, the rest padding that no
+        block holds (may be traced; default N). Padding lets one compiled solver serve
+        every N with the same word count.
 
     Returns:
       ``ClassBlocks``.
     """
     ref_classes = jnp.asarray(ref_classes).astype(jnp.int32)
     n = ref_classes.shape[0]
-    count = jnp.zeros((num_classes,), jnp.int32).at[ref_classes].add(1)
+    num_refs = jnp.asarray(n if num_refs is None else num_refs, jnp.int32)
+    real = jnp.arange(n, dtype=jnp.int32) < num_refs
+    # Padding takes the class id past the last, so it sorts after every real reference
+    # and the scatters below drop it.
+    ref_classes = jnp.where(real, ref_classes, num_classes)
+    count = jnp.zeros((num_classes,), jnp.int32).at[ref_classes].add(1, mode="drop")
     words_per_class = (count + WORD_BITS - 1) // WORD_BITS
     word_end = jnp.cumsum(words_per_class)
     order = jnp.argsort(ref_classes, stable=True)
-    by_class = ref_classes[order]
+    by_class = jnp.minimum(ref_classes[order], num_classes - 1)
     rank = jnp.arange(n, dtype=jnp.int32) - (jnp.cumsum(count) - count)[by_class]
+    width = num_words(n) + num_classes  # each class wastes less than one word
     slot = jnp.zeros((n,), jnp.int32).at[order].set(
         WORD_BITS * (word_end - words_per_class)[by_class] + rank)
-    width = num_words(n) + num_classes  # each class wastes less than one word
+    slot = jnp.where(real, slot, width * WORD_BITS)
     word_class = jnp.searchsorted(word_end, jnp.arange(width, dtype=jnp.int32), side="right")
     word_class = jnp.where(word_class < num_classes, word_class, -1).astype(jnp.int32)
-    valid = pack_bits(jnp.zeros((width * WORD_BITS,), jnp.bool_).at[slot].set(True))
-    return ClassBlocks(slot=slot, word_class=word_class, valid=valid)
+    valid = pack_bits(jnp.zeros((width * WORD_BITS,), jnp.bool_).at[slot].set(True,
+                                                                             mode="drop"))
+    return ClassBlocks(slot=slot, word_class=word_class, valid=valid, num_refs=num_refs)
 
 
 def to_blocks(words: Array, blocks: ClassBlocks) -> Array:
     """uint32[..., ⌈N/32⌉] words in reference order → uint32[..., W'] in ``blocks``' layout."""
     bits = unpack_bits(words, blocks.slot.shape[0])
     width = blocks.word_class.shape[0] * WORD_BITS
-    moved = jnp.zeros(bits.shape[:-1] + (width,), jnp.bool_).at[..., blocks.slot].set(bits)
+    moved = jnp.zeros(bits.shape[:-1] + (width,), jnp.bool_).at[..., blocks.slot].set(
+        bits, mode="drop")
     return pack_bits(moved)
 
 
@@ -527,7 +544,8 @@ def _tau(side_words: Array, flips: Array, negative: Array, lanes: int) -> Array:
 def solve_lanes(side_words: Array, x_sides: Array, positive: Array, negative: Array,
                 delta: Array | None, *, lanes: int = DEFAULT_LANES,
                 pure_words: bool = False,
-                first_counts: tuple[Array, Array] | None = None) -> GreedyResult:
+                first_counts: tuple[Array, Array] | None = None,
+                num_inputs=None) -> GreedyResult:
     """Algorithm 1 for a batch sharing one side matrix, on lanes refilled as inputs finish.
 
     A vmapped while loop runs every input of a group for as many steps as the group's
@@ -548,13 +566,17 @@ def solve_lanes(side_words: Array, x_sides: Array, positive: Array, negative: Ar
       first_counts: (nom, den) int32[B, Q], each input's counts with everything covered
         (``_removal_counts_by_word`` of its Class(x) and D(x)), when they come cheaper
         than a pass over its words; None counts them in the loop.
+      num_inputs: the first ``num_inputs`` rows are inputs, the rest padding that no lane
+        takes (their answers are zeros; may be traced; default B). Padding lets one
+        compiled solver serve every batch size up to B.
 
     Returns:
       ``GreedyResult`` with a leading batch axis B.
     """
     q, w = side_words.shape
-    b = x_sides.shape[0]
+    b = x_sides.shape[0]  # also the out-of-range row the scatters drop
     lanes = max(1, min(int(lanes), b))
+    live_rows = b if num_inputs is None else jnp.asarray(num_inputs, jnp.int32)
     flips = jnp.where(x_sides, _ALL_ONES, np.uint32(0))  # [B, Q]
     tau = _tau(side_words, flips, negative, lanes)
     delta = tau if delta is None else delta.astype(jnp.int32)
@@ -570,7 +592,7 @@ def solve_lanes(side_words: Array, x_sides: Array, positive: Array, negative: Ar
     def refill(state):
         """Lanes whose input stopped write their answer and take the next input."""
         (idx, covered, selected, order, step, nom, den, neg_count, nxt, out) = state
-        live = idx < b
+        live = idx < live_rows
         d = delta[jnp.minimum(idx, b - 1)]
         running = live & (neg_count > d) & jnp.any(~selected & (den > 0), axis=1)
         done = jnp.where(live & ~running, idx, b)  # b: dropped by the scatters
@@ -585,13 +607,13 @@ def solve_lanes(side_words: Array, x_sides: Array, positive: Array, negative: Ar
                    neg_count, mode="drop")}
         free = ~running
         new = nxt + jnp.cumsum(free.astype(jnp.int32)) - 1
-        idx = jnp.where(free, jnp.minimum(new, b), idx)
-        nxt = jnp.minimum(nxt + jnp.sum(free, dtype=jnp.int32), b)
+        idx = jnp.where(free, jnp.where(new < live_rows, new, b), idx)
+        nxt = jnp.minimum(nxt + jnp.sum(free, dtype=jnp.int32), live_rows)
         return idx, free, (covered, selected, order, step, nom, den, neg_count, nxt, out)
 
     def cond(state):
         idx, nxt = state[0], state[8]
-        return jnp.any(idx < b) | (nxt < b)
+        return jnp.any(idx < live_rows) | (nxt < live_rows)
 
     def body(state):
         idx, free, (covered, selected, order, step, nom, den, _, nxt, out) = refill(state)
@@ -607,7 +629,7 @@ def solve_lanes(side_words: Array, x_sides: Array, positive: Array, negative: Ar
         else:  # a new input starts from its given counts and steps now, if it runs at all
             nom = jnp.where(fresh, first_counts[0][safe], nom)
             den = jnp.where(fresh, first_counts[1][safe], den)
-            go = ~free | ((idx < b) & (popcount(neg) > delta[safe])
+            go = ~free | ((idx < live_rows) & (popcount(neg) > delta[safe])
                           & jnp.any(den > 0, axis=1))
         h = jax.vmap(_best_candidate, (0, 0, 0, None))(~selected & (den > 0), nom, den,
                                                       _narrow(w))
@@ -674,7 +696,8 @@ def _first_counts(blocked: Array, blocks: ClassBlocks, x_sides: Array, x_classes
 
 
 def solve_blocks(side_words: Array, blocked: Array, blocks: ClassBlocks, x_sides: Array,
-                 x_classes: Array, delta: Array | None, *, lanes: int) -> GreedyResult:
+                 x_classes: Array, delta: Array | None, *, lanes: int,
+                 num_inputs=None) -> GreedyResult:
     """``solve_classes`` as a traceable function, once the layout is made (no checks).
 
     Args:
@@ -685,6 +708,7 @@ def solve_blocks(side_words: Array, blocked: Array, blocks: ClassBlocks, x_sides
       x_classes: int32[B].
       delta: int32[B], or None for each input's τ.
       lanes: inputs in flight (``solve_lanes``).
+      num_inputs: rows past it are padding (``solve_lanes``; default B).
 
     Returns:
       ``GreedyResult`` with a leading batch axis B, ``covered`` in reference order.
@@ -694,9 +718,10 @@ def solve_blocks(side_words: Array, blocked: Array, blocks: ClassBlocks, x_sides
     negative = jnp.where(own, np.uint32(0), blocks.valid)
     result = solve_lanes(blocked, x_sides, positive, negative, delta, lanes=lanes,
                          pure_words=True,
-                         first_counts=_first_counts(blocked, blocks, x_sides, x_classes))
+                         first_counts=_first_counts(blocked, blocks, x_sides, x_classes),
+                         num_inputs=num_inputs)
     # P(x)'s covered set again in reference order: cheaper than moving every bit back.
-    valid = valid_words(blocks.slot.shape[0], side_words.shape[1])
+    valid = valid_words(blocks.num_refs, side_words.shape[1])
 
     def covered(args):
         x_side, selected = args
@@ -708,11 +733,19 @@ def solve_blocks(side_words: Array, blocked: Array, blocks: ClassBlocks, x_sides
 
 
 @functools.partial(jax.jit, static_argnames="num_classes")
-def _solve_classes(side_words, x_sides, ref_classes, x_classes, delta, num_classes):
-    blocks = class_blocks(ref_classes, num_classes=num_classes)
+def _solve_classes(side_words, x_sides, ref_classes, x_classes, delta, num_refs, num_inputs,
+                   num_classes):
+    blocks = class_blocks(ref_classes, num_classes=num_classes, num_refs=num_refs)
     blocked = to_blocks(side_words, blocks)
     return solve_blocks(side_words, blocked, blocks, x_sides, x_classes, delta,
-                        lanes=default_lanes(*blocked.shape))
+                        lanes=default_lanes(*blocked.shape), num_inputs=num_inputs)
+
+
+@functools.partial(jax.jit, static_argnames=("rows", "refs"))
+def _padded_class_problem(x_sides, ref_classes, x_classes, delta, *, rows: int, refs: int):
+    return (zero_pad(x_sides, rows), zero_pad(ref_classes.astype(jnp.int32), refs),
+            zero_pad(x_classes.astype(jnp.int32), rows),
+            None if delta is None else zero_pad(delta, rows))
 
 
 def check_class_args(side_words, x_sides, ref_classes, x_classes, num_classes: int) -> int:
@@ -761,14 +794,23 @@ def solve_classes(side_words: Array, x_sides: Array, ref_classes: Array, x_class
     Returns:
       ``GreedyResult`` with a leading batch axis B on every field.
     """
-    side_words = jnp.asarray(side_words)
-    x_sides = jnp.asarray(x_sides)
-    ref_classes = jnp.asarray(ref_classes)
-    x_classes = jnp.asarray(x_classes)
+    side_words, x_sides, ref_classes, x_classes = (
+        a if isinstance(a, jax.Array) else np.asarray(a)  # host arrays stay on the host
+        for a in (side_words, x_sides, ref_classes, x_classes))
     if check:
         check_class_args(side_words, x_sides, ref_classes, x_classes, num_classes)
         delta = _check_delta_batch(delta, x_sides.shape[0] if x_sides.ndim == 2 else 0)
-    return _solve_classes(side_words, x_sides, ref_classes, x_classes, delta, num_classes)
+    # One compiled solver per (Q, word count, bucket_size(B), C): the references are padded
+    # to the words' 32·W bits and the inputs to the bucket, both marked as padding inside.
+    n, b = ref_classes.shape[0], x_sides.shape[0]
+    rows, refs = bucket_size(b), side_words.shape[1] * WORD_BITS
+    if (rows, refs) != (b, n):
+        x_sides, ref_classes, x_classes, delta = _padded_class_problem(
+            x_sides, ref_classes, x_classes, delta, rows=rows, refs=refs)
+    result = _solve_classes(jnp.asarray(side_words), jnp.asarray(x_sides),
+                            jnp.asarray(ref_classes), jnp.asarray(x_classes), delta,
+                            np.int32(n), np.int32(b), num_classes)
+    return result if rows == b else first_rows(result, rows=b)
 
 
 def check_batch_args(side_words, num_refs, x_sides, positive_words) -> tuple[int, int, int]:

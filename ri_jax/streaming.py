@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, sample_boundaries,
                                sample_indices)
+from ri_jax.buckets import bucket_size, first_rows, repeat_last_row
 from ri_jax.distributed import (chunk_sides_packed, from_main_process, gather_shares,
                                 is_main_process, require_shared_sample, share_range,
                                 side_chunk_size)
@@ -275,6 +276,9 @@ class StreamingInterpreter(RepresentativeInterpreter):
         xs = self._check_images(xs, "xs")
         top_k = self._check_top_k(top_k)
         feats = self._features(xs, "xs")
+        b, rows = feats.shape[0], bucket_size(feats.shape[0])
+        if rows != b:  # as the parent's interpret_features: one compilation per bucket
+            feats = repeat_last_row(feats, size=rows)
         preds = self.predict_classes(feats)
         _, result, diag = self.solve_features(feats, preds)
         out = _explain_streamed_batch(self.streamed, feats, preds, result, top_k=top_k,
@@ -283,10 +287,10 @@ class StreamingInterpreter(RepresentativeInterpreter):
         similar = np.asarray(out.similar)
         present = similar >= 0
         shown = np.unique(similar[present])
-        if shown.size == 0:
-            return out
-        psi = self.reference_features(shown)
-        where = np.searchsorted(shown, np.where(present, similar, shown[0]))
-        maps = _draw_similar(out.alphas, out.selected, psi[where], jnp.asarray(present),
-                             image_size=xs.shape[1])
-        return out._replace(similar_heatmaps=maps)
+        if shown.size:
+            psi = self.reference_features(shown)
+            where = np.searchsorted(shown, np.where(present, similar, shown[0]))
+            out = out._replace(similar_heatmaps=_draw_similar(
+                out.alphas, out.selected, psi[where], jnp.asarray(present),
+                image_size=xs.shape[1]))
+        return out if rows == b else first_rows(out, rows=b)

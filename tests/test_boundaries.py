@@ -12,7 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ri_jax.boundaries import (SEARCH_STEP, SEARCH_TOLERANCE, Boundaries, delta_g, draw_pools,
-                               pool_boundaries, sample_boundaries, sample_indices, sides,
+                               pool_boundaries, pool_keys, sample_boundaries, sample_indices, sides,
                                sides_packed, sides_packed_per_input)
 from ri_jax.models.vgg import ModelConfig, make_vgg
 from ri_jax.solver import pack_bits
@@ -393,3 +393,10 @@ def test_sides_packed_per_input_matches_sides(seed, n):
     for i in range(3):
         expected = pack_bits(sides(Boundaries(w[i], b[i]), feats))
         np.testing.assert_array_equal(words[i], expected)
+
+
+def test_pool_keys_fold_in_each_id():
+    key = jax.random.key(7)
+    ids = np.array([0, 5, 2, 5], np.int32)
+    want = [jax.random.key_data(jax.random.fold_in(key, int(i))) for i in ids]
+    np.testing.assert_array_equal(jax.random.key_data(pool_keys(key, ids)), np.stack(want))

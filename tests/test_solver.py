@@ -334,16 +334,19 @@ def test_solve_batch_in_chunks(monkeypatch):
         assert_matches_reference(jax.tree.map(lambda a: a[i], r), ref, n)
 
 
-# Class ids from 1 to 4 classes (some absent), N across word edges; each (N, C) pair is one
-# compilation, so six pairs cover every N and every C.
+# Class ids from 1 to 4 classes (some absent), N across word edges, with given bounds or
+# each input's τ; each (N, C, bounds) triple is one compilation, so six cover every N,
+# every C and both kinds of bound. Nine inputs and N off a word edge run the padded
+# problem (16 rows, 32·W references); N = 64 with 8 inputs the unpadded one.
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1),
-       n_and_classes=st.sampled_from([(1, 1), (1, 3), (31, 2), (33, 4), (70, 1), (70, 3)]),
-       patterns=st.integers(1, 12), use_delta=st.booleans())
-def test_solve_classes_matches_reference(seed, n_and_classes, patterns, use_delta):
-    n, num_classes = n_and_classes
+       case=st.sampled_from([(64, 1, False), (1, 3, True), (31, 2, False), (33, 4, True),
+                             (70, 1, True), (70, 3, False)]),
+       patterns=st.integers(1, 12))
+def test_solve_classes_matches_reference(seed, case, patterns):
+    n, num_classes, use_delta = case
     rng = np.random.default_rng(seed)
-    q, b = 7, 9
+    q, b = 7, 8 if n == 64 else 9
     side = random_instance(rng, q, n, patterns)[0]
     x_sides = rng.random((b, q)) < 0.5
     present = rng.integers(1, num_classes + 1)  # classes 0 … present - 1 occur among the refs
@@ -395,6 +398,18 @@ def test_class_blocks_put_each_class_in_its_own_words(seed, n_and_classes):
     moved = np_unpack(_to_blocks(pack_bits(jnp.asarray(bits)), blocks), 32 * width)
     np.testing.assert_array_equal(moved[:, slot], bits)
     assert not moved[:, ~valid].any()
+    # Padded to the words' 32·W references (any class ids past N): the same layout, and
+    # the padding in no word.
+    extra = 32 * num_words(n) - n
+    padded_classes = np.concatenate([ref_class, rng.integers(0, num_classes, extra)])
+    padded = jax.device_get(_class_blocks(padded_classes, num_classes=num_classes, num_refs=n))
+    np.testing.assert_array_equal(padded.slot[:n], slot)
+    assert np.all(padded.slot[n:] >= 32 * width) and int(padded.num_refs) == n
+    np.testing.assert_array_equal(padded.word_class, blocks.word_class)
+    np.testing.assert_array_equal(padded.valid, blocks.valid)
+    noisy = pack_bits(jnp.asarray(np.concatenate([bits, np.ones((3, extra), bool)], axis=1)))
+    np.testing.assert_array_equal(_to_blocks(noisy, padded),
+                                  _to_blocks(pack_bits(jnp.asarray(bits)), blocks))
 
 
 def test_solve_classes_rejects_bad_inputs():

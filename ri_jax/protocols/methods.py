@@ -43,7 +43,7 @@ import numpy as np
 from ri_jax.baselines.gradcam import gradcam_weights_batch
 from ri_jax.baselines.gradcam_pp import gradcam_pp_weights_batch
 from ri_jax.baselines.scorecam import scorecam_weights_batch
-from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES
+from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES, pool_keys
 from ri_jax.heatmaps import polytope_heatmap
 from ri_jax.distributed import representative_interpreter
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
@@ -216,16 +216,15 @@ def ri_interpretations(interpreter: RepresentativeInterpreter, fns: ModelFns, ra
     top_k = check_positive(top_k, "top_k")
     # Input v's pool (authors' variant) is drawn with fold_in(pool_key, v): independent of
     # how the inputs are chunked.
-    pool_keys = jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(pool_key, i))(
-        jnp.arange(len(raw))))
+    pool_key_data = jax.random.key_data(pool_keys(pool_key, np.arange(len(raw))))
 
     def one_chunk(chunk, key_data):
         xs = fns.normalize(jnp.asarray(chunk))
         keys = jax.random.wrap_key_data(jnp.asarray(key_data))
         return interpreter.interpret_batch(xs, top_k=top_k, keys=keys)
 
-    details = map_chunks(one_chunk, (raw, np.asarray(pool_keys)), chunk_size, progress=progress,
-                         desc="RI interpretations")
+    details = map_chunks(one_chunk, (raw, np.asarray(pool_key_data)), chunk_size,
+                         progress=progress, desc="RI interpretations")
     # The regions use the same ψ(x_v) and sides the solver saw, so a polytope always
     # covers its own input.
     regions = interpreter.regions_from(details)

@@ -1,0 +1,57 @@
+"""Shape buckets: the sizes batches are padded to, and padding that is dropped again."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ri_jax.buckets import BUCKET_STEP, bucket_size, first_rows, pad_rows, repeat_last_row
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.integers(1, 10_000))
+def test_bucket_size_is_the_next_power_of_two_then_a_multiple_of_the_step(n):
+    size = bucket_size(n)
+    assert size >= n and bucket_size(size) == size
+    if n <= BUCKET_STEP:
+        assert size & (size - 1) == 0 and size < 2 * n  # the next power of two
+    else:
+        assert size % BUCKET_STEP == 0 and size - n < BUCKET_STEP
+    assert bucket_size(n + 1) >= size  # monotone
+
+
+def test_bucket_sizes_up_to_nine_are_four():
+    assert sorted({bucket_size(n) for n in range(1, 10)}) == [1, 2, 4, 8, 16]
+
+
+@pytest.mark.parametrize("n", [0, -3])
+def test_bucket_size_needs_a_row(n):
+    with pytest.raises(ValueError, match="n: expected at least one row"):
+        bucket_size(n)
+
+
+def test_pad_rows_on_the_host_and_on_the_device_agree():
+    x = np.arange(12, dtype=np.float32).reshape(3, 2, 2)
+    host = pad_rows(x, 5)
+    assert isinstance(host, np.ndarray) and host.shape == (5, 2, 2)
+    np.testing.assert_array_equal(host[:3], x)
+    assert not host[3:].any()
+    np.testing.assert_array_equal(pad_rows(jnp.asarray(x), 5), host)
+    assert pad_rows(x, 3) is x
+
+
+def test_repeat_last_row_then_first_rows_round_trips_a_tree():
+    tree = {"feats": jnp.arange(6.0).reshape(3, 2), "keys": jax.random.split(jax.random.key(0), 3),
+            "none": None}
+    padded = repeat_last_row(tree, size=8)
+    assert padded["feats"].shape == (8, 2) and padded["keys"].shape == (8,)
+    assert padded["none"] is None
+    np.testing.assert_array_equal(padded["feats"][3:], np.tile(tree["feats"][-1:], (5, 1)))
+    np.testing.assert_array_equal(jax.random.key_data(padded["keys"][3:]),
+                                  np.tile(jax.random.key_data(tree["keys"][-1:]), (5, 1)))
+    back = first_rows(padded, rows=3)
+    np.testing.assert_array_equal(back["feats"], tree["feats"])
+    np.testing.assert_array_equal(jax.random.key_data(back["keys"]),
+                                  jax.random.key_data(tree["keys"]))
