@@ -552,6 +552,9 @@ class RepresentativeInterpreter:
                            keys: Array | None = None, progress: bool = False) -> Interpretation:
         """``interpret_batch`` for inputs given by their feature maps [B, h, w, c].
 
+        Inside, the batch runs padded to ``buckets.bucket_size(B)`` rows (copies of its last
+        input, dropped from the answer), so batches of nearby sizes share compiled programs.
+
         Args:
           feats: [B, h, w, c].
           top_k: similar references kept per input.

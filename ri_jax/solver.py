@@ -778,7 +778,8 @@ def solve_classes(side_words: Array, x_sides: Array, ref_classes: Array, x_class
     The same answers as ``solve_batch(side_words, N, x_sides, positive_words(ref_classes,
     x_classes, num_classes=num_classes), delta)``, faster: inside, the references are
     regrouped by class (``class_blocks``) so each greedy step makes one popcount per word
-    instead of two; ``covered`` is then rebuilt in reference order from P(x).
+    instead of two; ``covered`` is then rebuilt in reference order from P(x). The solver
+    is compiled per (Q, ⌈N/32⌉, ``buckets.bucket_size(B)``, C), not per N and B.
 
     Args:
       side_words: uint32[Q, ⌈N/32⌉], packed sides of the N references (one shared sample).

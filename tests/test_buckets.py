@@ -7,23 +7,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ri_jax.buckets import BUCKET_STEP, bucket_size, first_rows, pad_rows, repeat_last_row
+from ri_jax.buckets import bucket_size, first_rows, pad_rows, repeat_last_row
 
 
 @settings(max_examples=300, deadline=None)
-@given(n=st.integers(1, 10_000))
-def test_bucket_size_is_the_next_power_of_two_then_a_multiple_of_the_step(n):
+@given(n=st.integers(1, 100_000))
+def test_bucket_size_pads_by_less_than_a_quarter_beyond_eight(n):
     size = bucket_size(n)
-    assert size >= n and bucket_size(size) == size
-    if n <= BUCKET_STEP:
+    assert size >= n and bucket_size(size) == size and bucket_size(n + 1) >= size
+    if n <= 8:
         assert size & (size - 1) == 0 and size < 2 * n  # the next power of two
     else:
-        assert size % BUCKET_STEP == 0 and size - n < BUCKET_STEP
-    assert bucket_size(n + 1) >= size  # monotone
+        assert 4 * (size - n) < n
 
 
-def test_bucket_sizes_up_to_nine_are_four():
-    assert sorted({bucket_size(n) for n in range(1, 10)}) == [1, 2, 4, 8, 16]
+def test_bucket_sizes():
+    assert [bucket_size(n) for n in range(1, 18)] == [1, 2, 4, 4, 8, 8, 8, 8, 10, 10, 12, 12,
+                                                      14, 14, 16, 16, 20]
+    assert len({bucket_size(n) for n in range(1, 1025)}) == 32
 
 
 @pytest.mark.parametrize("n", [0, -3])

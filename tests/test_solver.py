@@ -337,7 +337,7 @@ def test_solve_batch_in_chunks(monkeypatch):
 # Class ids from 1 to 4 classes (some absent), N across word edges, with given bounds or
 # each input's τ; each (N, C, bounds) triple is one compilation, so six cover every N,
 # every C and both kinds of bound. Nine inputs and N off a word edge run the padded
-# problem (16 rows, 32·W references); N = 64 with 8 inputs the unpadded one.
+# problem (10 rows, 32·W references); N = 64 with 8 inputs the unpadded one.
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1),
        case=st.sampled_from([(64, 1, False), (1, 3, True), (31, 2, False), (33, 4, True),

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ri_jax.interpreter import RepresentativeInterpreter
 from ri_jax.ranking import semantic_distance
@@ -63,6 +63,7 @@ def both(n, batch, q, seed, keep=False, variant="paper"):
 # lists shared with the tests below, so examples reuse compiled shapes (one compilation per
 # shape) while every value is still drawn.
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(n=1025, batch=29, q=1, seed=1, keep=False)  # uncovered references tie (see below)
 @given(n=st.sampled_from([2, 300, 1025, 2100]), batch=st.sampled_from([1, 29, 64, 300]),
        q=st.sampled_from([1, 6, 8]), seed=st.integers(0, 10_000), keep=st.booleans())
 def test_streamed_reference_set_and_answers_match_in_memory(n, batch, q, seed, keep):
@@ -88,12 +89,14 @@ def test_streamed_reference_set_and_answers_match_in_memory(n, batch, q, seed, k
 def assert_same_ranking(got, want, tol=1e-5):
     """The same ranking, up to the order of references whose Eq. 6 distances tie within
     float rounding: XLA rounds the chunked [chunk, D]·[D, Q] projections and the one
-    [N, D]·[D, Q] product differently in the last bit for some shapes."""
+    [N, D]·[D, Q] product differently in the last bit for some shapes. That holds for the
+    covered references and for the uncovered ones after them (ranked by distance too;
+    n=1025, batch=29, q=1, seed=1 swaps two of them)."""
     for b in range(len(want.ranked)):
         count = int(want.num_covered[b])
-        np.testing.assert_array_equal(np.sort(got.ranked[b, :count]),
-                                      np.sort(want.ranked[b, :count]))
-        np.testing.assert_array_equal(got.ranked[b, count:], want.ranked[b, count:])
+        for part in (slice(None, count), slice(count, None)):
+            np.testing.assert_array_equal(np.sort(got.ranked[b, part]),
+                                          np.sort(want.ranked[b, part]))
         np.testing.assert_allclose(got.ranked_distances[b], want.ranked_distances[b], rtol=tol,
                                    atol=tol)
         moved = got.ranked[b] != want.ranked[b]
