@@ -374,7 +374,9 @@ _to_blocks = jax.jit(to_blocks)
 
 
 # N on and across word edges, up to several words per class; one compilation per (N, C),
-# so eight pairs cover every N and every C from 1 to 5 (of the 40 combinations).
+# so eight pairs cover every N and every C from 1 to 5 (of the 40 combinations). N off a
+# word edge is laid out as solve_classes lays it out: padded to the words' 32·W
+# references (any class ids past N, any bits there), the padding in no word.
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1),
        n_and_classes=st.sampled_from([(1, 1), (2, 5), (31, 2), (32, 3), (33, 4), (64, 5),
@@ -383,10 +385,14 @@ def test_class_blocks_put_each_class_in_its_own_words(seed, n_and_classes):
     n, num_classes = n_and_classes
     rng = np.random.default_rng(seed)
     ref_class = rng.integers(0, num_classes, n)
-    blocks = jax.device_get(_class_blocks(ref_class, num_classes=num_classes))
+    extra = 32 * num_words(n) - n
+    padded_class = np.concatenate([ref_class, rng.integers(0, num_classes, extra)])
+    blocks = jax.device_get(_class_blocks(padded_class, num_classes=num_classes,
+                                          num_refs=n if extra else None))
     width = num_words(n) + num_classes
     assert blocks.word_class.shape == (width,) and blocks.valid.shape == (width,)
-    slot = blocks.slot
+    assert int(blocks.num_refs) == n and np.all(blocks.slot[n:] >= 32 * width)
+    slot = blocks.slot[:n]
     assert len(set(slot.tolist())) == n and slot.min() >= 0 and slot.max() < 32 * width
     np.testing.assert_array_equal(blocks.word_class[slot // 32], ref_class)  # pure words
     for c in range(num_classes):  # classes in order, stable within a class
@@ -395,21 +401,10 @@ def test_class_blocks_put_each_class_in_its_own_words(seed, n_and_classes):
     valid[slot] = True
     np.testing.assert_array_equal(np_unpack(blocks.valid, 32 * width), valid)
     bits = rng.random((3, n)) < 0.5
-    moved = np_unpack(_to_blocks(pack_bits(jnp.asarray(bits)), blocks), 32 * width)
+    noisy = np.concatenate([bits, np.ones((3, extra), bool)], axis=1)
+    moved = np_unpack(_to_blocks(pack_bits(jnp.asarray(noisy)), blocks), 32 * width)
     np.testing.assert_array_equal(moved[:, slot], bits)
     assert not moved[:, ~valid].any()
-    # Padded to the words' 32·W references (any class ids past N): the same layout, and
-    # the padding in no word.
-    extra = 32 * num_words(n) - n
-    padded_classes = np.concatenate([ref_class, rng.integers(0, num_classes, extra)])
-    padded = jax.device_get(_class_blocks(padded_classes, num_classes=num_classes, num_refs=n))
-    np.testing.assert_array_equal(padded.slot[:n], slot)
-    assert np.all(padded.slot[n:] >= 32 * width) and int(padded.num_refs) == n
-    np.testing.assert_array_equal(padded.word_class, blocks.word_class)
-    np.testing.assert_array_equal(padded.valid, blocks.valid)
-    noisy = pack_bits(jnp.asarray(np.concatenate([bits, np.ones((3, extra), bool)], axis=1)))
-    np.testing.assert_array_equal(_to_blocks(noisy, padded),
-                                  _to_blocks(pack_bits(jnp.asarray(bits)), blocks))
 
 
 def test_solve_classes_rejects_bad_inputs():
