@@ -15,6 +15,7 @@ import numpy as np
 
 Array = jax.Array
 
+
 def bucket_size(n: int) -> int:
     """The padded size that stands for ``n`` ≥ 1 rows.
 

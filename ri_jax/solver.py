@@ -567,8 +567,8 @@ def solve_lanes(side_words: Array, x_sides: Array, positive: Array, negative: Ar
         (``_removal_counts_by_word`` of its Class(x) and D(x)), when they come cheaper
         than a pass over its words; None counts them in the loop.
       num_inputs: the first ``num_inputs`` rows are inputs, the rest padding that no lane
-        takes (their answers are zeros; may be traced; default B). Padding lets one
-        compiled solver serve every batch size up to B.
+        takes (their rows of the answer keep their initial values; may be traced; default
+        B). Padding lets one compiled solver serve every batch size up to B.
 
     Returns:
       ``GreedyResult`` with a leading batch axis B.
@@ -804,7 +804,7 @@ def solve_classes(side_words: Array, x_sides: Array, ref_classes: Array, x_class
     # One compiled solver per (Q, word count, bucket_size(B), C): the references are padded
     # to the words' 32·W bits and the inputs to the bucket, both marked as padding inside.
     n, b = ref_classes.shape[0], x_sides.shape[0]
-    rows, refs = bucket_size(b), side_words.shape[1] * WORD_BITS
+    rows, refs = bucket_size(b) if b else 0, side_words.shape[1] * WORD_BITS
     if (rows, refs) != (b, n):
         x_sides, ref_classes, x_classes, delta = _padded_class_problem(
             x_sides, ref_classes, x_classes, delta, rows=rows, refs=refs)
