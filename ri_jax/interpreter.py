@@ -505,11 +505,8 @@ class RepresentativeInterpreter:
                       disable=not progress):
             sl = slice(i, i + chunk)
             f, p, k = feats[sl], preds[sl], keys[sl]
-            pad = chunk - f.shape[0]
-            if pad:  # one compiled shape for every chunk
-                f = jnp.concatenate([f, jnp.repeat(f[:1], pad, axis=0)])
-                p = jnp.concatenate([p, jnp.repeat(p[:1], pad, axis=0)])
-                k = jnp.concatenate([k, jnp.repeat(k[:1], pad, axis=0)])
+            if f.shape[0] != chunk:  # one compiled shape for every chunk
+                f, p, k = repeat_last_row((f, p, k), size=chunk)
             pools, counts = draw_pools(refs.preds, p, q, keys=k)
             if bool(jnp.any(counts == 0)):
                 raise ValueError("references: an input's class is the only class predicted on "

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, sample_boundaries,
                                sample_indices)
-from ri_jax.buckets import bucket_size, first_rows, repeat_last_row
+from ri_jax.buckets import bucket_size, first_rows, pad_rows, repeat_last_row
 from ri_jax.distributed import (chunk_sides_packed, from_main_process, gather_shares,
                                 is_main_process, require_shared_sample, share_range,
                                 side_chunk_size)
@@ -69,12 +69,6 @@ class StreamedReferences(NamedTuple):
     side_words: Array
     projections: Array
     feats: Array | None
-
-
-def _padded(x, size: int):
-    """``x`` [m ≤ size, ...] zero-padded to ``size`` rows (the in-memory batches' padding)."""
-    x = jnp.asarray(x)
-    return jnp.pad(x, [(0, size - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
 
 def stream_references(features_fn: Callable[[Array], Array], head_fn: Callable[[Array], Array],
@@ -124,7 +118,7 @@ def stream_references(features_fn: Callable[[Array], Array], head_fn: Callable[[
                              f"indices, got shape {images.shape}")
         if not np.all(np.isfinite(images)):
             raise ValueError(f"load_images: references {first}..{idx[-1]} contain NaN or inf")
-        return np.asarray(features_fn(_padded(images, size)))[:len(idx)]
+        return np.asarray(features_fn(pad_rows(images, size)))[:len(idx)]
 
     chosen = np.asarray(sample_indices(n, num_boundaries, key=key))
     sample = {}
@@ -166,7 +160,7 @@ def stream_references(features_fn: Callable[[Array], Array], head_fn: Callable[[
                       disable=not (progress and is_main_process())):
         psi = batch_features(first)
         local_preds[first - start:first - start + len(psi)] = np.argmax(
-            np.asarray(head_jit(_padded(psi, size)))[:len(psi)], axis=1)
+            np.asarray(head_jit(pad_rows(psi, size)))[:len(psi)], axis=1)
         buffer.append(psi)
         while sum(len(b) for b in buffer) >= chunk:  # side chunks fall where sides() puts them
             flush(chunk)
