@@ -16,6 +16,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # before jax is imported (rea
     os.environ["RI_JAX_TEST_OWNS_CACHE"] = os.environ["JAX_COMPILATION_CACHE_DIR"]
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# Most of the suite's time is XLA compiling small programs, and most of that is LLVM
+# optimising code that then runs once on tiny arrays. Level 0 skips LLVM's passes only:
+# XLA's own HLO passes, the fusion decisions and the float semantics (no fast-math, so no
+# reassociation at any level) are unchanged, and so are the answers the tests check. The
+# benchmarks, not the tests, measure optimised code. Set the flag yourself to override.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = " ".join(
+        filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
 
 import jax
 import numpy as np
@@ -36,6 +44,11 @@ def tiny_config():
 def tiny_model():
     fns = make_vgg(TINY)
     return fns, fns.init(jax.random.key(0))
+
+
+def forced_devices(count: int) -> str:
+    """XLA_FLAGS for a subprocess with ``count`` host devices, keeping this session's flags."""
+    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}"
 
 
 PROTOCOL_SIZE = 32  # image side of protocol_model's images (the tiny VGG's input size)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from conftest import forced_devices
 from ri_jax import distributed as dist
 from ri_jax.boundaries import Boundaries, sides_packed
 from ri_jax.interpreter import RepresentativeInterpreter
@@ -144,7 +145,7 @@ def test_two_processes_write_what_one_process_writes(tmp_path):
     save_checkpoint(tmp_path / "ckpt", fns.init(jax.random.key(0)), TINY)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
            # Two devices per process: the solve is sharded over 4 devices in 2 processes.
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+           "XLA_FLAGS": forced_devices(2)}
     base = [sys.executable, str(WORKER)]
     data, ckpt = str(tmp_path / "data"), str(tmp_path / "ckpt")
     coordinator = f"127.0.0.1:{free_port()}"

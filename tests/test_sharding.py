@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import forced_devices
 from ri_jax import sharding
 from ri_jax.boundaries import Boundaries, sides_packed
 from ri_jax.models.vgg import make_vgg
@@ -99,7 +100,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
 
 
 def test_four_devices_match_one_device():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    env = {**os.environ, "XLA_FLAGS": forced_devices(4),
            "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
