@@ -23,7 +23,8 @@ segmentation resolution and 5 TCAV repeats, and in Table 1 discovery sets of the
 cluster members nearest each centre (Figure 4 and the case studies: the input and its 49
 nearest references, as the paper's appendix). --quick shrinks everything further (a smoke test, not a result).
 
-Each step runs as its own process (``python experiments/<step>.py``). RESULTS.md is
+Each step runs as its own process (``python experiments/<step>.py``), or with --in-process
+all in this one, where they share compiled programs (faster on small runs). RESULTS.md is
 rendered by ``ri_jax.protocols.report``; the paper's numbers appear only there, in
 columns labelled as the paper's, and never enter a results JSON.
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import platform
@@ -124,6 +126,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="extra arguments for one step, e.g. 'table1:--unseen 50' (repeatable)")
     p.add_argument("--resume", action="store_true", help="reuse --out and its feature cache")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the steps in this process, not one process each: they share compiled "
+                        "programs, which saves compilation on small runs")
     p.add_argument("--render-only", action="store_true",
                    help="only rebuild RESULTS.md from the run_all.json and step JSON in --out")
     args = p.parse_args(argv)
@@ -189,11 +194,12 @@ def main(argv=None) -> dict:
         argvs[step] = step_argv(step, args, out)
         print(f"== {step}: {' '.join(shlex.quote(a) for a in argvs[step])}", flush=True)
         t0 = time.perf_counter()
-        run_step(step, argvs[step])
+        run_step(step, argvs[step], in_process=args.in_process)
         timings[step] = time.perf_counter() - t0
     total = time.perf_counter() - started
     record = {"command": command, "steps": args.steps, "argv": argvs, "wall_seconds": timings,
-              "total_wall_seconds": total, "quick": args.quick, "ace": not args.no_ace,
+              "total_wall_seconds": total, "in_process": args.in_process, "quick": args.quick,
+              "ace": not args.no_ace,
               "deviations_from_paper": deviations(args),
               "data": args.data, "checkpoint": args.checkpoint,
               "model": dataclasses.asdict(load_checkpoint(
@@ -223,8 +229,18 @@ def machine() -> dict:
             "devices": [str(d) for d in jax.devices()]}
 
 
-def run_step(step: str, argv: list[str]) -> None:
-    """Runs one step's script in its own process; exits naming the step if it fails."""
+def run_step(step: str, argv: list[str], *, in_process: bool = False) -> None:
+    """Runs one step's script in its own process (or this one); exits naming the step if it fails."""
+    if in_process:
+        try:
+            importlib.import_module(SCRIPT_OF[step]).main(argv)
+        except SystemExit as stop:  # a script's own error exit (its argument parser's)
+            if stop.code not in (None, 0):
+                sys.exit(f"{step}: {SCRIPTS[step].name} failed: {stop.code}")
+        except Exception as error:  # raised as it is, traceback and all, naming the step
+            error.add_note(f"in run_all step {step} ({SCRIPTS[step].name})")
+            raise
+        return
     # The child imports the same ri_jax as this process, installed or not.
     library_root = str(Path(ri_jax.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(

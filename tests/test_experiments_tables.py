@@ -20,6 +20,7 @@ import table1  # noqa: E402
 import table2  # noqa: E402
 import variant_study  # noqa: E402
 from ri_jax.checkpoint import save_checkpoint  # noqa: E402
+from ri_jax.data import DatasetError  # noqa: E402
 from ri_jax.protocols.report import format_mean_std  # noqa: E402
 
 PER_CLASS = 10
@@ -74,6 +75,7 @@ def results(tiny_setup):
     out, md = root / "all", root / "RESULTS.md"
     record = run_all.main(base[:4] + [
         "--out", str(out), "--quick", "--no-progress", "--no-ace", "--results-md", str(md),
+        "--in-process",  # the steps share compiled programs; a process each is tested below
         "--extra", "table1:--runs 2 --per-class 2 --num-boundaries 4",
         "--extra", "table2:--runs 2 --per-class 2 --num-boundaries 4",
         "--extra", "figures5_6:--runs 2 --per-class 2 --qs 3,1",
@@ -216,6 +218,7 @@ def test_scripts_reject_bad_arguments(tiny_setup):
 def test_run_all_writes_results_md_from_the_json(results):
     out, md, record = results
     assert list(record["wall_seconds"]) == ["table1", "table2", "figure4", "figures5_6"]
+    assert record["in_process"] is True
     for step in ("table1", "table2", "figure4", "figures5_6"):
         assert (out / step / f"{step}.json").is_file()
     t1 = json.loads((out / "table1" / "table1.json").read_text())
@@ -237,6 +240,21 @@ def test_run_all_writes_results_md_from_the_json(results):
     assert "### Verdict across fills (black, mean, blur)" in text and "Holds under every fill" in text
     assert "inverse mAD" in text and "(n = " in text
     assert json.loads((out / "run_all.json").read_text())["total_wall_seconds"] > 0
+
+
+@pytest.mark.parametrize("in_process", [False, True])
+def test_run_all_names_the_step_that_fails(tmp_path, capfd, in_process):
+    argv = ["--out", str(tmp_path / "out"), "--data", str(tmp_path / "missing"),
+            "--steps", "table2", "--no-progress"] + ["--in-process"] * in_process
+    if in_process:
+        with pytest.raises(DatasetError, match="data folder does not exist") as raised:
+            run_all.main(argv)
+        assert "in run_all step table2 (table2.py)" in raised.value.__notes__
+    else:  # the step's own process fails as a script does, and the driver names the step
+        with pytest.raises(SystemExit, match="table2: table2.py failed with exit status 2"):
+            run_all.main(argv)
+        err = capfd.readouterr().err
+        assert "table2.py: error:" in err and "data folder does not exist" in err
 
 
 def test_run_all_runs_table1_under_every_fill(tmp_path):
