@@ -215,6 +215,7 @@ def test_figure4_with_ace_on_the_first_inputs(tiny_setup):
     assert saved["config"]["ace_config"]["n_segments"] == [4]
 
 
+@pytest.mark.slow
 def test_case_studies_with_ace_row(tiny_setup):
     root, base = tiny_setup
     out = root / "cases_ace"

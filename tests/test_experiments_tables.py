@@ -92,6 +92,7 @@ def results(tiny_setup):
     return out, md, record
 
 
+@pytest.mark.slow
 def test_table1_writes_the_stable_schema(results):
     out = results[0] / "table1"
     saved = json.loads((out / "table1.json").read_text())
@@ -136,6 +137,7 @@ def test_table1_writes_the_stable_schema(results):
     assert saved["config"]["seeds"] == [0, 1] and saved["config"]["num_unseen"] == 20
 
 
+@pytest.mark.slow
 def test_table1_runs_are_seeded_and_repeatable_and_ace_joins(tiny_setup, results):
     root, base = tiny_setup
     out = results[0] / "table1"
@@ -156,6 +158,7 @@ def test_table1_runs_are_seeded_and_repeatable_and_ace_joins(tiny_setup, results
     assert 0 <= ace["empty_masks"] <= 20 and 0 <= ace["without_significant_concept"] <= 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fill", ["mean", "blur"])
 def test_table1_under_other_fills(results, fill):
     saved = json.loads((results[0] / f"table1_{fill}" / "table1.json").read_text())
@@ -168,6 +171,7 @@ def test_table1_under_other_fills(results, fill):
         saved["controls"]["Random"] != black["controls"]["Random"]
 
 
+@pytest.mark.slow
 def test_table2_writes_the_stable_schema_and_shares_table1_polytopes(results):
     out = results[0] / "table2"
     saved = json.loads((out / "table2.json").read_text())
@@ -190,6 +194,7 @@ def test_table2_writes_the_stable_schema_and_shares_table1_polytopes(results):
         assert run["distinct_polytopes"] == summary["distinct_polytopes"]
 
 
+@pytest.mark.slow
 def test_figures5_6_sweep_and_plot(results):
     out = results[0] / "figures5_6"
     saved = json.loads((out / "figures5_6.json").read_text())
@@ -215,6 +220,7 @@ def test_scripts_reject_bad_arguments(tiny_setup):
         run_all.main(["--out", str(root / "bad4"), "--steps", "table9"])
 
 
+@pytest.mark.slow
 def test_run_all_writes_results_md_from_the_json(results):
     out, md, record = results
     assert list(record["wall_seconds"]) == ["table1", "table2", "figure4", "figures5_6"]

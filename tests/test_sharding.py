@@ -99,6 +99,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_four_devices_match_one_device():
     env = {**os.environ, "XLA_FLAGS": forced_devices(4),
            "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
@@ -157,6 +158,7 @@ def test_bad_arguments_raise_value_errors(tiny_config):
         sharding.sharded_features(make_vgg(tiny_config), {}, np.zeros((1, 32, 32)), mesh)
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None)
 @given(n=st.sampled_from([1, 33, 70]), chunk=st.sampled_from([None, 2, "auto"]),
        seed=st.integers(0, 2**32 - 1))

@@ -62,6 +62,7 @@ def both(n, batch, q, seed, keep=False, variant="paper"):
 # side chunks of 1,024, batches that do and do not divide them. N and |Q| come from short
 # lists shared with the tests below, so examples reuse compiled shapes (one compilation per
 # shape) while every value is still drawn.
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @example(n=1025, batch=29, q=1, seed=1, keep=False)  # uncovered references tie (see below)
 @given(n=st.sampled_from([2, 300, 1025, 2100]), batch=st.sampled_from([1, 29, 64, 300]),

@@ -23,6 +23,7 @@ from conftest import TEST_XLA_FLAGS, TINY
 HERE = Path(__file__).resolve().parent
 
 
+@pytest.mark.slow
 def test_the_suites_xla_flags_give_the_default_answers(tmp_path):
     flags = os.environ.get("XLA_FLAGS", "").split()
     ours = [flag for flag in TEST_XLA_FLAGS if flag in flags]
