@@ -18,12 +18,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # before jax is imported (rea
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # Most of the suite's time is XLA compiling small programs that then run once on tiny
 # arrays. These flags make XLA's CPU backend compile faster: LLVM at optimisation level 0,
-# and the elemental emitters instead of the MLIR fusion emitters. Every test compares
+# the elemental emitters instead of the MLIR fusion emitters, and one LLVM module per
+# program (the workers already keep every core busy). Every test compares
 # answers computed under the same flags; tests/test_xla_settings.py checks that a whole
 # interpretation gives XLA's default answers (the discrete ones exactly, the floats to
 # rounding). The benchmarks, not the tests, measure optimised code. A flag already in
 # XLA_FLAGS is left as it is.
-TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false",
+                  "--xla_cpu_parallel_codegen_split_count=1")
 os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), *(
     flag for flag in TEST_XLA_FLAGS
     if flag.partition("=")[0] not in os.environ.get("XLA_FLAGS", ""))]))
