@@ -4,7 +4,8 @@ The suite runs on every core (pytest-xdist, ``-n auto`` in pyproject.toml) and s
 one JAX persistent compilation cache, made fresh for the session, between its workers
 and the scripts its tests start as subprocesses: they compile the same tiny model
 again and again. A cached executable is the one XLA would compile, so nothing
-checked changes; set ``JAX_COMPILATION_CACHE_DIR`` yourself to keep or move it.
+checked changes; set ``JAX_COMPILATION_CACHE_DIR`` yourself to keep or move it. The
+suite also compiles with ``TEST_XLA_FLAGS`` (below), which the subprocesses inherit.
 """
 
 import os
