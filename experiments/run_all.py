@@ -230,7 +230,11 @@ def machine() -> dict:
 
 
 def run_step(step: str, argv: list[str], *, in_process: bool = False) -> None:
-    """Runs one step's script in its own process (or this one); exits naming the step if it fails."""
+    """Runs one step's script in its own process, or in this one; a failure names the step.
+
+    In its own process a failing step exits the driver with the step's name. In this process
+    a script's error exit does the same, and any other exception is raised with a note.
+    """
     if in_process:
         try:
             importlib.import_module(SCRIPT_OF[step]).main(argv)

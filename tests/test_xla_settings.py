@@ -34,7 +34,7 @@ def test_the_suites_xla_flags_give_the_default_answers(tmp_path):
            "JAX_PLATFORMS": "cpu", "JAX_ENABLE_COMPILATION_CACHE": "false",
            "PYTHONPATH": str(HERE.parent)}
     proc = subprocess.run([sys.executable, str(HERE / "xla_sample.py"), str(out),
-                           xla_sample.config_json(TINY)],
+                           TINY.to_json()],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     here, default = xla_sample.compute(TINY), np.load(out)

@@ -5,7 +5,6 @@
 Kept apart from conftest.py, which adds the suite's XLA flags when it is imported.
 """
 
-import dataclasses
 import json
 import sys
 
@@ -34,11 +33,5 @@ def compute(config: ModelConfig) -> dict[str, np.ndarray]:
     return {name: np.asarray(value) for name, value in arrays.items()}
 
 
-def config_json(config: ModelConfig) -> str:
-    return json.dumps(dataclasses.asdict(config))
-
-
 if __name__ == "__main__":
-    fields = json.loads(sys.argv[2])
-    np.savez(sys.argv[1], **compute(ModelConfig(**{
-        k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})))
+    np.savez(sys.argv[1], **compute(ModelConfig.from_dict(json.loads(sys.argv[2]))))
