@@ -47,7 +47,7 @@ from benchmarks.common import (DEFAULT_OUT, block, describe_machine, finish, for
                                record, synthetic_problem, time_call)
 from benchmarks.peers import greedy_peer_batch
 from ri_jax import solver
-from ri_jax.sharding import (default_chunk_size, local_solve_batch, make_mesh,
+from ri_jax.sharding import (default_device_lanes, local_solve_batch, make_mesh,
                              sharded_solve_batch, sharded_solve_classes)
 from ri_jax.solver import num_words, pack_bits, positive_words, solve_batch, solve_classes
 
@@ -80,12 +80,12 @@ def ours_sharded_classes(problem, mesh):
                                  problem.x_preds, num_classes=2, mesh=mesh)
 
 
-def ours_sharded(problem, num_refs: int, mesh, chunk_size="auto"):
+def ours_sharded(problem, num_refs: int, mesh, lanes="auto"):
     """``ri_jax.sharding.sharded_solve_batch`` over every device, same start and end."""
     side_words = pack_bits(jnp.asarray(problem.sides))
     positive = positive_words(problem.ref_preds, problem.x_preds, num_classes=2)
     return sharded_solve_batch(side_words, num_refs, problem.x_sides, positive, mesh=mesh,
-                               chunk_size=chunk_size)
+                               lanes=lanes)
 
 
 def check_same(peer, ours, n: int, label: str) -> None:
@@ -110,9 +110,9 @@ def compare(args, rec) -> None:
         "ri_jax.solver.solve_classes (one device, references grouped by class)":
             lambda: ours_classes(problem),
         f"ri_jax.sharding.sharded_solve_batch ({mesh.size} device(s), "
-        f"{default_chunk_size(mesh)} lanes each)": lambda: ours_sharded(problem, r, mesh),
+        f"{default_device_lanes(mesh)} lanes each)": lambda: ours_sharded(problem, r, mesh),
         f"ri_jax.sharding.sharded_solve_classes ({mesh.size} device(s), "
-        f"{default_chunk_size(mesh)} lanes each)": lambda: ours_sharded_classes(problem, mesh),
+        f"{default_device_lanes(mesh)} lanes each)": lambda: ours_sharded_classes(problem, mesh),
     }
     rows = []
     for label, fn in solvers.items():
@@ -172,7 +172,7 @@ SCALING_COLUMNS = ["Q", "R", "batch", "vmap_s", "chunked_s", "steps_max", "packe
 
 def scaling(args, rec) -> None:
     mesh = make_mesh()
-    chunk = default_chunk_size(mesh)
+    chunk = default_device_lanes(mesh)
     rows, skipped = [], []
     print("  ".join(SCALING_COLUMNS), flush=True)
     for q, r in itertools.product(args.grid_q, args.grid_r):
@@ -204,7 +204,7 @@ def scaling(args, rec) -> None:
                    "xla_vmap_MiB": xla_memory(solver._solve_batch.lower(
                        words, jnp.int32(r), x_sides, positive, None)) / 2**20,
                    "xla_chunked_MiB": xla_memory(jax.jit(functools.partial(
-                       local_solve_batch, chunk_size=chunk)).lower(
+                       local_solve_batch, lanes=chunk)).lower(
                        words, jnp.int32(r), x_sides, positive)) / 2**20,
                    "ns_per_word_step": 1e9 * vmapped["best"] / (b * q * num_words(r) * steps)}
             rows.append(row)
@@ -255,7 +255,7 @@ def main(argv=None) -> None:
                    help="time the peer on this many inputs and extrapolate (default: all)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs of ours per cell")
     p.add_argument("--chunks", type=int, nargs="*", default=[0, 1, 8, 32, 64, 128],
-                   help="lanes (inputs in flight per device, sharded_solve_batch's chunk_size) "
+                   help="lanes (inputs in flight per device, sharded_solve_batch's lanes) "
                         "to sweep (0 = whole batch)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic problems")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling grid")

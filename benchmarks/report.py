@@ -80,7 +80,7 @@ def render(rec: dict) -> str:
         out.append(table(comp["rows"]))
         if rec.get("chunk_sweep"):
             out.append("\nLanes (inputs in flight per device, refilled as each stops; "
-                       "`sharded_solve_batch`'s `chunk_size`), same problem:\n\n"
+                       "`sharded_solve_batch`'s `lanes`; column `chunk_size` in the record), same problem:\n\n"
                        + table(rec["chunk_sweep"]))
         if rec.get("rows"):
             out.append("\nScaling (seconds; memory in MiB):\n\n" + table(rec["rows"]))

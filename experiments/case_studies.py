@@ -40,10 +40,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import (HelpFormatter, add_html_arg, ace_config, ace_settings, add_ace_args, add_common_args, add_fill_args,
-                    add_ri_variant_arg, choose_inputs, describe_run, load_setup, markdown_table,
+from common import (HelpFormatter, add_html_arg, ace_config, ace_settings, add_ace_args,
+                    add_common_args, add_fill_args, add_ri_variant_arg, describe_run, load_setup,
                     masking_options, parse_indices, prepare_output, ri_options, write_csv,
                     write_json)
+from ri_jax.api import choose_inputs
 from ri_jax.cli import positive_int, run_script
 from ri_jax.data import load_dataset
 from ri_jax.featurize import compute_features
@@ -51,6 +52,7 @@ from ri_jax.html_report import Report, case_study_input, write_report
 from ri_jax.plots import DISTANCE_NOTE, MISCLASSIFIED_NOTE, CaseBlock, case_study_figure
 from ri_jax.protocols.case_studies import (ACE_DISCOVERY_IMAGES, BLOCKS, CaseInputs,
                                            CaseReferences, CaseStudiesConfig, run_case_studies)
+from ri_jax.protocols.report import markdown_table
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -26,7 +26,6 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from ri_jax.api import choose_inputs  # noqa: F401 (for the scripts)
 from ri_jax.baselines.ace import ACEConfig
 from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES
 from ri_jax.checkpoint import load_checkpoint
@@ -36,15 +35,13 @@ from ri_jax.cli import (DEBUG_FLAG, check_output_dir, int_at_least, non_negative
 from ri_jax.data import ImageSet, load_dataset, sample_count, sample_per_class
 from ri_jax import distributed
 from ri_jax.errors import RIInputError
-from ri_jax.featurize import Features, compute_features
+from ri_jax.featurize import Features
 from ri_jax.models.vgg import ModelConfig, ModelFns, make_vgg
 from ri_jax.metrics import DEFAULT_FILL, FILLS
 from ri_jax.protocols.ace_adapter import ACESettings
 from ri_jax.protocols.methods import RIOptions
 from ri_jax.protocols.scoring import MaskingOptions
 from ri_jax.variants import VARIANT_NAMES, ri_variant
-from ri_jax.protocols.report import format_mean_std, markdown_table  # noqa: F401 (for the scripts)
-from ri_jax.protocols.statistics import mean_std  # noqa: F401 (for the scripts)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -44,14 +44,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common import (HelpFormatter, ace_config, ace_settings, add_ace_args, add_common_args, add_fill_args,
-                    add_ri_variant_arg, describe_run, load_setup, markdown_table, masking_options,
-                    prepare_output, ri_options,
-                    write_csv, write_json)
+from common import (HelpFormatter, ace_config, ace_settings, add_ace_args, add_common_args,
+                    add_fill_args, add_ri_variant_arg, describe_run, load_setup, masking_options,
+                    prepare_output, ri_options, write_csv, write_json)
 from ri_jax.cli import positive_int, positive_int_list, run_script
 from ri_jax.plots import K_CURVES_NOTE, k_curves_figure
 from ri_jax.protocols.figure4 import (ACE_DISCOVERY_IMAGES, DEFAULT_KS, Figure4Config,
                                       run_figure4)
+from ri_jax.protocols.report import markdown_table
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -30,11 +30,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from common import (HelpFormatter, add_common_args, add_polytope_args, describe_run,  # noqa: E402
-                    format_mean_std, load_setup, markdown_table, prepare_output,
-                    write_csv, write_json)
+                    load_setup, prepare_output, write_csv, write_json)
 from ri_jax.cli import positive_int_list, run_script  # noqa: E402
 from ri_jax.protocols.figures5_6 import run_figures5_6  # noqa: E402
 from ri_jax.protocols.methods import RIOptions  # noqa: E402
+from ri_jax.protocols.report import format_mean_std, markdown_table  # noqa: E402
 from ri_jax.variants import ri_variant  # noqa: E402
 from ri_jax.protocols.table2 import METRICS, SETS, Table2Config  # noqa: E402
 

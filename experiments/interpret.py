@@ -39,9 +39,9 @@ import jax
 import numpy as np
 
 from common import (HelpFormatter, add_common_args, add_distributed_args, add_html_arg,
-                    add_ri_variant_arg, choose_inputs, describe_run, load_setup, parse_indices,
-                    start_run, write_csv, write_json)
-from ri_jax.api import Explanations, explanations_from
+                    add_ri_variant_arg, describe_run, load_setup, parse_indices, start_run,
+                    write_csv, write_json)
+from ri_jax.api import Explanations, choose_inputs, explanations_from
 from ri_jax.boundaries import pool_keys
 from ri_jax.cli import positive_int, run_script
 from ri_jax.data import load_dataset

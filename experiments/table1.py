@@ -64,12 +64,12 @@ import argparse
 
 import numpy as np
 
-from common import (HelpFormatter, ace_config, ace_settings, add_ace_args, add_common_args, add_fill_args,
-                    add_polytope_args, describe_run, format_mean_std, load_setup, markdown_table,
-                    masking_options, prepare_output, ri_options, write_csv, write_json)
+from common import (HelpFormatter, ace_config, ace_settings, add_ace_args, add_common_args,
+                    add_fill_args, add_polytope_args, describe_run, load_setup, masking_options,
+                    prepare_output, ri_options, write_csv, write_json)
 from ri_jax.cli import run_script
 from ri_jax.metrics import KEEP_FRACTION
-from ri_jax.protocols.report import table1_fill_section
+from ri_jax.protocols.report import format_mean_std, markdown_table, table1_fill_section
 from ri_jax.protocols.table1 import Table1Config, run_table1
 
 

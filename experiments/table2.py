@@ -31,9 +31,9 @@ from __future__ import annotations
 import argparse
 
 from common import (HelpFormatter, ri_options, add_common_args, add_distributed_args,
-                    add_polytope_args, describe_run, format_mean_std, load_setup, markdown_table,
-                    start_run, write_csv, write_json)
+                    add_polytope_args, describe_run, load_setup, start_run, write_csv, write_json)
 from ri_jax.cli import run_script
+from ri_jax.protocols.report import format_mean_std, markdown_table
 from ri_jax.protocols.table2 import SETS, Table2Config, run_table2
 
 

@@ -242,7 +242,7 @@ def sharded_sides_packed(boundaries: Boundaries, feats, mesh: Mesh) -> np.ndarra
     return to_host(out)[:, :words] & np.asarray(valid_words(n, words))
 
 
-def default_chunk_size(mesh: Mesh) -> int | None:
+def default_device_lanes(mesh: Mesh) -> int | None:
     """Inputs in flight per device: ``solver.DEFAULT_LANES`` on CPUs, the whole share on
     accelerators.
 
@@ -255,7 +255,7 @@ def default_chunk_size(mesh: Mesh) -> int | None:
 
 
 def local_solve_batch(side_words: Array, num_refs, x_sides: Array, positive_words: Array,
-                      delta: Array | None = None, *, chunk_size: int | None = None
+                      delta: Array | None = None, *, lanes: int | None = None
                       ) -> GreedyResult:
     """``ri_jax.solver.solve_batch`` as a traceable function (no host-side checks).
 
@@ -265,22 +265,22 @@ def local_solve_batch(side_words: Array, num_refs, x_sides: Array, positive_word
       x_sides: bool[B, Q].
       positive_words: uint32[B, W].
       delta: int32[B] or None for each input's τ.
-      chunk_size: inputs in flight (``solver.solve_lanes``'s lanes); None puts the whole
+      lanes: inputs in flight (``solver.solve_lanes``'s lanes); None puts the whole
         batch in flight at once.
 
     Returns:
       ``GreedyResult`` with a leading batch axis B.
     """
     positive, negative = jax.vmap(class_sets, (0, None))(positive_words, num_refs)
-    lanes = x_sides.shape[0] if chunk_size is None else int(chunk_size)
-    return solve_lanes(side_words, x_sides, positive, negative, delta, lanes=lanes)
+    in_flight = x_sides.shape[0] if lanes is None else int(lanes)
+    return solve_lanes(side_words, x_sides, positive, negative, delta, lanes=in_flight)
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "chunk_size"))
+@functools.partial(jax.jit, static_argnames=("mesh", "lanes"))
 def _solve(side_words, num_refs, x_sides, positive_words, delta, mesh: Mesh,
-           chunk_size: int | None) -> GreedyResult:
+           lanes: int | None) -> GreedyResult:
     spec = _batch_spec(mesh)
-    local = functools.partial(local_solve_batch, chunk_size=chunk_size)
+    local = functools.partial(local_solve_batch, lanes=lanes)
     args = (side_words, num_refs, x_sides, positive_words, delta)
     specs = (P(), P(), spec, spec, None if delta is None else spec)
     # Each device runs its own while loops to completion: no cross-device sync per step.
@@ -291,7 +291,7 @@ def _solve(side_words, num_refs, x_sides, positive_words, delta, mesh: Mesh,
 
 
 def sharded_solve_batch(side_words, num_refs: int, x_sides, positive_words, delta=None, *,
-                        mesh: Mesh, chunk_size: int | None | str = "auto") -> GreedyResult:
+                        mesh: Mesh, lanes: int | None | str = "auto") -> GreedyResult:
     """``ri_jax.solver.solve_batch`` with the inputs split over the devices.
 
     The batch is padded to a multiple of the device count; padded inputs are solved
@@ -304,8 +304,8 @@ def sharded_solve_batch(side_words, num_refs: int, x_sides, positive_words, delt
       positive_words: uint32[B, W], packed references predicted as each input's class.
       delta: int[B] bounds ≥ 0, or None for each input's τ.
       mesh: the device mesh.
-      chunk_size: inputs each device solves together (see ``local_solve_batch``);
-        "auto" is ``default_chunk_size(mesh)``, capped on CPUs by ``solver.default_lanes``.
+      lanes: inputs each device solves together (see ``local_solve_batch``);
+        "auto" is ``default_device_lanes(mesh)``, capped on CPUs by ``solver.default_lanes``.
 
     Returns:
       ``GreedyResult`` of host arrays with a leading batch axis B.
@@ -315,10 +315,10 @@ def sharded_solve_batch(side_words, num_refs: int, x_sides, positive_words, delt
     positive_words = np.asarray(positive_words)
     q, w, b = check_batch_args(side_words, num_refs, x_sides, positive_words)
     delta = _shard_delta(delta, b, mesh)
-    chunk_size = _lanes(chunk_size, mesh, q, w)
+    lanes = _resolve_lanes(lanes, mesh, q, w)
     result = _solve(replicate(side_words, mesh), replicate(np.int32(num_refs), mesh),
                     shard_batch(x_sides, mesh), shard_batch(positive_words, mesh), delta, mesh,
-                    chunk_size=chunk_size)
+                    lanes=lanes)
     return GreedyResult(*(to_host(field)[:b] for field in result))
 
 
@@ -334,27 +334,27 @@ def _shard_delta(delta, b: int, mesh: Mesh):
     return shard_batch(delta.astype(np.int32), mesh)
 
 
-def _lanes(chunk_size, mesh: Mesh, q: int, w: int) -> int | None:
-    """``chunk_size`` resolved: "auto" is ``default_chunk_size``, capped by ``default_lanes``."""
-    if chunk_size == "auto":
-        chunk_size = default_chunk_size(mesh)
-        return None if chunk_size is None else min(chunk_size, default_lanes(q, w))
-    if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer))
-                                   or chunk_size < 1):
-        raise ValueError(f"chunk_size: expected a positive int, None or 'auto', got {chunk_size!r}")
-    return chunk_size
+def _resolve_lanes(lanes, mesh: Mesh, q: int, w: int) -> int | None:
+    """``lanes`` resolved: "auto" is ``default_device_lanes``, capped by ``default_lanes``."""
+    if lanes == "auto":
+        lanes = default_device_lanes(mesh)
+        return None if lanes is None else min(lanes, default_lanes(q, w))
+    if lanes is not None and (not isinstance(lanes, (int, np.integer)) or lanes < 1):
+        raise ValueError(f"lanes: expected a positive int, None or 'auto', got {lanes!r}")
+    return lanes
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "mesh", "chunk_size"))
+@functools.partial(jax.jit, static_argnames=("num_classes", "mesh", "lanes"))
 def _solve_classes(side_words, x_sides, ref_classes, x_classes, delta, num_classes: int,
-                   mesh: Mesh, chunk_size: int | None) -> GreedyResult:
+                   mesh: Mesh, lanes: int | None) -> GreedyResult:
     blocks = class_blocks(ref_classes, num_classes=num_classes)
     blocked = to_blocks(side_words, blocks)
     spec = _batch_spec(mesh)
 
     def local(side_words, blocked, blocks, x_sides, x_classes, delta):
-        lanes = x_sides.shape[0] if chunk_size is None else chunk_size
-        return solve_blocks(side_words, blocked, blocks, x_sides, x_classes, delta, lanes=lanes)
+        in_flight = x_sides.shape[0] if lanes is None else lanes
+        return solve_blocks(side_words, blocked, blocks, x_sides, x_classes, delta,
+                            lanes=in_flight)
 
     specs = (P(), P(), P(), spec, spec, None if delta is None else spec)
     return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=spec, check_vma=False)(
@@ -362,8 +362,8 @@ def _solve_classes(side_words, x_sides, ref_classes, x_classes, delta, num_class
 
 
 def sharded_solve_classes(side_words, x_sides, ref_classes, x_classes, delta=None, *,
-                          num_classes: int, mesh: Mesh,
-                          chunk_size: int | None | str = "auto") -> GreedyResult:
+                          num_classes: int, mesh: Mesh, lanes: int | None | str = "auto",
+                          check: bool = True) -> GreedyResult:
     """``ri_jax.solver.solve_classes`` with the inputs split over the devices.
 
     The class-blocked layout is made once and replicated; each device solves its share of
@@ -377,7 +377,9 @@ def sharded_solve_classes(side_words, x_sides, ref_classes, x_classes, delta=Non
       delta: int[B] bounds ≥ 0, or None for each input's τ.
       num_classes: more than every class id.
       mesh: the device mesh.
-      chunk_size: inputs in flight per device, as in ``sharded_solve_batch``.
+      lanes: inputs in flight per device, as in ``sharded_solve_batch``.
+      check: validate the arrays first, as ``solver.solve_classes`` does (the bounds δ
+        are always checked). False skips it for arrays valid by construction.
 
     Returns:
       ``GreedyResult`` of host arrays with a leading batch axis B.
@@ -386,13 +388,14 @@ def sharded_solve_classes(side_words, x_sides, ref_classes, x_classes, delta=Non
     x_sides = np.asarray(x_sides)
     ref_classes = np.asarray(ref_classes)
     x_classes = np.asarray(x_classes)
-    check_class_args(side_words, x_sides, ref_classes, x_classes, num_classes)
+    if check:
+        check_class_args(side_words, x_sides, ref_classes, x_classes, num_classes)
     b = x_sides.shape[0]
     delta = _shard_delta(delta, b, mesh)
     q, w = side_words.shape
-    chunk_size = _lanes(chunk_size, mesh, q, w + num_classes)
+    lanes = _resolve_lanes(lanes, mesh, q, w + num_classes)
     result = _solve_classes(replicate(side_words, mesh), shard_batch(x_sides, mesh),
                             replicate(ref_classes.astype(np.int32), mesh),
                             shard_batch(x_classes.astype(np.int32), mesh), delta, num_classes,
-                            mesh, chunk_size)
+                            mesh, lanes)
     return GreedyResult(*(to_host(field)[:b] for field in result))

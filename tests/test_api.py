@@ -74,7 +74,9 @@ def test_explain_matches_the_interpreter_and_names_everything(tiny_setup, tmp_pa
         assert [r.rank for r in e.similar] == list(range(1, len(sims) + 1))
         x_psi = fns.features(params, fns.normalize(jnp.asarray(e.image[None])))[0]
         alpha = gradcam_weights(lambda p: fns.head(params, p), x_psi, int(direct.predicted_class[b]))
-        np.testing.assert_allclose(e.gradcam_heatmap, cam(alpha, x_psi, 32), atol=1e-5)
+        # atol 1e-4: ψ of one image and of a batch round differently on some CPUs' conv
+        # kernels, and the min-max normalised map amplifies that (3.9e-5 seen on a Xeon).
+        np.testing.assert_allclose(e.gradcam_heatmap, cam(alpha, x_psi, 32), atol=1e-4)
         for r in e.similar:
             assert r.true_class == train.class_names[train.labels[r.index]]
             np.testing.assert_allclose(r.image, train.raw([r.index])[0])

@@ -179,8 +179,10 @@ def test_weight_formulas_on_linear_heads(weights, psi):
                                rtol=1e-6, atol=1e-7)
     alpha_pp = baselines.gradcam_pp_weights(head, psi, 0)
     assert np.all(np.isfinite(alpha_pp))
+    # atol 1e-6: where a weight cancels to 0, float32 keeps an ulp or two of its O(1) terms
+    # (1.2e-7 seen against float64's exact 0).
     np.testing.assert_allclose(alpha_pp, np_gradcam_pp(weights.astype(np.float64), psi.astype(np.float64)),
-                               rtol=1e-6, atol=1e-7)
+                               rtol=1e-6, atol=1e-6)
 
 
 def test_grad_batches_match_single(model):

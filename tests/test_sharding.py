@@ -79,7 +79,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     bounds_given = rng.integers(0, 5, 7).astype(np.int32)
     for delta, chunk in ((None, "auto"), (bounds_given, None), (None, 3)):
         ours = sharding.sharded_solve_batch(words, 70, x_sides, positive, delta, mesh=mesh,
-                                            chunk_size=chunk)
+                                            lanes=chunk)
         ref = solve_batch(jnp.asarray(words), 70, jnp.asarray(x_sides), jnp.asarray(positive),
                           None if delta is None else jnp.asarray(delta))
         for name, a, b in zip(ref._fields, ours, ref):
@@ -89,7 +89,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
         preds3 = rng.integers(0, 3, 70)
         x_preds3 = rng.integers(0, 2, 7)
         blocked = sharding.sharded_solve_classes(words, x_sides, preds3, x_preds3, delta,
-                                                 num_classes=3, mesh=mesh, chunk_size=chunk)
+                                                 num_classes=3, mesh=mesh, lanes=chunk)
         ref = solve_batch(jnp.asarray(words), 70, jnp.asarray(x_sides),
                           positive_words(preds3, x_preds3, num_classes=3),
                           None if delta is None else jnp.asarray(delta))
@@ -144,9 +144,9 @@ def test_bad_arguments_raise_value_errors(tiny_config):
     with pytest.raises(ValueError, match="delta"):
         sharding.sharded_solve_batch(words, 5, np.zeros((1, 2), bool),
                                      np.zeros((1, 1), np.uint32), np.array([-1]), mesh=mesh)
-    with pytest.raises(ValueError, match="chunk_size"):
+    with pytest.raises(ValueError, match="lanes"):
         sharding.sharded_solve_batch(words, 5, np.zeros((1, 2), bool),
-                                     np.zeros((1, 1), np.uint32), mesh=mesh, chunk_size=0)
+                                     np.zeros((1, 1), np.uint32), mesh=mesh, lanes=0)
     bounds = Boundaries(w=jnp.zeros((2, 3)), b=jnp.zeros(2))
     with pytest.raises(ValueError, match="feats"):
         sharding.sharded_sides(bounds, np.zeros((4, 5), np.float32), mesh)
@@ -173,13 +173,13 @@ def test_one_device_sides_and_solve_match_unsharded(n, chunk, seed):
     np.testing.assert_array_equal(words, np.asarray(sides_packed(bounds, feats)))
     x_sides = rng.random((3, q)) < 0.5
     positive = np.asarray(pack_bits(jnp.asarray(rng.random((3, n)) < 0.5)))
-    ours = sharding.sharded_solve_batch(words, n, x_sides, positive, mesh=mesh, chunk_size=chunk)
+    ours = sharding.sharded_solve_batch(words, n, x_sides, positive, mesh=mesh, lanes=chunk)
     ref = solve_batch(jnp.asarray(words), n, jnp.asarray(x_sides), jnp.asarray(positive))
     for name, a, b in zip(ref._fields, ours, ref):
         np.testing.assert_array_equal(a, np.asarray(b), err_msg=name)
     ref_preds, x_preds = rng.integers(0, 2, n), rng.integers(0, 2, 3)
     ours = sharding.sharded_solve_classes(words, x_sides, ref_preds, x_preds, num_classes=2,
-                                          mesh=mesh, chunk_size=chunk)
+                                          mesh=mesh, lanes=chunk)
     ref = solve_batch(jnp.asarray(words), n, jnp.asarray(x_sides),
                       positive_words(ref_preds, x_preds, num_classes=2))
     for name, a, b in zip(ref._fields, ours, ref):
