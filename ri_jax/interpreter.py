@@ -596,6 +596,8 @@ class RepresentativeInterpreter:
     def regions_for(self, feats: Array, *, keys: Array | None = None) -> DecisionRegions:
         """Decision regions (appendix D) of inputs given by their feature maps.
 
+        Solved padded to ``buckets.bucket_size(V)`` rows, as in ``interpret_features``.
+
         Args:
           feats: [V, h, w, c] feature maps of the V inputs (e.g. references nearest the
             k-means centres).
@@ -608,11 +610,20 @@ class RepresentativeInterpreter:
         if feats.shape[1:] != self.reference_set.feats.shape[1:]:
             raise ValueError(f"feats: expected feature maps of shape "
                              f"{self.reference_set.feats.shape[1:]}, got {feats.shape[1:]}")
+        v = feats.shape[0]
+        keys = None if keys is None else self._keys(keys, v)
+        rows = bucket_size(v)
+        if rows != v:  # copies of the last input, dropped again below
+            feats, keys = repeat_last_row((feats, keys), size=rows)
         preds = self.predict_classes(feats)
         bounds, result, diag = self.solve_features(feats, preds, keys=keys)
-        return DecisionRegions(w=bounds.w, b=bounds.b, selected=result.selected,
-                               signs=diag.x_side, label=preds,
-                               num_covered_refs=popcount(result.covered))
+        per_input = dict(selected=result.selected, signs=diag.x_side, label=preds,
+                         num_covered_refs=popcount(result.covered))
+        if bounds.b.ndim == 2:  # per-input pools are rows too; a shared sample is not
+            per_input.update(w=bounds.w, b=bounds.b)
+        if rows != v:
+            per_input = first_rows(per_input, rows=v)
+        return DecisionRegions(**{"w": bounds.w, "b": bounds.b, **per_input})
 
 
 def _diagnostics(**fields) -> Interpretation:

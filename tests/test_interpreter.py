@@ -14,7 +14,7 @@ from ri_jax.boundaries import sides
 from ri_jax.heatmaps import polytope_heatmap
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
 from ri_jax.models.vgg import ModelConfig, make_vgg
-from ri_jax.regions import covers, predict
+from ri_jax.regions import DecisionRegions, covers, predict
 from ri_jax.solver import unpack_bits
 from ri_jax.variants import ri_variant
 
@@ -165,6 +165,14 @@ def test_regions_for_agree_with_interpretations(setup):
     # Each input's own polytope covers it, so every input gets a label.
     pred = predict(regions, feats[:8])
     assert np.all(np.asarray(pred.covered_any))
+    # Five inputs are solved in the bucket of eight: their rows, the shared boundaries
+    # whole, and no new compilation of the solver.
+    size = solver._solve_classes._cache_size()
+    five = interp.regions_for(feats[:5])
+    for name in ("selected", "signs", "label", "num_covered_refs"):
+        np.testing.assert_array_equal(getattr(five, name), getattr(regions, name)[:5], name)
+    assert five.w.shape == regions.w.shape and five.b.shape == (Q,)
+    assert solver._solve_classes._cache_size() == size
 
 
 def test_single_class_references_give_an_explicit_empty_polytope():
@@ -287,6 +295,14 @@ def test_authors_regions_cover_their_own_inputs(setup, authors):
     feats = interp.reference_set.feats
     np.testing.assert_array_equal(covers(regions, feats).T, out.covered)
     assert np.all(np.asarray(predict(regions, feats[:6]).covered_any))
+    # regions_for solves the 6 in the bucket of 8 and cuts the pools back to 6 rows too
+    # (compared on the same feature maps, which a forward pass of another batch shape
+    # could round differently).
+    direct = interp.regions_for(feats[:6])
+    same = interp.regions_from(interp.interpret_features(feats[:6], top_k=TOP_K, image_size=32))
+    assert direct.w.shape[:2] == (6, Q) and direct.b.shape == (6, Q)
+    for name in DecisionRegions._fields:
+        np.testing.assert_array_equal(getattr(direct, name), getattr(same, name), name)
 
 
 def test_variant_presets_and_knobs():
