@@ -7,7 +7,8 @@ same embedded test images for the model's predicted classes, from the raw images
 to the heat maps:
 
   * ri-jax: ψ and classes by one forward pass, ``protocols.methods.cam_weights("Score-CAM")``
-    (its default ``channel_chunk`` and all channels in one pass), ``heatmaps.cam``;
+    (its default ``channel_chunk``, which fits every channel of this model in one pass,
+    and 32 channels per pass), ``heatmaps.cam``;
   * peer: ``pytorch_grad_cam.ScoreCAM`` (target layer ψ = ``features[-2]``, the softmax
     target so both score the class probability) with its default ``batch_size`` of
     masked images per forward pass and with the same value as ours.
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import HelpFormatter, DEFAULT_OUT, describe_machine, finish, format_table, record
+from ri_jax.baselines import scorecam_chunk_size
 from ri_jax.protocols.methods import cam_weights
 from ri_jax.heatmaps import cam
 
@@ -147,8 +149,9 @@ def main(argv=None) -> dict | None:
         return run
 
     methods = {
-        "ri-jax Score-CAM (channel_chunk 32, the default)": ours(32),
-        f"ri-jax Score-CAM (channel_chunk {channels}, one pass)": ours(channels),
+        f"ri-jax Score-CAM (the default: {scorecam_chunk_size(channels, size)} channels "
+        "per pass)": ours(None),
+        "ri-jax Score-CAM (channel_chunk 32)": ours(32),
         "peer: pytorch-grad-cam ScoreCAM (batch_size 16, its default)": peer(16),
         "peer: pytorch-grad-cam ScoreCAM (batch_size 32)": peer(32),
     }

@@ -139,14 +139,14 @@ def compare(args, rec) -> None:
     print(f"Q={q} R={r} batch={b}: identical selections on {peer_n} inputs; {note}; "
           f"greedy steps mean {selected.mean():.1f}, max {selected.max()}")
 
-    chunk_rows = []
-    for chunk in args.chunks:
-        size = None if chunk == 0 else chunk
+    lanes_rows = []
+    for lanes in args.lanes:
+        size = None if lanes == 0 else lanes
         t = time_call(lambda: ours_sharded(problem, r, mesh, size), repeat=args.repeat)
-        chunk_rows.append({"chunk_size": "all (vmap)" if size is None else size,
+        lanes_rows.append({"lanes": "all (vmap)" if size is None else size,
                            "wall_s": t["median"], "cpu_s": t["cpu_best"]})
-    rec["chunk_sweep"] = chunk_rows
-    print(format_table(chunk_rows, ["chunk_size", "wall_s", "cpu_s"]))
+    rec["lanes_sweep"] = lanes_rows
+    print(format_table(lanes_rows, ["lanes", "wall_s", "cpu_s"]))
 
 
 def xla_memory(lowered) -> int:
@@ -166,13 +166,13 @@ def fit_exponents(rows, key: str) -> dict[str, float]:
     return {a: float(c) for a, c in zip(axes, coef[1:])}
 
 
-SCALING_COLUMNS = ["Q", "R", "batch", "vmap_s", "chunked_s", "steps_max", "packed_MiB",
-                   "xla_vmap_MiB", "xla_chunked_MiB", "ns_per_word_step"]
+SCALING_COLUMNS = ["Q", "R", "batch", "vmap_s", "sharded_s", "steps_max", "packed_MiB",
+                   "xla_vmap_MiB", "xla_sharded_MiB", "ns_per_word_step"]
 
 
 def scaling(args, rec) -> None:
     mesh = make_mesh()
-    chunk = default_device_lanes(mesh)
+    lanes = default_device_lanes(mesh)
     rows, skipped = [], []
     print("  ".join(SCALING_COLUMNS), flush=True)
     for q, r in itertools.product(args.grid_q, args.grid_r):
@@ -194,17 +194,17 @@ def scaling(args, rec) -> None:
             vmapped = time_call(lambda: block(solve_batch(words, r, x_sides, positive)),
                                 repeat=args.repeat, warmup=0)
             host = (np.asarray(words), np.asarray(x_sides), np.asarray(positive))
-            chunked = time_call(lambda: sharded_solve_batch(*host[:1], r, *host[1:], mesh=mesh),
+            sharded = time_call(lambda: sharded_solve_batch(*host[:1], r, *host[1:], mesh=mesh),
                                 repeat=args.repeat)
             steps = max(1, int(np.max(result.num_selected)))
             row = {"Q": q, "R": r, "batch": b, "vmap_s": vmapped["best"],
-                   "chunked_s": chunked["best"], "steps_max": steps,
+                   "sharded_s": sharded["best"], "steps_max": steps,
                    "packed_MiB": (4 * (words.size + positive.size) + x_sides.size) / 2**20,
                    # solve_batch validates on the host and runs this jitted function.
                    "xla_vmap_MiB": xla_memory(solver._solve_batch.lower(
                        words, jnp.int32(r), x_sides, positive, None)) / 2**20,
-                   "xla_chunked_MiB": xla_memory(jax.jit(functools.partial(
-                       local_solve_batch, lanes=chunk)).lower(
+                   "xla_sharded_MiB": xla_memory(jax.jit(functools.partial(
+                       local_solve_batch, lanes=lanes)).lower(
                        words, jnp.int32(r), x_sides, positive)) / 2**20,
                    "ns_per_word_step": 1e9 * vmapped["best"] / (b * q * num_words(r) * steps)}
             rows.append(row)
@@ -215,14 +215,14 @@ def scaling(args, rec) -> None:
         for r in fit_rows:
             r["vmap_per_step_s"] = r["vmap_s"] / r["steps_max"]
         exponents = {"vmap": fit_exponents(fit_rows, "vmap_s"),
-                     "chunked": fit_exponents(fit_rows, "chunked_s"),
+                     "sharded": fit_exponents(fit_rows, "sharded_s"),
                      "vmap per greedy step": fit_exponents(fit_rows, "vmap_per_step_s")}
     rec["rows"] = rows
     rec["skipped"] = skipped
     rec["exponents"] = exponents
     rec["notes"].append(
-        "scaling: vmap_s = ri_jax.solver.solve_batch, chunked_s = "
-        f"ri_jax.sharding.sharded_solve_batch (chunk {chunk}), each the best of "
+        "scaling: vmap_s = ri_jax.solver.solve_batch, sharded_s = "
+        f"ri_jax.sharding.sharded_solve_batch ({lanes} lanes per device), each the best of "
         f"{args.repeat} runs after a compile run, inputs already packed; xla_*_MiB = XLA's "
         "compiled memory analysis (arguments + outputs + temporaries), the peak device "
         "memory of the solve; packed_MiB = the packed side words, class masks and input "
@@ -254,9 +254,9 @@ def main(argv=None) -> None:
     p.add_argument("--peer-inputs", type=int, default=None,
                    help="time the peer on this many inputs and extrapolate (default: all)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs of ours per cell")
-    p.add_argument("--chunks", type=int, nargs="*", default=[0, 1, 8, 32, 64, 128],
+    p.add_argument("--lanes", type=int, nargs="*", default=[0, 1, 8, 32, 64, 128],
                    help="lanes (inputs in flight per device, sharded_solve_batch's lanes) "
-                        "to sweep (0 = whole batch)")
+                        "to sweep (0 = the whole batch at once)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic problems")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling grid")
     p.add_argument("--full", action="store_true", help="run every grid cell (needs ~10 GiB)")

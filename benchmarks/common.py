@@ -1,6 +1,6 @@
 """Plumbing shared by the benchmark scripts: machine description, timing, JSON, tables.
 
-Every benchmark writes one JSON record ``{"benchmark", "command", "date",
+Every benchmark writes one JSON record ``{"benchmark", "command", "date", "code",
 "machine", "load_before", "load_after", "config", "rows", ...}``; ``report.py``
 turns the records into RESULTS.md. Timings are wall-clock seconds of calls that
 block until their results are ready (``jax.block_until_ready``).
@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -106,6 +107,21 @@ def time_call(fn: Callable[[], Any], *, repeat: int = 3, warmup: int = 1) -> dic
             "runs": repeat}
 
 
+def code_version(root: str | Path = Path(__file__).parent.parent) -> str | None:
+    """The commit the code was measured at: its short hash, with "+changes" when tracked
+    files outside the results differ from it; None outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+    try:
+        head = git("rev-parse", "--short=10", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                      ":!benchmarks/results", ":!benchmarks/RESULTS.md")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+changes" if changed else "")
+
+
 def record(benchmark: str, config: dict[str, Any]) -> dict[str, Any]:
     """A fresh JSON record with the command line, date, machine and load at the start."""
     command = "python -m benchmarks." + Path(sys.argv[0]).stem
@@ -115,6 +131,7 @@ def record(benchmark: str, config: dict[str, Any]) -> dict[str, Any]:
         "benchmark": benchmark,
         "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "code": code_version(),
         "machine": machine_info(),
         "load_before": load_average(),
         "config": config,

@@ -40,7 +40,7 @@ mkdir -p "$OUT"
 if [[ "$MODE" == "--dry-run" ]]; then
   "$PY" -c "import jax; print('dry run on', jax.default_backend(), jax.devices())" || exit 1
   FEATURES=(--arch vgg11 --width 0.0625 --image-size 32 --batch-size 8 --images 32 --repeat 1)
-  SOLVER=(--refs 500 --boundaries 10 --batch 50 --repeat 1 --chunks 0 8
+  SOLVER=(--refs 500 --boundaries 10 --batch 50 --repeat 1 --lanes 0 8
           --grid-q 10 20 --grid-r 200 500 --grid-b 1 50)
   BOUNDARIES=(--sizes 10 20 --repeat 1)
   END_TO_END=(--limit 64 --chunk 32 --batch-size 32)
@@ -60,7 +60,7 @@ print("accelerator:", backend, jax.devices())
 EOF
   # Paper scale: VGG-19 width 1 at 224 px; |R| = 5,000, |Q| = 50, 1,000 inputs.
   FEATURES=(--arch vgg19 --width 1 --image-size 224 --batch-size 64 --images 1024)
-  SOLVER=(--refs 5000 --boundaries 50 --batch 1000 --chunks 0 8 64
+  SOLVER=(--refs 5000 --boundaries 50 --batch 1000 --lanes 0 8 64
           --grid-q 10 50 200 --grid-r 1000 20000 100000 --grid-b 1 100 1000 --full)
   BOUNDARIES=(--sizes 50 200 1000)
   END_TO_END=()

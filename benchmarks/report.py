@@ -62,7 +62,8 @@ def load_records(folder: Path) -> list[dict]:
 
 
 def provenance(rec: dict) -> str:
-    return (f"- command: `{rec['command']}`\n- date: {rec['date']}\n"
+    code = f"- code: commit {rec['code']}\n" if rec.get("code") else ""
+    return (f"- command: `{rec['command']}`\n- date: {rec['date']}\n{code}"
             f"- machine: {describe_machine(rec['machine'])}\n"
             f"- load average (1/5/15 min) before: {rec['load_before']}, after: "
             f"{rec.get('load_after')}\n")
@@ -78,10 +79,10 @@ def render(rec: dict) -> str:
                    f"{comp['iterations_max']}; identical selections: "
                    f"{fmt(comp['identical_selections'])}):\n\n")
         out.append(table(comp["rows"]))
-        if rec.get("chunk_sweep"):
+        if rec.get("lanes_sweep"):
             out.append("\nLanes (inputs in flight per device, refilled as each stops; "
-                       "`sharded_solve_batch`'s `lanes`; column `chunk_size` in the record), same problem:\n\n"
-                       + table(rec["chunk_sweep"]))
+                       "`sharded_solve_batch`'s `lanes`), same problem:\n\n"
+                       + table(rec["lanes_sweep"]))
         if rec.get("rows"):
             out.append("\nScaling (seconds; memory in MiB):\n\n" + table(rec["rows"]))
         for solver, e in rec.get("exponents", {}).items():

@@ -196,7 +196,7 @@ def test_grad_batches_match_single(model):
             np.testing.assert_allclose(got[i], single(head, psi[i], int(classes[i])), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("chunk_size", [5, 32, 100])
+@pytest.mark.parametrize("chunk_size", [5, 32, 100, None])
 def test_scorecam_matches_channel_loop(model, chunk_size):
     params, raw, psi, _, forward = model
     scores_ref, alpha_ref = np_scorecam(forward, raw[0], psi[0], 1)
@@ -223,6 +223,23 @@ def test_scorecam_options_match_channel_loop(model, options):
     batch = baselines.scorecam_weights_batch(forward, FNS.normalize, raw[:2], psi[:2], jnp.array([1, 0]),
                                              chunk_size=16, **options)
     np.testing.assert_allclose(batch[0], alpha, rtol=1e-5, atol=1e-8)
+
+
+@given(channels=st.integers(1, 4096), size=st.integers(1, 4096))
+def test_default_scorecam_chunks_fit_the_budget_in_the_fewest_even_passes(channels, size):
+    chunk = baselines.scorecam_chunk_size(channels, size)
+    budget = baselines.scorecam.MASKED_PIXELS_PER_PASS
+    passes = -(-channels // chunk)
+    assert 1 <= chunk <= channels
+    assert chunk * size**2 <= budget or chunk == 1  # one image per pass when one is too big
+    cap = max(1, budget // size**2)
+    assert passes == -(-channels // cap)  # no more passes than the budget needs
+    assert passes * chunk - channels < passes  # padding: less than one channel per pass
+
+
+def test_default_scorecam_chunks_of_the_embedded_and_the_paper_models():
+    assert baselines.scorecam_chunk_size(64, 96) == 64  # the embedded model: one pass
+    assert baselines.scorecam_chunk_size(512, 224) == 40  # VGG-19 at 224 px: 13 passes of 40
 
 
 @settings(max_examples=30, deadline=None)

@@ -14,8 +14,8 @@ from ri_jax.baselines.ace import (ACECache, ACEConfig, ACEResult, Explanation, a
                                   discover_concepts, explain, explain_batch)
 from ri_jax.baselines.gradcam import class_score_grad, gradcam_weights, gradcam_weights_batch
 from ri_jax.baselines.gradcam_pp import gradcam_pp_weights, gradcam_pp_weights_batch
-from ri_jax.baselines.scorecam import (scorecam_mask, scorecam_scores, scorecam_weights,
-                                       scorecam_weights_batch)
+from ri_jax.baselines.scorecam import (scorecam_chunk_size, scorecam_mask, scorecam_scores,
+                                       scorecam_weights, scorecam_weights_batch)
 from ri_jax.heatmaps import cam as heatmap
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "gradcam_pp_weights",
     "gradcam_pp_weights_batch",
     "heatmap",
+    "scorecam_chunk_size",
     "scorecam_mask",
     "scorecam_scores",
     "scorecam_weights",

@@ -36,7 +36,11 @@ normalised input), never NaN, and keeps its softmax weight.
 
 The masked forward passes are batched: channels are split into chunks of
 ``chunk_size`` (the last chunk padded with zero channels) and ``lax.map`` runs one
-``forward_fn`` call per chunk, so memory is bounded by ``chunk_size`` images.
+``forward_fn`` call per chunk, so memory is bounded by ``chunk_size`` images. By
+default (``chunk_size=None``) a chunk holds as many channels as fit
+``MASKED_PIXELS_PER_PASS`` image pixels, in chunks of equal size: every channel in one
+pass for small images (all 64 of the embedded 96-pixel model), 40 at a time for
+VGG-19's 512 at 224 pixels. The chunking never changes the weights.
 """
 
 from __future__ import annotations
@@ -57,6 +61,21 @@ NormalizeFn = Callable[[Array], Array]
 SCORES = ("probability", "logit")
 MASKED_INPUTS = ("raw", "normalised")
 MASK_UPSAMPLING = ("half_pixel", "align_corners")
+
+# Masked images × S² of one default forward pass: 2^21 pixels is 41 images at 224 px,
+# about 0.5 GB for the first activation of a width-1 VGG.
+MASKED_PIXELS_PER_PASS = 2**21
+
+
+def scorecam_chunk_size(channels: int, image_size: int) -> int:
+    """Masked images per forward pass when ``chunk_size`` is None.
+
+    The fewest passes of at most ``MASKED_PIXELS_PER_PASS`` pixels each (at least one
+    image), with the channels spread evenly over them so the last pass pads little.
+    """
+    cap = max(1, MASKED_PIXELS_PER_PASS // (image_size * image_size))
+    passes = -(-channels // cap)
+    return -(-channels // passes)
 
 
 def _align_corners_matrix(n: int, image_size: int) -> np.ndarray:
@@ -104,15 +123,16 @@ def _check_inputs(forward_fn: ForwardFn, raw_image: Array, psi: Array, class_idx
     if jnp.ndim(raw_image) != 3 or raw_image.shape[0] != raw_image.shape[1] or raw_image.shape[2] != 3:
         raise ValueError(f"raw_image: expected one square RGB image [S, S, 3], got shape {jnp.shape(raw_image)}")
     check_psi(psi)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: must be a positive int, got {chunk_size!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size: must be a positive int or None, "
+                         f"got {chunk_size!r}")
     logits = jax.eval_shape(forward_fn, jax.ShapeDtypeStruct((1, *raw_image.shape), raw_image.dtype))
     check_class_idx(class_idx, logits.shape[-1])
 
 
 def scorecam_scores(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image: Array,
-                    psi: Array, class_idx, *, chunk_size: int = 32, score: str = "probability",
-                    masked_input: str = "raw", mask_upsampling: str = "half_pixel") -> Array:
+                    psi: Array, class_idx, *, chunk_size: int | None = None,
+                    score: str = "probability", masked_input: str = "raw", mask_upsampling: str = "half_pixel") -> Array:
     """Class-c score of the image masked by each channel.
 
     Args:
@@ -121,7 +141,7 @@ def scorecam_scores(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image:
       raw_image: [S, S, 3] raw input image x in [0, 1].
       psi: [h, w, c] feature map ψ(x).
       class_idx: scalar int, the class c to explain.
-      chunk_size: masked images per ``forward_fn`` call.
+      chunk_size: masked images per ``forward_fn`` call (None: ``scorecam_chunk_size``).
       score: ``"probability"`` (softmax of class c, the default) or ``"logit"`` (pytorch-grad-cam's
         default target).
       masked_input: ``"raw"`` (mask x, then normalise; the default) or ``"normalised"`` (mask the
@@ -136,7 +156,8 @@ def scorecam_scores(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image:
     _check_inputs(forward_fn, raw_image, psi, class_idx, chunk_size)
     size = raw_image.shape[0]
     channels = psi.shape[-1]
-    chunk = min(chunk_size, channels)
+    chunk = (scorecam_chunk_size(channels, size) if chunk_size is None
+             else min(chunk_size, channels))
     num_chunks = -(-channels // chunk)
     maps = jnp.moveaxis(psi, -1, 0)
     # Zero padding channels give black images whose scores are cut off below.
@@ -160,8 +181,8 @@ def scorecam_scores(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image:
 
 
 def scorecam_weights(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image: Array,
-                     psi: Array, class_idx, *, chunk_size: int = 32, score: str = "probability",
-                     masked_input: str = "raw", mask_upsampling: str = "half_pixel") -> Array:
+                     psi: Array, class_idx, *, chunk_size: int | None = None,
+                     score: str = "probability", masked_input: str = "raw", mask_upsampling: str = "half_pixel") -> Array:
     """Score-CAM channel weights at one input image.
 
     Args:
@@ -170,7 +191,7 @@ def scorecam_weights(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image
       raw_image: [S, S, 3] raw input image x in [0, 1].
       psi: [h, w, c] feature map ψ(x).
       class_idx: scalar int, the class c to explain.
-      chunk_size: masked images per ``forward_fn`` call.
+      chunk_size: masked images per ``forward_fn`` call (None: ``scorecam_chunk_size``).
       score: ``"probability"`` (softmax of class c, the default) or ``"logit"`` (pytorch-grad-cam's
         default target).
       masked_input: ``"raw"`` (mask x, then normalise; the default) or ``"normalised"`` (mask the
@@ -187,7 +208,7 @@ def scorecam_weights(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image
 
 
 def scorecam_weights_batch(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_images: Array,
-                           psis: Array, class_idx: Array, *, chunk_size: int = 32,
+                           psis: Array, class_idx: Array, *, chunk_size: int | None = None,
                            score: str = "probability", masked_input: str = "raw",
                            mask_upsampling: str = "half_pixel") -> Array:
     """``scorecam_weights`` over a batch, one image at a time (``lax.map``).
@@ -201,7 +222,7 @@ def scorecam_weights_batch(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw
       raw_images: [B, S, S, 3] raw images in [0, 1].
       psis: [B, h, w, c] their feature maps.
       class_idx: int[B] class of each image.
-      chunk_size: masked images per ``forward_fn`` call.
+      chunk_size: masked images per ``forward_fn`` call (None: ``scorecam_chunk_size``).
       score: ``"probability"`` (softmax of class c, the default) or ``"logit"`` (pytorch-grad-cam's
         default target).
       masked_input: ``"raw"`` (mask x, then normalise; the default) or ``"normalised"`` (mask the

@@ -109,7 +109,7 @@ class RIOptions:
 
 @functools.partial(jax.jit, static_argnames=("fns", "method", "channel_chunk"))
 def _cam_weights_chunk(fns: ModelFns, method: str, params: Params, raw: Array, psi: Array,
-                       classes: Array, channel_chunk: int) -> Array:
+                       classes: Array, channel_chunk: int | None) -> Array:
     head = functools.partial(fns.head, params)
     if method == "Grad-CAM":
         return gradcam_weights_batch(head, psi, classes)
@@ -121,7 +121,7 @@ def _cam_weights_chunk(fns: ModelFns, method: str, params: Params, raw: Array, p
 
 
 def cam_weights(method: str, fns: ModelFns, params: Params, raw: np.ndarray, psi: np.ndarray,
-                classes: np.ndarray, *, chunk_size: int = 16, channel_chunk: int = 32,
+                classes: np.ndarray, *, chunk_size: int = 16, channel_chunk: int | None = None,
                 progress: bool = False) -> np.ndarray:
     """Channel weights of a CAM method at input images.
 
@@ -132,7 +132,8 @@ def cam_weights(method: str, fns: ModelFns, params: Params, raw: np.ndarray, psi
       psi: float32[V, h, w, c] their feature maps ψ.
       classes: int[V] class to explain at each input (its predicted class).
       chunk_size: inputs per jitted call.
-      channel_chunk: Score-CAM's masked images per forward pass.
+      channel_chunk: Score-CAM's masked images per forward pass (None: as many as
+        ``baselines.scorecam_chunk_size`` fits).
       progress: show a progress bar.
 
     Returns:
@@ -147,7 +148,8 @@ def cam_weights(method: str, fns: ModelFns, params: Params, raw: np.ndarray, psi
     if classes.min() < 0 or classes.max() >= num_classes:
         raise ValueError(f"classes: values must lie in [0, {num_classes})")
     fn = functools.partial(_cam_weights_chunk, fns, method, params,
-                           channel_chunk=check_positive(channel_chunk, "channel_chunk"))
+                           channel_chunk=None if channel_chunk is None
+                           else check_positive(channel_chunk, "channel_chunk"))
     return map_chunks(fn, (raw, psi, classes), chunk_size, progress=progress,
                       desc=f"{method} weights")
 
