@@ -132,7 +132,8 @@ def targets(records: Sequence[dict]) -> str:
     """
     rows = []
     for rec in records:
-        where = f"{rec['benchmark']} ({rec['machine']['backend']}, {rec['date']})"
+        code = f", {rec['code']}" if rec.get("code") else ""
+        where = f"{rec['benchmark']} ({rec['machine']['backend']}, {rec['date']}{code})"
         idle = not overloaded(rec)
         if not idle:
             where += f"; {overloaded(rec)}: other jobs distort the ratios, rerun idle"
@@ -197,10 +198,14 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("results", nargs="?", default=str(DEFAULT_OUT), help="folder of JSON records")
-    p.add_argument("--output", default=str(Path(__file__).parent / "RESULTS.md"),
-                   help="the Markdown file written")
+    p.add_argument("--output", default=None,
+                   help="the Markdown file written (default: benchmarks/RESULTS.md for the "
+                        "default folder, else RESULTS.md inside the given folder)")
     args = p.parse_args(argv)
     folder = Path(args.results)
+    if args.output is None:  # another folder's report never replaces the repository's
+        same = folder.resolve() == DEFAULT_OUT.resolve()
+        args.output = str(Path(__file__).parent / "RESULTS.md" if same else folder / "RESULTS.md")
     main_records = load_records(folder)
     sections = [(sub.name, load_records(sub)) for sub in sorted(folder.iterdir()) if sub.is_dir()]
     try:

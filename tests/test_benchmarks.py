@@ -1,7 +1,9 @@
 """The benchmark plumbing that needs no timing: optional peers skip cleanly, targets are read right."""
 
 import importlib.util
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +74,12 @@ def test_records_name_the_commit_and_whether_the_code_differed_from_it(tmp_path)
     assert common.code_version(tmp_path) == head + "+changes"
     rec = {**common.record("solver", {}), "code": common.code_version(tmp_path)}
     assert "- code: commit " + head + "+changes\n" in report.provenance(rec)
+
+
+def test_a_report_of_another_folder_is_written_into_it(tmp_path):
+    shutil.copy(common.DEFAULT_OUT / "features.json", tmp_path)
+    repository_report = Path(report.__file__).parent / "RESULTS.md"
+    before = repository_report.read_bytes()
+    report.main([str(tmp_path)])
+    assert "## Feature extraction throughput" in (tmp_path / "RESULTS.md").read_text()
+    assert repository_report.read_bytes() == before
