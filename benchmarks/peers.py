@@ -10,10 +10,13 @@ RESULTS.md are against an honest reading of the method rather than a straw man:
   match matrix from the (unpacked) side matrix.
 * ``BoundaryPeer``: Eq. 2 with one backward pass per sampled feature map: the
   gradient of ΔG at one feature map, jitted once and called in a Python loop.
+* ``sort_keep_mask``: AD / AI's top share of a heat map by a stable sort of the whole
+  map by (value, ``tie_priority``), the obvious way to write the rule (and ri-jax's
+  own until it selected the value at the cut instead).
 
-Both apply exactly the selection rules of ``ri_jax.solver`` and
-``ri_jax.boundaries`` (tests/test_peers.py checks it), so the benchmarks can
-assert identical results before timing.
+Each applies exactly the rules of ``ri_jax.solver``, ``ri_jax.boundaries`` and
+``ri_jax.metrics`` (tests/test_peers.py checks it), so the benchmarks can assert
+identical results before timing.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ri_jax.boundaries import Boundaries, delta_g
+from ri_jax.metrics import num_kept, tie_priority
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -177,3 +181,26 @@ class BoundaryPeer:
             ws.append(w)
             bs.append(b)
         return Boundaries(w=jnp.stack(ws), b=jnp.stack(bs))
+
+
+def sort_keep_mask(heatmap: jax.Array, fraction: float, *, inverse: bool = False
+                   ) -> tuple[jax.Array, jax.Array]:
+    """``ri_jax.metrics.kept_pixels`` by sorting: the map's pixels in a stable descending
+    sort of (value, NaN as −inf) over the ``tie_priority`` order, the first k kept (the last
+    k for ``inverse``). Traceable; ``fraction`` and ``inverse`` static.
+
+    Returns:
+      (bool[S, S] kept pixels, int32 pixels equal to the value at the cut but not kept).
+    """
+    flat = heatmap.reshape(-1)
+    n = flat.size
+    k = num_kept(n, fraction)
+    flat = jnp.where(jnp.isnan(flat), -jnp.inf, flat)
+    priority = jnp.asarray(tie_priority(n), jnp.int32)
+    order = priority[jnp.argsort(flat[priority], descending=True, stable=True)]
+    kept_idx = order[n - k:] if inverse else order[:k]
+    kept = jnp.zeros(n, bool).at[kept_idx].set(True)
+    if k in (0, n):
+        return kept.reshape(heatmap.shape), jnp.zeros((), jnp.int32)
+    threshold = flat[kept_idx[0] if inverse else kept_idx[k - 1]]
+    return kept.reshape(heatmap.shape), jnp.sum((flat == threshold) & ~kept, dtype=jnp.int32)

@@ -17,12 +17,13 @@ from typing import Any, Sequence
 
 from benchmarks.common import DEFAULT_OUT, describe_machine
 
-ORDER = ["features", "solver", "boundaries", "end_to_end", "scorecam", "streaming"]
+ORDER = ["features", "solver", "boundaries", "end_to_end", "masks", "scorecam", "streaming"]
 TITLES = {
     "features": "Feature extraction throughput",
     "solver": "Algorithm 1: batched solver vs the NumPy peer, and scaling",
     "boundaries": "Eq. 2 boundary sampling vs one backward pass per sample",
     "end_to_end": "End to end: interpreting every reference of the embedded default",
+    "masks": "Average Drop's masks: selecting the top 20 % against sorting every map",
     "scorecam": "Score-CAM against pytorch-grad-cam on the same network and images",
     "streaming": "Streamed references: 10k to 1M synthetic images, memory O(N·Q)",
 }

@@ -10,7 +10,10 @@ Which pixels are kept: exactly k = floor(fraction · S² + 1/2) pixels (round ha
 up), the highest values first. Among pixels tied at the cut, those earlier in the
 fixed pseudo-random pixel order of ``tie_priority`` are kept (so a tied flat region is
 sampled evenly over the image, not from its top rows); ``cut_ties`` counts the tied
-pixels that were dropped. NaN heat-map values rank below every number.
+pixels that were dropped. NaN heat-map values rank below every number, and −0 ties
+with 0. ``kept_pixels`` gives the mask and that count at once without sorting the map:
+it selects the value at the cut bit by bit on integer keys that order like the values,
+then ranks only the pixels tied with it.
 
 The *inverse* of a map (``bottom_fraction_mask``) keeps the k pixels that same total
 order ranks last: lowest values first, NaN lowest of all, and among pixels tied at the
@@ -157,18 +160,80 @@ def tie_priority(num_pixels: int) -> np.ndarray:
     return np.argsort(keys, kind="stable")
 
 
-def _keep_order(heatmap: Array) -> Array:
-    """Pixel indices, most important first; ties in ``tie_priority`` order; NaN last."""
-    flat = heatmap.reshape(-1)
-    flat = jnp.where(jnp.isnan(flat), -jnp.inf, flat)
-    priority = jnp.asarray(tie_priority(flat.size), jnp.int32)
-    return priority[jnp.argsort(flat[priority], descending=True, stable=True)]
+def _sort_keys(flat: Array) -> Array:
+    """Unsigned integer keys in the order of the values: NaN lowest (as −inf), −0 tied with 0.
+
+    The cut is then a selection on integers (``_kth_largest``) instead of a sort. Floats
+    are read bit by bit, so a subnormal value stays above 0 even where the CPU flushes
+    subnormals to zero in arithmetic.
+    """
+    if jnp.issubdtype(flat.dtype, jnp.floating):
+        flat = flat.astype(jnp.promote_types(flat.dtype, jnp.float32))  # exact for f16, bf16
+    elif jnp.issubdtype(flat.dtype, jnp.unsignedinteger):
+        flat = flat.astype(jnp.promote_types(flat.dtype, jnp.uint32))
+    else:
+        flat = flat.astype(jnp.promote_types(flat.dtype, jnp.int32))
+    bits = 8 * flat.dtype.itemsize
+    unsigned = jnp.dtype(f"uint{bits}")
+    raw = jax.lax.bitcast_convert_type(flat, unsigned)
+    sign = jnp.asarray(1 << (bits - 1), unsigned)
+    if jnp.issubdtype(flat.dtype, jnp.unsignedinteger):
+        return raw
+    if jnp.issubdtype(flat.dtype, jnp.integer):  # two's complement: flip the sign bit
+        return raw ^ sign
+    inf = jax.lax.bitcast_convert_type(jnp.asarray(np.inf, flat.dtype), unsigned)
+    magnitude = raw & ~sign
+    raw = jnp.where(magnitude > inf, inf | sign, raw)  # NaN (any payload) -> -inf
+    raw = jnp.where(magnitude == 0, jnp.zeros_like(raw), raw)  # -0 -> +0
+    return jnp.where(raw >= sign, ~raw, raw | sign)  # IEEE: negatives reversed, below positives
 
 
-def _kept_indices(heatmap: Array, k: int, inverse: bool) -> Array:
-    """The first k pixels of ``_keep_order`` (``inverse``: the last k)."""
-    order = _keep_order(heatmap)
-    return order[heatmap.size - k:] if inverse else order[:k]
+def _kth_largest(keys: Array, k: int) -> Array:
+    """The k-th largest of unsigned ``keys`` (k ≥ 1; all ones for k = 0), bit by bit from
+    the top: the largest t with at least k keys ≥ t."""
+    bits = 8 * keys.dtype.itemsize
+
+    def step(i, t):
+        candidate = t | jnp.left_shift(jnp.asarray(1, keys.dtype),
+                                       (bits - 1 - i).astype(keys.dtype))
+        return jnp.where(jnp.sum(keys >= candidate) >= k, candidate, t)
+
+    return jax.lax.fori_loop(0, bits, step, jnp.zeros((), keys.dtype))
+
+
+def kept_pixels(heatmap: Array, fraction: float = KEEP_FRACTION, *,
+                inverse: bool = False) -> tuple[Array, Array]:
+    """The pixels kept for AD / AI, and how many tied pixels the tie rule dropped.
+
+    The k = ``num_kept(S*S, fraction)`` pixels first in the keep order: highest values
+    first, NaN last, ties in ``tie_priority`` order (``inverse``: the last k of that order).
+    Found by selecting the value at the cut and ranking only the pixels tied with it, so
+    no map is sorted.
+
+    Args:
+      heatmap: [S, S] importance map (any real values).
+      fraction: share of pixels to keep, in [0, 1] (static).
+      inverse: keep the least important share instead (static).
+
+    Returns:
+      ``(bool[S, S] with exactly k True entries, int32 pixels equal to the value at the
+      cut but not kept)``; the count is 0 when nothing or everything is kept.
+    """
+    _check_map(heatmap)
+    n = heatmap.size
+    k = num_kept(n, fraction)
+    keys = _sort_keys(jnp.asarray(heatmap).reshape(-1))
+    priority = tie_priority(n)
+    if inverse:  # the same order read from the other end
+        keys, priority = ~keys, priority[::-1]
+    cut = _kth_largest(keys, k)
+    above = keys > cut
+    tied = (keys == cut)[priority]  # in tie order
+    kept_tied = tied & (jnp.cumsum(tied) <= k - jnp.sum(above))
+    kept = above | kept_tied[np.argsort(priority)]
+    dropped = (jnp.sum(tied, dtype=jnp.int32) - jnp.sum(kept_tied, dtype=jnp.int32)
+               if 0 < k < n else jnp.zeros((), jnp.int32))
+    return kept.reshape(heatmap.shape), dropped
 
 
 def top_fraction_mask(heatmap: Array, fraction: float = KEEP_FRACTION) -> Array:
@@ -182,10 +247,7 @@ def top_fraction_mask(heatmap: Array, fraction: float = KEEP_FRACTION) -> Array:
       bool[S, S] with exactly ``num_kept(S*S, fraction)`` True entries: the highest
       values, ties broken by the fixed pixel order of ``tie_priority``.
     """
-    _check_map(heatmap)
-    k = num_kept(heatmap.size, fraction)
-    flat = jnp.zeros(heatmap.size, bool).at[_kept_indices(heatmap, k, False)].set(True)
-    return flat.reshape(heatmap.shape)
+    return kept_pixels(heatmap, fraction)[0]
 
 
 def bottom_fraction_mask(heatmap: Array, fraction: float = KEEP_FRACTION) -> Array:
@@ -201,10 +263,7 @@ def bottom_fraction_mask(heatmap: Array, fraction: float = KEEP_FRACTION) -> Arr
       pixels tied at the cut, those latest in ``tie_priority``). Equal to the complement of
       the top S² − k pixels.
     """
-    _check_map(heatmap)
-    k = num_kept(heatmap.size, fraction)
-    flat = jnp.zeros(heatmap.size, bool).at[_kept_indices(heatmap, k, True)].set(True)
-    return flat.reshape(heatmap.shape)
+    return kept_pixels(heatmap, fraction, inverse=True)[0]
 
 
 def cut_ties(heatmap: Array, fraction: float = KEEP_FRACTION, *, inverse: bool = False) -> Array:
@@ -220,15 +279,7 @@ def cut_ties(heatmap: Array, fraction: float = KEEP_FRACTION, *, inverse: bool =
       kept, or for ``inverse`` the highest kept) but that are not kept (0 when nothing or
       everything is kept).
     """
-    _check_map(heatmap)
-    k = num_kept(heatmap.size, fraction)
-    if k in (0, heatmap.size):
-        return jnp.zeros((), jnp.int32)
-    flat = jnp.where(jnp.isnan(heatmap.reshape(-1)), -jnp.inf, heatmap.reshape(-1))
-    kept_idx = _kept_indices(heatmap, k, inverse)
-    threshold = flat[kept_idx[0] if inverse else kept_idx[k - 1]]
-    kept = jnp.zeros(heatmap.size, bool).at[kept_idx].set(True)
-    return jnp.sum((flat == threshold) & ~kept, dtype=jnp.int32)
+    return kept_pixels(heatmap, fraction, inverse=inverse)[1]
 
 
 def centre_square_heatmap(image_size: int) -> np.ndarray:

@@ -1,13 +1,15 @@
 """The benchmark plumbing that needs no timing: optional peers skip cleanly, targets are read right."""
 
 import importlib.util
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from benchmarks import bench_scorecam, common, report
+from benchmarks import bench_masks, bench_scorecam, common, report
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None,
@@ -83,3 +85,14 @@ def test_a_report_of_another_folder_is_written_into_it(tmp_path):
     report.main([str(tmp_path)])
     assert "## Feature extraction throughput" in (tmp_path / "RESULTS.md").read_text()
     assert repository_report.read_bytes() == before
+
+
+def test_mask_benchmark_asserts_identical_masks_and_writes_its_rows(tmp_path):
+    bench_masks.main(["--images", "8", "--batch-size", "8", "--repeat", "1",
+                      "--out", str(tmp_path)])
+    rec = json.loads((tmp_path / "masks.json").read_text())
+    assert rec["identical_masks"] and rec["config"]["images"] == 8
+    assert [r["method"].split(" (")[0] for r in rec["rows"]] == 2 * [
+        "ri_jax.metrics.kept_pixels", "peer: benchmarks.peers.sort_keep_mask",
+        "forward pass of the masked images"]
+    assert all(r["wall_s"] > 0 and np.isfinite(r["peer_over_this"]) for r in rec["rows"])

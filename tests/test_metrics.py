@@ -31,7 +31,9 @@ def maps_and_fractions(draw):
     side = draw(st.sampled_from([1, 2, 3, 5, 8, 11]))
     # Few distinct levels make many ties; floats cover the tie-free case.
     elements = draw(st.sampled_from([st.sampled_from([0.0, 0.25, 0.5, 1.0]),
-                                     st.floats(-10, 10, width=32, allow_subnormal=False)]))
+                                     st.sampled_from([0.0, -0.0, -1.0, np.inf, -np.inf, np.nan]),
+                                     st.floats(-10, 10, width=32, allow_subnormal=False),
+                                     st.floats(width=32)]))
     heatmap = draw(hnp.arrays(np.float32, (side, side), elements=elements))
     fraction = draw(st.sampled_from([0.2, 0.0, 1.0, 0.5, 0.33]))
     return heatmap, fraction
@@ -54,6 +56,37 @@ def test_top_fraction_mask_matches_sort_reference(case):
     else:
         dropped_ties = 0
     assert int(ties(heatmap, fraction=fraction)) == dropped_ties
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from(["float16", "bfloat16", "float32", "int8", "int32", "uint8",
+                              "uint32"]),
+       side=st.sampled_from([1, 3, 7]), fraction=st.sampled_from([0.2, 0.5, 0.0, 1.0]),
+       inverse=st.booleans(), seed=st.integers(0, 2**16))
+def test_kept_pixels_of_every_dtype_match_the_sort_reference(dtype, side, fraction, inverse, seed):
+    rng = np.random.default_rng(seed)
+    if dtype.startswith(("int", "uint")):
+        info = np.iinfo(dtype)  # the extremes and a few levels, so ties and the sign bit matter
+        levels = np.array([info.min, info.max, 0, 1, info.min + 1, info.max - 1], np.int64)
+        heatmap = levels[rng.integers(0, len(levels), (side, side))].astype(dtype)
+        values = heatmap.astype(np.float64)
+    else:
+        levels = np.array([0.0, -0.0, 0.5, -2.0, np.inf, -np.inf, np.nan, 1e-3], np.float32)
+        heatmap = jnp.asarray(levels[rng.integers(0, len(levels), (side, side))], dtype)
+        values = np.asarray(heatmap.astype(jnp.float32), np.float64)
+    k = metrics.num_kept(side * side, fraction)
+    order, flat = ref_keep(values, 1.0)
+    kept = order[len(order) - k:] if inverse else order[:k]
+    mask, dropped = metrics.kept_pixels(jnp.asarray(heatmap), fraction, inverse=inverse)
+    expected = np.zeros(side * side, bool)
+    expected[kept] = True
+    np.testing.assert_array_equal(np.asarray(mask).reshape(-1), expected)
+    if 0 < k < len(flat):
+        threshold = flat[kept[0] if inverse else kept[-1]]
+        assert int(dropped) == sum(1 for i in range(len(flat))
+                                   if flat[i] == threshold and not expected[i])
+    else:
+        assert int(dropped) == 0
 
 
 def test_exactly_twenty_percent_at_paper_size():

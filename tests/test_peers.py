@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks.peers import BoundaryPeer, _best, greedy_peer, greedy_peer_batch
+from benchmarks.peers import BoundaryPeer, _best, greedy_peer, greedy_peer_batch, sort_keep_mask
+from ri_jax import metrics
 from ri_jax.boundaries import sample_boundaries
 from ri_jax.models.vgg import VGG, make_vgg
 from ri_jax.solver import pack_bits, solve_batch, solve_greedy
@@ -113,3 +114,19 @@ def test_boundary_peer_matches_sample_boundaries(tiny_config):
     assert not np.allclose(np.asarray(ours.w[0]), np.asarray(ours.w[1]))
     with pytest.raises(ValueError, match="feats"):
         BoundaryPeer(head)(np.zeros((0, 2, 2, 32), np.float32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(side=st.sampled_from([1, 4, 9]), fraction=st.sampled_from([0.2, 0.0, 1.0, 0.5]),
+       inverse=st.booleans(), levels=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_sort_keep_mask_peer_matches_kept_pixels(side, fraction, inverse, levels, seed):
+    # Few levels make ties at the cut; NaN and infinities rank as the rule says. No
+    # subnormals: the peer compares floats, which XLA:CPU may flush to zero.
+    values = np.array([0.0, -0.0, 1.0, -3.5, np.inf, -np.inf, np.nan, 0.25], np.float32)
+    rng = np.random.default_rng(seed)
+    heatmap = jnp.asarray(values[rng.integers(0, levels + 2, (side, side))])
+    peer = jax.jit(sort_keep_mask, static_argnames=("fraction", "inverse"))(
+        heatmap, fraction=fraction, inverse=inverse)
+    ours = metrics.kept_pixels(heatmap, fraction, inverse=inverse)
+    np.testing.assert_array_equal(peer[0], ours[0])
+    assert int(peer[1]) == int(ours[1])

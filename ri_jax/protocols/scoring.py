@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ri_jax.metrics import (DEFAULT_FILL, KEEP_FRACTION, Fill, blur_sigma, bottom_fraction_mask,
-                            check_fill, cut_ties, fill_prior, make_fill, mask_image,
-                            masked_scores_from_masks, num_kept, per_class, top_fraction_mask)
+from ri_jax.metrics import (DEFAULT_FILL, KEEP_FRACTION, Fill, blur_sigma, check_fill,
+                            fill_prior, kept_pixels, make_fill, mask_image,
+                            masked_scores_from_masks, num_kept, per_class)
 from ri_jax.models.vgg import ModelFns
 from ri_jax.protocols.batching import check_batch, check_positive, map_chunks
 
@@ -112,9 +112,7 @@ def _keep_masks(heatmaps: Array, fraction: float, inverse: bool = False
                 ) -> tuple[Array, Array, Array]:
     """bool[B, S, S] top-``fraction`` masks (``inverse``: bottom), int[B] tied pixels dropped,
     bool[B] constant maps."""
-    keep = bottom_fraction_mask if inverse else top_fraction_mask
-    masks = jax.vmap(lambda m: keep(m, fraction))(heatmaps)
-    ties = jax.vmap(lambda m: cut_ties(m, fraction, inverse=inverse))(heatmaps)
+    masks, ties = jax.vmap(lambda m: kept_pixels(m, fraction, inverse=inverse))(heatmaps)
     flat = jnp.min(heatmaps, axis=(1, 2)) == jnp.max(heatmaps, axis=(1, 2))
     return masks, ties, flat
 
