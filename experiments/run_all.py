@@ -1,6 +1,6 @@
 """Every experiment on one data set and checkpoint, then RESULTS.md beside the paper's numbers.
 
-    python experiments/run_all.py --out results --results-md RESULTS.md     # ~8 min, 2 CPU cores
+    python experiments/run_all.py --out results --results-md RESULTS.md     # ~30 min, 2 CPU cores
     python experiments/run_all.py --out /tmp/smoke --quick                   # a few minutes
 
 Runs, in order, each into its own subfolder of --out with one shared
@@ -15,8 +15,8 @@ written from the JSON files the steps just wrote, with the command, machine, dat
 timings.
 
 Settings are sized for the embedded default (2,000 references, 1,000 unseen images,
-VGG-19 width 1/8 at 96 px) to finish in about 8 minutes on 2 CPU cores (7.8 min for the run recorded
-in results/run_all.json, ``total_wall_seconds``). Where they
+VGG-19 width 1/8 at 96 px) to finish in about half an hour on 2 CPU cores (27.3 min for the
+run recorded in results/run_all.json, ``total_wall_seconds``). Where they
 differ from the paper, ``DRIVER_SETTINGS`` says so and RESULTS.md repeats it:
 Figure 4 uses 100 inputs instead of 1,000 (ACE: the first 10), one run; ACE uses one
 segmentation resolution and 5 TCAV repeats, and in Table 1 discovery sets of the 20

@@ -132,7 +132,8 @@ def _check_inputs(forward_fn: ForwardFn, raw_image: Array, psi: Array, class_idx
 
 def scorecam_scores(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image: Array,
                     psi: Array, class_idx, *, chunk_size: int | None = None,
-                    score: str = "probability", masked_input: str = "raw", mask_upsampling: str = "half_pixel") -> Array:
+                    score: str = "probability", masked_input: str = "raw",
+                    mask_upsampling: str = "half_pixel") -> Array:
     """Class-c score of the image masked by each channel.
 
     Args:
@@ -182,7 +183,8 @@ def scorecam_scores(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image:
 
 def scorecam_weights(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image: Array,
                      psi: Array, class_idx, *, chunk_size: int | None = None,
-                     score: str = "probability", masked_input: str = "raw", mask_upsampling: str = "half_pixel") -> Array:
+                     score: str = "probability", masked_input: str = "raw",
+                     mask_upsampling: str = "half_pixel") -> Array:
     """Score-CAM channel weights at one input image.
 
     Args:
