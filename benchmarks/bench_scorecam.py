@@ -15,6 +15,10 @@ to the heat maps:
 
 Each is timed after one untimed run (compilation, torch's first-call setup); the
 row reports the median of ``--repeat`` runs and the peer's best time divided by it.
+Score-CAM is one forward pass per (image, channel) in both, so the record also holds
+the roofline that bounds the ratio: the plain forward pass in both frameworks, its
+GFLOP/s (FLOPs counted from the config) beside a dense float32 matmul's, measured in
+the same run as this CPU's practical peak, and what 2× the peer would need.
 Both use every core they see. Needs torch and pytorch-grad-cam, which ri-jax never
 requires; without them it prints why it skipped and exits 0:
 
@@ -32,9 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import HelpFormatter, DEFAULT_OUT, describe_machine, finish, format_table, record
+from benchmarks.report import SCORECAM_TARGET, roofline_line
 from ri_jax.baselines import scorecam_chunk_size
 from ri_jax.protocols.methods import cam_weights
 from ri_jax.heatmaps import cam
+from ri_jax.models.vgg import VGG_LAYERS, ModelConfig
 
 
 def peer_modules():
@@ -56,6 +62,66 @@ def _timed(fn, repeat: int) -> tuple[list[float], list[float], object]:
         walls.append(time.perf_counter() - start)
         cpus.append(time.process_time() - start_cpu)
     return walls, cpus, out
+
+
+def forward_flops(config: ModelConfig) -> int:
+    """Floating-point operations of one image's forward pass, two per multiply-add.
+
+    The usual count: every 3×3 convolution at every output pixel (padding included) and
+    the three dense layers; biases, ReLUs and pools are left out (under 1 % here).
+    """
+    side, inputs, flops = config.image_size, 3, 0
+    channels = iter(config.conv_channels)
+    for layer in VGG_LAYERS[config.arch]:
+        if layer == "M":
+            side //= 2
+        else:
+            outputs = next(channels)
+            flops += 2 * 9 * inputs * outputs * side * side
+            inputs = outputs
+    widths = (side * side * inputs, config.fc_width, config.fc_width, config.num_classes)
+    return flops + sum(2 * a * b for a, b in zip(widths, widths[1:]))
+
+
+def matmul_gflops(torch, n: int, repeat: int) -> dict:
+    """GFLOP/s of one dense float32 n×n matmul in XLA and in torch: the CPU's practical peak."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    xa, ta = jnp.asarray(a), torch.from_numpy(a)
+    matmul = jax.jit(jnp.matmul)
+    xla_s = min(_timed(lambda: jax.block_until_ready(matmul(xa, xa)), repeat)[0])
+    torch_s = min(_timed(lambda: torch.mm(ta, ta), repeat)[0])
+    return {"n": n, "xla": 2 * n**3 / xla_s / 1e9, "torch": 2 * n**3 / torch_s / 1e9}
+
+
+def roofline(flops: int, peak: dict, forward: list[dict], peer_wall: float,
+             masked_forwards: int, target: float) -> dict:
+    """What the forward rows and the peer's time mean against the matmul peak.
+
+    Args:
+      flops: FLOPs of one forward pass (``forward_flops``).
+      peak: ``matmul_gflops``'s answer.
+      forward: ``forward_rates``'s rows; each gains both frameworks' GFLOP/s and their
+        share of their own framework's matmul peak.
+      peer_wall: the peer's best Score-CAM wall time, seconds.
+      masked_forwards: forward passes in one Score-CAM run (images × channels).
+      target: the speed-up asked of ri-jax over the peer.
+
+    Returns:
+      The summary: the peer's milliseconds per masked forward pass, and the GFLOP/s and
+      share of XLA's matmul peak that ``target``× the peer would need if the forward
+      passes took all of ri-jax's time (they take most).
+    """
+    for row in forward:
+        for side, framework in (("ri_jax", "xla"), ("torch", "torch")):
+            rate = flops / (row[f"{side}_ms_per_image"] * 1e-3) / 1e9
+            row[f"{side}_gflops"] = rate
+            row[f"{side}_of_matmul_peak"] = rate / peak[framework]
+    peer_ms = 1e3 * peer_wall / masked_forwards
+    needed = target * flops / (peer_ms * 1e-3) / 1e9
+    return {"forward_mflops_per_image": flops / 1e6, "matmul": peak,
+            "peer_ms_per_masked_forward": peer_ms, "target": target,
+            "needed_ms_per_masked_forward": peer_ms / target, "needed_gflops": needed,
+            "needed_of_xla_matmul_peak": needed / peak["xla"]}
 
 
 def forward_rates(fns, params, model, torch, normalised: np.ndarray, repeat: int,
@@ -83,6 +149,8 @@ def main(argv=None) -> dict | None:
     p.add_argument("--tolerance", type=float, default=1e-3,
                    help="largest |logit| and |ψ| difference accepted between the two copies")
     p.add_argument("--seed", type=int, default=0, help="which test images (a seeded sample)")
+    p.add_argument("--matmul-size", type=int, default=2048,
+                   help="side of the square float32 matmul that measures the CPU's peak")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="folder for the JSON record")
     p.add_argument("--name", default="scorecam", help="JSON file name (without .json)")
     args = p.parse_args(argv)
@@ -162,8 +230,10 @@ def main(argv=None) -> dict | None:
         print(f"{label}: {np.median(walls):.2f} s wall, {min(cpus):.2f} s CPU", flush=True)
     peer_wall = min(w for label, (w, _) in timings.items() if label.startswith("peer"))
     peer_cpu = min(c for label, (_, c) in timings.items() if label.startswith("peer"))
-    rec["rows"] = [{"method": label, "wall_s": w, "cpu_s": c,
-                    "images_per_s": len(raw) / w, "peer_best_over_this_wall": peer_wall / w,
+    flops = forward_flops(config)
+    rec["rows"] = [{"method": label, "wall_s": w, "cpu_s": c, "images_per_s": len(raw) / w,
+                    "masked_forward_gflops": len(raw) * channels * flops / w / 1e9,
+                    "peer_best_over_this_wall": peer_wall / w,
                     "peer_best_over_this_cpu": peer_cpu / c}
                    for label, (w, c) in timings.items()]
     rec["notes"].append(
@@ -173,12 +243,18 @@ def main(argv=None) -> dict | None:
         "and ends with the heat maps; the peer's best row is the baseline")
     print(format_table(rec["rows"], ["method", "wall_s", "cpu_s", "peer_best_over_this_wall"]))
     rec["forward"] = forward_rates(fns, params, model, torch, normalised, args.repeat)
+    rec["roofline"] = roofline(flops, matmul_gflops(torch, args.matmul_size, args.repeat),
+                               rec["forward"], peer_wall, len(raw) * channels, SCORECAM_TARGET)
     print(format_table(rec["forward"], ["batch", "ri_jax_ms_per_image", "torch_ms_per_image",
-                                        "torch_over_ri_jax"]))
+                                        "ri_jax_of_matmul_peak", "torch_of_matmul_peak"]))
+    line = roofline_line(rec["roofline"])
+    print(line)
     rec["notes"].append(
         "Score-CAM is one forward pass per (image, channel) in both, so its ratio is bounded "
         "by the two frameworks' forward throughput on this CPU: the forward table times the "
-        "plain model (no masks) at each batch size, best of --repeat runs after one untimed")
+        "plain model (no masks) at each batch size, best of --repeat runs after one untimed; "
+        "its GFLOP/s count the config's FLOPs (forward_flops) and are compared with a dense "
+        f"float32 {args.matmul_size}² matmul in each framework, timed the same way. {line}")
     finish(rec, args.out, args.name)
     return rec
 

@@ -33,6 +33,16 @@ END_TO_END_TARGET = 2.0
 SCORECAM_TARGET = 2.0
 
 
+def roofline_line(r: dict) -> str:
+    """The roofline summary in one sentence."""
+    return (f"The peer spends {r['peer_ms_per_masked_forward']:.2f} ms per masked forward "
+            f"pass of {r['forward_mflops_per_image']:.1f} MFLOP; {r['target']:g}× the peer "
+            f"would need {r['needed_ms_per_masked_forward']:.2f} ms, i.e. "
+            f"{r['needed_gflops']:.0f} GFLOP/s, {100 * r['needed_of_xla_matmul_peak']:.0f} % of "
+            f"XLA's dense-matmul rate here ({r['matmul']['xla']:.0f} GFLOP/s; torch's "
+            f"{r['matmul']['torch']:.0f}).")
+
+
 def fmt(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
@@ -98,6 +108,8 @@ def render(rec: dict) -> str:
         if rec.get("forward"):
             out.append("\nPlain forward pass, milliseconds per image (the bound on the "
                        "Score-CAM ratio):\n\n" + table(rec["forward"]))
+        if rec.get("roofline"):
+            out.append("\nRoofline: " + roofline_line(rec["roofline"]) + "\n")
     elif name == "end_to_end":
         out.append(f"\n{rec['images']} images: {fmt(rec['images_per_s']['first_run'])} images/s "
                    f"(first run, with compilation), {fmt(rec['images_per_s']['second_run'])} "

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_masks, bench_scorecam, common, report
+from ri_jax.models.vgg import ModelConfig
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None,
@@ -96,3 +97,29 @@ def test_mask_benchmark_asserts_identical_masks_and_writes_its_rows(tmp_path):
         "ri_jax.metrics.kept_pixels", "peer: benchmarks.peers.sort_keep_mask",
         "forward pass of the masked images"]
     assert all(r["wall_s"] > 0 and np.isfinite(r["peer_over_this"]) for r in rec["rows"])
+
+
+def test_forward_flops_counts_every_conv_and_dense_layer():
+    # vgg11 at width 1/16 and 32 px, by hand: convs 3→4 @32², 4→8 @16², 8→16, 16→16 @8²,
+    # 16→32, 32→32 @4², 32→32, 32→32 @2² (2·9·c_in·c_out·side² each), then dense
+    # 32→256→256→2 (2·in·out each).
+    convs = 18 * (3 * 4 * 32**2 + 4 * 8 * 16**2 + (8 * 16 + 16 * 16) * 8**2
+                  + (16 * 32 + 32 * 32) * 4**2 + 2 * 32 * 32 * 2**2)
+    dense = 2 * (32 * 256 + 256 * 256 + 256 * 2)
+    config = ModelConfig(arch="vgg11", width=1 / 16, image_size=32, num_classes=2)
+    assert bench_scorecam.forward_flops(config) == convs + dense == 1_549_312
+
+
+def test_roofline_relates_the_forward_rows_and_the_peer_to_the_matmul_peak():
+    forward = [{"batch": 16, "ri_jax_ms_per_image": 2.0, "torch_ms_per_image": 1.0}]
+    r = bench_scorecam.roofline(100_000_000, {"n": 8, "xla": 200.0, "torch": 100.0}, forward,
+                                peer_wall=6.4, masked_forwards=4000, target=2.0)
+    assert forward[0]["ri_jax_gflops"] == pytest.approx(50.0)
+    assert forward[0]["ri_jax_of_matmul_peak"] == pytest.approx(0.25)
+    assert forward[0]["torch_of_matmul_peak"] == pytest.approx(1.0)
+    assert r["peer_ms_per_masked_forward"] == pytest.approx(1.6)
+    assert r["needed_ms_per_masked_forward"] == pytest.approx(0.8)
+    assert r["needed_gflops"] == pytest.approx(125.0)
+    assert r["needed_of_xla_matmul_peak"] == pytest.approx(0.625)
+    line = report.roofline_line(r)
+    assert "1.60 ms" in line and "0.80 ms" in line and "125 GFLOP/s, 62 % of" in line
