@@ -247,14 +247,13 @@ def main(argv=None) -> dict | None:
                                rec["forward"], peer_wall, len(raw) * channels, SCORECAM_TARGET)
     print(format_table(rec["forward"], ["batch", "ri_jax_ms_per_image", "torch_ms_per_image",
                                         "ri_jax_of_matmul_peak", "torch_of_matmul_peak"]))
-    line = roofline_line(rec["roofline"])
-    print(line)
+    print(roofline_line(rec["roofline"]))
     rec["notes"].append(
         "Score-CAM is one forward pass per (image, channel) in both, so its ratio is bounded "
         "by the two frameworks' forward throughput on this CPU: the forward table times the "
         "plain model (no masks) at each batch size, best of --repeat runs after one untimed; "
         "its GFLOP/s count the config's FLOPs (forward_flops) and are compared with a dense "
-        f"float32 {args.matmul_size}² matmul in each framework, timed the same way. {line}")
+        f"float32 {args.matmul_size}² matmul in each framework, timed the same way")
     finish(rec, args.out, args.name)
     return rec
 
