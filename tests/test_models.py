@@ -1,9 +1,13 @@
+import re
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ri_jax.models.vgg import VGG_LAYERS, ModelConfig, make_vgg
+from ri_jax.models.vgg import (VGG_LAYERS, Conv3x3, ModelConfig, lax_conv3x3, make_vgg,
+                               tap_sum_conv3x3)
 
 
 def random_params(fns, seed: int):
@@ -40,6 +44,47 @@ def test_head_of_features_is_the_forward_pass(arch, size):
     logits = fns.apply(params, x)
     assert np.ptp(np.asarray(logits)) > 0  # not a dead network, where any two agree
     np.testing.assert_array_equal(fns.head(params, fns.features(params, x)), logits)
+
+
+@pytest.mark.parametrize("c_in,c_out", [(1, 2), (3, 8), (4, 5), (8, 3)])
+def test_conv3x3_is_flax_conv(c_in, c_out):
+    # Same parameters (names, shapes, initial values) as the nn.Conv it replaced, so
+    # checkpoints load unchanged, and the same outputs and gradients to float rounding,
+    # whichever formulation runs (c_in ≤ 3 runs the tap sum on this CPU).
+    x = jnp.asarray(np.random.default_rng(c_in).standard_normal((2, 7, 9, c_in), np.float32))
+    ours, flax_conv = Conv3x3(c_out), nn.Conv(c_out, (3, 3), padding="SAME",
+                                               kernel_init=nn.initializers.kaiming_normal())
+    params = ours.init(jax.random.key(c_out), x)
+    expected = flax_conv.init(jax.random.key(c_out), x)
+    jax.tree.map(np.testing.assert_array_equal, params, expected)
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias
+
+    def loss(module, p, x):
+        return jnp.sum(jnp.sin(module.apply(p, x)))
+
+    np.testing.assert_allclose(ours.apply(params, x), flax_conv.apply(params, x),
+                               rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.grad(lambda p, x: loss(ours, p, x), argnums=(0, 1))(params, x),
+                         jax.grad(lambda p, x: loss(flax_conv, p, x), argnums=(0, 1))(params, x)):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                     got, want)
+    np.testing.assert_allclose(tap_sum_conv3x3(x, params["params"]["kernel"]),
+                               lax_conv3x3(x, params["params"]["kernel"]), rtol=1e-5, atol=1e-5)
+
+
+def test_only_the_rgb_layer_leaves_the_convolution_op_and_only_on_a_cpu():
+    cfg = ModelConfig(arch="vgg11", width=1 / 16, image_size=32, num_classes=2)
+    fns = make_vgg(cfg)
+    params = jax.eval_shape(fns.init, jax.random.key(0))
+    traced = fns.features.trace(params, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+
+    def conv_kernels(text):  # kernel shapes of the convolution ops in a StableHLO text
+        return {re.search(r"tensor<(3x3x\d+x\d+)xf32>", line).group(1)
+                for line in text.splitlines() if "stablehlo.convolution" in line}
+
+    cpu, gpu = conv_kernels(traced.lower().as_text()), conv_kernels(
+        traced.lower(lowering_platforms=("cuda",)).as_text())
+    assert "3x3x3x4" in gpu and gpu - cpu == {"3x3x3x4"} and "3x3x4x8" in cpu
 
 
 def test_same_config_same_functions():

@@ -23,6 +23,7 @@ from typing import Any, Callable, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Array = jax.Array
 Params = Any
@@ -146,6 +147,58 @@ def _scale(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+# Inputs this narrow (the RGB input) are convolved as a sum of shifted copies on a CPU;
+# 8 channels measured no faster that way, so wider layers keep the convolution op.
+TAP_SUM_MAX_CHANNELS = 3
+
+
+def lax_conv3x3(x: Array, kernel: Array) -> Array:
+    """x [B, H, W, c_in] ⊛ kernel [3, 3, c_in, c_out] → [B, H, W, c_out], 'SAME', as ``nn.Conv``."""
+    return lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def tap_sum_conv3x3(x: Array, kernel: Array) -> Array:
+    """``lax_conv3x3`` as the sum over the 9·c_in kernel taps of shifted, scaled copies of x.
+
+    XLA fuses the sum into one elementwise loop. For 3 input channels that is 5–7× faster
+    on a CPU than XLA:CPU's convolution, whose kernels are tuned for wide channels; for
+    8 or more channels it is not faster. Equal to ``lax_conv3x3`` up to float rounding.
+    """
+    height, width, channels = x.shape[-3:]
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = jnp.zeros(x.shape[:-1] + kernel.shape[-1:], jnp.result_type(x, kernel))
+    for dy in range(3):
+        for dx in range(3):
+            for c in range(channels):
+                out = out + padded[:, dy:dy + height, dx:dx + width, c:c + 1] * kernel[dy, dx, c]
+    return out
+
+
+class Conv3x3(nn.Module):
+    """3×3 'SAME' convolution with bias; the parameters are ``nn.Conv``'s (same names,
+    shapes and initial values), so checkpoints are unchanged.
+
+    A layer with at most ``TAP_SUM_MAX_CHANNELS`` input channels runs ``tap_sum_conv3x3``
+    when lowered for a CPU and ``lax_conv3x3`` elsewhere (``lax.platform_dependent``);
+    wider layers always run ``lax_conv3x3``.
+    """
+
+    features: int
+    kernel_init: Callable = nn.initializers.kaiming_normal()
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", self.kernel_init, (3, 3, x.shape[-1], self.features),
+                            jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        if x.shape[-1] <= TAP_SUM_MAX_CHANNELS:
+            y = lax.platform_dependent(x, kernel, cpu=tap_sum_conv3x3, default=lax_conv3x3)
+        else:
+            y = lax_conv3x3(x, kernel)
+        return y + bias
+
+
 class VGG(nn.Module):
     """Flax VGG with ``features`` (ψ) and ``head`` (G) as separate methods."""
 
@@ -153,9 +206,7 @@ class VGG(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.convs = [nn.Conv(c, (3, 3), padding="SAME", name=f"conv_{i}",
-                              kernel_init=nn.initializers.kaiming_normal())
-                      for i, c in enumerate(cfg.conv_channels)]
+        self.convs = [Conv3x3(c, name=f"conv_{i}") for i, c in enumerate(cfg.conv_channels)]
         self.fcs = [nn.Dense(cfg.fc_width, name="fc_0", kernel_init=nn.initializers.kaiming_normal()),
                     nn.Dense(cfg.fc_width, name="fc_1", kernel_init=nn.initializers.kaiming_normal()),
                     nn.Dense(cfg.num_classes, name="fc_2")]
