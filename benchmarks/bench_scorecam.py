@@ -20,9 +20,10 @@ the roofline that bounds the ratio: the plain forward pass in both frameworks, i
 GFLOP/s (FLOPs counted from the config) beside a dense float32 matmul's, measured in
 the same run as this CPU's practical peak, and what 2× the peer would need.
 Both use every core they see. Needs torch and pytorch-grad-cam, which ri-jax never
-requires; without them it prints why it skipped and exits 0:
+requires; without them it prints why it skipped and exits 0. Run it in a virtualenv
+with the ``peer-cams`` extra, made as ``benchmarks/README.md`` says:
 
-    PYTHONPATH=$PWD /work/venv-peer/bin/python -m benchmarks.bench_scorecam [--images 64]
+    PYTHONPATH=$PWD ../venv-peer/bin/python -m benchmarks.bench_scorecam [--images 64]
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ Rows:
     against its ``ClassifierOutputSoftmaxTarget``.
 
 Needs PyTorch and pytorch-grad-cam, which the project itself never requires; without
-them it prints why it skipped and exits 0. Run it with an interpreter that has them:
+them it prints why it skipped and exits 0. Run it in a virtualenv with the ``peer-cams``
+extra, made as ``benchmarks/README.md`` says:
 
-    PYTHONPATH=$PWD /work/venv-peer/bin/python -m benchmarks.peer_cams [--images 4]
+    PYTHONPATH=$PWD ../venv-peer/bin/python -m benchmarks.peer_cams [--images 4]
 """
 
 from __future__ import annotations
