@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 from ri_jax.boundaries import sample_boundaries, sample_indices, sides
 from ri_jax.checkpoint import json_default
+from ri_jax.provenance import code_version
 from ri_jax.solver import pack_bits
 
 DEFAULT_OUT = Path(__file__).parent / "results"
@@ -105,21 +105,6 @@ def time_call(fn: Callable[[], Any], *, repeat: int = 3, warmup: int = 1) -> dic
         cpu.append(time.process_time() - start_cpu)
     return {"best": min(times), "median": float(np.median(times)), "cpu_best": min(cpu),
             "runs": repeat}
-
-
-def code_version(root: str | Path = Path(__file__).parent.parent) -> str | None:
-    """The commit the code was measured at: its short hash, with "+changes" when tracked
-    files outside the results differ from it; None outside a git checkout."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                              check=True, timeout=30).stdout.strip()
-    try:
-        head = git("rev-parse", "--short=10", "HEAD")
-        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
-                      ":!benchmarks/results", ":!benchmarks/RESULTS.md")
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("+changes" if changed else "")
 
 
 def record(benchmark: str, config: dict[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from ri_jax.metrics import DEFAULT_FILL, FILLS
 from ri_jax.protocols.ace_adapter import ACESettings
 from ri_jax.protocols.methods import RIOptions
 from ri_jax.protocols.scoring import MaskingOptions
+from ri_jax.provenance import code_version
 from ri_jax.variants import VARIANT_NAMES, ri_variant
 
 
@@ -269,7 +270,8 @@ def describe_run(args: argparse.Namespace, **extra: Any) -> dict:
     return {**{k: v for k, v in vars(args).items()
                if k not in ("no_progress", "debug") + LAUNCH_ARGS},
             "jax": jax.__version__, "backend": jax.default_backend(),
-            "machine": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
+            "machine": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "code": code_version(), **extra}
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -11,8 +11,8 @@ Figure 4 (``figure4.py``), Figures 5–6 (``figures5_6.py``), the case studies
 (``case_studies.py``) and the RI variant study (``variant_study.py``: Table 1 and 2 for both
 RI variants on the embedded model and a second, VGG-11 model); Table 1, Figure 4 and the case studies include ACE unless --no-ace. Each step's wall time goes into
 ``<out>/run_all.json``; RESULTS.md (--results-md, default ``<out>/RESULTS.md``) is
-written from the JSON files the steps just wrote, with the command, machine, date and
-timings.
+written from the JSON files the steps just wrote, with the command, machine, date, the
+code's commit (``ri_jax.provenance.code_version``) and timings.
 
 Settings are sized for the embedded default (2,000 references, 1,000 unseen images,
 VGG-19 width 1/8 at 96 px) to finish in about half an hour on 2 CPU cores (27.3 min for the
@@ -50,6 +50,7 @@ from common import HelpFormatter, prepare_output, write_json
 from ri_jax.cli import run_script
 from ri_jax.checkpoint import load_checkpoint
 from ri_jax.protocols.report import render_results
+from ri_jax.provenance import code_version
 from ri_jax.variants import VARIANT_NAMES
 
 ACE_ARGS = ["--ace", "--ace-segments", "15", "--ace-max-images", "20", "--ace-min-members", "5",
@@ -204,7 +205,8 @@ def main(argv=None) -> dict:
               "data": args.data, "checkpoint": args.checkpoint,
               "model": dataclasses.asdict(load_checkpoint(
                   None if args.checkpoint == "default" else args.checkpoint)[1]),
-              "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+              "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "code": code_version()}
     write_json(out / "run_all.json", record)
     md_path.write_text(render_record(out, md_path.parent, record))
     print(f"wrote {md_path} ({total / 60:.1f} min)")

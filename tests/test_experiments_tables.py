@@ -22,6 +22,7 @@ import variant_study  # noqa: E402
 from ri_jax.checkpoint import save_checkpoint  # noqa: E402
 from ri_jax.data import DatasetError  # noqa: E402
 from ri_jax.protocols.report import format_mean_std  # noqa: E402
+from ri_jax.provenance import code_version  # noqa: E402
 
 PER_CLASS = 10
 SCRIPTS = {"table1": table1, "table1_mean": table1, "table1_blur": table1, "table2": table2,
@@ -246,6 +247,10 @@ def test_run_all_writes_results_md_from_the_json(results):
     assert "### Verdict across fills (black, mean, blur)" in text and "Holds under every fill" in text
     assert "inverse mAD" in text and "(n = " in text
     assert json.loads((out / "run_all.json").read_text())["total_wall_seconds"] > 0
+    # Results name the code they were made with, in every step's file and in RESULTS.md.
+    assert record["code"] == t1["config"]["code"] == t2["config"]["code"] == code_version()
+    if record["code"]:
+        assert f"Code: commit {record['code']}" in text
 
 
 @pytest.mark.parametrize("in_process", [False, True])

@@ -248,7 +248,7 @@ def render_results(record: dict, results: dict[str, dict], *, rel: str,
 
     Args:
       record: the driver's ``run_all.json`` (command, steps, argv, wall times, machine,
-        date, deviations, data, checkpoint, model).
+        date, code, deviations, data, checkpoint, model).
       results: step name -> that step's result JSON (missing steps are left out).
       rel: path of the results folder relative to RESULTS.md (for figure links).
       case_figures: file names of the case-study figures, in order.
@@ -261,6 +261,7 @@ def render_results(record: dict, results: dict[str, dict], *, rel: str,
     text = ["# Results", "", caveat(record), "",
             f"Command: `{record['command']}`  ",
             f"Date: {record['date']}  ",
+            *([f"Code: commit {record['code']}  "] if record.get("code") else []),
             f"Machine: {m['platform']}, {m['cpu_count']} CPU cores, JAX {m['jax']} "
             f"({m['backend']})  ",
             f"Total wall time: {record['total_wall_seconds'] / 60:.1f} min", "",
