@@ -15,7 +15,7 @@ written from the JSON files the steps just wrote, with the command, machine, dat
 code's commit (``ri_jax.provenance.code_version``) and timings.
 
 Settings are sized for the embedded default (2,000 references, 1,000 unseen images,
-VGG-19 width 1/8 at 96 px) to finish in about half an hour on 2 CPU cores (27.3 min for the
+VGG-19 width 1/8 at 96 px) to finish in about half an hour on 2 CPU cores (31.9 min for the
 run recorded in results/run_all.json, ``total_wall_seconds``). Where they
 differ from the paper, ``DRIVER_SETTINGS`` says so and RESULTS.md repeats it:
 Figure 4 uses 100 inputs instead of 1,000 (ACE: the first 10), one run; ACE uses one
