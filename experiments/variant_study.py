@@ -34,6 +34,7 @@ from ri_jax.cli import positive_int, run_script
 from ri_jax.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from ri_jax.protocols.report import variant_study_markdown
 from ri_jax.protocols.variant_study import summarise_variant_study
+from ri_jax.provenance import code_version
 from ri_jax.variants import VARIANT_NAMES
 
 HERE = Path(__file__).resolve().parent
@@ -59,7 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="feature cache folder shared by every run (default <out>/cache; keyed by "
                         "checkpoint, so models may share it)")
     p.add_argument("--resume", action="store_true",
-                   help="reuse --out and its feature caches; tables already written are kept")
+                   help="reuse --out and its feature caches; tables already written are kept "
+                        "(with a warning when another commit made them)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_debug_arg(p)
     args = p.parse_args(argv)
@@ -98,9 +100,19 @@ def run(script: str, argv: list[str]) -> None:
         sys.exit(f"variant_study.py: error: {script}.py failed with exit code {done.returncode}")
 
 
+def stale_table_warning(path: Path, table: dict, code: str | None) -> str | None:
+    """Why a table that --resume kept may not be this code's, or None when it is."""
+    made = table.get("config", {}).get("code")
+    if made == code:
+        return None
+    return (f"variant_study: --resume kept {path}, made at {made or 'an unrecorded commit'}, "
+            f"not at this code ({code or 'unknown'}); remove its folder to recompute it")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     out = prepare_output(args.out, args.resume)
+    code = code_version()
     cache = Path(args.cache_dir) if args.cache_dir else out / "cache"
     entries = []
     for checkpoint in args.checkpoints:
@@ -119,9 +131,13 @@ def main(argv=None) -> dict:
                     argv_.append("--resume")
                 if args.no_progress:
                     argv_.append("--no-progress")
-                if not (args.resume and (target / f"{table}.json").is_file()):
+                kept = args.resume and (target / f"{table}.json").is_file()
+                if not kept:
                     run(table, argv_)
                 results[table] = json.loads((target / f"{table}.json").read_text())
+                if kept and (warning := stale_table_warning(target / f"{table}.json",
+                                                            results[table], code)):
+                    print(warning, file=sys.stderr, flush=True)
             entries.append({"model": label, "model_info": info, "variant": variant, **results})
     study = summarise_variant_study(entries)
     study["config"] = {"checkpoints": args.checkpoints, "variants": args.variants,

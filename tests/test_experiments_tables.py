@@ -320,3 +320,11 @@ def test_run_all_passes_the_ri_variant_to_every_ri_step(tmp_path):
             "authors"
     study = variant_study.parse_args(run_all.step_argv("variant_study", args, tmp_path))
     assert study.variants == ["paper", "authors"] and len(study.checkpoints) == 2
+
+
+def test_the_variant_study_warns_when_resume_keeps_another_commits_table(tmp_path):
+    path = tmp_path / "table1.json"
+    assert variant_study.stale_table_warning(path, {"config": {"code": "abc"}}, "abc") is None
+    warning = variant_study.stale_table_warning(path, {"config": {"code": "abc"}}, "def")
+    assert str(path) in warning and "made at abc" in warning and "(def)" in warning
+    assert "an unrecorded commit" in variant_study.stale_table_warning(path, {"config": {}}, "def")
