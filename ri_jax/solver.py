@@ -11,20 +11,25 @@ until at most ``delta`` references of D(x) (the other classes) stay covered.
 
 The paper's text (§4.2) runs this with δ = τ(x) over one shared sample Q. The
 authors' public code (``SubmodularMinerAG.mineInvariant`` in the ``dnn_invariant``
-family) differs in three ways, all available here:
+family) differs in four ways, all available here:
 
 * δ = 0 instead of τ(x) (``delta`` of ``solve_batch``);
 * a per-input pool of boundaries, so each input brings its own side words
   (``solve_batch`` with ``side_words`` [B, Q, W]);
+* when δ cannot be reached, their greedy does not stop where ours does (no boundary
+  removes another D(x) reference): it keeps adding, in index order, each boundary that
+  removes nothing, then re-picks selected ones, until 111 picks (their ``steps > 110``);
+  ``keep_adding_batch`` appends those extras to ``_greedy``'s answer;
 * the **loosen step** after the greedy (``loosen``, ``loosen_batch``): "visit the
   selected boundaries in index order; drop boundary j if removing it from the current
   P (after earlier drops) leaves both the count of covered same-class references and
-  the count of covered D(x) references unchanged".
+  the count of covered D(x) references unchanged". It runs over the extras too and
+  does not simply drop them again: where an extra removes what a greedy boundary of
+  lower index removes, that greedy boundary is visited first and dropped, and the
+  extra is kept in its place.
 
-Their greedy also stops after 110 steps; with |Q| ≤ 110 (the default |Q| is 50) that cap
-never binds, and we stop instead when no boundary can remove another D(x) reference,
-where theirs would keep adding boundaries that remove nothing (which their loosen step
-then drops again).
+Their float ratio (nom + 1e-5) / (den + 1e-10) orders candidates with den > 0 exactly
+as the integer rule here (for fewer than 10^5 references), ties included.
 
 Sets of references are stored as bit sets: uint32 words along the reference
 axis, little-endian within a word (bit j of word k is reference 32·k + j), the
@@ -890,6 +895,139 @@ def solve_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words
                         positive_words, _check_delta_batch(delta, b))
 
 
+# The authors' greedy loop (``_mineInvariantCore``) counts ``steps += 1`` before each pick and
+# breaks once ``steps > 110``: at most 111 picks, re-picks of a selected boundary included.
+AUTHORS_MAX_STEPS = 111
+
+
+def _keep_adding(side_words: Array, x_side: Array, positive: Array, negative: Array,
+                 result: GreedyResult, *, max_steps: int) -> GreedyResult:
+    """The authors' rule once Algorithm 1 can remove no more D(x) references (one input).
+
+    Their loop picks the argmin of (nom + 1e-5) / (den + 1e-10), selected boundaries scoring
+    1e10, until at most δ D(x) references stay covered or ``max_steps`` picks. While some
+    unselected boundary removes a D(x) reference (den > 0) that is ``_greedy``'s pick. After
+    that, a boundary that removes nothing scores 1e5 and wins, lowest index first, and
+    adding it changes no count; once none is left, every unselected boundary removes a
+    Class(x) reference (≥ 1.00001e10), so the lowest selected index is re-picked (1e10),
+    which changes nothing, until the cap. So: cut ``_greedy``'s picks at ``max_steps``; if
+    δ is still not reached, append the boundaries that remove no covered reference, in index
+    order, until ``max_steps`` boundaries are selected.
+
+    Args:
+      side_words, x_side, positive, negative: as in ``_greedy``.
+      result: ``_greedy``'s answer for this input (unbatched).
+      max_steps: the picks the authors allow (static).
+
+    Returns:
+      ``GreedyResult``: extras appended to ``selected``/``order``/``num_selected``; the
+      covered set and counts are those of the (possibly cut) greedy selection.
+    """
+    q = side_words.shape[0]
+    slot = jnp.arange(q, dtype=jnp.int32)
+    steps = jnp.minimum(result.num_selected, max_steps)
+    order = jnp.where(slot < steps, result.order, -1)
+    # -1 would wrap to the last boundary, so unused slots scatter past the end instead.
+    selected = jnp.zeros((q,), jnp.bool_).at[jnp.where(order >= 0, order, q)].set(
+        True, mode="drop")
+    leaving = side_words ^ _flip_words(x_side)  # [Q, W]: references h removes
+    removed = lax.reduce(jnp.where(selected[:, None], leaving, np.uint32(0)), np.uint32(0),
+                         lax.bitwise_or, (0,))
+    covered = (positive | negative) & ~removed
+    num_negative = popcount(covered & negative)
+    room = jnp.where(num_negative > result.delta, max_steps - steps, 0)
+    nothing = ~selected & ~jnp.any((leaving & covered) != 0, axis=1)
+    rank = jnp.cumsum(nothing, dtype=jnp.int32)
+    extra = nothing & (rank <= room)
+    order = order.at[jnp.where(extra, steps + rank - 1, q)].set(slot, mode="drop")
+    return result._replace(selected=selected | extra, order=order,
+                           num_selected=steps + jnp.sum(extra, dtype=jnp.int32),
+                           covered=covered, num_covered_positive=popcount(covered & positive),
+                           num_covered_negative=num_negative,
+                           reached=num_negative <= result.delta)
+
+
+def _map_inputs(fn, side_words, num_refs, x_sides, positive_words, per_row):
+    """``fn(words, x_side, positive, negative, row)`` over a batch, in chunks of inputs.
+
+    Args:
+      fn: one input's step on packed sets (arguments as in ``_greedy``, then its row of
+        ``per_row``).
+      side_words: uint32[Q, W] shared by every input, or uint32[B, Q, W] one pool each.
+      num_refs: N.
+      x_sides: bool[B, Q]; positive_words: uint32[B, W].
+      per_row: a pytree with a leading batch axis B.
+
+    Returns:
+      ``fn``'s answers with a leading batch axis B.
+    """
+    per_input = side_words.ndim == 3
+
+    def one(args):
+        if per_input:
+            words, x_side, positive_words, row = args
+        else:
+            (x_side, positive_words, row), words = args, side_words
+        positive, negative = class_sets(positive_words, num_refs)
+        return fn(words, x_side, positive, negative, row)
+
+    rows = (x_sides, positive_words, per_row)
+    q, w = side_words.shape[-2:]
+    chunk = max(1, min(x_sides.shape[0], _CHUNK_WORDS // (q * w)))
+    return lax.map(one, (side_words,) + rows if per_input else rows, batch_size=chunk)
+
+
+def _check_shared_or_own(side_words, num_refs, x_sides, positive_words) -> tuple[int, int]:
+    """``check_batch_args`` for a shared [Q, W] or per-input [B, Q, W] side matrix: (Q, B)."""
+    q, _, b = check_batch_args(side_words if side_words.ndim == 2 else side_words[0],
+                               num_refs, x_sides, positive_words)
+    if side_words.ndim == 3 and side_words.shape[0] != b:
+        raise ValueError(f"side_words: expected uint32[{b}, Q, W], got {side_words.shape}")
+    return q, b
+
+
+@functools.partial(jax.jit, static_argnames="max_steps")
+def _keep_adding_batch(side_words, num_refs, x_sides, positive_words, result, max_steps):
+    return _map_inputs(functools.partial(_keep_adding, max_steps=max_steps), side_words,
+                       num_refs, x_sides, positive_words, result)
+
+
+def keep_adding_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words: Array,
+                      result: GreedyResult, *, max_steps: int = AUTHORS_MAX_STEPS
+                      ) -> GreedyResult:
+    """The authors' greedy from Algorithm 1's answer, for a batch, in one jitted call.
+
+    Where ``solve_batch`` stops (no boundary removes another D(x) reference) while δ is
+    not reached, the authors' code keeps adding the boundaries that remove nothing, in
+    index order, then re-picks selected ones, until ``max_steps`` picks (``_keep_adding``);
+    its loosen step (``loosen_batch``) then runs over that larger set, so it may keep one
+    of those extras instead of a boundary the greedy chose. The authors' loop also stops
+    after ``max_steps`` picks while δ is reachable, which binds only when |Q| > max_steps.
+
+    Args:
+      side_words: uint32[Q, W] or uint32[B, Q, W], as in ``solve_batch``.
+      num_refs: N.
+      x_sides: bool[B, Q].
+      positive_words: uint32[B, W].
+      result: ``GreedyResult`` of ``solve_batch`` or ``solve_classes`` (batch axis B).
+      max_steps: the authors' cap on picks (111: their ``steps > 110`` after ``steps += 1``).
+
+    Returns:
+      ``GreedyResult`` with the extras appended to ``selected``, ``order`` and
+      ``num_selected``; ``covered``, its counts and ``reached`` are unchanged unless the
+      cap cut the greedy short.
+    """
+    side_words = jnp.asarray(side_words)
+    x_sides = jnp.asarray(x_sides)
+    positive_words = jnp.asarray(positive_words)
+    _check_shared_or_own(side_words, num_refs, x_sides, positive_words)
+    if int(max_steps) < 1:
+        raise ValueError(f"max_steps: must be >= 1, got {max_steps}")
+    return _keep_adding_batch(side_words, jnp.asarray(num_refs, jnp.int32), x_sides,
+                              positive_words, jax.tree.map(jnp.asarray, result),
+                              int(max_steps))
+
+
 class LoosenResult(NamedTuple):
     """P(x) after the loosen step (add a leading batch axis under vmap).
 
@@ -937,20 +1075,7 @@ def _loosen(side_words: Array, x_side: Array, positive: Array, negative: Array,
 
 @jax.jit
 def _loosen_batch(side_words, num_refs, x_sides, positive_words, selected):
-    per_input = side_words.ndim == 3
-
-    def one(args):
-        if per_input:
-            words, x_side, positive_words, sel = args
-        else:
-            (x_side, positive_words, sel), words = args, side_words
-        positive, negative = class_sets(positive_words, num_refs)
-        return _loosen(words, x_side, positive, negative, sel)
-
-    per_row = (x_sides, positive_words, selected)
-    q, w = side_words.shape[-2:]
-    chunk = max(1, min(x_sides.shape[0], _CHUNK_WORDS // (q * w)))
-    return lax.map(one, (side_words,) + per_row if per_input else per_row, batch_size=chunk)
+    return _map_inputs(_loosen, side_words, num_refs, x_sides, positive_words, selected)
 
 
 def loosen_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words: Array,
@@ -975,10 +1100,7 @@ def loosen_batch(side_words: Array, num_refs: int, x_sides: Array, positive_word
     x_sides = jnp.asarray(x_sides)
     positive_words = jnp.asarray(positive_words)
     selected = jnp.asarray(selected)
-    q, _, b = check_batch_args(side_words if side_words.ndim == 2 else side_words[0],
-                               num_refs, x_sides, positive_words)
-    if side_words.ndim == 3 and side_words.shape[0] != b:
-        raise ValueError(f"side_words: expected uint32[{b}, Q, W], got {side_words.shape}")
+    q, b = _check_shared_or_own(side_words, num_refs, x_sides, positive_words)
     if selected.dtype != jnp.bool_ or selected.shape != (b, q):
         raise ValueError(f"selected: expected bool[{b}, {q}], got {selected.dtype}{selected.shape}")
     return _loosen_batch(side_words, jnp.asarray(num_refs, jnp.int32), x_sides,

@@ -532,3 +532,103 @@ def test_loosen_rejects_bad_selection():
     with pytest.raises(ValueError, match="side_words"):
         solve_batch(pack_bits(jnp.ones((3, 4, 40), bool)), 40, jnp.ones((2, 4), bool),
                     jnp.zeros((2, 2), jnp.uint32))
+
+
+# --- The authors' greedy when δ cannot be reached: extras, their cap, then the loosen step ---
+
+def authors_reference(match, positive, delta):
+    """``SubmodularMinerAG.mineInvariant(delta)`` transcribed: their float ratios, argmin,
+    1e10 for selected boundaries, the ``steps > 110`` break, then ``_lossenInvariant``.
+
+    Returns:
+      (every pick in order, re-picks included; the set before loosening; after it).
+    """
+    f, g = match[:, positive].T, match[:, ~positive].T  # rows: references; columns: boundaries
+    buf_f, buf_g = np.arange(len(f)), np.arange(len(g))
+    invariant = np.zeros(match.shape[0], bool)
+    picks, steps = [], 0
+    while True:
+        steps += 1
+        ratio = (np.sum(~f[buf_f], axis=0) + 1e-5) / (np.sum(~g[buf_g], axis=0) + 1e-10)
+        ratio[invariant] = 1e10
+        j = int(np.argmin(ratio))
+        invariant[j] = True
+        picks.append(j)
+        buf_f, buf_g = buf_f[f[buf_f, j]], buf_g[g[buf_g, j]]
+        if len(g) - len(buf_g) >= len(g) - delta or steps > 110:
+            break
+    return picks, invariant.copy(), loosen_reference(match, positive, invariant)
+
+
+def authors_problems(rng, b, q, n):
+    """B problems where δ is often unreachable and boundaries often repeat or remove nothing.
+
+    Rows are drawn from a few patterns (duplicated boundaries), some rows are x's side on
+    every reference (they remove nothing), half the problems get a D(x) reference on x's
+    side of every boundary (δ = 0 unreachable), and δ is 0 or below |D(x)|.
+    """
+    x_sides = rng.random((b, q)) < 0.5
+    match = np.empty((b, q, n), bool)
+    positive = rng.random((b, n)) < rng.uniform(0.2, 0.8, (b, 1))
+    positive[:, 0] = False  # |D(x)| ≥ 1, so the authors' loop needs a pick
+    for i in range(b):
+        patterns = rng.random((int(rng.integers(1, 7)), n)) < rng.uniform(0.5, 0.95)
+        match[i] = patterns[rng.integers(0, len(patterns), q)]
+        match[i, rng.random(q) < rng.uniform(0, 0.7)] = True
+        if rng.random() < 0.5:
+            match[i, :, rng.choice(np.flatnonzero(~positive[i]))] = True
+    side = match == x_sides[:, :, None]
+    others = np.sum(~positive, axis=1)
+    delta = np.where(rng.random(b) < 0.6, 0, rng.integers(0, others)).astype(np.int32)
+    return side, x_sides, positive, match, delta
+
+
+# Q = 120 > 111 lets the cap bind; 13 boundaries do not. 10 examples × 48 problems.
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_authors_rules_with_extras_cap_and_loosen(seed):
+    rng = np.random.default_rng(seed)
+    unreachable = 0
+    for (q, n), b in (((13, 70), 40), ((120, 40), 8)):
+        side, x_sides, positive, match, delta = authors_problems(rng, b, q, n)
+        words, pos_words = pack_bits(jnp.asarray(side)), pack_bits(jnp.asarray(positive))
+        x = jnp.asarray(x_sides)
+        greedy = solve_batch(words, n, x, pos_words, jnp.asarray(delta))
+        ours = solver_module.keep_adding_batch(words, n, x, pos_words, greedy)
+        ours, kept = jax.device_get((ours, loosen_batch(words, n, x, pos_words, ours.selected)))
+        for i in range(b):
+            picks, before, after = authors_reference(match[i], positive[i], int(delta[i]))
+            distinct = list(dict.fromkeys(picks))
+            k = int(ours.num_selected[i])
+            assert k == len(distinct)
+            np.testing.assert_array_equal(ours.order[i, :k], distinct)
+            assert np.all(ours.order[i, k:] == -1)
+            np.testing.assert_array_equal(ours.selected[i], before)
+            np.testing.assert_array_equal(kept.selected[i], after)
+            covered = match[i][before].all(axis=0)
+            assert int(ours.num_covered_negative[i]) == np.sum(covered & ~positive[i])
+            assert int(ours.num_covered_positive[i]) == np.sum(covered & positive[i])
+            reached = np.sum(covered & ~positive[i]) <= delta[i]
+            assert bool(ours.reached[i]) == reached
+            unreachable += not reached
+    assert unreachable  # every draw of 48 problems holds some where δ is out of reach
+
+
+def test_keep_adding_on_a_shared_sample_and_with_delta_reached():
+    # Shared [Q, W] sides: the same answer as per-input copies of them.
+    rng = np.random.default_rng(3)
+    side, x_sides, positive, match, delta = authors_problems(rng, 6, 9, 50)
+    side = np.broadcast_to(side[:1], side.shape)
+    words, pos_words = pack_bits(jnp.asarray(side)), pack_bits(jnp.asarray(positive))
+    x = jnp.asarray(x_sides)
+    greedy = solve_batch(words[0], 50, x, pos_words, jnp.asarray(delta))
+    shared = solver_module.keep_adding_batch(words[0], 50, x, pos_words, greedy)
+    own = solver_module.keep_adding_batch(words, 50, x, pos_words, greedy)
+    for a, b in zip(shared, own):
+        np.testing.assert_array_equal(a, b)
+    # Where δ was reached nothing is added.
+    done = np.asarray(greedy.reached)
+    np.testing.assert_array_equal(np.asarray(shared.selected)[done],
+                                  np.asarray(greedy.selected)[done])
+    with pytest.raises(ValueError, match="max_steps"):
+        solver_module.keep_adding_batch(words[0], 50, x, pos_words, greedy, max_steps=0)
