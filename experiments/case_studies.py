@@ -40,13 +40,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import (HelpFormatter, add_html_arg, ace_config, ace_settings, add_ace_args,
+from common import (HelpFormatter, add_html_arg, ace_config, ace_settings, add_ace_args, load_data,
                     add_common_args, add_fill_args, add_ri_variant_arg, describe_run, load_setup,
-                    masking_options, parse_indices, prepare_output, ri_options, write_csv,
-                    write_json)
+                    masking_options, parse_indices, prepare_output, remove_stale_outputs,
+                    ri_options, write_csv, write_json)
 from ri_jax.api import choose_inputs
+from ri_jax.files import atomic_write_text
 from ri_jax.cli import positive_int, run_script
-from ri_jax.data import load_dataset
+from ri_jax.models.loading import load_model
 from ri_jax.featurize import compute_features
 from ri_jax.html_report import Report, case_study_input, write_report
 from ri_jax.plots import DISTANCE_NOTE, MISCLASSIFIED_NOTE, CaseBlock, case_study_figure
@@ -88,18 +89,18 @@ FOOTNOTE = ("Under each image: p(c), the probability of the input's predicted cl
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    load_model(args.model)  # validated before anything is written to --out
     out = prepare_output(args.out, args.resume)
     setup = load_setup(args, out, need_unseen=False)
     refs = setup.references
-    test = load_dataset(args.data, "test", image_size=setup.model_config.image_size,
-                        class_names=refs.class_names)
+    test = load_data(args, "test", setup.model)
     try:
         chosen = (parse_indices(args.inputs, len(test)) if args.inputs is not None
                   else choose_inputs(test.labels, args.num_inputs, seed=args.seed))
     except ValueError as e:
         sys.exit(str(e))
     progress = not args.no_progress
-    in_feats = compute_features(setup.fns, setup.params, test, chosen, batch_size=args.batch_size,
+    in_feats = compute_features(setup.model, test, chosen, batch_size=args.batch_size,
                                 cache_dir=Path(args.cache_dir) if args.cache_dir else out / "cache",
                                 progress=progress, desc="input features")
     inputs = CaseInputs(raw=test.raw(chosen), features=in_feats, indices=chosen,
@@ -111,7 +112,7 @@ def main(argv=None) -> dict:
                                layout=args.layout, controls=args.with_controls,
                                batch_size=args.batch_size, masking=masking_options(args),
                                ace=ace_settings(args))
-    result = run_case_studies(setup.fns, setup.params, inputs, references, seed=args.seed,
+    result = run_case_studies(setup.model, inputs, references, seed=args.seed,
                               config=config, progress=progress)
     for rec, blocks, title in zip(result.records, result.panels, result.titles):
         case_study_figure([CaseBlock(**b) for b in blocks], path=out / rec["figure"], title=title,
@@ -119,13 +120,16 @@ def main(argv=None) -> dict:
     if args.html:
         write_report(out, case_studies_report(result, args), overwrite=args.resume)
     payload = {**result.to_json(),
-               "config": describe_run(args, **config.masking.describe(setup.model_config.image_size),
+               "config": describe_run(args, **config.masking.describe(setup.model.image_size),
                                       num_references=len(refs), top_k=result.top_k,
                                       inputs_used=[int(i) for i in chosen],
                                       ace_config=ace_config(args) if args.ace else None)}
     write_json(out / "case_studies.json", payload)
     write_csv(out / "case_studies.csv", result.rows)
-    (out / "case_studies.md").write_text(render_markdown(payload, args))
+    atomic_write_text(out / "case_studies.md", render_markdown(payload, args))
+    # A --resume with other inputs, or without --html, must not leave the last run's files.
+    remove_stale_outputs(out, ["case_*.png", "index.html"],
+                         [out / r["figure"] for r in result.records] + [out / "index.html"] * args.html)
     return payload
 
 
@@ -140,7 +144,7 @@ def case_studies_report(result, args: argparse.Namespace) -> Report:
     methods = list(dict.fromkeys(m for blocks in result.panels for b in blocks
                                  for m in b["method_maps"]))
     return Report(title="Case studies: every method's interpretation, reused on similar images",
-                  intro=f"Model {args.checkpoint}, data {args.data}, |Q| = {args.num_boundaries}, "
+                  intro=f"Model {args.model}, data {args.data}, |Q| = {args.num_boundaries}, "
                         f"top-{result.top_k}, seed {args.seed}, layout {args.layout}.",
                   methods=methods, inputs=inputs, notes=FOOTNOTE.split("\n"))
 

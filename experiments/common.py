@@ -18,31 +18,34 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import platform
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import numpy as np
 
 from ri_jax.baselines.ace import ACEConfig
 from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES
-from ri_jax.checkpoint import load_checkpoint
 from ri_jax.checkpoint import write_json as write_strict_json
 from ri_jax.cli import (DEBUG_FLAG, check_output_dir, int_at_least, non_negative_int,
-                        output_dir, positive_int)
-from ri_jax.data import ImageSet, load_dataset, sample_count, sample_per_class
+                        output_dir, positive_float, positive_int)
+from ri_jax.data import ImageSet, load_for_model, sample_count, sample_per_class
 from ri_jax import distributed
 from ri_jax.errors import RIInputError
 from ri_jax.featurize import Features
-from ri_jax.models.vgg import ModelConfig, ModelFns, make_vgg
+from ri_jax.files import (LOCK_NAME, OutputLock, atomic_write_text, display_name,
+                          remove_stale_temps)
+from ri_jax.model import Model
+from ri_jax.models.loading import MODEL_SPEC_HELP, load_model
 from ri_jax.metrics import DEFAULT_FILL, FILLS
 from ri_jax.protocols.ace_adapter import ACESettings
 from ri_jax.protocols.methods import RIOptions
 from ri_jax.protocols.scoring import MaskingOptions
 from ri_jax.provenance import code_version
-from ri_jax.variants import VARIANT_NAMES, ri_variant
+from ri_jax.variants import DEFAULT_VARIANT, VARIANT_NAMES, ri_variant
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -62,8 +65,8 @@ def add_common_args(p: argparse.ArgumentParser, *, runs: int | None = None,
     """Adds the stable, shared command-line options to ``p`` (``unseen=None``: no ``--unseen``)."""
     p.add_argument("--data", default="default",
                    help="'default' (embedded set), a folder root/<split>/<class>/, or tfds:NAME")
-    p.add_argument("--checkpoint", default="default",
-                   help="checkpoint folder from experiments/train.py ('default' = embedded model)")
+    p.add_argument("--model", "--checkpoint", dest="model", default="default",
+                   help=MODEL_SPEC_HELP + "; --checkpoint is an alias")
     p.add_argument("--out", required=True, type=output_dir,
                    help="results folder (new or empty, unless --resume)")
     p.add_argument("--resume", action="store_true",
@@ -102,11 +105,12 @@ def add_polytope_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def add_ri_variant_arg(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Adds ``--ri-variant {paper,authors}`` (``ri_jax.variants``)."""
-    p.add_argument("--ri-variant", default="paper", choices=VARIANT_NAMES,
-                   help="RI as the paper's text describes it (one shared Q at sampled references, "
-                        "δ = τ(x)) or as the authors' code runs it (a pool per input on the "
-                        "decision boundary, δ = 0, loosen step); default: paper")
+    """Adds ``--ri-variant {paper,authors}`` (``ri_jax.variants``; default the authors')."""
+    p.add_argument("--ri-variant", default=DEFAULT_VARIANT, choices=VARIANT_NAMES,
+                   help="RI as the authors' code runs it (a pool per input on the decision "
+                        "boundary, δ = 0, their greedy's extras and loosen step: each input its "
+                        "own polytope) or as the paper's text describes it (one shared Q at "
+                        "sampled references, δ = τ(x))")
     return p
 
 
@@ -173,7 +177,7 @@ def ace_config(args: argparse.Namespace) -> ACEConfig:
 
 # Launch settings: they decide where the work runs, never what it computes, so they are
 # left out of the results (a multi-process run writes the JSON of a one-process run).
-LAUNCH_ARGS = ("coordinator", "num_processes", "process_id")
+LAUNCH_ARGS = ("coordinator", "num_processes", "process_id", "join_timeout")
 
 
 def add_distributed_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -187,6 +191,10 @@ def add_distributed_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help=f"processes in the run (default ${distributed.NUM_PROCESSES_ENV})")
     g.add_argument("--process-id", type=non_negative_int, default=None,
                    help=f"this process's rank, 0 writes the files (default ${distributed.PROCESS_ID_ENV})")
+    g.add_argument("--join-timeout", type=positive_float, default=None,
+                   help="seconds to wait for every process to join before failing with what is "
+                        f"missing (default {distributed.LOOPBACK_JOIN_TIMEOUT_S:g} for a loopback "
+                        f"coordinator, {distributed.REMOTE_JOIN_TIMEOUT_S:g} for another host)")
     return p
 
 
@@ -197,6 +205,7 @@ def start_run(args: argparse.Namespace) -> Path:
       ``--out`` on process 0; on the others a throwaway folder, so only process 0's
       files are written (``--cache-dir``, when given, is used by every process).
     """
+    load_model(args.model)  # validated before anything is written to --out
     try:
         distributed.initialize_from_args(args)
         if jax.process_count() > 1:
@@ -215,21 +224,59 @@ def start_run(args: argparse.Namespace) -> Path:
 
 
 def prepare_output(out: str | Path, resume: bool) -> Path:
-    """Creates the results folder; refuses to write into a non-empty one unless resuming."""
+    """Creates the results folder and takes its lock for this process's life.
+
+    Refuses a folder another live run holds (naming the lock, ``ri_jax.files.OutputLock``)
+    and a non-empty folder unless resuming; temporary files of killed writes are removed.
+    """
     out = check_output_dir(out, "--out")
-    if out.exists() and any(out.iterdir()) and not resume:
+    existed = out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = OutputLock.acquire(out, "--out")  # first: a concurrent run is named as such
+    if existed and not resume and any(p.name != LOCK_NAME for p in out.iterdir()):
+        lock.release()
         raise RIInputError(f"--out: {out} is not empty; choose a new folder, or pass --resume "
                            "to reuse it")
-    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
     return out
+
+
+def remove_stale_outputs(out: Path, patterns: Sequence[str], keep: Sequence[Path]) -> list[Path]:
+    """Removes the files of ``out`` matching ``patterns`` that this run did not write.
+
+    A ``--resume`` with other inputs or options would otherwise leave the earlier run's
+    figures (or page) beside the new summary.
+
+    Args:
+      out: the results folder.
+      patterns: globs of the files the script owns (e.g. ``"input_*.png"``).
+      keep: the files this run wrote.
+
+    Returns:
+      The removed paths.
+    """
+    kept = {Path(k).resolve() for k in keep}
+    stale = sorted({p for pattern in patterns for p in out.glob(pattern)
+                    if p.is_file() and p.resolve() not in kept})
+    for p in stale:
+        p.unlink()
+    return stale
+
+
+def markdown_cell(text: object) -> str:
+    """``text`` safe inside a Markdown table row or heading.
+
+    ``|`` would split the cell and a line break would end the row, so they are escaped
+    (``\\|``, ``\\n``); undecodable bytes of file names become ``\\xNN``.
+    """
+    shown = display_name(str(text)).replace("\\", "\\\\").replace("|", "\\|")
+    return shown.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class Setup(NamedTuple):
     """Model, reference set and unseen set of one experiment, with their features."""
 
-    fns: ModelFns
-    params: Any
-    model_config: ModelConfig
+    model: Model
     references: ImageSet
     unseen: ImageSet
     ref_features: Features
@@ -237,32 +284,32 @@ class Setup(NamedTuple):
 
 
 def load_setup(args: argparse.Namespace, out: Path, *, need_unseen: bool = True) -> Setup:
-    """Loads the checkpoint and data, samples references/unseen images, computes (cached) features."""
+    """Loads the model and data, samples references/unseen images, computes (cached) features."""
     cache = Path(args.cache_dir) if getattr(args, "cache_dir", None) else out / "cache"
     check_output_dir(cache, "--cache-dir")  # before any computation
-    params, model_config, _ = load_checkpoint(None if args.checkpoint == "default" else args.checkpoint)
-    fns = make_vgg(model_config)
-    classes = model_config.class_names or None
-    train = load_dataset(args.data, "train", image_size=model_config.image_size, class_names=classes)
-    if train.num_classes != model_config.num_classes:
-        raise RIInputError(f"--data: {args.data} has {train.num_classes} classes but "
-                           f"--checkpoint {args.checkpoint} predicts {model_config.num_classes}")
+    model = load_model(args.model)
+    train = load_data(args, "train", model)
     refs = train.subset(sample_per_class(train.labels, args.refs_per_class, seed=args.seed))
     progress = not args.no_progress
     # One process: compute_features itself; several: each computes its share of batches.
-    ref_feats = distributed.distributed_features(fns, params, refs, batch_size=args.batch_size,
+    ref_feats = distributed.distributed_features(model, refs, batch_size=args.batch_size,
                                                  cache_dir=cache, progress=progress,
                                                  desc="reference features")
     if need_unseen:
-        test = load_dataset(args.data, "test", image_size=model_config.image_size,
-                            class_names=train.class_names)
+        test = load_data(args, "test", model)
         unseen = test.subset(sample_count(len(test), args.unseen, seed=args.seed + 1))
         unseen_feats = distributed.distributed_features(
-            fns, params, unseen, batch_size=args.batch_size, cache_dir=cache, progress=progress,
+            model, unseen, batch_size=args.batch_size, cache_dir=cache, progress=progress,
             desc="unseen features")
     else:
         unseen, unseen_feats = refs.subset([]), None
-    return Setup(fns, params, model_config, refs, unseen, ref_feats, unseen_feats)
+    return Setup(model, refs, unseen, ref_feats, unseen_feats)
+
+
+def load_data(args: argparse.Namespace, split: str, model: Model) -> ImageSet:
+    """``--data``'s ``split`` at the model's input size, labelled in its class order."""
+    return load_for_model(args.data, split, image_size=model.image_size,
+                          class_names=model.class_names)
 
 
 def describe_run(args: argparse.Namespace, **extra: Any) -> dict:
@@ -280,14 +327,13 @@ def write_json(path: Path, payload: dict) -> None:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        path.write_text("")
-        return
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
+    """``rows`` as CSV (one column per key seen), written whole or not at all."""
+    text = io.StringIO(newline="")
+    if rows:
+        w = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         w.writeheader()
         w.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def parse_indices(text: str, size: int) -> np.ndarray:

@@ -47,6 +47,7 @@ import sys
 from common import (HelpFormatter, ace_config, ace_settings, add_ace_args, add_common_args,
                     add_fill_args, add_ri_variant_arg, describe_run, load_setup, masking_options,
                     prepare_output, ri_options, write_csv, write_json)
+from ri_jax.files import atomic_write_text
 from ri_jax.cli import positive_int, positive_int_list, run_script
 from ri_jax.plots import K_CURVES_NOTE, k_curves_figure
 from ri_jax.protocols.figure4 import (ACE_DISCOVERY_IMAGES, DEFAULT_KS, Figure4Config,
@@ -95,19 +96,19 @@ def main(argv=None) -> dict:
     # Every reference may be a target many times over: decode the set once (uint8 in memory).
     refs = setup.references.cached()
     try:
-        result = run_figure4(setup.fns, setup.params, setup.ref_features, refs.raw,
+        result = run_figure4(setup.model, setup.ref_features, refs.raw,
                              seeds=[args.seed + r for r in range(args.runs)], config=config,
                              progress=not args.no_progress)
     except ValueError as e:
         sys.exit(f"--ks: {e}")
     payload = {**result.to_json(),
-               "config": describe_run(args, **config.masking.describe(setup.model_config.image_size),
+               "config": describe_run(args, **config.masking.describe(setup.model.image_size),
                                       num_references=n_refs,
                                       num_inputs_used=result.runs[0]["num_inputs"],
                                       ace_config=ace_config(args) if args.ace else None)}
     write_json(out / "figure4.json", payload)
     write_csv(out / "figure4.csv", result.csv_rows())
-    (out / "figure4.md").write_text(render_markdown(payload, args))
+    atomic_write_text(out / "figure4.md", render_markdown(payload, args))
     ks, names = payload["ks"], result.methods + result.controls
     summary = {**payload["methods"], **payload["controls"]}
     k_curves_figure(ks, {m: {k: summary[m][k]["mean"] for k in ("mAD", "mAI")} for m in names},

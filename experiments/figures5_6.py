@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from common import (HelpFormatter, add_common_args, add_polytope_args, describe_run,  # noqa: E402
                     load_setup, prepare_output, write_csv, write_json)
+from ri_jax.files import atomic_path, atomic_write_text  # noqa: E402
 from ri_jax.cli import positive_int_list, run_script  # noqa: E402
 from ri_jax.protocols.figures5_6 import run_figures5_6  # noqa: E402
 from ri_jax.protocols.methods import RIOptions  # noqa: E402
@@ -59,7 +60,7 @@ def main(argv=None) -> dict:
     qs_used = [min(q, len(setup.references)) for q in args.qs]
     config = Table2Config(per_class=args.per_class, ri=RIOptions(batch_size=args.batch_size,
                                                                   variant=ri_variant(args.ri_variant)))
-    result = run_figures5_6(setup.fns, setup.params, setup.ref_features, setup.unseen_features,
+    result = run_figures5_6(setup.model, setup.ref_features, setup.unseen_features,
                             setup.references.raw, num_classes=setup.references.num_classes,
                             qs=args.qs, seeds=seeds, config=config,
                             progress=not args.no_progress)
@@ -75,7 +76,7 @@ def main(argv=None) -> dict:
     write_csv(out / "figures5_6.csv", result.csv_rows())
     plot(payload, out / "figures5_6.png")
     md = render_markdown(payload)
-    (out / "figures5_6.md").write_text(md)
+    atomic_write_text(out / "figures5_6.md", md)
     print(md)
     return payload
 
@@ -103,7 +104,8 @@ def plot(payload: dict, path) -> None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:  # whole or not at all
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 

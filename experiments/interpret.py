@@ -21,6 +21,9 @@ maps on x and on its top-k similar references. Written into ``--out``:
   works offline (heat-map toggle between RI and Grad-CAM's reused weights, filters by
   predicted class and for misclassified inputs, click to enlarge).
 
+Every file is written whole or not at all; a ``--resume`` removes the figures of inputs
+it no longer shows, and an ``index.html`` it did not rewrite (no ``--html``).
+
 Choices the paper leaves open: inputs default to ``--num-inputs`` test images drawn
 with ``--seed``, alternating between classes so every class appears (``--inputs``
 picks test indices instead); references are the whole train split by default
@@ -31,22 +34,22 @@ than k references; the figure then shows only those.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from common import (HelpFormatter, add_common_args, add_distributed_args, add_html_arg,
+from common import (HelpFormatter, add_common_args, add_distributed_args, add_html_arg, load_data,
+                    markdown_cell, remove_stale_outputs,
                     add_ri_variant_arg, describe_run, load_setup, parse_indices, start_run,
                     write_csv, write_json)
-from ri_jax.api import Explanations, choose_inputs, explanations_from
+from ri_jax.api import Explanations, choose_inputs, explanations_from, own_images
 from ri_jax.boundaries import pool_keys
 from ri_jax.cli import positive_int, run_script
-from ri_jax.data import load_dataset
 from ri_jax.distributed import representative_interpreter
 from ri_jax.featurize import compute_features
+from ri_jax.files import atomic_write_text, display_name
 from ri_jax.html_report import explanations_report, write_report
 
 
@@ -57,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-inputs", type=positive_int, default=4, help="test images to interpret (seeded)")
     p.add_argument("--inputs", default=None,
                    help="comma-separated test-split indices to interpret (overrides --num-inputs)")
+    p.add_argument("--images", nargs="+", default=None, metavar="PATH",
+                   help="your own image files or folders (searched recursively) to interpret, "
+                        "instead of test images")
     p.add_argument("--top-k", type=positive_int, default=4, help="similar references shown per input")
     p.add_argument("--num-boundaries", type=positive_int, default=50, help="|Q|, boundaries sampled")
     add_ri_variant_arg(p)
@@ -67,7 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def summary_markdown(records: list[dict], config: dict) -> str:
     """The human-readable summary: one table row per input, then each input's similar references."""
     lines = ["# Representative interpretations", "",
-             f"Model `{config['checkpoint']}`, data `{config['data']}`, {config['num_references']} "
+             f"Model `{display_name(config['model'])}`, data `{display_name(config['data'])}`, "
+             f"{config['num_references']} "
              f"references, |Q| = {config['num_boundaries']}, seed {config['seed']}.", "",
              "|P(x)|: boundaries of the polytope; covered: references inside it (same class = "
              "predicted as x's class; labelled = ground truth is x's predicted class); "
@@ -75,22 +82,24 @@ def summary_markdown(records: list[dict], config: dict) -> str:
              "| test index | file | true | predicted (p) | \\|P(x)\\| | covered (same class / "
              "labelled) | δ / τ | empty |", "|---|---|---|---|---|---|---|---|"]
     for r in records:
-        lines.append(f"| {r['test_index']} | {Path(r['file']).name} | {r['true_label']} | "
-                     f"{r['predicted_class']} ({r['probability']:.3f})"
+        lines.append(f"| {r['test_index']} | {markdown_cell(Path(r['file']).name)} | "
+                     f"{markdown_cell(r['true_label'] or 'unknown')} | "
+                     f"{markdown_cell(r['predicted_class'])} ({r['probability']:.3f})"
                      f"{' **misclassified**' if r['misclassified'] else ''} | "
                      f"{r['num_boundaries']} | "
                      f"{r['num_covered']} ({r['num_covered_same_class']} / "
                      f"{r['num_covered_label_matches']}) | {r['delta']} / {r['tau']} | "
                      f"{'yes' if r['empty_polytope'] else 'no'} |")
     for r in records:
-        lines += ["", f"## Test image {r['test_index']} ({Path(r['file']).name}): "
+        lines += ["", f"## Test image {r['test_index']} ({markdown_cell(Path(r['file']).name)}): "
                       f"{r['figure']}", "",
                   r["description"][:1].upper() + r["description"][1:] + ".", ""]
         if not r["similar"]:
             lines.append("No reference is covered by P(x).")
         for s in r["similar"]:
-            lines.append(f"{s['rank']}. {Path(s['file']).name}: distance {s['distance']:.4g}, "
-                         f"true {s['true_label']}, predicted {s['predicted_class']} "
+            lines.append(f"{s['rank']}. {markdown_cell(Path(s['file']).name)}: "
+                         f"distance {s['distance']:.4g}, "
+                         f"true {s['true_label'] or 'unknown'}, predicted {s['predicted_class']} "
                          f"({s['probability']:.3f})")
     return "\n".join(lines) + "\n"
 
@@ -99,32 +108,33 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     out = start_run(args)
     setup = load_setup(args, out, need_unseen=False)
-    fns, params, model_config = setup.fns, setup.params, setup.model_config
-    refs, ref_feats = setup.references, setup.ref_features
-    classes = refs.class_names
-    test = load_dataset(args.data, "test", image_size=model_config.image_size, class_names=classes)
-    try:
-        chosen = (parse_indices(args.inputs, len(test)) if args.inputs is not None
-                  else choose_inputs(test.labels, args.num_inputs, seed=args.seed))
-    except ValueError as e:
-        sys.exit(str(e))
+    model, refs, ref_feats = setup.model, setup.references, setup.ref_features
+    if args.images:
+        test = own_images(args.images, model.image_size, model.class_names, name="--images")
+        chosen = np.arange(len(test))
+    else:
+        test = load_data(args, "test", model)
+        try:
+            chosen = (parse_indices(args.inputs, len(test)) if args.inputs is not None
+                      else choose_inputs(test.labels, args.num_inputs, seed=args.seed))
+        except ValueError as e:
+            sys.exit(str(e))
     top_k = min(args.top_k, len(refs))
 
-    head = functools.partial(fns.head, params)
     # Sharded (and bit-identical) when run on several processes.
     interpreter = representative_interpreter(
-        functools.partial(fns.features, params), head, ref_feats.psi,
-        key=jax.random.key(args.seed), num_boundaries=args.num_boundaries,
+        model, ref_feats.psi, key=jax.random.key(args.seed), num_boundaries=args.num_boundaries,
         batch_size=args.batch_size, is_features=True, progress=not args.no_progress,
         variant=args.ri_variant)
     raw_inputs = test.raw(chosen)
-    normalised = fns.normalize(raw_inputs)
-    # Per-input pools (authors' variant) are drawn from the test index, not the position.
-    keys = pool_keys(jax.random.key(args.seed + 1), np.asarray(chosen, np.int32))
-    res = interpreter.interpret_batch(normalised, top_k=top_k, keys=keys)
-    in_feats = compute_features(fns, params, test, chosen, batch_size=args.batch_size,
+    in_feats = compute_features(model, test, chosen, batch_size=args.batch_size,
                                 progress=False)
-    explained = explanations_from(head, res, raw_inputs, test, chosen, in_feats, refs, ref_feats)
+    # The same pools as ri_jax.explain: input i's is drawn with fold_in(key(seed), its id).
+    keys = pool_keys(jax.random.key(args.seed), np.asarray(chosen, np.int32))
+    print(f"interpreting {len(chosen)} input(s) ...", file=sys.stderr, flush=True)
+    res = interpreter.interpret_features(jax.numpy.asarray(in_feats.psi), top_k=top_k,
+                                         image_size=model.image_size, keys=keys)
+    explained = explanations_from(model, res, raw_inputs, test, chosen, in_feats, refs, ref_feats)
     res = jax.device_get(res)
 
     records = []
@@ -152,9 +162,10 @@ def main(argv=None) -> dict:
         records.append(rec)
         e.save(out / rec["figure"])
 
-    config = describe_run(args, num_references=len(refs), top_k=top_k,
+    shared = interpreter.reference_set.boundary_refs
+    config = describe_run(args, model_source=model.source, num_references=len(refs), top_k=top_k,
                           inputs_used=[int(i) for i in chosen],
-                          boundary_references=np.asarray(interpreter.reference_set.boundary_refs))
+                          boundary_references=None if shared is None else np.asarray(shared))
     payload = {"inputs": records, "config": config}
     write_json(out / "summary.json", payload)
     write_csv(out / "summary.csv", [
@@ -164,12 +175,15 @@ def main(argv=None) -> dict:
          "similar_distances": " ".join(f"{s['distance']:.6g}" for s in r["similar"])}
         for r in records])
     if args.html:
-        run = Explanations(explained, {"checkpoint": args.checkpoint, "data": args.data,
+        run = Explanations(explained, {"model": args.model, "data": args.data,
                                        "num_references": len(refs),
                                        "num_boundaries": args.num_boundaries, "seed": args.seed})
         write_report(out, explanations_report(run), overwrite=args.resume)
     text = summary_markdown(records, config)
-    (out / "summary.md").write_text(text)
+    atomic_write_text(out / "summary.md", text)
+    # A --resume with other inputs, or without --html, must not leave the last run's files.
+    remove_stale_outputs(out, ["input_*.png", "index.html"],
+                         [out / r["figure"] for r in records] + [out / "index.html"] * args.html)
     print(text)
     return payload
 

@@ -25,6 +25,7 @@ from typing import Callable, NamedTuple
 
 from common import HelpFormatter
 from ri_jax.variants import VARIANT_NAMES
+from ri_jax.files import atomic_write_text
 from ri_jax.cli import run_script
 from ri_jax.data import IMAGE_EXTENSIONS
 from ri_jax.pretrained import weight_format
@@ -214,7 +215,7 @@ def execute(commands: list[Command], out: Path, *, resume: bool,
         raise ValueError(f"--resume: {plan_file} records a different plan (other dataset, data, "
                          "weights or seed); use a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    plan_file.write_text(json.dumps(recorded, indent=2))
+    atomic_write_text(plan_file, json.dumps(recorded, indent=2))
     ran = []
     for c in commands:
         marker = out / f"{c.name}{DONE_SUFFIX}"
@@ -229,7 +230,7 @@ def execute(commands: list[Command], out: Path, *, resume: bool,
         status = run(argv).returncode
         if status != 0:
             raise RuntimeError(f"{c.name}: exited with status {status}; fix it and rerun with --resume")
-        marker.write_text("")
+        atomic_write_text(marker, "")
         ran.append(c.name)
     return ran
 
@@ -244,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     p.add_argument("--no-ace", action="store_true", help="leave ACE out of Table 1 (it is slow)")
     p.add_argument("--ri-variant", default="paper", choices=VARIANT_NAMES,
-                   help="RI as the paper's text or as the authors' code runs it (default: paper)")
+                   help="RI of every step, named explicitly on each one: as the paper's text "
+                        "describes it (reproducing its tables) or as the authors' code runs it")
     p.add_argument("--dry-run", action="store_true", help="check inputs and print the plan only")
     p.add_argument("--resume", action="store_true", help="continue in --out, skipping finished steps")
     return p

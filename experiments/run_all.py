@@ -47,6 +47,7 @@ import jax
 
 import ri_jax
 from common import HelpFormatter, prepare_output, write_json
+from ri_jax.files import atomic_write_text
 from ri_jax.cli import run_script
 from ri_jax.checkpoint import load_checkpoint
 from ri_jax.protocols.report import render_results
@@ -183,7 +184,7 @@ def main(argv=None) -> dict:
         if not record_file.is_file():
             sys.exit(f"--render-only: {record_file} is missing; run the driver first")
         record = json.loads(record_file.read_text())
-        md_path.write_text(render_record(Path(args.out), md_path.parent, record))
+        atomic_write_text(md_path, render_record(Path(args.out), md_path.parent, record))
         print(f"wrote {md_path}")
         return record
     out = prepare_output(args.out, args.resume)
@@ -208,7 +209,7 @@ def main(argv=None) -> dict:
               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "code": code_version()}
     write_json(out / "run_all.json", record)
-    md_path.write_text(render_record(out, md_path.parent, record))
+    atomic_write_text(md_path, render_record(out, md_path.parent, record))
     print(f"wrote {md_path} ({total / 60:.1f} min)")
     return record
 

@@ -67,6 +67,7 @@ import numpy as np
 from common import (HelpFormatter, ace_config, ace_settings, add_ace_args, add_common_args,
                     add_fill_args, add_polytope_args, describe_run, load_setup, masking_options,
                     prepare_output, ri_options, write_csv, write_json)
+from ri_jax.files import atomic_write_text
 from ri_jax.cli import run_script
 from ri_jax.metrics import KEEP_FRACTION
 from ri_jax.protocols.report import format_mean_std, markdown_table, table1_fill_section
@@ -94,13 +95,13 @@ def main(argv=None) -> dict:
     config = Table1Config(per_class=args.per_class, batch_size=args.batch_size,
                           ri=ri_options(args),
                           masking=masking_options(args), ace=ace_settings(args))
-    result = run_table1(setup.fns, setup.params, setup.ref_features, setup.unseen_features,
+    result = run_table1(setup.model, setup.ref_features, setup.unseen_features,
                         setup.references.raw, raw_unseen,
                         num_classes=setup.references.num_classes, seeds=seeds, config=config,
                         class_names=setup.references.class_names, progress=not args.no_progress)
     payload = {
         **result.to_json(),
-        "config": describe_run(args, **config.masking.describe(setup.model_config.image_size),
+        "config": describe_run(args, **config.masking.describe(setup.model.image_size),
                                seeds=seeds, num_interpretations=args.per_class
                                * setup.references.num_classes,
                                num_references=len(setup.references), num_unseen=len(raw_unseen),
@@ -111,7 +112,7 @@ def main(argv=None) -> dict:
     write_json(out / "table1.json", payload)
     write_csv(out / "table1.csv", result.csv_rows())
     md = render_markdown(payload)
-    (out / "table1.md").write_text(md)
+    atomic_write_text(out / "table1.md", md)
     print(md)
     return payload
 

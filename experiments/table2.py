@@ -32,6 +32,7 @@ import argparse
 
 from common import (HelpFormatter, ri_options, add_common_args, add_distributed_args,
                     add_polytope_args, describe_run, load_setup, start_run, write_csv, write_json)
+from ri_jax.files import atomic_write_text
 from ri_jax.cli import run_script
 from ri_jax.protocols.report import format_mean_std, markdown_table
 from ri_jax.protocols.table2 import SETS, Table2Config, run_table2
@@ -53,7 +54,7 @@ def main(argv=None) -> dict:
     seeds = [args.seed + r for r in range(args.runs)]
     config = Table2Config(per_class=args.per_class,
                           ri=ri_options(args))
-    result = run_table2(setup.fns, setup.params, setup.ref_features, setup.unseen_features,
+    result = run_table2(setup.model, setup.ref_features, setup.unseen_features,
                         setup.references.raw, num_classes=setup.references.num_classes,
                         seeds=seeds, config=config, progress=not args.no_progress)
     payload = {
@@ -67,7 +68,7 @@ def main(argv=None) -> dict:
     write_json(out / "table2.json", payload)
     write_csv(out / "table2.csv", result.csv_rows())
     md = render_markdown(payload)
-    (out / "table2.md").write_text(md)
+    atomic_write_text(out / "table2.md", md)
     print(md)
     return payload
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import ri_jax
 from common import HelpFormatter, add_debug_arg, prepare_output, write_json
+from ri_jax.files import atomic_write_text
 from ri_jax.cli import positive_int, run_script
 from ri_jax.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from ri_jax.protocols.report import variant_study_markdown
@@ -52,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated model regimes, overriding --checkpoint (default: "
                         f"--checkpoint and {SECOND_MODEL.relative_to(HERE.parent)})")
     p.add_argument("--variants", default=",".join(VARIANT_NAMES),
-                   help="comma-separated RI variants (default: paper,authors)")
+                   help="comma-separated RI variants, each named explicitly to every table")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.add_argument("--runs", type=positive_int, default=3, help="runs of each table (default 3)")
     p.add_argument("--unseen", type=positive_int, default=1000, help="unseen test images (default 1000)")
@@ -145,7 +146,7 @@ def main(argv=None) -> dict:
                        "data": args.data}
     write_json(out / "variant_study.json", study)
     text = variant_study_markdown(study)
-    (out / "variant_study.md").write_text(text)
+    atomic_write_text(out / "variant_study.md", text)
     print(text)
     return study
 

@@ -9,6 +9,8 @@ from ri_jax.api import Explanation, Explanations, explain
 from ri_jax.boundaries import Boundaries, sample_boundaries, sample_indices, sides, sides_packed
 from ri_jax.heatmaps import cam, polytope_heatmap, ri_channel_weights
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
+from ri_jax.model import Model
+from ri_jax.models.loading import load_model
 from ri_jax.ranking import rank_covered, semantic_distance
 from ri_jax.regions import DecisionRegions, covers, predict
 from ri_jax.solver import GreedyResult, pack_bits, solve_batch, solve_classes, solve_greedy, unpack_bits
@@ -22,10 +24,12 @@ __all__ = [
     "Explanations",
     "GreedyResult",
     "Interpretation",
+    "Model",
     "RepresentativeInterpreter",
     "cam",
     "covers",
     "explain",
+    "load_model",
     "pack_bits",
     "polytope_heatmap",
     "predict",

@@ -27,7 +27,7 @@ import functools
 import itertools
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,13 +35,17 @@ import numpy as np
 from PIL import Image
 
 from ri_jax.baselines.gradcam import gradcam_weights_batch
-from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES
-from ri_jax.checkpoint import load_checkpoint
-from ri_jax.data import ImageSet, _to_square_rgb, decode_image, load_dataset, sample_per_class
+from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES, check_head
+from ri_jax.boundaries import pool_keys
+from ri_jax.data import ImageSet, _to_square_rgb, decode_image, load_for_model, sample_per_class
+from ri_jax.errors import RIInputError
+from ri_jax.files import display_name
 from ri_jax.featurize import Features, compute_features
 from ri_jax.heatmaps import cam
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
-from ri_jax.models.vgg import ModelConfig, ModelFns, make_vgg
+from ri_jax.model import Model, softmax
+from ri_jax.models.loading import load_model
+from ri_jax.variants import RIVariant
 from ri_jax.plots import (DISTANCE_NOTE, HEATMAP_NOTE, MISCLASSIFIED_NOTE, Cell, image_grid,
                           interpretation_figure, polytope_description)
 
@@ -54,7 +58,7 @@ class Reference:
       rank: 1 = most similar by Eq. 6.
       index: position in the reference set.
       file: its file (or data-set id).
-      true_class: its label's name.
+      true_class: its label's name, or None when unknown.
       predicted_class: the model's prediction, by name.
       probability: softmax probability of ``predicted_class``.
       distance: Eq. 6 semantic distance to the input.
@@ -66,7 +70,7 @@ class Reference:
     rank: int
     index: int
     file: str
-    true_class: str
+    true_class: str | None
     predicted_class: str
     probability: float
     distance: float
@@ -76,11 +80,12 @@ class Reference:
 
     @property
     def name(self) -> str:
-        return Path(self.file).name
+        return display_name(Path(self.file).name)  # shown: undecodable bytes as \xNN
 
     @property
     def misclassified(self) -> bool:
-        return self.true_class != self.predicted_class
+        """False when the label is unknown."""
+        return self.true_class is not None and self.true_class != self.predicted_class
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -88,7 +93,8 @@ class Explanation:
     """RI's answer for one input, with names, images and heat maps.
 
     Attributes:
-      name: the input's file name (or ``"image <i>"`` for an array).
+      name: the input's file name as shown (undecodable bytes as ``\\xNN``), or
+        ``"image <i>"`` for an array.
       file: its file or data-set id (or the same as ``name``).
       image: float32[S, S, 3] the raw input in [0, 1].
       true_class: its label's name, or None when unknown (your own images).
@@ -148,7 +154,7 @@ class Explanation:
 
     def __str__(self) -> str:
         lines = [self.headline(), f"  {self.describe()}"]
-        lines += [f"  #{r.rank} {r.name}: d = {r.distance:.3g}, true {r.true_class}, predicted "
+        lines += [f"  #{r.rank} {r.name}: d = {r.distance:.3g}, true {r.true_class or 'unknown'}, predicted "
                   f"{r.predicted_class} ({r.probability:.2f})" for r in self.similar]
         return "\n".join(lines)
 
@@ -163,7 +169,7 @@ class Explanation:
             else np.zeros((0,) + self.heatmap.shape, np.float32),
             captions=[f"input{' MISCLASSIFIED' if self.misclassified else ''}\n{truth}pred "
                       f"{self.predicted_class} {self.probability:.2f}"]
-                     + [f"#{r.rank} true {r.true_class}\npred {r.predicted_class} "
+                     + [f"#{r.rank} true {r.true_class or 'unknown'}\npred {r.predicted_class} "
                         f"{r.probability:.2f}" for r in self.similar],
             heatmap_captions=["RI on the input"] + [f"d = {r.distance:.3g}" for r in self.similar],
             flagged=[bool(self.misclassified)] + [r.misclassified for r in self.similar])
@@ -224,7 +230,7 @@ class Explanations(Sequence[Explanation]):
         """A readable summary: the run's settings, then each input with its polytope."""
         c = self.config
         wrong = sum(bool(e.misclassified) for e in self)
-        head = (f"Representative interpretations of {len(self)} image(s) by {c['checkpoint']} "
+        head = (f"Representative interpretations of {len(self)} image(s) by {c['model']} "
                 f"over {c['num_references']:,} reference images of {c['data']} "
                 f"(|Q| = {c['num_boundaries']} sampled boundaries, seed {c['seed']})"
                 + (f"; {wrong} misclassified" if wrong else "") + ".")
@@ -233,7 +239,7 @@ class Explanations(Sequence[Explanation]):
     __str__ = summary
 
     def __repr__(self) -> str:
-        return f"Explanations({len(self)} inputs, checkpoint={self.config['checkpoint']!r})"
+        return f"Explanations({len(self)} inputs, model={self.config['model']!r})"
 
     def plot(self, path: str | os.PathLike | None = None):
         """Every input and its similar references in one figure (two rows per input).
@@ -278,53 +284,73 @@ def choose_inputs(labels: np.ndarray, count: int, *, seed: int) -> np.ndarray:
     return np.asarray(alternating[:count], np.int64)
 
 
-def _own_images(images, image_size: int, class_names: Sequence[str]) -> ImageSet:
-    """Your images (uint8 arrays or files) as an unlabelled ``ImageSet`` (labels −1)."""
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+def image_files(paths: Sequence[str | os.PathLike], name: str = "images") -> list[Path]:
+    """Image files of ``paths``: files as given, folders searched recursively (sorted).
+
+    Raises:
+      RIInputError: naming ``name`` for a path that does not exist or a folder with no image.
+    """
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file()
+                           and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+            if not found:
+                raise RIInputError(f"{name}: folder {path} holds no image file "
+                                   f"({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise RIInputError(f"{name}: {path} does not exist")
+    return files
+
+
+def own_images(images, image_size: int, class_names: Sequence[str], name: str = "images"
+               ) -> ImageSet:
+    """Your images as an unlabelled ``ImageSet`` (labels −1).
+
+    Args:
+      images: uint8 arrays [B, H, W, 3] / [H, W, 3], or a path / list of paths of image files
+        or folders (searched recursively); converted like the data sets (RGB, shorter side
+        resized, centre-cropped).
+      image_size: the model's input side S.
+      class_names: the model's classes.
+      name: the argument named in errors.
+    """
     if isinstance(images, (str, os.PathLike)):
         images = [images]
-    if isinstance(images, (list, tuple)) and images and all(
+    if isinstance(images, (list, tuple)) and images and any(
             isinstance(i, (str, os.PathLike)) for i in images):
-        ids = tuple(str(i) for i in images)
-        data = np.stack([decode_image(i, image_size) for i in images])
+        if not all(isinstance(i, (str, os.PathLike)) for i in images):
+            raise RIInputError(f"{name}: a list must hold only file/folder paths or only "
+                               "arrays, not both")
+        files = image_files(images, name)
+        ids = tuple(str(f) for f in files)
+        data = np.stack([decode_image(f, image_size) for f in files])
     else:
-        arr = np.asarray(images)
+        try:
+            arr = np.asarray(images)
+        except ValueError:
+            raise RIInputError(f"{name}: expected uint8 images [B, H, W, 3] or [H, W, 3] of "
+                               "one shape, or image files") from None
         if arr.ndim == 3:
             arr = arr[None]
         if arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] == 0:
-            raise ValueError(f"images: expected uint8 images [B, H, W, 3] or [H, W, 3] or image "
-                             f"files, got shape {arr.shape}")
+            raise RIInputError(f"{name}: expected uint8 images [B, H, W, 3] or [H, W, 3] or "
+                               f"image files, got shape {arr.shape}")
         if arr.dtype != np.uint8:
-            raise ValueError(f"images: expected raw uint8 pixels (0–255), got dtype {arr.dtype}; "
-                             "convert with (x * 255).round().astype(np.uint8) if in [0, 1]")
+            raise RIInputError(f"{name}: expected raw uint8 pixels (0–255), got dtype "
+                               f"{arr.dtype}; convert with (x * 255).round().astype(np.uint8) "
+                               "if in [0, 1]")
         ids = tuple(f"image {i}" for i in range(len(arr)))
         data = np.stack([_to_square_rgb(Image.fromarray(a), image_size) for a in arr])
-    return ImageSet(name="images", split="inputs", class_names=tuple(class_names),
+    return ImageSet(name=name, split="inputs", class_names=tuple(class_names),
                     labels=np.full(len(data), -1, np.int32), image_size=image_size,
                     read_uint8=lambda i: data[np.asarray(i)], ids=ids)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
-class _Model(NamedTuple):
-    """A loaded checkpoint with ψ and G bound to its parameters, kept between calls so that
-    repeated ``explain`` calls reuse the compiled functions (jit caches by function)."""
-
-    params: Any
-    config: ModelConfig
-    fns: ModelFns
-    features: Callable
-    head: Callable
-
-
-@functools.lru_cache(maxsize=4)
-def _load_model(checkpoint: str) -> _Model:
-    params, config, _ = load_checkpoint(None if checkpoint == "default" else checkpoint)
-    fns = make_vgg(config)
-    return _Model(params, config, fns, functools.partial(fns.features, params),
-                  functools.partial(fns.head, params))
 
 
 @functools.partial(jax.jit, static_argnames=("head_fn", "image_size"))
@@ -336,88 +362,149 @@ def _gradcam_maps(in_psi: jax.Array, in_pred: jax.Array, target_psi: jax.Array, 
     return draw(alphas, target_psi, image_size)
 
 
-def explain(images=None, *, checkpoint: str | os.PathLike = "default", data: str = "default",
-            inputs: Sequence[int] | None = None, num_inputs: int = 4, top_k: int = 4,
-            num_boundaries: int = DEFAULT_NUM_BOUNDARIES, refs_per_class: int = 0, seed: int = 0,
+def check_model_fits(model: Model) -> None:
+    """ψ then G traced once on a single input (nothing is computed), so a head whose input
+    does not fit the features' shape is named before any image is read.
+
+    Raises:
+      RIInputError: naming ``model`` and the shape that failed.
+    """
+    x = jax.ShapeDtypeStruct((1, model.image_size, model.image_size, model.channels),
+                             jnp.float32)
+    try:
+        psi = jax.eval_shape(model.features, x)
+    except Exception as err:  # noqa: BLE001 — any tracing error: re-raised naming the argument
+        raise RIInputError(f"model: features(x) failed for x of shape {x.shape[1:]}: "
+                           f"{type(err).__name__}: {str(err)[:200]}") from None
+    if not hasattr(psi, "shape") or len(psi.shape) < 2:
+        raise RIInputError(f"model: features(x) must give feature maps [B, h, w, c], got "
+                           f"{getattr(psi, 'shape', type(psi))}")
+    try:
+        check_head(model.head, psi, name="model")
+    except ValueError as err:
+        raise RIInputError(str(err)) from None
+
+
+def _references(references, data: str, model: Model, refs_per_class: int, seed: int) -> ImageSet:
+    """The reference set: ``data``'s train split, a data spec or folder, or your images."""
+    if references is None:
+        refs = load_for_model(data, "train", image_size=model.image_size,
+                              class_names=model.class_names)
+    elif isinstance(references, ImageSet):
+        refs = references
+    elif isinstance(references, (str, os.PathLike)) and (Path(references) / "train").is_dir():
+        refs = load_for_model(str(references), "train", image_size=model.image_size,
+                              class_names=model.class_names)
+    else:
+        refs = own_images(references, model.image_size, model.class_names, name="references")
+    if len(refs) < 2:
+        raise RIInputError(f"references: need at least 2 images, got {len(refs)}")
+    return refs.subset(sample_per_class(refs.labels, refs_per_class, seed=seed))
+
+
+def explain(images=None, *, model: str | os.PathLike | Model = "default", references=None,
+            data: str = "default", inputs: Sequence[int] | None = None, num_inputs: int = 4,
+            top_k: int = 4, num_boundaries: int = DEFAULT_NUM_BOUNDARIES,
+            variant: str | RIVariant = "authors", refs_per_class: int = 0, seed: int = 0,
             batch_size: int = 128, cache_dir: str | os.PathLike | None = None,
-            progress: bool = False, **ri_options) -> Explanations:
+            progress: bool = True, checkpoint: str | os.PathLike | None = None,
+            **ri_options) -> Explanations:
     """Representative interpretations of a few images, ready to print, plot and save.
 
     Args:
       images: None (test images of ``data``), uint8 arrays [B, H, W, 3] / [H, W, 3], or image
-        file paths; your images are resized and centre-cropped to the model's input size.
-      checkpoint: ``"default"`` (the embedded model) or a folder from ``experiments/train.py``.
-      data: data spec of the references (its train split) and of the default inputs (its test
-        split): ``"default"``, a folder ``root/<split>/<class>/``, or ``"tfds:NAME"``.
+        files or folders (searched recursively); your images are resized and centre-cropped
+        to the model's input size.
+      model: a ``ri_jax.Model`` (e.g. ``Model.from_functions``) or a spec for
+        ``ri_jax.load_model``: ``"default"`` (the embedded VGG-19), a checkpoint folder, or
+        ``"keras:DIR"``.
+      references: None (the train split of ``data``), a data folder ``root/train/<class>/``,
+        image files or folders, uint8 arrays, or an ``ImageSet``.
+      data: data spec of the default references (its train split) and default inputs (its
+        test split): ``"default"``, a folder ``root/<split>/<class>/``, or ``"tfds:NAME"``.
       inputs: test-split indices to explain (``images`` None only).
       num_inputs: test images drawn with ``seed``, alternating classes, when ``inputs`` is None.
       top_k: similar references kept per input.
-      num_boundaries: |Q|, boundaries sampled (Eq. 2).
-      refs_per_class: references per class from the train split, drawn with ``seed`` (0 = all).
-      seed: seed of every random choice (inputs, references, Q).
+      num_boundaries: |Q|, boundaries per input (Eq. 2).
+      variant: ``"authors"`` (default: a pool of boundaries per input, as the authors' code),
+        ``"paper"`` (one shared sample, as the paper's text) or an ``RIVariant``.
+      refs_per_class: references per class, drawn with ``seed`` (0 = all).
+      seed: seed of every random choice (inputs, references, Q); input i's own pool is drawn
+        with ``fold_in(key(seed), id)``, id its test index (or its position for your images),
+        so an input's answer does not depend on which other inputs come with it.
       batch_size: images per forward pass.
       cache_dir: folder caching the reference features between calls (None: no cache).
       progress: show progress bars.
+      checkpoint: an alias of ``model`` (a spec), kept for older code.
       **ri_options: passed on to ``RepresentativeInterpreter``.
 
     Returns:
       ``Explanations``, one ``Explanation`` per input.
     """
-    if not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"top_k: must be a positive integer, got {top_k!r}")
-    model = _load_model(str(checkpoint))
-    params, model_config, fns = model.params, model.config, model.fns
-    train = load_dataset(data, "train", image_size=model_config.image_size,
-                         class_names=model_config.class_names or None)
-    classes = train.class_names
-    if train.num_classes != model_config.num_classes:
-        raise ValueError(f"data: {data} has {train.num_classes} classes but checkpoint "
-                         f"{checkpoint} predicts {model_config.num_classes}")
-    refs = train.subset(sample_per_class(train.labels, refs_per_class, seed=seed))
+    if checkpoint is not None:
+        if not (isinstance(model, str) and model == "default"):
+            raise RIInputError("checkpoint: an alias of model; give one of them")
+        model = checkpoint
+    for name, value, least in (("top_k", top_k, 1), ("num_boundaries", num_boundaries, 1),
+                               ("batch_size", batch_size, 1), ("seed", seed, 0),
+                               ("refs_per_class", refs_per_class, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise RIInputError(f"{name}: must be an integer >= {least}, got {value!r}")
+    model = load_model(model)
+    check_model_fits(model)
+    refs = _references(references, data, model, refs_per_class, seed)
     if images is None:
-        source = load_dataset(data, "test", image_size=model_config.image_size, class_names=classes)
+        source = load_for_model(data, "test", image_size=model.image_size,
+                                class_names=model.class_names)
         if inputs is None:
-            if not isinstance(num_inputs, (int, np.integer)) or num_inputs < 1:
-                raise ValueError(f"num_inputs: must be a positive integer, got {num_inputs!r}")
+            if isinstance(num_inputs, bool) or not isinstance(num_inputs, (int, np.integer)) \
+                    or num_inputs < 1:
+                raise RIInputError(f"num_inputs: must be a positive integer, got {num_inputs!r}")
             chosen = choose_inputs(source.labels, num_inputs, seed=seed)
         else:
             chosen = np.asarray(inputs, np.int64).reshape(-1)
             if chosen.size == 0 or chosen.min() < 0 or chosen.max() >= len(source):
-                raise ValueError(f"inputs: expected test indices in [0, {len(source)}), got "
-                                 f"{chosen.tolist()}")
+                raise RIInputError(f"inputs: expected test indices in [0, {len(source)}), got "
+                                   f"{chosen.tolist()}")
     else:
         if inputs is not None:
-            raise ValueError("inputs: selects test images, so give either images or inputs")
-        source = _own_images(images, model_config.image_size, classes)
+            raise RIInputError("inputs: selects test images, so give either images or inputs")
+        source = own_images(images, model.image_size, model.class_names)
         chosen = np.arange(len(source))
     cache = None if cache_dir is None else Path(cache_dir)
-    ref_feats = compute_features(fns, params, refs, batch_size=batch_size, cache_dir=cache,
+    ref_feats = compute_features(model, refs, batch_size=batch_size, cache_dir=cache,
                                  progress=progress, desc="reference features")
-    in_feats = compute_features(fns, params, source, chosen, batch_size=batch_size,
-                                progress=False)
+    in_feats = compute_features(model, source, chosen, batch_size=batch_size, progress=False)
     top_k = min(int(top_k), len(refs))
     interpreter = RepresentativeInterpreter(
-        model.features, model.head, ref_feats.psi,
-        key=jax.random.key(seed), num_boundaries=num_boundaries, batch_size=batch_size,
-        is_features=True, progress=progress, **ri_options)
+        model, ref_feats.psi, key=jax.random.key(seed), num_boundaries=num_boundaries,
+        batch_size=batch_size, is_features=True, progress=progress, variant=variant,
+        **ri_options)
     raw = source.raw(chosen)
-    res = jax.device_get(interpreter.interpret_batch(fns.normalize(raw), top_k=top_k))
-    items = explanations_from(model.head, res, raw, source, chosen, in_feats, refs, ref_feats)
-    config = {"checkpoint": str(checkpoint), "data": data, "num_references": len(refs),
-              "num_boundaries": int(interpreter.reference_set.boundaries.b.shape[0]),
+    keys = pool_keys(jax.random.key(seed), np.asarray(chosen, np.int32))
+    res = jax.device_get(interpreter.interpret_features(
+        jnp.asarray(in_feats.psi), top_k=top_k, image_size=model.image_size, keys=keys))
+    items = explanations_from(model, res, raw, source, chosen, in_feats, refs, ref_feats)
+    config = {"model": model.source, "data": data, "num_references": len(refs),
+              "num_boundaries": int(res.selected.shape[1]), "variant": interpreter.variant.name,
               "seed": seed, "top_k": top_k, "refs_per_class": refs_per_class,
               "inputs": [int(i) for i in chosen] if images is None else None,
               "ri_options": dict(ri_options)}
     return Explanations(items, config)
 
 
-def explanations_from(head_fn: Callable, res: Interpretation, raw: np.ndarray, source: ImageSet,
+def _label_name(classes: Sequence[str], label: int) -> str | None:
+    """The class name of a label, None for an unknown one (−1)."""
+    return classes[int(label)] if label >= 0 else None
+
+
+def explanations_from(model: Model, res: Interpretation, raw: np.ndarray, source: ImageSet,
                       chosen: np.ndarray, in_feats: Features, refs: ImageSet,
                       ref_feats: Features) -> list[Explanation]:
     """Per-input ``Explanation``s from an ``interpret_batch`` answer (for scripts that ran it).
 
     Args:
-      head_fn: G with its parameters bound, ``head_fn(ψ [B, h, w, c]) -> logits`` (Grad-CAM).
+      model: the ``ri_jax.model.Model`` the interpreter ran on (G for Grad-CAM).
       res: ``Interpretation`` batch of the V inputs (``jax.device_get``-ed or not).
       raw: float32[V, S, S, 3] the raw inputs.
       source: the image set the inputs come from (labels −1 = unknown).
@@ -433,15 +520,15 @@ def explanations_from(head_fn: Callable, res: Interpretation, raw: np.ndarray, s
     classes = refs.class_names
     size = raw.shape[1]
     in_pred = np.asarray(res.predicted_class)
-    in_probs = _softmax(in_feats.logits.astype(np.float64))
+    in_probs = softmax(in_feats.logits.astype(np.float64))
     ref_preds = ref_feats.predictions
-    ref_probs = _softmax(ref_feats.logits.astype(np.float64))
+    ref_probs = softmax(ref_feats.logits.astype(np.float64))
     similar = np.asarray(res.similar)
     safe = np.maximum(similar, 0)
     # Grad-CAM on each input (target 0) and on its similar references (targets 1..k).
     targets = np.concatenate([in_feats.psi[:, None], ref_feats.psi[safe]], axis=1)
     gradcam = np.asarray(_gradcam_maps(jnp.asarray(in_feats.psi), jnp.asarray(in_pred),
-                                       jnp.asarray(targets), head_fn=head_fn, image_size=size))
+                                       jnp.asarray(targets), head_fn=model.head, image_size=size))
     items = []
     for b, index in enumerate(chosen):
         present = similar[b] >= 0
@@ -451,8 +538,8 @@ def explanations_from(head_fn: Callable, res: Interpretation, raw: np.ndarray, s
         label = int(source.labels[index])
         one = jax.tree.map(lambda a: np.asarray(a[b]), res)
         items.append(Explanation(
-            name=Path(source.ids[index]).name, file=source.ids[index], image=raw[b],
-            true_class=classes[label] if label >= 0 else None,
+            name=display_name(Path(source.ids[index]).name), file=source.ids[index], image=raw[b],
+            true_class=_label_name(classes, label),
             predicted_class=classes[in_pred[b]], probability=float(in_probs[b, in_pred[b]]),
             num_boundaries=int(res.num_selected[b]), num_sampled=int(res.selected.shape[1]),
             num_references=len(refs), num_covered=int(res.num_covered[b]),
@@ -463,7 +550,7 @@ def explanations_from(head_fn: Callable, res: Interpretation, raw: np.ndarray, s
             delta=int(res.delta[b]), heatmap=np.asarray(res.heatmap[b]),
             gradcam_heatmap=gradcam[b, 0],
             similar=tuple(Reference(
-                rank=r + 1, index=int(j), file=refs.ids[j], true_class=classes[refs.labels[j]],
+                rank=r + 1, index=int(j), file=refs.ids[j], true_class=_label_name(classes, refs.labels[j]),
                 predicted_class=classes[ref_preds[j]],
                 probability=float(ref_probs[j, ref_preds[j]]),
                 distance=float(res.similar_distances[b][r]), image=ref_raw[r],

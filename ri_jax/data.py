@@ -31,11 +31,14 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ri_jax.errors import RIInputError
+from ri_jax.files import name_bytes
 
 EMBEDDED_ROOT = Path(__file__).parent / "assets" / "asirra_mini"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MAX_PIXELS_ENV = "RI_JAX_MAX_IMAGE_PIXELS"
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# Largest intermediate of resize-then-crop, in output images (S²), beyond the input's size.
+_MAX_RESIZE_FACTOR = 16
 
 
 class DatasetError(RIInputError):
@@ -46,13 +49,21 @@ def max_image_pixels() -> int | None:
     """Largest image (width × height) that is decoded; None = no limit.
 
     ``$RI_JAX_MAX_IMAGE_PIXELS`` if set, else PIL's ``Image.MAX_IMAGE_PIXELS``.
+
+    Raises:
+      RIInputError: the variable is not a positive integer (0 or a negative limit would
+        refuse every image as a decompression bomb), naming the variable.
     """
     env = os.environ.get(MAX_PIXELS_ENV)
     if env:
         try:
-            return int(env)
+            limit = int(env)
         except ValueError:
-            raise RIInputError(f"${MAX_PIXELS_ENV}: expected an integer, got {env!r}") from None
+            limit = None
+        if limit is None or limit < 1:
+            raise RIInputError(f"${MAX_PIXELS_ENV}: invalid setting {env!r}, expected a positive "
+                               "integer (pixels per image); unset it for PIL's default") from None
+        return limit
     return Image.MAX_IMAGE_PIXELS
 
 
@@ -125,9 +136,9 @@ def content_fingerprint(images: ImageSet, indices: Sequence[int] | np.ndarray | 
     The output image size is part of it.
     """
     idx = np.arange(len(images)) if indices is None else np.asarray(indices, np.int64).reshape(-1)
-    h = hashlib.sha256(f"{images.name}|{images.split}|{images.image_size}".encode())
-    for i in idx:
-        h.update(b"\0" + _id_fingerprint(images.ids[int(i)]).encode())
+    h = hashlib.sha256(name_bytes(f"{images.name}|{images.split}|{images.image_size}"))
+    for i in idx:  # ids may be paths with undecodable bytes: name_bytes never fails
+        h.update(b"\0" + name_bytes(_id_fingerprint(images.ids[int(i)])))
     return h.hexdigest()[:24]
 
 
@@ -172,6 +183,44 @@ def load_dataset(spec: str, split: str, *, image_size: int = 96,
     return _folder_set(Path(spec), split, image_size, class_names, name=spec)
 
 
+class LabelsNotModelClassesWarning(UserWarning):
+    """A data set's classes are not the model's: its labels are treated as unknown (−1)."""
+
+
+def load_for_model(spec: str, split: str, *, image_size: int, class_names: Sequence[str],
+                   data_dir: str | None = None) -> ImageSet:
+    """One split at a model's input size, labelled in the model's class order.
+
+    When the data's classes are among the model's (by name), labels follow the model's
+    order. When they are not (faces labelled by gender for an emotion model), the images
+    are still usable, since RI, AD/AI, ACU-MD and CVR need only predictions: the labels
+    become −1 (unknown) with a ``LabelsNotModelClassesWarning``, and anything that needs
+    ground truth says it does not apply.
+
+    Args:
+      spec, split, data_dir: as for ``load_dataset``.
+      image_size: the model's input side S.
+      class_names: the model's classes, in logit order.
+
+    Returns:
+      An ``ImageSet`` whose ``class_names`` are the model's.
+    """
+    images = load_dataset(spec, split, image_size=image_size, data_dir=data_dir)
+    model_classes = tuple(class_names)
+    if images.class_names == model_classes:
+        return images
+    if set(images.class_names) <= set(model_classes):
+        to_model = np.array([model_classes.index(c) for c in images.class_names], np.int32)
+        labels = to_model[images.labels]
+    else:
+        warnings.warn(f"{spec}: its classes {list(images.class_names)} are not the model's "
+                      f"{list(model_classes)}; its labels are treated as unknown (measures that "
+                      "need ground truth do not apply)", LabelsNotModelClassesWarning,
+                      stacklevel=2)
+        labels = np.full(len(images), -1, np.int32)
+    return dataclasses.replace(images, class_names=model_classes, labels=labels)
+
+
 def decode_image(path: str | os.PathLike, image_size: int) -> np.ndarray:
     """uint8[S, S, 3]: any PIL-readable image, upright (EXIF), as RGB, shorter side resized
     to S, centre-cropped."""
@@ -210,9 +259,16 @@ def _to_square_rgb(im: Image.Image, size: int) -> np.ndarray:
     w, h = im.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    left, top = (nw - size) // 2, (nh - size) // 2
+    if nw * nh > max(w * h, _MAX_RESIZE_FACTOR * size * size):
+        # An extreme aspect ratio: resizing it whole would upscale a strip to a huge
+        # intermediate (1×100000 px → 96×9.6 M, 2.8 GB). Resize only the source region the
+        # centre crop shows (PIL's ``box``, in source pixels), so memory stays S×S. PIL's
+        # filter weights differ there by a few levels, so ordinary images keep the path below.
+        box = (left * w / nw, top * h / nh, (left + size) * w / nw, (top + size) * h / nh)
+        return np.asarray(im.resize((size, size), Image.BICUBIC, box=box), dtype=np.uint8)
     if (nw, nh) != (w, h):
         im = im.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
     return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 

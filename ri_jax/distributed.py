@@ -24,7 +24,12 @@ the same (``tests/test_distributed.py`` checks the written JSON).
 
 from __future__ import annotations
 
+import errno
+import math
 import os
+import socket
+import sys
+import threading
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -39,7 +44,7 @@ from ri_jax.buckets import pad_rows
 from ri_jax.data import ImageSet
 from ri_jax.featurize import Features, compute_features
 from ri_jax.interpreter import ReferenceSet, RepresentativeInterpreter
-from ri_jax.models.vgg import ModelFns
+from ri_jax.model import Model
 from ri_jax.sharding import make_mesh, sharded_solve_classes
 from ri_jax.solver import WORD_BITS, GreedyResult, pack_bits
 from ri_jax.variants import RIVariant, ri_variant
@@ -52,6 +57,14 @@ NUM_PROCESSES_ENV = "RI_JAX_NUM_PROCESSES"
 PROCESS_ID_ENV = "RI_JAX_PROCESS_ID"
 # ``--coordinator auto``: let JAX detect the cluster (SLURM, Open MPI, TPU pods, ...).
 AUTO = "auto"
+# Default --join-timeout (``default_join_timeout``): a loopback coordinator, every process
+# on this machine; any other host, whose processes may start minutes apart.
+LOOPBACK_JOIN_TIMEOUT_S = 20.0
+REMOTE_JOIN_TIMEOUT_S = 300.0
+# Seconds JAX's own join deadline (which aborts the process) comes after ours.
+_JAX_TIMEOUT_MARGIN_S = 60
+# Exit status of a process that could not join (the scripts' usage-error status).
+USAGE_EXIT = 2
 # Rows per ``boundaries.sides`` matmul, the chunk its one-process call uses.
 SIDE_CHUNK = 1024
 
@@ -94,15 +107,20 @@ def check_launch(config: LaunchConfig) -> LaunchConfig:
                         None if rank is None else int(rank))
 
 
-def initialize(config: LaunchConfig, *, timeout_s: int = 300) -> bool:
+def initialize(config: LaunchConfig, *, timeout_s: float | None = None) -> bool:
     """Joins the run described by ``config`` (call before any other JAX work).
 
     A config without a coordinator is a one-process run and does nothing. On CPUs the
-    collectives go over gloo (JAX's CPU implementation for multi-process runs).
+    collectives go over gloo (JAX's CPU implementation for multi-process runs). Process 0
+    first checks that the coordinator's port is free (``check_port_free``). A process that
+    cannot join within ``timeout_s`` prints why (``join_timeout_message``) and exits with
+    status 2: JAX's own timeout aborts the process only after minutes, with a misleading
+    message, and cannot be caught.
 
     Args:
       config: from ``initialize_from_args``/``initialize_from_env`` or built directly.
-      timeout_s: seconds to wait for every process to join.
+      timeout_s: seconds to wait for every process to join (``--join-timeout``; default
+        ``default_join_timeout``).
 
     Returns:
       Whether ``jax.distributed`` was initialised.
@@ -112,13 +130,106 @@ def initialize(config: LaunchConfig, *, timeout_s: int = 300) -> bool:
         return False
     if jax.distributed.is_initialized():  # a second script in the same process
         return True
+    timeout_s = default_join_timeout(config.coordinator) if timeout_s is None else timeout_s
+    if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
+        raise ValueError(f"--join-timeout: must be a number of seconds > 0, got {timeout_s!r}")
+    if config.coordinator != AUTO and config.process_id == 0:
+        check_port_free(config.coordinator)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if config.coordinator == AUTO:
-        jax.distributed.initialize(initialization_timeout=timeout_s)
-    else:
-        jax.distributed.initialize(config.coordinator, config.num_processes, config.process_id,
-                                   initialization_timeout=timeout_s)
+    # JAX's deadline comes after ours, so the watchdog's message is the one printed.
+    jax_timeout = math.ceil(timeout_s) + _JAX_TIMEOUT_MARGIN_S
+    watchdog = threading.Timer(timeout_s, _give_up, (config, timeout_s))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        if config.coordinator == AUTO:
+            jax.distributed.initialize(initialization_timeout=jax_timeout)
+        else:
+            jax.distributed.initialize(config.coordinator, config.num_processes,
+                                       config.process_id, initialization_timeout=jax_timeout)
+    finally:
+        watchdog.cancel()
     return True
+
+
+def default_join_timeout(coordinator: str | None) -> float:
+    """Seconds to wait for every process by default: a loopback coordinator means every
+    process runs on this machine and starts at once; a remote one may wait on a scheduler."""
+    host = (coordinator or "").rpartition(":")[0].strip("[]")
+    loopback = host == "localhost" or host.startswith("127.") or host == "::1"
+    return LOOPBACK_JOIN_TIMEOUT_S if loopback else REMOTE_JOIN_TIMEOUT_S
+
+
+def check_port_free(coordinator: str) -> None:
+    """Refuses a coordinator port that something on this host already listens on.
+
+    JAX's coordination service binds ``[::]:port`` on process 0; on a port in use it
+    crashes the process (a segmentation fault), so the port is tried first.
+
+    Raises:
+      ValueError: naming ``--coordinator`` and the port.
+    """
+    port = int(coordinator.rpartition(":")[2])
+    for family, address in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            probe = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:  # no IPv6 on this host: try IPv4
+            continue
+        with probe:
+            # SO_REUSEADDR: connections of an earlier run in TIME_WAIT do not count, only
+            # a socket bound or listening there now.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise ValueError(
+                        f"--coordinator: port {port} of {coordinator} is already in use on "
+                        "this host (another run's coordinator, or another program); choose "
+                        "a free port, or stop what holds it") from None
+                continue  # e.g. the address family is unavailable: try the next one
+            return
+
+
+def join_timeout_message(config: LaunchConfig, timeout_s: float) -> str:
+    """Why a process could not join: the coordinator's address and what is missing."""
+    n, rank, address = config.num_processes, config.process_id, config.coordinator
+    if address == AUTO:
+        return (f"--join-timeout: could not join the run detected from the cluster environment "
+                f"within {timeout_s:g} s (check that every process of the job started)")
+    where = f"the coordinator {address}"
+    if rank == 0:
+        missing = (f"process{'es' if n > 2 else ''} {_rank_range(1, n - 1)} did not connect "
+                   f"to {where} (not started, or cannot reach this host and port)")
+    elif _listening(address):
+        missing = (f"{where} answers, but not every one of the {n} processes joined (the "
+                   "others are not started, or cannot reach it)")
+    else:
+        missing = (f"nothing is listening at {where} (process 0 is not started, or runs on "
+                   "another host or port)")
+    return (f"--join-timeout: process {rank} of {n} could not join the run within "
+            f"{timeout_s:g} s: {missing}")
+
+
+def _rank_range(first: int, last: int) -> str:
+    return f"{first}" if first == last else f"{first}..{last}"
+
+
+def _listening(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _give_up(config: LaunchConfig, timeout_s: float) -> None:
+    """The watchdog: the main thread is blocked inside JAX, so print and exit from here."""
+    prog = os.path.basename(sys.argv[0]) or "ri_jax"
+    print(f"{prog}: error: {join_timeout_message(config, timeout_s)}", file=sys.stderr,
+          flush=True)
+    os._exit(USAGE_EXIT)
 
 
 def config_from_env(environ: dict | None = None) -> LaunchConfig:
@@ -144,10 +255,12 @@ def initialize_from_env(environ: dict | None = None, **kwargs) -> bool:
 
 def initialize_from_args(args: Any, **kwargs) -> bool:
     """``initialize`` from ``args.coordinator``, ``args.num_processes``, ``args.process_id``
-    (argparse attributes; each one missing or None falls back to the environment)."""
+    (argparse attributes; each one missing or None falls back to the environment) and
+    ``args.join_timeout`` (missing or None: ``default_join_timeout``)."""
     env = config_from_env()
     config = LaunchConfig(*(getattr(args, name, None) if getattr(args, name, None) is not None
                             else default for name, default in zip(LaunchConfig._fields, env)))
+    kwargs.setdefault("timeout_s", getattr(args, "join_timeout", None))
     return initialize(config, **kwargs)
 
 
@@ -209,7 +322,7 @@ def gather_shares(local: np.ndarray, n: int, granule: int = 1) -> np.ndarray:
     return np.concatenate([every[p, :stop - start] for p, (start, stop) in enumerate(ranges)])
 
 
-def distributed_features(fns: ModelFns, params: Any, images: ImageSet,
+def distributed_features(model: Model, images: ImageSet,
                          indices: np.ndarray | None = None, *, batch_size: int = 128,
                          cache_dir=None, progress: bool = True,
                          desc: str = "features") -> Features:
@@ -217,7 +330,7 @@ def distributed_features(fns: ModelFns, params: Any, images: ImageSet,
 
     Shares are whole batches, so every image is computed in the same batch (same
     neighbours, same zero padding) as in a one-process call: the result is bit for bit
-    ``compute_features(fns, params, images, indices, batch_size=batch_size)``. Each
+    ``compute_features(model, images, indices, batch_size=batch_size)``. Each
     process caches its own share under ``cache_dir``.
 
     Returns:
@@ -225,18 +338,18 @@ def distributed_features(fns: ModelFns, params: Any, images: ImageSet,
     """
     idx = np.arange(len(images)) if indices is None else np.asarray(indices, np.int64)
     if jax.process_count() == 1:
-        return compute_features(fns, params, images, idx, batch_size=batch_size,
+        return compute_features(model, images, idx, batch_size=batch_size,
                                 cache_dir=cache_dir, progress=progress, desc=desc)
     start, stop = share_range(len(idx), batch_size)
     if stop > start:
-        local = compute_features(fns, params, images, idx[start:stop], batch_size=batch_size,
+        local = compute_features(model, images, idx[start:stop], batch_size=batch_size,
                                  cache_dir=cache_dir, progress=progress and is_main_process(),
                                  desc=desc)
         psi, logits = local.psi, local.logits
     else:  # fewer batches than processes: contribute nothing, with the right shapes
         size = images.image_size
-        shapes = jax.eval_shape(lambda raw: (lambda f: (f, fns.head(params, f)))(
-            fns.features(params, fns.normalize(raw))),
+        shapes = jax.eval_shape(lambda raw: (lambda f: (f, model.head(f)))(
+            model.features(model.normalize(raw))),
             jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
         psi, logits = (np.zeros((0,) + s.shape[1:], np.float32) for s in shapes)
     return Features(gather_shares(psi, len(idx), batch_size),

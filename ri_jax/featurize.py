@@ -11,19 +11,20 @@ naming the file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import flax.serialization
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
 from ri_jax.data import ImageSet, content_fingerprint
-from ri_jax.models.vgg import ModelFns
+from ri_jax.files import atomic_path, name_bytes
+from ri_jax.model import Model
 
 
 class Features(NamedTuple):
@@ -50,24 +51,26 @@ class FeatureCacheWarning(UserWarning):
     """A cached feature file was stale or unreadable and is being recomputed."""
 
 
-def params_fingerprint(params: Any) -> str:
-    """Short hash of a parameter pytree (cache key component)."""
-    return hashlib.sha256(flax.serialization.to_bytes(jax.device_get(params))).hexdigest()[:16]
+@functools.partial(jax.jit, static_argnames="model")
+def _forward(model: Model, raw: jax.Array) -> tuple[jax.Array, jax.Array]:
+    psi = model.features(model.normalize(raw))
+    return psi, model.head(psi)
 
 
-def compute_features(fns: ModelFns, params: Any, images: ImageSet,
+def compute_features(model: Model, images: ImageSet,
                      indices: np.ndarray | None = None, *, batch_size: int = 128,
                      cache_dir: str | Path | None = None, progress: bool = True,
                      desc: str = "features") -> Features:
     """ψ and logits for ``images[indices]`` in fixed-size batches.
 
     Args:
-      fns, params: the model.
+      model: the ``ri_jax.model.Model``.
       images: the image set.
       indices: which images (default all), in this order.
       batch_size: images per forward pass; the last batch is padded so nothing recompiles.
       cache_dir: if given, results are stored there and reused by later calls with the same
-        parameters, data and indices.
+        model (its ``fingerprint``), data and indices; a model without a fingerprint
+        is never cached.
       progress: show a progress bar.
 
     Returns:
@@ -75,22 +78,18 @@ def compute_features(fns: ModelFns, params: Any, images: ImageSet,
     """
     idx = np.arange(len(images)) if indices is None else np.asarray(indices, np.int64)
     cache_file = content = None
-    if cache_dir is not None:
-        # Normalisation is part of ψ but not of the params: a probe of it joins the key.
-        probe = np.asarray(fns.normalize(np.full((3,), 0.5, np.float32)), np.float32)
+    if cache_dir is not None and model.fingerprint is not None:
+        # Normalisation is part of ψ but not of the weights: a probe of it joins the key.
+        probe = np.asarray(model.normalize(np.full((3,), 0.5, np.float32)), np.float32)
+        # name_bytes: a data path may hold undecodable bytes (surrogate escapes).
         key = hashlib.sha256(
-            f"{params_fingerprint(params)}|{images.name}|{images.split}|{images.image_size}|".encode()
-            + probe.tobytes() + idx.tobytes()).hexdigest()[:24]
+            name_bytes(f"{model.fingerprint}|{images.name}|{images.split}|"
+                       f"{images.image_size}|") + probe.tobytes() + idx.tobytes()).hexdigest()[:24]
         cache_file = Path(cache_dir) / f"features-{key}.npz"
         content = content_fingerprint(images, idx)
         cached = _read_cache(cache_file, content, len(idx))
         if cached is not None:
             return cached
-
-    @jax.jit
-    def forward(raw):
-        psi = fns.features(params, fns.normalize(raw))
-        return psi, fns.head(params, psi)
 
     psis, logits = [], []
     for start in tqdm(range(0, len(idx), batch_size), desc=desc, disable=not progress,
@@ -100,16 +99,14 @@ def compute_features(fns: ModelFns, params: Any, images: ImageSet,
         pad = batch_size - len(chunk)
         if pad:
             raw = np.concatenate([raw, np.zeros((pad,) + raw.shape[1:], raw.dtype)])
-        p, l = jax.device_get(forward(raw))
+        p, l = jax.device_get(_forward(model, raw))
         psis.append(p[:len(chunk)])
         logits.append(l[:len(chunk)])
     out = Features(np.concatenate(psis).astype(np.float32), np.concatenate(logits).astype(np.float32),
                    images.labels[idx].astype(np.int32), idx)
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp.npz")
-        np.savez(tmp, content=np.array(content), **out._asdict())
-        tmp.replace(cache_file)
+        with atomic_path(cache_file) as tmp:
+            np.savez(tmp, content=np.array(content), **out._asdict())
     return out
 
 

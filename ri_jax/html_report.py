@@ -29,6 +29,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
+from ri_jax.files import atomic_write_text, display_name
 from ri_jax.plots import DISTANCE_NOTE, HEATMAP_CMAP, HEATMAP_NOTE, CaseBlock, overlay
 
 if TYPE_CHECKING:
@@ -123,8 +124,13 @@ def _method_key(report: Report, method: str) -> str:
     return "none" if method == NO_OVERLAY else f"m{list(report.methods).index(method)}"
 
 
+def _esc(text: str) -> str:
+    """HTML-escaped text, undecodable bytes of file names shown as ``\\xNN`` (a page is UTF-8)."""
+    return html.escape(display_name(text))
+
+
 def _cell(report: Report, item: ReportImage, *, is_input: bool = False) -> str:
-    esc = html.escape
+    esc = _esc
     unknown = sorted(set(item.heatmaps) - set(report.methods))
     if unknown:
         raise ValueError(f"heatmaps: methods {unknown} are not among the report's methods "
@@ -146,7 +152,7 @@ def _cell(report: Report, item: ReportImage, *, is_input: bool = False) -> str:
 
 
 def _section(report: Report, index: int, item: ReportInput) -> str:
-    esc = html.escape
+    esc = _esc
     truth = "" if item.true_class is None else f", true {item.true_class}"
     flag = ' <span class="badge">misclassified</span>' if item.misclassified else ""
     groups = "".join(
@@ -239,7 +245,7 @@ def render_html(report: Report) -> str:
     if NO_OVERLAY in report.methods or len(set(report.methods)) != len(report.methods):
         raise ValueError(f"report.methods: expected distinct names other than {NO_OVERLAY!r}, "
                          f"got {list(report.methods)}")
-    esc = html.escape
+    esc = _esc
     options = [NO_OVERLAY, *report.methods]
     default = report.methods[0] if report.methods else NO_OVERLAY
     radios = "".join(
@@ -287,10 +293,7 @@ def write_report(out: str | os.PathLike, report: Report, *, filename: str = "ind
     path = Path(out) / filename
     if path.exists() and not overwrite:
         raise FileExistsError(f"out: {path} exists; choose another folder or pass overwrite=True")
-    text = render_html(report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
+    return atomic_write_text(path, render_html(report))  # whole or not at all
 
 
 def explanations_report(explanations: "Explanations", *, title: str | None = None) -> Report:
@@ -309,7 +312,7 @@ def explanations_report(explanations: "Explanations", *, title: str | None = Non
         truth = "label unknown" if e.true_class is None else f"true {e.true_class}"
         refs = [ReportImage(
             image=r.image, title=r.name,
-            caption=f"#{r.rank} d = {r.distance:.3g} · true {r.true_class} · pred "
+            caption=f"#{r.rank} d = {r.distance:.3g} · true {r.true_class or 'unknown'} · pred "
                     f"{r.predicted_class} {r.probability:.2f}",
             heatmaps={"RI": r.heatmap, "Grad-CAM": r.gradcam_heatmap},
             misclassified=r.misclassified) for r in e.similar]
@@ -322,7 +325,7 @@ def explanations_report(explanations: "Explanations", *, title: str | None = Non
             description=e.describe()[:1].upper() + e.describe()[1:] + ".",
             groups=[ReportGroup(f"The {len(refs)} most similar covered training images "
                                 "(ranked by Eq. 6 distance d)", refs)]))
-    intro = (f"Model {cfg['checkpoint']}, data {cfg['data']}: {cfg['num_references']:,} training "
+    intro = (f"Model {cfg['model']}, data {cfg['data']}: {cfg['num_references']:,} training "
              f"images as references, |Q| = {cfg['num_boundaries']} sampled boundaries, seed "
              f"{cfg['seed']}.")
     notes = [HEATMAP_NOTE, "Grad-CAM: its channel weights computed at the input and reused "

@@ -23,17 +23,19 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, draw_pools, pool_boundaries,
+from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, cap_num_boundaries,
+                               check_head, draw_pools, is_piecewise_linear, pool_boundaries,
                                pool_keys, sample_boundaries, sample_indices, sides, sides_packed,
-                               sides_packed_per_input)
+                               sides_packed_per_input, warn_not_piecewise_linear)
 from ri_jax.buckets import bucket_size, first_rows, pad_rows, repeat_last_row
 from ri_jax.errors import all_finite
 from ri_jax.heatmaps import polytope_heatmap, ri_channel_weights
+from ri_jax.model import Model
 from ri_jax.ranking import rank_covered, semantic_distance
 from ri_jax.regions import DecisionRegions
-from ri_jax.solver import (GreedyResult, loosen_batch, popcount, positive_words,
-                           solve_batch, solve_classes, unpack_bits)
-from ri_jax.variants import RIVariant, ri_variant
+from ri_jax.solver import (GreedyResult, keep_adding_batch, loosen_batch, popcount,
+                           positive_words, solve_batch, solve_classes, unpack_bits)
+from ri_jax.variants import DEFAULT_VARIANT, RIVariant, ri_variant
 
 Array = jax.Array
 
@@ -86,7 +88,8 @@ class Interpretation(NamedTuple):
       x_side: bool[Q], x's side of each boundary of its Q.
       pool: int32[Q], the references whose boundaries form x's Q (the shared sample, or
         x's own pool drawn from D(x)).
-      num_selected_greedy: int32 |P(x)| before the loosen step (= ``num_selected`` without it).
+      num_selected_greedy: int32 |P(x)| before the loosen step, the authors' extras included
+        where δ was not reached (= ``num_selected`` without the step).
       search_steps: int32[Q], steps of each boundary search (0 for the shared sample).
       search_converged: bool[Q], whether each search reached ΔG² < tol (True for the
         shared sample); a search that did not converge used its last point of class c.
@@ -253,10 +256,16 @@ def _check_array(value, name: str, ndim: int) -> Array:
 class RepresentativeInterpreter:
     """Representative interpretations of one CNN over one reference set.
 
+    Called as ``RepresentativeInterpreter(model, references, ...)`` with a
+    ``ri_jax.model.Model``, or as ``RepresentativeInterpreter(features_fn, head_fn,
+    references, ...)`` with the two functions alone.
+
     Args:
-      features_fn: ψ, ``features_fn(images [B, S, S, 3]) -> [B, h, w, c]`` (normalised images).
-      head_fn: G, ``head_fn(ψ [B, h, w, c]) -> logits [B, C]``, piecewise linear.
-      references: normalised images [N, S, S, 3], or feature maps [N, h, w, c] when
+      features_fn: a ``Model``, or ψ, ``features_fn(images [B, S, S, C]) -> [B, h, w, c]``
+        (normalised images).
+      head_fn: G, ``head_fn(ψ [B, h, w, c]) -> logits [B, C]``, piecewise linear (not given
+        with a ``Model``).
+      references: normalised images [N, S, S, C], or feature maps [N, h, w, c] when
         ``is_features``.
       key: PRNG key: it draws the shared sample Q, or, for per-input pools, the pool of the
         input at position i of a call is drawn with ``fold_in(key, i)`` unless ``keys``
@@ -264,16 +273,34 @@ class RepresentativeInterpreter:
       num_boundaries: |Q| (capped at N with a warning).
       batch_size: images per call of ``features_fn``/``head_fn``.
       is_features: whether ``references`` are already feature maps.
-      piecewise_linear: passed to ``boundaries.sample_boundaries`` (None checks the head).
+      piecewise_linear: passed to ``boundaries.sample_boundaries`` (None checks the head;
+        per-input pools check it once here, and warn alike).
       progress: show a tqdm bar while computing reference features.
-      variant: ``"paper"`` (default), ``"authors"`` or an ``RIVariant`` (``ri_jax.variants``).
+      variant: ``"authors"`` (default: a pool per input), ``"paper"`` (one shared Q) or an
+        ``RIVariant`` (``ri_jax.variants``).
+
+    Attributes:
+      num_boundaries: |Q| for every variant: the shared sample's size, or each input's
+        pool size (``reference_set.boundaries`` is None for per-input pools).
+      variant: the ``RIVariant`` in use.
+      reference_set: ``ReferenceSet``.
     """
 
-    def __init__(self, features_fn: Callable[[Array], Array], head_fn: Callable[[Array], Array],
-                 references: Array, *, key: Array, num_boundaries: int = DEFAULT_NUM_BOUNDARIES,
+    def __init__(self, features_fn: Model | Callable[[Array], Array],
+                 head_fn: Callable[[Array], Array] | Array, references: Array | None = None, *,
+                 key: Array, num_boundaries: int = DEFAULT_NUM_BOUNDARIES,
                  batch_size: int = 64, is_features: bool = False,
                  piecewise_linear: bool | None = None, progress: bool = True,
-                 variant: str | RIVariant = "paper"):
+                 variant: str | RIVariant = DEFAULT_VARIANT):
+        if isinstance(features_fn, Model):
+            if references is not None:
+                raise ValueError("references: give RepresentativeInterpreter(model, references), "
+                                 "or (features_fn, head_fn, references)")
+            model, references = features_fn, head_fn
+            features_fn, head_fn = model.features, model.head
+        elif references is None:
+            raise ValueError("references: missing; call RepresentativeInterpreter(model, "
+                             "references) or (features_fn, head_fn, references)")
         self._setup(features_fn, head_fn, key=key, batch_size=batch_size, variant=variant)
         references = _check_array(references, "references", 4)
         self.image_shape = None if is_features else references.shape[1:]
@@ -281,11 +308,12 @@ class RepresentativeInterpreter:
                  else self._reference_features(references, progress))
         if feats.ndim != 4:
             raise ValueError(f"features_fn: expected feature maps [B, h, w, c], got {feats.shape}")
+        check_head(self._raw_head_fn, feats)  # a clear error before the first batched call
         preds = self.predict_classes(feats)
         if int(num_boundaries) < 1:
             raise ValueError(f"num_boundaries: must be >= 1, got {num_boundaries}")
         if self.variant.sampling == "per_input":
-            self.num_boundaries = int(num_boundaries)
+            self.num_boundaries = self._per_input_checks(feats, num_boundaries, piecewise_linear)
             self.reference_set = ReferenceSet(feats=feats, preds=preds, boundary_refs=None,
                                               boundaries=None, side_words=None)
             return
@@ -293,6 +321,15 @@ class RepresentativeInterpreter:
                                                        num_boundaries=num_boundaries,
                                                        piecewise_linear=piecewise_linear)
         self.num_boundaries = int(self.reference_set.boundary_refs.shape[0])
+
+    def _per_input_checks(self, feats: Array, num_boundaries: int,
+                          piecewise_linear: bool | None) -> int:
+        """What the shared sample checks, for per-input pools: |Q| capped at N with a warning,
+        and a warning for a head that is not piecewise linear. Returns the capped |Q|."""
+        if piecewise_linear is False or (piecewise_linear is None
+                                         and not is_piecewise_linear(self._raw_head_fn, feats)):
+            warn_not_piecewise_linear(stacklevel=3)
+        return cap_num_boundaries(num_boundaries, feats.shape[0])
 
     def _setup(self, features_fn, head_fn, *, key: Array, batch_size: int,
                variant: str | RIVariant) -> None:
@@ -463,18 +500,22 @@ class RepresentativeInterpreter:
         return self._solve_pools(feats, preds, self._keys(keys, b), delta, progress)
 
     def _solve(self, side_words, x_sides, preds, delta):
-        """Algorithm 1, then the loosen step when the variant asks for it.
+        """Algorithm 1, the authors' extras and the loosen step as the variant asks.
 
         ``side_words`` is the shared [Q, W] matrix or [B, Q, W] per-input pools; only the
-        pools and the loosen step take Class(x) as packed bits.
+        pools, the extras and the loosen step take Class(x) as packed bits. The second
+        value is |P(x)| before the loosen step (extras included).
         """
         num_classes = self.num_classes
+        variant = self.variant
         positives = (positive_words(self.reference_set.preds, preds, num_classes=num_classes)
-                     if side_words.ndim == 3 or self.variant.loosen else None)
+                     if side_words.ndim == 3 or variant.loosen or variant.keep_adding else None)
         if side_words.ndim == 3:
             result = solve_batch(side_words, self.num_refs, x_sides, positives, delta)
         else:
             result = self._greedy(side_words, x_sides, preds, delta, num_classes=num_classes)
+        if variant.keep_adding:
+            result = keep_adding_batch(side_words, self.num_refs, x_sides, positives, result)
         greedy = result.num_selected
         if self.variant.loosen:
             kept = loosen_batch(side_words, self.num_refs, x_sides, positives, result.selected)

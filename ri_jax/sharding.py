@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ri_jax.boundaries import Boundaries
-from ri_jax.models.vgg import ModelFns
+from ri_jax.model import Model
 from ri_jax.solver import (DEFAULT_LANES, WORD_BITS, GreedyResult, check_batch_args,
                            check_class_args, class_blocks, class_sets, default_lanes, num_words,
                            pack_bits, solve_blocks, solve_lanes, to_blocks, valid_words)
@@ -124,24 +124,23 @@ class FeatureBatch(NamedTuple):
     logits: np.ndarray
 
 
-@functools.partial(jax.jit, static_argnames=("fns", "mesh"))
-def _forward(fns: ModelFns, params: Any, raw: Array, mesh: Mesh) -> tuple[Array, Array]:
+@functools.partial(jax.jit, static_argnames=("model", "mesh"))
+def _forward(model: Model, raw: Array, mesh: Mesh) -> tuple[Array, Array]:
     spec = _batch_spec(mesh)
 
-    def local(params, raw):
-        psi = fns.features(params, fns.normalize(raw))
-        return psi, fns.head(params, psi)
+    def local(raw):
+        psi = model.features(model.normalize(raw))
+        return psi, model.head(psi)
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), spec), out_specs=(spec, spec))(
-        params, raw)
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec,), out_specs=(spec, spec))(raw)
 
 
-def sharded_features(fns: ModelFns, params: Any, raw_images, mesh: Mesh, *,
+def sharded_features(model: Model, raw_images, mesh: Mesh, *,
                      batch_size: int = 64) -> FeatureBatch:
     """ψ and logits of raw images, each step splitting ``batch_size`` images per device.
 
     Args:
-      fns, params: the model (``ri_jax.models.vgg.make_vgg``).
+      model: the ``ri_jax.model.Model``.
       raw_images: float32[N, S, S, 3] in [0, 1] (normalised inside, like
         ``ri_jax.featurize.compute_features``), a host array.
       mesh: the device mesh.
@@ -151,8 +150,8 @@ def sharded_features(fns: ModelFns, params: Any, raw_images, mesh: Mesh, *,
     Returns:
       ``FeatureBatch`` of host arrays for the N images.
     """
-    if not isinstance(fns, ModelFns):
-        raise ValueError(f"fns: expected ModelFns, got {type(fns).__name__}")
+    if not isinstance(model, Model):
+        raise ValueError(f"model: expected a ri_jax.model.Model, got {type(model).__name__}")
     raw_images = np.asarray(raw_images)
     if raw_images.ndim != 4 or raw_images.shape[-1] != 3 or raw_images.shape[0] == 0:
         raise ValueError(f"raw_images: expected [N >= 1, S, S, 3], got shape {raw_images.shape}")
@@ -162,11 +161,10 @@ def sharded_features(fns: ModelFns, params: Any, raw_images, mesh: Mesh, *,
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     n = raw_images.shape[0]
     step = min(int(batch_size) * mesh.size, padded_size(n, mesh))
-    params = replicate(params, mesh)
     psis, logits = [], []
     for start in range(0, n, step):
         chunk = raw_images[start:start + step]
-        psi, logit = _forward(fns, params, shard_batch(chunk, mesh, size=step), mesh)
+        psi, logit = _forward(model, shard_batch(chunk, mesh, size=step), mesh)
         psis.append(to_host(psi)[:len(chunk)])
         logits.append(to_host(logit)[:len(chunk)])
     return FeatureBatch(psi=np.concatenate(psis), logits=np.concatenate(logits))

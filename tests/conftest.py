@@ -8,6 +8,7 @@ checked changes; set ``JAX_COMPILATION_CACHE_DIR`` yourself to keep or move it. 
 suite also compiles with ``TEST_XLA_FLAGS`` (below), which the subprocesses inherit.
 """
 
+import functools
 import os
 import shutil
 import tempfile
@@ -32,9 +33,11 @@ os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), *(
     if flag.partition("=")[0] not in os.environ.get("XLA_FLAGS", ""))]))
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ri_jax.model import Model, params_fingerprint
 from ri_jax.models.vgg import ModelConfig, make_vgg
 from ri_jax.protocols import methods
 
@@ -50,6 +53,24 @@ def tiny_config():
 def tiny_model():
     fns = make_vgg(TINY)
     return fns, fns.init(jax.random.key(0))
+
+
+_MODELS: dict = {}
+
+
+def as_model(fns, params, image_size: int = 32):
+    """The ``ri_jax.model.Model`` of a VGG's functions and parameters, one per pair (so
+    compiled programs are shared between the tests that use it)."""
+    key = (id(fns), id(params), image_size)
+    if key not in _MODELS:
+        classes = fns.apply(params, jnp.zeros((1, image_size, image_size, 3))).shape[-1]
+        model = Model(features=functools.partial(fns.features, params),
+                      head=functools.partial(fns.head, params), normalize=fns.normalize,
+                      image_size=image_size, channels=3,
+                      class_names=tuple(f"class {i}" for i in range(classes)),
+                      source="test VGG", fingerprint=params_fingerprint(params))
+        _MODELS[key] = (model, fns, params)  # keeps fns and params alive with their ids
+    return _MODELS[key][0]
 
 
 def forced_devices(count: int) -> str:
@@ -87,8 +108,8 @@ def protocol_model(tiny_model):
 def protocol_ri(protocol_model):
     """(interpreter, RIInterpretations) at protocol_model's first 5 images, |Q| = 8."""
     fns, params, raw, psi, _ = protocol_model
-    interpreter = methods.make_interpreter(fns, params, psi, key=jax.random.key(3), num_boundaries=8)
-    return interpreter, methods.ri_interpretations(interpreter, fns, raw[:5], chunk_size=2)
+    interpreter = methods.make_interpreter(as_model(fns, params), psi, key=jax.random.key(3), num_boundaries=8)
+    return interpreter, methods.ri_interpretations(interpreter, as_model(fns, params), raw[:5], chunk_size=2)
 
 
 # --compile-times N: where the suite's time goes. JAX reports each step of turning a

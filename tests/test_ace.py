@@ -1,5 +1,6 @@
 """ACE baseline: segments, patches, concepts, CAV/TCAV, t-test, the 20 % rule, end to end."""
 
+import functools
 import math
 import sys
 
@@ -10,6 +11,7 @@ from hypothesis import example, given, settings, strategies as st
 
 from ri_jax.baselines import ace, ace_segments
 from ri_jax.models.vgg import ModelConfig, make_vgg
+from conftest import as_model
 
 SETTINGS = settings(max_examples=60, deadline=None)
 make_patch = jax.jit(ace_segments.make_patch)
@@ -221,7 +223,7 @@ def test_tcav_linear_head_known_answer(sign, expected):
     shape = (2, 2, 3)
     head = rng.normal(size=(12, 2)).astype(np.float32)
     psis = rng.normal(size=(7,) + shape).astype(np.float32)
-    grads = jax.vmap(lambda p: ace.class_gradient(_linear_head, head, p, 1))(psis)
+    grads = jax.vmap(lambda p: ace.class_gradient(functools.partial(_linear_head, head), p, 1))(psis)
     np.testing.assert_allclose(grads.reshape(7, -1), np.tile(head[:, 1], (7, 1)), atol=1e-6)
     # concept activations lie along ±(class-1 weight) beyond the random ones: separable along it
     v = head[:, 1] / np.linalg.norm(head[:, 1])
@@ -356,8 +358,8 @@ def tiny():
     config = ace.ACEConfig(n_segments=(4, 10), num_concepts=4, max_members=8, min_members=2,
                            num_random=8, repeats=4, batch_size=16)
     cache = ace.ACECache()
-    result = ace.discover_concepts(fns.features, fns.head, params, images[:6], 1, config,
-                                   key=jax.random.key(1), normalize_fn=fns.normalize,
+    result = ace.discover_concepts(as_model(fns, params), images[:6], 1, config,
+                                   key=jax.random.key(1),
                                    random_images=images[6:], cache=cache, progress=False)
     return fns, params, images, config, cache, result
 
@@ -391,7 +393,7 @@ def test_discover_concepts_well_formed(tiny):
 
 def test_explain_reuses_concepts(tiny):
     fns, params, images, config, cache, result = tiny
-    explanations = ace.explain_batch(result, fns.features, params, images, normalize_fn=fns.normalize,
+    explanations = ace.explain_batch(result, as_model(fns, params), images,
                                      cache=cache)
     assert len(explanations) == len(images)
     for img, ex in zip(images, explanations):
@@ -405,21 +407,21 @@ def test_explain_reuses_concepts(tiny):
         np.testing.assert_array_equal(order, np.arange(m))
         np.testing.assert_array_equal(ex.keep, ace.ace_keep_mask(ex.segments))
         assert ex.reached == (ex.keep.mean() > 0.2)
-    one = ace.explain(result, fns.features, params, images[7], normalize_fn=fns.normalize)
+    one = ace.explain_image(result, as_model(fns, params), images[7])
     np.testing.assert_array_equal(one.keep, explanations[7].keep)  # a fresh cache gives the same answer
 
 
 def test_discover_concepts_rejects_bad_input(tiny):
     fns, params, images, config, cache, _ = tiny
-    run = dict(key=jax.random.key(0), normalize_fn=fns.normalize, cache=cache, progress=False)
+    run = dict(key=jax.random.key(0), cache=cache, progress=False)
     with pytest.raises(ValueError, match="class_idx"):
-        ace.discover_concepts(fns.features, fns.head, params, images[:2], 2, config, **run)
+        ace.discover_concepts(as_model(fns, params), images[:2], 2, config, **run)
     with pytest.raises(ValueError, match="raw_images"):
-        ace.discover_concepts(fns.features, fns.head, params, images[:2] * 2, 0, config, **run)
+        ace.discover_concepts(as_model(fns, params), images[:2] * 2, 0, config, **run)
     with pytest.raises(ValueError, match="raw_images"):
-        ace.discover_concepts(fns.features, fns.head, params, images[0], 0, config, **run)
+        ace.discover_concepts(as_model(fns, params), images[0], 0, config, **run)
     with pytest.raises(ValueError, match="random_images"):
-        ace.discover_concepts(fns.features, fns.head, params, images[:2], 0,
+        ace.discover_concepts(as_model(fns, params), images[:2], 0,
                               ace.ACEConfig(n_segments=(2,), num_random=200, min_members=0,
                                             repeats=2, batch_size=16), **run)
 
@@ -427,10 +429,10 @@ def test_discover_concepts_rejects_bad_input(tiny):
 def test_no_concepts_gives_empty_explanations(tiny):
     fns, params, images, config, cache, _ = tiny
     strict = ace.ACEConfig(**{**config.__dict__, "min_members": 10_000})
-    result = ace.discover_concepts(fns.features, fns.head, params, images[:6], 1, strict,
-                                   key=jax.random.key(1), normalize_fn=fns.normalize,
+    result = ace.discover_concepts(as_model(fns, params), images[:6], 1, strict,
+                                   key=jax.random.key(1),
                                    random_images=images[6:], cache=cache, progress=False)
     assert result.centres.shape[0] == 0 and result.tcav.shape == (0, strict.repeats)
-    ex = ace.explain(result, fns.features, params, images[0], normalize_fn=fns.normalize,
+    ex = ace.explain_image(result, as_model(fns, params), images[0],
                      cache=cache)
     assert ex.segments.shape == (0, 32, 32) and not ex.keep.any() and not ex.reached

@@ -45,8 +45,8 @@ def tiny_setup(tmp_path_factory, tiny_model, tiny_config):
 
 def test_explain_matches_the_interpreter_and_names_everything(tiny_setup, tmp_path):
     fns, params, checkpoint, data = tiny_setup
-    result = ri_jax.explain(checkpoint=checkpoint, data=data, num_inputs=3, top_k=3,
-                            num_boundaries=6, seed=1)
+    result = ri_jax.explain(model=checkpoint, data=data, num_inputs=3, top_k=3,
+                            num_boundaries=6, seed=1, variant="paper")
     train = load_dataset(data, "train", image_size=32)
     test = load_dataset(data, "test", image_size=32)
     chosen = choose_inputs(test.labels, 3, seed=1)
@@ -55,7 +55,8 @@ def test_explain_matches_the_interpreter_and_names_everything(tiny_setup, tmp_pa
     interp = RepresentativeInterpreter(lambda x: fns.features(params, x),
                                        lambda p: fns.head(params, p),
                                        fns.normalize(train.raw(range(len(train)))),
-                                       key=jax.random.key(1), num_boundaries=6, progress=False)
+                                       key=jax.random.key(1), num_boundaries=6, progress=False,
+                                       variant="paper")
     direct = interp.interpret_batch(fns.normalize(test.raw(chosen)), top_k=3)
     ref_psi = interp.reference_set.feats
     for b, e in enumerate(result):
@@ -101,11 +102,12 @@ def test_explain_own_uint8_images_and_options(tiny_setup):
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, (2, 50, 40, 3)).astype(np.uint8)  # not square, not 32 px
     result = ri_jax.explain(images, checkpoint=checkpoint, data=data, top_k=2, num_boundaries=4,
-                            piecewise_linear=True)
+                            piecewise_linear=True, variant="paper")
     assert [e.name for e in result] == ["image 0", "image 1"]
     assert all(e.true_class is None and e.misclassified is None for e in result)
     assert result[0].image.shape == (32, 32, 3)
-    one = ri_jax.explain(images[0], checkpoint=checkpoint, data=data, top_k=2, num_boundaries=4)
+    one = ri_jax.explain(images[0], checkpoint=checkpoint, data=data, top_k=2, num_boundaries=4,
+                         variant="paper")
     np.testing.assert_allclose(one[0].heatmap, result[0].heatmap, atol=1e-6)
     with pytest.raises(ValueError, match="images: expected raw uint8"):
         ri_jax.explain(images / 255.0, checkpoint=checkpoint, data=data)
@@ -119,6 +121,33 @@ def test_explain_own_uint8_images_and_options(tiny_setup):
         ri_jax.explain(checkpoint=checkpoint, data=data, top_k=0)
     with pytest.raises(TypeError, match="no_such_option"):
         ri_jax.explain(checkpoint=checkpoint, data=data, num_boundaries=4, no_such_option=1)
+
+
+@pytest.mark.parametrize("variant", ["authors", "paper"])
+def test_explain_an_own_model_with_each_variant(protocol_model, tmp_path, variant):
+    fns, params, raw, _, classes = protocol_model
+    model = ri_jax.Model.from_functions(fns.features, fns.head, params=params, image_size=32,
+                                        class_names=("a", "b"), normalize=fns.normalize)
+    pixels = (raw * 255).round().astype(np.uint8)
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for i in (16, 17):
+        Image.fromarray(pixels[i]).save(folder / f"x{i}.png")
+    result = ri_jax.explain(folder, model=model, references=pixels[:16], top_k=2,
+                            num_boundaries=5, variant=variant, progress=False)
+    assert [e.name for e in result] == ["x16.png", "x17.png"]
+    assert result.config["variant"] == variant and all(e.num_sampled == 5 for e in result)
+    assert all(e.num_references == 16 and e.true_class is None for e in result)
+    assert [e.predicted_class for e in result] == [("a", "b")[c] for c in classes[16:18]]
+    again = ri_jax.explain(pixels[16:18], model=model, references=pixels[:16], top_k=2,
+                           num_boundaries=5, variant=variant, progress=False)
+    for e, f in zip(result, again):  # PNG round trip is lossless: the same answer
+        np.testing.assert_array_equal(e.details.selected, f.details.selected)
+    with pytest.raises(ValueError, match="images: a list must hold only"):
+        ri_jax.explain([folder / "x16.png", pixels[0]], model=model, references=pixels[:16])
+    for bad in ({"batch_size": 0}, {"seed": -1}, {"num_boundaries": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ri_jax.explain(pixels[16:18], model=model, references=pixels[:16], **bad)
 
 
 def readme_snippet() -> str:

@@ -20,6 +20,7 @@ import interpret  # noqa: E402
 from ri_jax.protocols import methods, scoring  # noqa: E402
 from ri_jax.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from ri_jax.data import load_dataset, sample_count  # noqa: E402
+from conftest import as_model
 
 PER_CLASS = 10
 COMMON = ["--batch-size", "16", "--no-progress", "--num-boundaries", "4"]
@@ -139,9 +140,9 @@ def test_figure4_curves_controls_and_k1_cross_check(tiny_setup):
     raw = refs.raw(inputs)
     psi = np.asarray(fns.features(params, fns.normalize(raw)))
     preds = np.asarray(fns.head(params, psi)).argmax(axis=1)
-    interps = methods.cam_interpretations("Grad-CAM", fns, params, raw, psi, preds)
+    interps = methods.cam_interpretations("Grad-CAM", as_model(fns, params), raw, psi, preds)
     maps = methods.interpretation_heatmaps(interps, np.arange(4), psi, 32)
-    ev = scoring.evaluate_heatmaps(fns, params, raw, maps)
+    ev = scoring.evaluate_heatmaps(as_model(fns, params), raw, maps)
     first = saved["runs"][0]["curves"]["Grad-CAM"]
     assert first["mAD"][0] == pytest.approx(ev.ad, abs=1e-3)
     assert first["mAI"][0] == pytest.approx(ev.ai)

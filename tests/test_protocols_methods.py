@@ -12,6 +12,7 @@ from ri_jax.baselines import gradcam_pp_weights, gradcam_weights, scorecam_weigh
 from ri_jax.boundaries import sides
 from ri_jax.heatmaps import cam, ri_channel_weights
 from ri_jax.regions import covers
+from conftest import as_model
 
 S = 32
 FEW = settings(max_examples=40, deadline=None)
@@ -31,7 +32,7 @@ def test_cam_weights_match_per_image_calls(protocol_model):
     }
     idx = np.arange(5)
     for method in methods.CAM_METHODS:
-        got = methods.cam_interpretations(method, fns, params, raw[idx], psi[idx], classes[idx],
+        got = methods.cam_interpretations(method, as_model(fns, params), raw[idx], psi[idx], classes[idx],
                                      chunk_size=2, channel_chunk=8)
         assert got.alphas.shape == (5, 1, psi.shape[-1]) and got.selected.all()
         want = np.stack([slow[method](i) for i in idx])
@@ -41,15 +42,15 @@ def test_cam_weights_match_per_image_calls(protocol_model):
 def test_cam_weights_reject_bad_input(protocol_model):
     fns, params, raw, psi, classes = protocol_model
     with pytest.raises(ValueError, match="method"):
-        methods.cam_weights("LIME", fns, params, raw[:2], psi[:2], classes[:2])
+        methods.cam_weights("LIME", as_model(fns, params), raw[:2], psi[:2], classes[:2])
     with pytest.raises(ValueError, match="classes"):
-        methods.cam_weights("Grad-CAM", fns, params, raw[:2], psi[:2], np.array([0, 2]))
+        methods.cam_weights("Grad-CAM", as_model(fns, params), raw[:2], psi[:2], np.array([0, 2]))
     with pytest.raises(ValueError, match="raw"):
-        methods.cam_weights("Grad-CAM", fns, params, raw[:3], psi[:2], classes[:2])
+        methods.cam_weights("Grad-CAM", as_model(fns, params), raw[:3], psi[:2], classes[:2])
     bad = psi[:2].copy()
     bad[0, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="psi"):
-        methods.cam_weights("Grad-CAM", fns, params, raw[:2], bad, classes[:2])
+        methods.cam_weights("Grad-CAM", as_model(fns, params), raw[:2], bad, classes[:2])
 
 
 # ---- heat maps ----------------------------------------------------------------------------------
@@ -77,7 +78,7 @@ def test_interpretation_heatmaps_match_loop(seed, chunk):
 
 def test_single_row_interpretation_is_plain_cam(protocol_model):
     fns, params, raw, psi, classes = protocol_model
-    own = methods.control_heatmaps("Grad-CAM (own weights)", fns, params, raw[:4], psi[:4], classes[:4],
+    own = methods.control_heatmaps("Grad-CAM (own weights)", as_model(fns, params), raw[:4], psi[:4], classes[:4],
                               key=jax.random.key(0))
     for i in range(4):
         alpha = gradcam_weights(lambda p: fns.head(params, p), psi[i], int(classes[i]))
@@ -88,7 +89,7 @@ def test_centre_square_control_keeps_the_same_centred_pixels_everywhere(protocol
     from ri_jax.metrics import centre_square_mask, num_kept, top_fraction_mask
 
     fns, params, raw, psi, classes = protocol_model
-    maps = methods.control_heatmaps("Centre square", fns, params, raw[:3], psi[:3], classes[:3])
+    maps = methods.control_heatmaps("Centre square", as_model(fns, params), raw[:3], psi[:3], classes[:3])
     assert maps.shape == (3, S, S) and np.all(maps == maps[0])
     kept = np.asarray(top_fraction_mask(maps[0]))
     np.testing.assert_array_equal(kept, centre_square_mask(S))

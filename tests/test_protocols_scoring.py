@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from ri_jax.protocols import scoring
 from ri_jax.models.vgg import IMAGENET_MEAN  # the tiny model's normalisation mean
+from conftest import as_model
 
 S = 32
 FEW = settings(max_examples=40, deadline=None)
@@ -57,7 +58,7 @@ def test_evaluate_heatmaps_matches_loop(protocol_model, seed, levels):
     if levels:  # coarse values create ties at the cut
         maps = np.floor(maps * levels) / levels
     maps[0] = 0.0  # a flat map, like an empty polytope's
-    got = scoring.evaluate_heatmaps(fns, params, raw[:6], maps, batch_size=4)
+    got = scoring.evaluate_heatmaps(as_model(fns, params), raw[:6], maps, batch_size=4)
     ad, ai, tied_images, tied_pixels, flat = slow_evaluation(fns, params, raw[:6], maps)
     assert got.ad == pytest.approx(ad, abs=1e-3) and got.ai == pytest.approx(ai)
     assert (got.tied_images, got.tied_pixels, got.flat_maps) == (tied_images, tied_pixels, flat)
@@ -72,7 +73,7 @@ def test_evaluate_heatmaps_with_fill_and_inverse_matches_loop(protocol_model, se
     fns, params, raw, _, _ = protocol_model
     maps = np.floor(np.random.default_rng(seed).random((5, S, S)) * 4).astype(np.float32) / 4
     masking = scoring.MaskingOptions(fill=fill)
-    got = scoring.evaluate_heatmaps(fns, params, raw[:5], maps, masking=masking, inverse=inverse,
+    got = scoring.evaluate_heatmaps(as_model(fns, params), raw[:5], maps, masking=masking, inverse=inverse,
                                     batch_size=4)
     ad, ai, tied_images, tied_pixels, flat = slow_evaluation(fns, params, raw[:5], maps, fill=fill,
                                                              inverse=inverse)
@@ -83,7 +84,7 @@ def test_evaluate_heatmaps_with_fill_and_inverse_matches_loop(protocol_model, se
 def test_per_class_and_fill_prior_reports(protocol_model):
     fns, params, raw, _, classes = protocol_model
     maps = np.random.default_rng(1).random((len(raw), S, S)).astype(np.float32)
-    ev = scoring.evaluate_heatmaps(fns, params, raw, maps, batch_size=8)
+    ev = scoring.evaluate_heatmaps(as_model(fns, params), raw, maps, batch_size=8)
     report = ev.per_class(("a", "b"))
     assert [report[c]["count"] for c in "ab"] == [int(np.sum(classes == 0)), int(np.sum(classes == 1))]
     for label, name in enumerate("ab"):
@@ -92,11 +93,11 @@ def test_per_class_and_fill_prior_reports(protocol_model):
         assert report[name]["AI"] == pytest.approx(100 * ev.increase[rows].mean())
     only_a = scoring.per_class_report(ev._replace(classes=np.zeros_like(ev.classes)), ("a", "b"))
     assert only_a["b"] == {"count": 0, "AD": None, "AI": None}
-    black = scoring.fill_prior_report(fns, params, raw, scoring.MaskingOptions(), ("a", "b"))
+    black = scoring.fill_prior_report(as_model(fns, params), raw, scoring.MaskingOptions(), ("a", "b"))
     p = np.asarray(jax.nn.softmax(fns.apply(params, fns.normalize(np.zeros((1, S, S, 3))))))[0]
     assert black["probabilities"] == pytest.approx(dict(zip("ab", p)), rel=1e-5)
     assert black["images"] == 1 and black["fill"] == "black" and black["blur_sigma"] is None
-    blur = scoring.fill_prior_report(fns, params, raw, scoring.MaskingOptions(fill="blur"), ("a", "b"),
+    blur = scoring.fill_prior_report(as_model(fns, params), raw, scoring.MaskingOptions(fill="blur"), ("a", "b"),
                                      batch_size=5)
     assert blur["images"] == len(raw) and blur["blur_sigma"] == pytest.approx(0.1 * S)
     assert sum(blur["predicted"].values()) == pytest.approx(1.0)
@@ -111,7 +112,7 @@ def test_masking_options_reject_bad_fills():
 
 def test_evaluate_masks_keeps_everything_means_no_change(protocol_model):
     fns, params, raw, _, _ = protocol_model
-    got = scoring.evaluate_masks(fns, params, raw[:5], np.ones((5, S, S), bool))
+    got = scoring.evaluate_masks(as_model(fns, params), raw[:5], np.ones((5, S, S), bool))
     np.testing.assert_allclose(got.y, got.y_masked, rtol=1e-6)
     assert got.ad == pytest.approx(0.0, abs=1e-4) and got.ai == 0.0 and got.tied_images == -1
 
@@ -120,27 +121,27 @@ def test_evaluate_rejects_bad_input(protocol_model):
     fns, params, raw, _, _ = protocol_model
     maps = np.random.default_rng(0).random((2, S, S)).astype(np.float32)
     with pytest.raises(ValueError, match="fraction"):
-        scoring.evaluate_heatmaps(fns, params, raw[:2], maps,
+        scoring.evaluate_heatmaps(as_model(fns, params), raw[:2], maps,
                                   masking=scoring.MaskingOptions(keep_fraction=1.5))
     with pytest.raises(ValueError, match="heatmaps"):
-        scoring.evaluate_heatmaps(fns, params, raw[:2], maps[:, :16, :16])
+        scoring.evaluate_heatmaps(as_model(fns, params), raw[:2], maps[:, :16, :16])
     maps[1, 3, 3] = np.nan
     with pytest.raises(ValueError, match="heatmaps"):
-        scoring.evaluate_heatmaps(fns, params, raw[:2], maps)
+        scoring.evaluate_heatmaps(as_model(fns, params), raw[:2], maps)
 
 
 def test_cached_logits_give_the_same_evaluation(protocol_model):
     fns, params, raw, psi, _ = protocol_model
     maps = np.random.default_rng(1).random((7, S, S)).astype(np.float32)
     logits = np.asarray(fns.head(params, psi[:7]))
-    fast = scoring.evaluate_heatmaps(fns, params, raw[:7], maps, logits=logits, batch_size=3)
-    slow = scoring.evaluate_heatmaps(fns, params, raw[:7], maps, batch_size=3)
+    fast = scoring.evaluate_heatmaps(as_model(fns, params), raw[:7], maps, logits=logits, batch_size=3)
+    slow = scoring.evaluate_heatmaps(as_model(fns, params), raw[:7], maps, batch_size=3)
     np.testing.assert_allclose(fast.y, slow.y, rtol=1e-5)
     np.testing.assert_allclose(fast.y_masked, slow.y_masked, rtol=1e-5)
     np.testing.assert_array_equal(fast.classes, slow.classes)
     assert fast.ad == pytest.approx(slow.ad, rel=1e-4) and fast.ai == slow.ai
     with pytest.raises(ValueError, match="logits"):
-        scoring.evaluate_heatmaps(fns, params, raw[:7], maps, logits=logits[:6])
+        scoring.evaluate_heatmaps(as_model(fns, params), raw[:7], maps, logits=logits[:6])
 
 
 def test_drop_and_increase_follow_eqs_7_and_8():
@@ -159,7 +160,7 @@ def test_masked_class_scores_match_a_direct_computation(tiny_model):
     maps = (rng.integers(0, 6, (5, 32, 32)) / 5.0).astype(np.float32)
     maps[2] = 0.5
     classes = np.array([0, 1, 1, 0, 1])
-    y_masked, tied, flat = scoring.masked_class_scores(fns, params, raw, maps, classes, batch_size=2)
+    y_masked, tied, flat = scoring.masked_class_scores(as_model(fns, params), raw, maps, classes, batch_size=2)
     keep = round(0.2 * 32 * 32)
     for b in range(5):
         flat_map = maps[b].reshape(-1)
@@ -174,4 +175,4 @@ def test_masked_class_scores_match_a_direct_computation(tiny_model):
         assert tied[b] == np.sum((flat_map == threshold) & ~mask)
         assert flat[b] == (b == 2)
     with pytest.raises(ValueError, match="classes"):
-        scoring.masked_class_scores(fns, params, raw, maps, classes[:2])
+        scoring.masked_class_scores(as_model(fns, params), raw, maps, classes[:2])

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import forced_devices
+from conftest import forced_devices, as_model
 from ri_jax import sharding
 from ri_jax.boundaries import Boundaries, sides_packed
 from ri_jax.models.vgg import make_vgg
@@ -54,8 +54,8 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
         2 / max(1, int(np.prod(s.shape[:-1]))))).astype(np.float32) if len(s.shape) > 1
         else np.zeros(s.shape, np.float32), shapes)
     raw = rng.random((7, 32, 32, 3)).astype(np.float32)
-    four = sharding.sharded_features(fns, params, raw, mesh, batch_size=2)
-    single = sharding.sharded_features(fns, params, raw, one, batch_size=2)
+    four = sharding.sharded_features(as_model(fns, params), raw, mesh, batch_size=2)
+    single = sharding.sharded_features(as_model(fns, params), raw, one, batch_size=2)
     np.testing.assert_array_equal(four.psi, single.psi)
     np.testing.assert_array_equal(four.logits, single.logits)
     psi = jax.jit(lambda p, r: fns.features(p, fns.normalize(r)))(params, raw)

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
 
 import interpret  # noqa: E402
 import train  # noqa: E402
+from conftest import as_model
 
 QUIET = dict(progress=False, log=lambda s: None)
 
@@ -63,29 +64,29 @@ def test_1_cache_is_keyed_on_image_contents(tmp_path, tiny_model):
     fns, params = tiny_model
     data = _folder(tmp_path / "d", splits=("train",))
     images = load_dataset(str(data), "train", image_size=32)
-    first = compute_features(fns, params, images, cache_dir=tmp_path / "c", progress=False)
+    first = compute_features(as_model(fns, params), images, cache_dir=tmp_path / "c", progress=False)
     _image(data / "train" / "a" / "0.png", seed=999)  # same name, other pixels
     images = load_dataset(str(data), "train", image_size=32)
     with pytest.warns(FeatureCacheWarning, match="images changed"):
-        second = compute_features(fns, params, images, cache_dir=tmp_path / "c", progress=False)
-    fresh = compute_features(fns, params, images, progress=False)
+        second = compute_features(as_model(fns, params), images, cache_dir=tmp_path / "c", progress=False)
+    fresh = compute_features(as_model(fns, params), images, progress=False)
     np.testing.assert_array_equal(second.psi, fresh.psi)
     assert not np.array_equal(second.psi[0], first.psi[0])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # now current: served from the cache, no warning
         np.testing.assert_array_equal(
-            compute_features(fns, params, images, cache_dir=tmp_path / "c", progress=False).psi,
+            compute_features(as_model(fns, params), images, cache_dir=tmp_path / "c", progress=False).psi,
             fresh.psi)
 
 
 def test_2_truncated_cache_is_named_and_recomputed(tmp_path, tiny_model):
     fns, params = tiny_model
     images = load_dataset(str(_folder(tmp_path / "d", splits=("train",))), "train", image_size=32)
-    first = compute_features(fns, params, images, cache_dir=tmp_path / "c", progress=False)
+    first = compute_features(as_model(fns, params), images, cache_dir=tmp_path / "c", progress=False)
     (cache_file,) = (tmp_path / "c").glob("features-*.npz")
     cache_file.write_bytes(cache_file.read_bytes()[:100])
     with pytest.warns(FeatureCacheWarning, match=cache_file.name + ".*unreadable"):
-        again = compute_features(fns, params, images, cache_dir=tmp_path / "c", progress=False)
+        again = compute_features(as_model(fns, params), images, cache_dir=tmp_path / "c", progress=False)
     np.testing.assert_array_equal(again.psi, first.psi)
 
 

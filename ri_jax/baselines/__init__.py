@@ -10,8 +10,8 @@ ACE (segments and concepts rather than channel weights) lives in
 ``ri_jax.baselines.ace``; its segmentation needs the ``ace`` extra (scikit-image).
 """
 
-from ri_jax.baselines.ace import (ACECache, ACEConfig, ACEResult, Explanation, ace_keep_mask,
-                                  discover_concepts, explain, explain_batch)
+from ri_jax.baselines.ace import (ACECache, ACEConfig, ACEResult, ConceptExplanation,
+                                  ace_keep_mask, discover_concepts, explain_batch, explain_image)
 from ri_jax.baselines.gradcam import class_score_grad, gradcam_weights, gradcam_weights_batch
 from ri_jax.baselines.gradcam_pp import gradcam_pp_weights, gradcam_pp_weights_batch
 from ri_jax.baselines.scorecam import (scorecam_chunk_size, scorecam_mask, scorecam_scores,
@@ -22,11 +22,11 @@ __all__ = [
     "ACECache",
     "ACEConfig",
     "ACEResult",
-    "Explanation",
+    "ConceptExplanation",
     "ace_keep_mask",
     "discover_concepts",
-    "explain",
     "explain_batch",
+    "explain_image",
     "class_score_grad",
     "gradcam_weights",
     "gradcam_weights_batch",

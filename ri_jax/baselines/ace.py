@@ -63,9 +63,9 @@ from tqdm.auto import tqdm
 
 from ri_jax.baselines.ace_segments import ACE_FILL, make_patch, segment_image
 from ri_jax.clustering import kmeans
+from ri_jax.model import Model
 
 Array = jax.Array
-Params = object
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,32 +171,31 @@ class ACECache:
 
 # ---------------------------------------------------------------- model steps (jitted, chunked)
 
-@functools.partial(jax.jit, static_argnames=("features_fn", "normalize_fn", "flatten"))
-def _patch_features(features_fn, normalize_fn, params, images, masks, fill, flatten):
+@functools.partial(jax.jit, static_argnames=("model", "flatten"))
+def _patch_features(model, images, masks, fill, flatten):
     patches = jax.vmap(lambda x, m: make_patch(x, m, fill=fill))(images, masks)
-    psi = features_fn(params, normalize_fn(patches))
+    psi = model.features(model.normalize(patches))
     return psi.reshape(psi.shape[0], -1) if flatten else jnp.mean(psi, axis=(1, 2))
 
 
-def class_gradient(head_fn: Callable, params: Params, psi: Array, class_idx) -> Array:
+def class_gradient(head_fn: Callable, psi: Array, class_idx) -> Array:
     """Gradient of one class logit with respect to ψ (TCAV's directional-derivative basis).
 
     Args:
-      head_fn: ``head_fn(params, ψ[B, h, w, c]) -> logits[B, C]``.
-      params: model parameters.
+      head_fn: G, ``head_fn(ψ[B, h, w, c]) -> logits[B, C]``.
       psi: [h, w, c] feature map of one image.
       class_idx: the class whose logit is differentiated.
 
     Returns:
       [h, w, c] ∂G_class/∂ψ.
     """
-    return jax.grad(lambda p: head_fn(params, p[None])[0, class_idx])(psi)
+    return jax.grad(lambda p: head_fn(p[None])[0, class_idx])(psi)
 
 
-@functools.partial(jax.jit, static_argnames=("features_fn", "head_fn", "normalize_fn"))
-def _image_gradients(features_fn, head_fn, normalize_fn, params, images, class_idx):
-    psi = features_fn(params, normalize_fn(images))
-    grads = jax.vmap(lambda p: class_gradient(head_fn, params, p, class_idx))(psi)
+@functools.partial(jax.jit, static_argnames=("model",))
+def _image_gradients(model, images, class_idx):
+    psi = model.features(model.normalize(images))
+    grads = jax.vmap(lambda p: class_gradient(model.head, p, class_idx))(psi)
     return grads.reshape(grads.shape[0], -1)
 
 
@@ -212,7 +211,7 @@ def _chunked(fn: Callable, n: int, gather: Callable[[np.ndarray], tuple], batch_
     return np.concatenate(outs)
 
 
-def _patch_activations(features_fn, normalize_fn, params, images: np.ndarray,
+def _patch_activations(model, images: np.ndarray,
                        segments: Sequence[np.ndarray], pairs: np.ndarray, config: ACEConfig, *,
                        flatten: bool, desc: str, progress: bool) -> np.ndarray:
     """Activations of the patches ``pairs[i] = (image index, segment index)``: [P, c] or [P, h·w·c]."""
@@ -223,12 +222,11 @@ def _patch_activations(features_fn, normalize_fn, params, images: np.ndarray,
             masks[row] = segments[i][j]
         return images[chosen[:, 0]], masks
 
-    fn = functools.partial(_patch_features, features_fn, normalize_fn, params,
-                           fill=config.fill, flatten=flatten)
+    fn = functools.partial(_patch_features, model, fill=config.fill, flatten=flatten)
     return _chunked(fn, len(pairs), gather, config.batch_size, desc, progress)
 
 
-def _segments_and_means(features_fn, normalize_fn, params, images: np.ndarray, config: ACEConfig,
+def _segments_and_means(model, images: np.ndarray, config: ACEConfig,
                         cache: ACECache, progress: bool, what: str):
     """Segments of every image and the spatial-mean activation of each of their patches (cached)."""
     segments = [cache.segment(img, config)
@@ -238,7 +236,7 @@ def _segments_and_means(features_fn, normalize_fn, params, images: np.ndarray, c
     todo = [i for i, k in enumerate(keys) if k not in cache.means]
     pairs = np.array([(i, j) for i in todo for j in range(len(segments[i]))], np.int64).reshape(-1, 2)
     if len(pairs):
-        means = _patch_activations(features_fn, normalize_fn, params, images, segments, pairs, config,
+        means = _patch_activations(model, images, segments, pairs, config,
                                    flatten=False, desc=f"ACE: patches of {what}", progress=progress)
         for i in todo:
             cache.means[keys[i]] = means[pairs[:, 0] == i]
@@ -510,21 +508,17 @@ def _pairs(segments: Sequence[np.ndarray]) -> np.ndarray:
                     np.int64).reshape(-1, 2)
 
 
-def discover_concepts(features_fn: Callable, head_fn: Callable, params: Params, raw_images,
-                      class_idx: int, config: ACEConfig = ACEConfig(), *, key: Array,
-                      normalize_fn: Callable, random_images=None, cache: ACECache | None = None,
+def discover_concepts(model: Model, raw_images, class_idx: int, config: ACEConfig = ACEConfig(),
+                      *, key: Array, random_images=None, cache: ACECache | None = None,
                       progress: bool = True) -> ACEResult:
     """Runs ACE on one discovery set (steps 1–4 of the module docstring).
 
     Args:
-      features_fn: ``features_fn(params, normalised images [B,S,S,3]) -> ψ [B,h,w,c]``.
-      head_fn: ``head_fn(params, ψ [B,h,w,c]) -> logits [B,C]``.
-      params: model parameters.
+      model: the ``ri_jax.model.Model`` (ψ, G and its input normalisation).
       raw_images: [N, S, S, 3] discovery images in [0, 1]; also the images TCAV is scored on.
       class_idx: the class to explain (e.g. the prediction on the input image).
       config: ACE settings.
       key: PRNG key (k-means seeding, random sets).
-      normalize_fn: raw [0, 1] images → model input.
       random_images: optional [R, S, S, 3] raw images whose patches form the random
         counterparts; default: the discovery patches.
       cache: ``ACECache`` to reuse segmentations and mean activations (one per model).
@@ -535,12 +529,10 @@ def discover_concepts(features_fn: Callable, head_fn: Callable, params: Params, 
     """
     images = _check_images(raw_images, "raw_images")
     cache = ACECache() if cache is None else cache
-    num_classes = jax.eval_shape(lambda p, x: head_fn(p, features_fn(p, normalize_fn(x))),
-                                 params, images[:1]).shape[-1]
+    num_classes = model.num_classes
     if not (isinstance(class_idx, (int, np.integer)) and 0 <= class_idx < num_classes):
         raise ValueError(f"class_idx: need an int in [0, {num_classes}), got {class_idx!r}")
-    run = dict(features_fn=features_fn, normalize_fn=normalize_fn, params=params, config=config,
-               cache=cache, progress=progress)
+    run = dict(model=model, config=config, cache=cache, progress=progress)
 
     segments, means = _segments_and_means(images=images, what="discovery images", **run)
     pairs = _pairs(segments)
@@ -575,7 +567,7 @@ def discover_concepts(features_fn: Callable, head_fn: Callable, params: Params, 
                                                    replace=False))
                       for k_ in jax.random.split(random_key, config.repeats + 1)])
 
-    flat = functools.partial(_patch_activations, features_fn, normalize_fn, params, flatten=True,
+    flat = functools.partial(_patch_activations, model, flatten=True,
                              config=config, progress=progress)
     member_acts = flat(images=images, segments=segments, pairs=pairs[members[valid]],
                        desc="ACE: concept activations")
@@ -585,7 +577,7 @@ def discover_concepts(features_fn: Callable, head_fn: Callable, params: Params, 
     concept_acts = np.zeros(members.shape + (dim,), np.float32)
     concept_acts[valid] = member_acts
     gradients = _chunked(
-        lambda x: _image_gradients(features_fn, head_fn, normalize_fn, params, x, class_idx),
+        lambda x: _image_gradients(model, x, class_idx),
         len(images), lambda idx: (images[idx],), config.batch_size, "ACE: TCAV gradients", progress)
 
     tcav, random_tcav = _tcav_table(jnp.asarray(concept_acts), jnp.asarray(valid.sum(1)),
@@ -610,7 +602,7 @@ def discover_concepts(features_fn: Callable, head_fn: Callable, params: Params, 
 
 # ---------------------------------------------------------------- explanations
 
-class Explanation(NamedTuple):
+class ConceptExplanation(NamedTuple):
     """ACE's interpretation of one image.
 
     Attributes:
@@ -654,25 +646,25 @@ def ace_keep_mask(ordered_segment_masks, *, fraction: float = 0.2) -> np.ndarray
     return union[int(np.argmax(over)) if over.any() else -1]
 
 
-def explain_batch(result: ACEResult, features_fn: Callable, params: Params, raw_images, *,
-                  normalize_fn: Callable, cache: ACECache | None = None, fraction: float = 0.2,
-                  progress: bool = False) -> list[Explanation]:
+def explain_batch(result: ACEResult, model: Model, raw_images, *,
+                  cache: ACECache | None = None, fraction: float = 0.2,
+                  progress: bool = False) -> list[ConceptExplanation]:
     """Explains each image with the concepts of ``result`` (step 5; §6.1's reuse of ACE).
 
     Args:
       result: output of ``discover_concepts`` (same model).
-      features_fn, params, normalize_fn: as for ``discover_concepts``.
+      model: as for ``discover_concepts``.
       raw_images: [B, S, S, 3] images in [0, 1] (inputs or new images).
       cache: ``ACECache`` of this model.
       fraction: the pixel share ``ace_keep_mask`` must exceed.
       progress: show tqdm progress bars.
 
     Returns:
-      One Explanation per image; patch forward passes are batched across images.
+      One ConceptExplanation per image; patch forward passes are batched across images.
     """
     images = _check_images(raw_images, "raw_images")
     cache = ACECache() if cache is None else cache
-    segments, means = _segments_and_means(features_fn, normalize_fn, params, images, result.config,
+    segments, means = _segments_and_means(model, images, result.config,
                                           cache, progress, "images to explain")
     out = []
     for segs, acts in zip(segments, means):
@@ -688,16 +680,14 @@ def explain_batch(result: ACEResult, features_fn: Callable, params: Params, raw_
         idx = idx[np.lexsort((d[idx], concept[idx]))]
         ordered = segs[idx]
         keep = ace_keep_mask(ordered, fraction=fraction)
-        out.append(Explanation(ordered, concept[idx], d[idx], keep, bool(keep.mean() > fraction)))
+        out.append(ConceptExplanation(ordered, concept[idx], d[idx], keep, bool(keep.mean() > fraction)))
     return out
 
 
-def explain(result: ACEResult, features_fn: Callable, params: Params, raw_image, *,
-            normalize_fn: Callable, cache: ACECache | None = None,
-            fraction: float = 0.2) -> Explanation:
+def explain_image(result: ACEResult, model: Model, raw_image, *, cache: ACECache | None = None,
+                  fraction: float = 0.2) -> ConceptExplanation:
     """``explain_batch`` for one raw image [S, S, 3]."""
     image = np.asarray(raw_image, np.float32)
     if image.ndim != 3:
         raise ValueError(f"raw_image: need one image [S, S, 3], got shape {image.shape}")
-    return explain_batch(result, features_fn, params, image[None], normalize_fn=normalize_fn,
-                         cache=cache, fraction=fraction)[0]
+    return explain_batch(result, model, image[None], cache=cache, fraction=fraction)[0]

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ri_jax.model import Model, params_fingerprint
+
 Array = jax.Array
 Params = Any
 
@@ -298,3 +300,13 @@ def make_vgg(config: ModelConfig) -> ModelFns:
 
     return ModelFns(init=init, features=jax.jit(features), head=jax.jit(head),
                     apply=jax.jit(apply, static_argnames="train"), normalize=jax.jit(normalize))
+
+
+def vgg_model(params: Params, config: ModelConfig, *, source: str = "vgg") -> Model:
+    """The ``ri_jax.model.Model`` of a VGG with ``params`` bound (ψ, G and normalisation)."""
+    fns = make_vgg(config)
+    names = config.class_names or tuple(f"class {i}" for i in range(config.num_classes))
+    return Model(features=functools.partial(fns.features, params),
+                 head=functools.partial(fns.head, params), normalize=fns.normalize,
+                 image_size=config.image_size, channels=3, class_names=names, source=source,
+                 fingerprint=params_fingerprint(params))

@@ -17,11 +17,10 @@ import numpy as np
 
 from ri_jax.baselines.ace import ACECache, ACEConfig, ACEResult, discover_concepts, explain_batch
 from ri_jax.metrics import KEEP_FRACTION
-from ri_jax.models.vgg import ModelFns
+from ri_jax.model import Model
 from ri_jax.protocols.batching import check_batch
 
 Array = jax.Array
-Params = Any
 ACE_DISCOVERY_IMAGES = 50  # default discovery set around one input x: x and its 49 nearest references
 
 
@@ -74,14 +73,14 @@ def random_reference_images(ref_raw: Callable[[np.ndarray], np.ndarray], num_ref
     return ref_raw(chosen)
 
 
-def ace_interpretations(fns: ModelFns, params: Params, discovery_sets: Sequence[np.ndarray],
+def ace_interpretations(model: Model, discovery_sets: Sequence[np.ndarray],
                         classes: Sequence[int], config: ACEConfig = ACEConfig(), *, key: Array,
                         cache: ACECache, random_images: np.ndarray | None = None,
                         progress: bool = False) -> list[ACEResult]:
     """ACE's V interpretations, one per discovery set of raw images (§6.4).
 
     Args:
-      fns, params: the model.
+      model: the ``ri_jax.model.Model``.
       discovery_sets: V raw image arrays [N_v, S, S, 3] in [0, 1].
       classes: V classes to explain (e.g. the prediction on each set's input image).
       config: ACE settings.
@@ -98,21 +97,19 @@ def ace_interpretations(fns: ModelFns, params: Params, discovery_sets: Sequence[
         raise ValueError(f"discovery_sets: need one non-empty list with one class per set, got "
                          f"{len(discovery_sets)} sets and {len(classes)} classes")
     keys = jax.random.split(key, len(discovery_sets))
-    return [discover_concepts(fns.features, fns.head, params, images, int(c), config, key=k,
-                              normalize_fn=fns.normalize, random_images=random_images,
+    return [discover_concepts(model, images, int(c), config, key=k, random_images=random_images,
                               cache=cache, progress=progress)
             for images, c, k in zip(discovery_sets, classes, keys)]
 
 
-def ace_masks(results: Sequence[ACEResult], which: np.ndarray, raw: np.ndarray, fns: ModelFns,
-              params: Params, *, cache: ACECache, fraction: float = KEEP_FRACTION) -> ACEMasks:
+def ace_masks(results: Sequence[ACEResult], which: np.ndarray, raw: np.ndarray, model: Model, *, cache: ACECache, fraction: float = KEEP_FRACTION) -> ACEMasks:
     """Reuses ACE interpretation ``which[b]`` on target b (§6.1) and keeps its pixels (§6.2).
 
     Args:
       results: V ``ACEResult``s.
       which: int[B] interpretation of each target, in [0, V).
       raw: float32[B, S, S, 3] raw targets in [0, 1].
-      fns, params: the model.
+      model: the ``ri_jax.model.Model``.
       cache: the ``ACECache`` used to discover ``results``.
       fraction: pixel share the kept segments must exceed.
 
@@ -129,8 +126,7 @@ def ace_masks(results: Sequence[ACEResult], which: np.ndarray, raw: np.ndarray, 
     # One batched explain call per interpretation; ACE segments every target once (cached).
     for v in np.unique(which):
         idx = np.flatnonzero(which == v)
-        for i, e in zip(idx, explain_batch(results[v], fns.features, params, raw[idx],
-                                           normalize_fn=fns.normalize, cache=cache,
+        for i, e in zip(idx, explain_batch(results[v], model, raw[idx], cache=cache,
                                            fraction=fraction)):
             masks[i], reached[i], count[i] = e.keep, e.reached, len(e.segments)
     return ACEMasks(masks=masks, reached=reached, num_segments=count)

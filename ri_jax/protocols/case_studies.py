@@ -21,14 +21,13 @@ import numpy as np
 
 from ri_jax.baselines.ace import ACECache
 from ri_jax.featurize import Features
-from ri_jax.models.vgg import ModelFns
+from ri_jax.model import Model, softmax
 from ri_jax.plots import polytope_description
 from ri_jax.protocols import ace_adapter, methods, routing, scoring
 from ri_jax.protocols.ace_adapter import ACE_DISCOVERY_IMAGES, ACESettings
 from ri_jax.protocols.methods import RIOptions
 from ri_jax.protocols.scoring import MaskingOptions
 
-Params = Any
 BLOCKS = ("similar by RI", "Euclidean neighbours")
 LAYOUTS = ("full", "paper")
 
@@ -123,18 +122,13 @@ class CaseStudiesResult(NamedTuple):
                 "notes": self.notes, **({"ace": self.ace} if self.ace is not None else {})}
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
-
-
-def run_case_studies(fns: ModelFns, params: Params, inputs: CaseInputs, refs: CaseReferences, *,
+def run_case_studies(model: Model, inputs: CaseInputs, refs: CaseReferences, *,
                      seed: int, config: CaseStudiesConfig = CaseStudiesConfig(),
                      progress: bool = False) -> CaseStudiesResult:
     """The case studies of ``inputs`` against ``refs``.
 
     Args:
-      fns, params: the model.
+      model: the ``ri_jax.model.Model``.
       inputs: ``CaseInputs``.
       refs: ``CaseReferences``.
       seed: seeds Q (key ``seed``), the Random control and ACE.
@@ -150,15 +144,15 @@ def run_case_studies(fns: ModelFns, params: Params, inputs: CaseInputs, refs: Ca
     num_refs = len(ref_feats.psi)
     k = min(config.top_k, num_refs)
     in_raw, in_pred, n_in = inputs.raw, in_feats.predictions, len(inputs.indices)
-    in_probs = _softmax(in_feats.logits.astype(np.float64))
-    ref_probs = _softmax(ref_feats.logits.astype(np.float64))
+    in_probs = softmax(in_feats.logits.astype(np.float64))
+    ref_probs = softmax(ref_feats.logits.astype(np.float64))
     psi, size = ref_feats.psi, in_raw.shape[1]
 
-    ri = methods.ri_at_inputs(fns, params, psi, in_raw, config.ri, key=jax.random.key(seed),
+    ri = methods.ri_at_inputs(model, psi, in_raw, config.ri, key=jax.random.key(seed),
                               top_k=k)
     interps = {"RI": ri.interpretations}
     for method in methods.CAM_METHODS:
-        interps[method] = methods.cam_interpretations(method, fns, params, in_raw, in_feats.psi,
+        interps[method] = methods.cam_interpretations(method, model, in_raw, in_feats.psi,
                                                       in_pred, progress=progress)
     ri_similar = np.asarray(ri.details.similar)
     ri_dist = np.asarray(ri.details.similar_distances)
@@ -191,10 +185,10 @@ def run_case_studies(fns: ModelFns, params: Params, inputs: CaseInputs, refs: Ca
         maps["Random"] = methods.random_heatmaps(len(owner), size,
                                                  key=jax.random.fold_in(jax.random.key(seed), 1))
         t_pred = np.where(is_input, in_pred[owner], ref_feats.predictions[np.maximum(ref_of, 0)])
-        own = methods.cam_interpretations("Grad-CAM", fns, params, t_raw, t_psi, t_pred)
+        own = methods.cam_interpretations("Grad-CAM", model, t_raw, t_psi, t_pred)
         maps["Grad-CAM (own weights)"] = methods.interpretation_heatmaps(
             own, np.arange(len(owner)), t_psi, size)
-    masked = {m: scoring.masked_class_scores(fns, params, t_raw, maps[m], score_class,
+    masked = {m: scoring.masked_class_scores(model, t_raw, maps[m], score_class,
                                              masking=config.masking,
                                              batch_size=config.batch_size)[0] for m in maps}
     ace_report = None
@@ -207,14 +201,14 @@ def run_case_studies(fns: ModelFns, params: Params, inputs: CaseInputs, refs: Ca
         cache = ACECache()
         k_discover, k_random = jax.random.split(jax.random.fold_in(jax.random.key(seed), 2))
         results = ace_adapter.ace_interpretations(
-            fns, params, [np.concatenate([in_raw[b:b + 1], refs.raw(near[b])]) for b in
+            model, [np.concatenate([in_raw[b:b + 1], refs.raw(near[b])]) for b in
                           range(n_in)], in_pred, ace.config, key=k_discover, cache=cache,
             random_images=ace_adapter.random_reference_images(refs.raw, num_refs,
                                                               ace.random_images, key=k_random),
             progress=progress)
-        found = ace_adapter.ace_masks(results, owner, t_raw, fns, params, cache=cache)
+        found = ace_adapter.ace_masks(results, owner, t_raw, model, cache=cache)
         maps[methods.ACE] = found.masks.astype(np.float32)
-        probs = scoring.masked_probabilities(fns, params, t_raw, found.masks,
+        probs = scoring.masked_probabilities(model, t_raw, found.masks,
                                              masking=config.masking, batch_size=config.batch_size)
         masked[methods.ACE] = probs[np.arange(len(owner)), score_class]
         ace_report = {**ace_adapter.ace_summary(results, found), "discovery_images": 1 + n_near}

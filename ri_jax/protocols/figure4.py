@@ -28,13 +28,12 @@ from tqdm.auto import tqdm
 from ri_jax.baselines.ace import ACECache
 from ri_jax.data import sample_count
 from ri_jax.featurize import Features
-from ri_jax.models.vgg import ModelFns
+from ri_jax.model import Model
 from ri_jax.protocols import ace_adapter, methods, routing, scoring
 from ri_jax.protocols.ace_adapter import ACE_DISCOVERY_IMAGES, ACESettings
 from ri_jax.protocols.methods import RIOptions
 from ri_jax.protocols.scoring import MaskingOptions
 
-Params = Any
 DEFAULT_KS = (1, 5, 10, 20, 30, 40, 50)
 SIMILAR_EUCLIDEAN = "x, then its nearest references by Euclidean distance in Ω"
 
@@ -100,7 +99,7 @@ def aggregate(runs: list[dict], names: list[str]) -> dict:
     return out
 
 
-def _ace_curves(fns: ModelFns, params: Params, feats: Features,
+def _ace_curves(model: Model, feats: Features,
                 ref_raw: Callable[[np.ndarray], np.ndarray], config: Figure4Config,
                 inputs: np.ndarray, lists: np.ndarray, used: np.ndarray, ks: list[int], *,
                 key: jax.Array, cache: ACECache, progress: bool) -> tuple[dict, dict]:
@@ -113,7 +112,7 @@ def _ace_curves(fns: ModelFns, params: Params, feats: Features,
     sets, set_used = routing.input_first(inputs[:n], near, np.ones_like(near, bool), size)
     k_discover, k_random = jax.random.split(key)
     results = ace_adapter.ace_interpretations(
-        fns, params, [ref_raw(row[ok]) for row, ok in zip(sets, set_used)], preds[inputs[:n]],
+        model, [ref_raw(row[ok]) for row, ok in zip(sets, set_used)], preds[inputs[:n]],
         ace.config, key=k_discover, cache=cache,
         random_images=ace_adapter.random_reference_images(ref_raw, len(psi), ace.random_images,
                                                           key=k_random),
@@ -121,8 +120,8 @@ def _ace_curves(fns: ModelFns, params: Params, feats: Features,
     v, r = np.nonzero(used[:n])
     targets = lists[:n][v, r]
     raw_t = ref_raw(targets)
-    found = ace_adapter.ace_masks(results, v, raw_t, fns, params, cache=cache)
-    ev = scoring.evaluate_masks(fns, params, raw_t, found.masks, logits=feats.logits[targets],
+    found = ace_adapter.ace_masks(results, v, raw_t, model, cache=cache)
+    ev = scoring.evaluate_masks(model, raw_t, found.masks, logits=feats.logits[targets],
                                 masking=config.masking, batch_size=config.batch_size)
     drop, inc = np.zeros(used[:n].shape), np.zeros(used[:n].shape, bool)
     drop[v, r], inc[v, r] = ev.drop, ev.increase
@@ -134,7 +133,7 @@ def _ace_curves(fns: ModelFns, params: Params, feats: Features,
     return curves_over_k(drop, inc, used[:n], ks), report
 
 
-def _run_once(fns: ModelFns, params: Params, feats: Features,
+def _run_once(model: Model, feats: Features,
               ref_raw: Callable[[np.ndarray], np.ndarray], seed: int, ks: list[int],
               config: Figure4Config, ace_cache: ACECache | None, progress: bool) -> dict:
     """One repetition: every method's curves, tie counts and interpretation report."""
@@ -148,7 +147,7 @@ def _run_once(fns: ModelFns, params: Params, feats: Features,
     size = raw_inputs.shape[1]
     key = jax.random.key(seed)
 
-    ri = methods.ri_at_inputs(fns, params, psi, raw_inputs, config.ri, key=key, progress=progress)
+    ri = methods.ri_at_inputs(model, psi, raw_inputs, config.ri, key=key, progress=progress)
     # The first kmax ranks hold x or, besides x, at least kmax − 1 others: enough for input_first.
     ranked = np.asarray(ri.details.ranked)[:, :kmax]
     count = np.asarray(ri.details.num_covered)
@@ -161,7 +160,7 @@ def _run_once(fns: ModelFns, params: Params, feats: Features,
     interps = {"RI": ri.interpretations}
     for method in methods.CAM_METHODS:
         interps[method] = methods.cam_interpretations(
-            method, fns, params, raw_inputs, psi[inputs], preds[inputs], progress=progress)
+            method, model, raw_inputs, psi[inputs], preds[inputs], progress=progress)
     controls = methods.CONTROLS if config.controls else ()
     names = list(interps) + list(controls)
     uses = {m: "RI" if m == "RI" else "Euclidean" for m in names}
@@ -179,10 +178,10 @@ def _run_once(fns: ModelFns, params: Params, feats: Features,
                 if m in interps:
                     maps = methods.interpretation_heatmaps(interps[m], rows[v], psi_t, size)
                 else:
-                    maps = methods.control_heatmaps(m, fns, params, raw_t, psi_t, pred_t,
+                    maps = methods.control_heatmaps(m, model, raw_t, psi_t, pred_t,
                                                     key=jax.random.fold_in(key, block))
                 y_masked, tied, flat = scoring.masked_class_scores(
-                    fns, params, raw_t, maps, pred_t, masking=config.masking,
+                    model, raw_t, maps, pred_t, masking=config.masking,
                     batch_size=config.batch_size)
                 d, inc = scoring.drop_and_increase(y_orig[targets], y_masked)
                 grids[m][0][rows[v], r] = d
@@ -200,7 +199,7 @@ def _run_once(fns: ModelFns, params: Params, feats: Features,
                      "similar_images": SIMILAR_EUCLIDEAN}
     if config.ace is not None:
         curves[methods.ACE], report[methods.ACE] = _ace_curves(
-            fns, params, feats, ref_raw, config, inputs, *similar["Euclidean"], ks,
+            model, feats, ref_raw, config, inputs, *similar["Euclidean"], ks,
             key=jax.random.fold_in(key, 2**20), cache=ace_cache, progress=progress)
     return {"seed": seed, "num_inputs": len(inputs), "curves": curves, "ties": ties,
             "interpretations": report}
@@ -271,13 +270,13 @@ class Figure4Result(NamedTuple):
                 for m in self.methods + self.controls for i, k in enumerate(self.ks)]
 
 
-def run_figure4(fns: ModelFns, params: Params, ref_features: Features,
+def run_figure4(model: Model, ref_features: Features,
                 ref_raw: Callable[[np.ndarray], np.ndarray], *, seeds: list[int],
                 config: Figure4Config = Figure4Config(), progress: bool = False) -> Figure4Result:
     """Figure 4 on one model and reference set.
 
     Args:
-      fns, params: the model.
+      model: the ``ri_jax.model.Model``.
       ref_features: the references' ``Features`` (ψ, logits, predictions) [N, ...].
       ref_raw: indices int[n] -> float32[n, S, S, 3] raw reference images in [0, 1]
         (every reference may be a target many times: pass a fast one, e.g.
@@ -298,7 +297,7 @@ def run_figure4(fns: ModelFns, params: Params, ref_features: Features,
     if not ks:
         raise ValueError(f"every K exceeds the {n_refs} references")
     ace_cache = ACECache() if config.ace is not None else None
-    runs = [_run_once(fns, params, ref_features, ref_raw, s, ks, config, ace_cache, progress)
+    runs = [_run_once(model, ref_features, ref_raw, s, ks, config, ace_cache, progress)
             for s in seeds]
     return Figure4Result(
         ks=ks, ks_dropped=dropped, runs=runs,

@@ -15,11 +15,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ri_jax.featurize import Features
-from ri_jax.models.vgg import ModelFns
+from ri_jax.model import Model
 from ri_jax.protocols.table2 import (METRICS, SETS, Table2Config, model_accuracy, region_scores,
                                      summarise)
 
-Params = Any
 
 
 class Figures56Result(NamedTuple):
@@ -53,7 +52,7 @@ class Figures56Result(NamedTuple):
                 for i, (s, r) in enumerate(zip(self.seeds, runs)) for name in SETS]
 
 
-def run_figures5_6(fns: ModelFns, params: Params, ref_features: Features,
+def run_figures5_6(model: Model, ref_features: Features,
                    unseen_features: Features, ref_raw: Callable[[np.ndarray], np.ndarray], *,
                    num_classes: int, qs: Sequence[int], seeds: Sequence[int],
                    config: Table2Config = Table2Config(),
@@ -61,7 +60,7 @@ def run_figures5_6(fns: ModelFns, params: Params, ref_features: Features,
     """Table 2's regions for every |Q| in ``qs`` (``config.ri.num_boundaries`` is replaced).
 
     Args:
-      fns, params, ref_features, unseen_features, ref_raw, num_classes: as
+      model, ref_features, unseen_features, ref_raw, num_classes: as
         ``table2.region_scores``.
       qs: |Q| values, increasing.
       seeds: one run per seed and |Q|.
@@ -75,7 +74,7 @@ def run_figures5_6(fns: ModelFns, params: Params, ref_features: Features,
     runs = []
     for q in tqdm(list(qs), desc="|Q| sweep", disable=not progress):
         config_q = dataclasses.replace(config, ri=dataclasses.replace(config.ri, num_boundaries=q))
-        runs.append([region_scores(fns, params, ref_features, unseen_features, ref_raw,
+        runs.append([region_scores(model, ref_features, unseen_features, ref_raw,
                                    num_classes=num_classes, seed=s, config=config_q)
                      for s in seeds])
     return Figures56Result(qs=list(qs), seeds=seeds, runs=runs,

@@ -48,14 +48,13 @@ from ri_jax.heatmaps import polytope_heatmap
 from ri_jax.distributed import representative_interpreter
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
 from ri_jax.metrics import centre_square_heatmap
-from ri_jax.models.vgg import ModelFns
+from ri_jax.model import Model
 from ri_jax.protocols.batching import check_batch, check_choice, check_positive, map_chunks
 from ri_jax.ranking import unit_normals
 from ri_jax.regions import DecisionRegions
-from ri_jax.variants import RIVariant
+from ri_jax.variants import RIVariant, ri_variant
 
 Array = jax.Array
-Params = Any
 
 METHODS = ("RI", "Grad-CAM", "Grad-CAM++", "Score-CAM")
 CAM_METHODS = ("Grad-CAM", "Grad-CAM++", "Score-CAM")
@@ -98,36 +97,37 @@ class RIOptions:
         size of each input's pool in the authors' variant.
       batch_size: images per forward pass inside the interpreter.
       chunk_size: inputs per ``interpret_batch`` call.
-      variant: ``ri_jax.variants.RIVariant``: the paper's text (default) or the authors' code.
+      variant: ``ri_jax.variants.RIVariant``: the authors' code (default, a pool per input)
+        or the paper's text.
     """
 
     num_boundaries: int = DEFAULT_NUM_BOUNDARIES
     batch_size: int = 64
     chunk_size: int = 32
-    variant: RIVariant = RIVariant()
+    variant: RIVariant = ri_variant()
 
 
-@functools.partial(jax.jit, static_argnames=("fns", "method", "channel_chunk"))
-def _cam_weights_chunk(fns: ModelFns, method: str, params: Params, raw: Array, psi: Array,
+@functools.partial(jax.jit, static_argnames=("model", "method", "channel_chunk"))
+def _cam_weights_chunk(model: Model, method: str, raw: Array, psi: Array,
                        classes: Array, channel_chunk: int | None) -> Array:
-    head = functools.partial(fns.head, params)
+    head = model.head
     if method == "Grad-CAM":
         return gradcam_weights_batch(head, psi, classes)
     if method == "Grad-CAM++":
         return gradcam_pp_weights_batch(head, psi, classes)
-    forward = functools.partial(fns.apply, params)
-    return scorecam_weights_batch(forward, fns.normalize, raw, psi, classes,
+    forward = model.forward
+    return scorecam_weights_batch(forward, model.normalize, raw, psi, classes,
                                   chunk_size=channel_chunk)
 
 
-def cam_weights(method: str, fns: ModelFns, params: Params, raw: np.ndarray, psi: np.ndarray,
+def cam_weights(method: str, model: Model, raw: np.ndarray, psi: np.ndarray,
                 classes: np.ndarray, *, chunk_size: int = 16, channel_chunk: int | None = None,
                 progress: bool = False) -> np.ndarray:
     """Channel weights of a CAM method at input images.
 
     Args:
       method: one of ``CAM_METHODS``.
-      fns, params: the model.
+      model: the ``ri_jax.model.Model``.
       raw: float32[V, S, S, 3] raw input images in [0, 1] (only Score-CAM reads them).
       psi: float32[V, h, w, c] their feature maps ψ.
       classes: int[V] class to explain at each input (its predicted class).
@@ -143,40 +143,40 @@ def cam_weights(method: str, fns: ModelFns, params: Params, raw: np.ndarray, psi
     psi = check_batch(psi, "psi", 4)
     raw = check_batch(raw, "raw", 4, len(psi))
     classes = check_batch(classes, "classes", 1, len(psi)).astype(np.int32)
-    num_classes = jax.eval_shape(fns.head, params, jax.ShapeDtypeStruct((1, *psi.shape[1:]),
+    num_classes = jax.eval_shape(model.head, jax.ShapeDtypeStruct((1, *psi.shape[1:]),
                                                                         psi.dtype)).shape[-1]
     if classes.min() < 0 or classes.max() >= num_classes:
         raise ValueError(f"classes: values must lie in [0, {num_classes})")
-    fn = functools.partial(_cam_weights_chunk, fns, method, params,
+    fn = functools.partial(_cam_weights_chunk, model, method,
                            channel_chunk=None if channel_chunk is None
                            else check_positive(channel_chunk, "channel_chunk"))
     return map_chunks(fn, (raw, psi, classes), chunk_size, progress=progress,
                       desc=f"{method} weights")
 
 
-def cam_interpretations(method: str, fns: ModelFns, params: Params, raw: np.ndarray,
+def cam_interpretations(method: str, model: Model, raw: np.ndarray,
                         psi: np.ndarray, classes: np.ndarray, **kwargs) -> Interpretations:
     """A CAM method's interpretations at V input images (Q = 1, always selected).
 
     Args:
-      method, fns, params, raw, psi, classes: as in ``cam_weights``.
+      method, model, raw, psi, classes: as in ``cam_weights``.
       **kwargs: passed to ``cam_weights`` (``chunk_size``, ``channel_chunk``, ``progress``).
 
     Returns:
       ``Interpretations`` with alphas [V, 1, c].
     """
-    alphas = cam_weights(method, fns, params, raw, psi, classes, **kwargs)
+    alphas = cam_weights(method, model, raw, psi, classes, **kwargs)
     return Interpretations(alphas=alphas[:, None, :], selected=np.ones((len(alphas), 1), bool))
 
 
-def make_interpreter(fns: ModelFns, params: Params, ref_psi: np.ndarray, *, key: Array,
+def make_interpreter(model: Model, ref_psi: np.ndarray, *, key: Array,
                      num_boundaries: int = DEFAULT_NUM_BOUNDARIES, batch_size: int = 64,
                      progress: bool = False,
-                     variant: RIVariant = RIVariant()) -> RepresentativeInterpreter:
+                     variant: RIVariant = ri_variant()) -> RepresentativeInterpreter:
     """RI over references given by their (cached) feature maps.
 
     Args:
-      fns, params: the model.
+      model: the ``ri_jax.model.Model``.
       ref_psi: float32[N, h, w, c] reference feature maps.
       key: PRNG key drawing the sample Q.
       num_boundaries: |Q| (capped at N with a warning).
@@ -188,21 +188,21 @@ def make_interpreter(fns: ModelFns, params: Params, ref_psi: np.ndarray, *, key:
       ``RepresentativeInterpreter`` with ``is_features=True``.
     """
     # One process: RepresentativeInterpreter; several: its sharded, bit-identical subclass.
-    return representative_interpreter(functools.partial(fns.features, params),
-                                      functools.partial(fns.head, params), ref_psi, key=key,
+    return representative_interpreter(model.features,
+                                      model.head, ref_psi, key=key,
                                       num_boundaries=num_boundaries, batch_size=batch_size,
                                       is_features=True, piecewise_linear=True, progress=progress,
                                       variant=variant)
 
 
-def ri_interpretations(interpreter: RepresentativeInterpreter, fns: ModelFns, raw: np.ndarray, *,
+def ri_interpretations(interpreter: RepresentativeInterpreter, model: Model, raw: np.ndarray, *,
                        top_k: int = 1, chunk_size: int = 32, progress: bool = False,
                        pool_key: Array | None = None) -> RIInterpretations:
     """RI's interpretations at V input images, in chunks of ``interpret_batch``.
 
     Args:
       interpreter: from ``make_interpreter``.
-      fns: the model (for ``normalize``).
+      model: the ``ri_jax.model.Model`` (for ``normalize``).
       raw: float32[V, S, S, 3] raw input images in [0, 1].
       top_k: similar references kept per input in ``details``.
       chunk_size: inputs per ``interpret_batch`` call (bounds its [chunk, Q, S, S] maps).
@@ -221,7 +221,7 @@ def ri_interpretations(interpreter: RepresentativeInterpreter, fns: ModelFns, ra
     pool_key_data = jax.random.key_data(pool_keys(pool_key, np.arange(len(raw))))
 
     def one_chunk(chunk, key_data):
-        xs = fns.normalize(jnp.asarray(chunk))
+        xs = model.normalize(jnp.asarray(chunk))
         keys = jax.random.wrap_key_data(jnp.asarray(key_data))
         return interpreter.interpret_batch(xs, top_k=top_k, keys=keys)
 
@@ -234,7 +234,7 @@ def ri_interpretations(interpreter: RepresentativeInterpreter, fns: ModelFns, ra
     return RIInterpretations(interpretations=interps, details=details, regions=regions)
 
 
-def ri_at_inputs(fns: ModelFns, params: Params, ref_psi: np.ndarray, raw_inputs: np.ndarray,
+def ri_at_inputs(model: Model, ref_psi: np.ndarray, raw_inputs: np.ndarray,
                  options: RIOptions = RIOptions(), *, key: Array, top_k: int = 1,
                  progress: bool = False) -> RIInterpretations:
     """RI's interpretations at V input images over the references ``ref_psi``.
@@ -243,7 +243,7 @@ def ri_at_inputs(fns: ModelFns, params: Params, ref_psi: np.ndarray, raw_inputs:
     ``ri_interpretations``, both set by ``options``.
 
     Args:
-      fns, params: the model.
+      model: the ``ri_jax.model.Model``.
       ref_psi: float32[N, h, w, c] reference feature maps.
       raw_inputs: float32[V, S, S, 3] raw input images in [0, 1].
       options: ``RIOptions``.
@@ -255,10 +255,10 @@ def ri_at_inputs(fns: ModelFns, params: Params, ref_psi: np.ndarray, raw_inputs:
     Returns:
       ``RIInterpretations``.
     """
-    interpreter = make_interpreter(fns, params, ref_psi, key=key,
+    interpreter = make_interpreter(model, ref_psi, key=key,
                                    num_boundaries=options.num_boundaries,
                                    batch_size=options.batch_size, variant=options.variant)
-    return ri_interpretations(interpreter, fns, raw_inputs, top_k=top_k,
+    return ri_interpretations(interpreter, model, raw_inputs, top_k=top_k,
                               chunk_size=options.chunk_size, progress=progress,
                               pool_key=jax.random.fold_in(key, 1))
 
@@ -450,12 +450,12 @@ def random_heatmaps(n: int, image_size: int, *, key: Array) -> np.ndarray:
     return np.asarray(jax.random.uniform(key, (n, image_size, image_size)))
 
 
-def own_gradcam_heatmaps(fns: ModelFns, params: Params, raw: np.ndarray, psi: np.ndarray,
+def own_gradcam_heatmaps(model: Model, raw: np.ndarray, psi: np.ndarray,
                          classes: np.ndarray, *, chunk_size: int = 32) -> np.ndarray:
     """The "Grad-CAM (own weights)" control: Grad-CAM computed at each target itself.
 
     Args:
-      fns, params: the model.
+      model: the ``ri_jax.model.Model``.
       raw: float32[B, S, S, 3] raw target images.
       psi: float32[B, h, w, c] their feature maps.
       classes: int[B] the class explained on each target.
@@ -465,19 +465,19 @@ def own_gradcam_heatmaps(fns: ModelFns, params: Params, raw: np.ndarray, psi: np
       float32[B, S, S].
     """
     raw = check_batch(raw, "raw", 4)
-    own = cam_interpretations("Grad-CAM", fns, params, raw, psi, classes, chunk_size=chunk_size)
+    own = cam_interpretations("Grad-CAM", model, raw, psi, classes, chunk_size=chunk_size)
     return interpretation_heatmaps(own, np.arange(len(raw)), psi, raw.shape[1],
                                    chunk_size=chunk_size)
 
 
-def control_heatmaps(control: str, fns: ModelFns, params: Params, raw: np.ndarray,
+def control_heatmaps(control: str, model: Model, raw: np.ndarray,
                      psi: np.ndarray, classes: np.ndarray, *, key: Array | None = None,
                      chunk_size: int = 32) -> np.ndarray:
     """Heat maps of a control on target images.
 
     Args:
       control: one of ``CONTROLS``.
-      fns, params: the model.
+      model: the ``ri_jax.model.Model``.
       raw: float32[B, S, S, 3] raw target images.
       psi: float32[B, h, w, c] their feature maps.
       classes: int[B] the model's prediction on each target.
@@ -495,4 +495,4 @@ def control_heatmaps(control: str, fns: ModelFns, params: Params, raw: np.ndarra
         return random_heatmaps(len(raw), raw.shape[1], key=key)
     if control == "Centre square":
         return np.broadcast_to(centre_square_heatmap(raw.shape[1]), raw.shape[:3]).copy()
-    return own_gradcam_heatmaps(fns, params, raw, psi, classes, chunk_size=chunk_size)
+    return own_gradcam_heatmaps(model, raw, psi, classes, chunk_size=chunk_size)

@@ -30,11 +30,10 @@ import numpy as np
 from ri_jax.metrics import (DEFAULT_FILL, KEEP_FRACTION, Fill, blur_sigma, check_fill,
                             fill_prior, kept_pixels, make_fill, mask_image,
                             masked_scores_from_masks, num_kept, per_class)
-from ri_jax.models.vgg import ModelFns
+from ri_jax.model import Model
 from ri_jax.protocols.batching import check_batch, check_positive, map_chunks
 
 Array = jax.Array
-Params = Any
 
 TIE_RULE = ("exactly round(20% of pixels) are kept; among pixels tied at the cut, those first in "
             "a fixed pseudo-random pixel order are kept, spread evenly over the image "
@@ -61,9 +60,9 @@ class MaskingOptions:
         if self.blur_sigma is not None:
             blur_sigma(1, self.blur_sigma)  # validates it
 
-    def painter(self, fns: ModelFns, image_size: int) -> Fill:
+    def painter(self, model: Model, image_size: int) -> Fill:
         """The ``metrics.Fill`` of these options for the model's S × S images."""
-        return make_fill(self.fill, fns.normalize, image_size, sigma=self.blur_sigma)
+        return make_fill(self.fill, model.normalize, image_size, sigma=self.blur_sigma)
 
     def describe(self, image_size: int) -> dict:
         """``{"fill", "blur_sigma"}`` as written into a results file's config (σ in pixels, or None)."""
@@ -117,10 +116,10 @@ def _keep_masks(heatmaps: Array, fraction: float, inverse: bool = False
     return masks, ties, flat
 
 
-def _masked_softmax(fns: ModelFns, params: Params, raw: Array, masks: Array, fill: Fill) -> Array:
+def _masked_softmax(model: Model, raw: Array, masks: Array, fill: Fill) -> Array:
     """float32[B, C] softmax of the images keeping only ``masks`` (the rest ``fill``)."""
     masked = jax.vmap(mask_image, in_axes=(0, 0, None))(raw, masks, fill)
-    return jax.nn.softmax(fns.apply(params, fns.normalize(masked)), axis=-1)
+    return jax.nn.softmax(model.forward(model.normalize(masked)), axis=-1)
 
 
 _keep_masks_jit = jax.jit(_keep_masks, static_argnames=("fraction", "inverse"))
@@ -128,24 +127,24 @@ _masked_softmax_jit = jax.jit(_masked_softmax, static_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _forward(fns: ModelFns, params: Params, images: Array) -> Array:
-    return fns.apply(params, images)
+def _forward(model: Model, images: Array) -> Array:
+    return model.forward(images)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _masked_class_chunk(fns, params, raw, heatmaps, classes, fraction, fill):
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _masked_class_chunk(model, raw, heatmaps, classes, fraction, fill):
     masks, ties, flat = _keep_masks(heatmaps, fraction)
-    probs = _masked_softmax(fns, params, raw, masks, fill)
+    probs = _masked_softmax(model, raw, masks, fill)
     return jnp.take_along_axis(probs, classes[:, None], axis=1)[:, 0], ties, flat
 
 
-def masked_probabilities(fns: ModelFns, params: Params, raw: np.ndarray, masks: np.ndarray, *,
+def masked_probabilities(model: Model, raw: np.ndarray, masks: np.ndarray, *,
                          masking: MaskingOptions = MaskingOptions(),
                          batch_size: int = 64) -> np.ndarray:
     """Softmax probabilities of images keeping only the pixels in ``masks`` (the rest filled).
 
     Args:
-      fns, params: the model.
+      model: the ``ri_jax.model.Model``.
       raw: float32[B, S, S, 3] raw images in [0, 1].
       masks: bool[B, S, S] pixels kept (e.g. ``ace_adapter.ace_masks``).
       masking: ``MaskingOptions`` (only its fill is used).
@@ -156,8 +155,8 @@ def masked_probabilities(fns: ModelFns, params: Params, raw: np.ndarray, masks: 
     """
     raw = check_batch(raw, "raw", 4)
     masks = check_batch(masks, "masks", 3, len(raw))
-    fill = masking.painter(fns, raw.shape[1])
-    return map_chunks(lambda r, m: _masked_softmax_jit(fns, params, r, m, fill),
+    fill = masking.painter(model, raw.shape[1])
+    return map_chunks(lambda r, m: _masked_softmax_jit(model, r, m, fill),
                       (raw, masks.astype(bool)), check_positive(batch_size, "batch_size"))
 
 
@@ -167,13 +166,13 @@ def drop_and_increase(y: np.ndarray, y_masked: np.ndarray) -> tuple[np.ndarray, 
     return np.where(y > 0, np.maximum(y - y_masked, 0.0) / safe, 0.0), y < y_masked
 
 
-def evaluate_masks(fns: ModelFns, params: Params, raw: np.ndarray, masks: np.ndarray, *,
+def evaluate_masks(model: Model, raw: np.ndarray, masks: np.ndarray, *,
                    logits: np.ndarray | None = None, masking: MaskingOptions = MaskingOptions(),
                    batch_size: int = 64) -> Evaluation:
     """AD / AI when only the pixels in ``masks`` are kept (e.g. ACE's segments).
 
     Args:
-      fns, params: the model.
+      model: the ``ri_jax.model.Model``.
       raw: float32[B, S, S, 3] raw target images in [0, 1].
       masks: bool[B, S, S] pixels kept; the rest gets ``masking.fill``.
       logits: optional float32[B, C] the model's logits on the unmasked targets (e.g. the
@@ -189,8 +188,8 @@ def evaluate_masks(fns: ModelFns, params: Params, raw: np.ndarray, masks: np.nda
     masks = check_batch(masks, "masks", 3, len(raw))
     batch_size = check_positive(batch_size, "batch_size")
     if logits is None:
-        scores = masked_scores_from_masks(functools.partial(_forward, fns, params),
-                                          fns.normalize, jnp.asarray(raw),
+        scores = masked_scores_from_masks(functools.partial(_forward, model),
+                                          model.normalize, jnp.asarray(raw),
                                           jnp.asarray(masks, bool), fill=masking.fill,
                                           blur_sigma=masking.blur_sigma, batch_size=batch_size)
         y, y_masked = np.asarray(scores.y_orig), np.asarray(scores.y_masked)
@@ -199,7 +198,7 @@ def evaluate_masks(fns: ModelFns, params: Params, raw: np.ndarray, masks: np.nda
         logits = check_batch(logits, "logits", 2, len(raw))
         probs = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
         classes = probs.argmax(axis=1).astype(np.int32)
-        masked = masked_probabilities(fns, params, raw, masks, masking=masking,
+        masked = masked_probabilities(model, raw, masks, masking=masking,
                                       batch_size=batch_size)
         rows = np.arange(len(raw))
         y, y_masked = probs[rows, classes], masked[rows, classes]
@@ -221,14 +220,14 @@ def _check_heatmaps(raw: np.ndarray, heatmaps: np.ndarray, masking: MaskingOptio
     return raw, heatmaps
 
 
-def evaluate_heatmaps(fns: ModelFns, params: Params, raw: np.ndarray, heatmaps: np.ndarray, *,
+def evaluate_heatmaps(model: Model, raw: np.ndarray, heatmaps: np.ndarray, *,
                       logits: np.ndarray | None = None,
                       masking: MaskingOptions = MaskingOptions(), inverse: bool = False,
                       batch_size: int = 64) -> Evaluation:
     """AD / AI of heat maps: keep each map's top ``masking.keep_fraction`` of pixels (§6.2).
 
     Args:
-      fns, params: the model.
+      model: the ``ri_jax.model.Model``.
       raw: float32[B, S, S, 3] raw target images in [0, 1].
       heatmaps: float32[B, S, S] heat maps drawn on those images.
       logits: optional cached logits on the unmasked targets (see ``evaluate_masks``).
@@ -244,19 +243,19 @@ def evaluate_heatmaps(fns: ModelFns, params: Params, raw: np.ndarray, heatmaps: 
     keep = functools.partial(_keep_masks_jit, fraction=float(masking.keep_fraction),
                              inverse=bool(inverse))
     masks, ties, flat = map_chunks(keep, (heatmaps.astype(np.float32),), batch_size)
-    ev = evaluate_masks(fns, params, raw, masks, logits=logits, masking=masking,
+    ev = evaluate_masks(model, raw, masks, logits=logits, masking=masking,
                         batch_size=batch_size)
     return ev._replace(tied_images=int(np.sum(ties > 0)), tied_pixels=int(np.sum(ties)),
                        flat_maps=int(np.sum(flat)))
 
 
-def masked_class_scores(fns: ModelFns, params: Params, raw: np.ndarray, heatmaps: np.ndarray,
+def masked_class_scores(model: Model, raw: np.ndarray, heatmaps: np.ndarray,
                         classes: np.ndarray, *, masking: MaskingOptions = MaskingOptions(),
                         batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Y_c of images masked to the top share of their heat maps (one forward per image).
 
     Args:
-      fns, params: the model.
+      model: the ``ri_jax.model.Model``.
       raw: float32[B, S, S, 3] raw images in [0, 1].
       heatmaps: float32[B, S, S] their heat maps.
       classes: int[B] the class c scored on each image.
@@ -271,8 +270,8 @@ def masked_class_scores(fns: ModelFns, params: Params, raw: np.ndarray, heatmaps
     if np.shape(heatmaps) != np.shape(raw)[:3] or np.shape(classes) != np.shape(raw)[:1]:
         raise ValueError(f"heatmaps, classes: shapes {np.shape(heatmaps)}, {np.shape(classes)} do "
                          f"not match raw {np.shape(raw)}")
-    fill = masking.painter(fns, np.shape(raw)[1])
-    fn = lambda r, h, c: _masked_class_chunk(fns, params, r, h, c, float(masking.keep_fraction), fill)
+    fill = masking.painter(model, np.shape(raw)[1])
+    fn = lambda r, h, c: _masked_class_chunk(model, r, h, c, float(masking.keep_fraction), fill)
     return map_chunks(fn, (raw, heatmaps, np.asarray(classes, np.int32)), batch_size)
 
 
@@ -294,12 +293,12 @@ def per_class_report(ev: Evaluation, class_names: tuple[str, ...]) -> dict:
                                        np.asarray(split.ai))}
 
 
-def fill_prior_report(fns: ModelFns, params: Params, raw: np.ndarray, masking: MaskingOptions,
+def fill_prior_report(model: Model, raw: np.ndarray, masking: MaskingOptions,
                       class_names: tuple[str, ...], *, batch_size: int = 64) -> dict:
     """The fill's own class prior: the model's probabilities on an image that is all fill.
 
     Args:
-      fns, params: the model.
+      model: the ``ri_jax.model.Model``.
       raw: float32[B, S, S, 3] the images scored (the "blur" fill blurs each of them
         completely; a constant fill uses only their size).
       masking: ``MaskingOptions`` (its fill).
@@ -312,7 +311,7 @@ def fill_prior_report(fns: ModelFns, params: Params, raw: np.ndarray, masking: M
       predicted as each class; for a constant fill one image (``images`` = 1).
     """
     raw = check_batch(raw, "raw", 4)
-    prior = fill_prior(functools.partial(_forward, fns, params), fns.normalize, jnp.asarray(raw),
+    prior = fill_prior(functools.partial(_forward, model), model.normalize, jnp.asarray(raw),
                        fill=masking.fill, blur_sigma=masking.blur_sigma,
                        batch_size=check_positive(batch_size, "batch_size"))
     return {**masking.describe(raw.shape[1]),

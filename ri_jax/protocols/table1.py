@@ -37,14 +37,13 @@ from tqdm.auto import tqdm
 
 from ri_jax.baselines.ace import ACECache
 from ri_jax.featurize import Features
-from ri_jax.models.vgg import ModelFns
+from ri_jax.model import Model
 from ri_jax.protocols import ace_adapter, methods, routing, scoring
 from ri_jax.protocols.ace_adapter import ACESettings
 from ri_jax.protocols.methods import RIOptions
 from ri_jax.protocols.scoring import Evaluation, MaskingOptions
 from ri_jax.protocols.statistics import mean_std
 
-Params = Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +137,7 @@ class Table1Result(NamedTuple):
                 for n in res]
 
 
-def _run_once(fns: ModelFns, params: Params, ref_features: Features, unseen_features: Features,
+def _run_once(model: Model, ref_features: Features, unseen_features: Features,
               ref_raw: Callable[[np.ndarray], np.ndarray], unseen_raw: np.ndarray,
               num_classes: int, seed: int, config: Table1Config, ace_cache: ACECache | None,
               fixed: dict[str, tuple[Evaluation, dict]],
@@ -153,19 +152,19 @@ def _run_once(fns: ModelFns, params: Params, ref_features: Features, unseen_feat
     nearest = routing.nearest_centre(un_f.psi, km.centres)
     common = {"interpretations": num_v, "distinct_inputs": int(len(np.unique(km.inputs)))}
     evaluate = lambda maps, inverse=False: scoring.evaluate_heatmaps(
-        fns, params, unseen_raw, maps, logits=un_f.logits, masking=config.masking,
+        model, unseen_raw, maps, logits=un_f.logits, masking=config.masking,
         inverse=inverse, batch_size=config.batch_size)
     out, inverses = {}, {}
     for method in tqdm(methods.METHODS, desc=f"run seed={seed}", disable=not progress,
                        leave=False):
         if method == "RI":
-            ri = methods.ri_at_inputs(fns, params, ref_f.psi, raw_inputs, config.ri,
+            ri = methods.ri_at_inputs(model, ref_f.psi, raw_inputs, config.ri,
                                       key=keys.boundaries)
             route, interps = routing.route_ri(ri.regions, un_f.psi, km.centres), ri.interpretations
-            extra = methods.ri_summary(ri, methods.cam_weights("Grad-CAM", fns, params,
+            extra = methods.ri_summary(ri, methods.cam_weights("Grad-CAM", model,
                                                                raw_inputs, in_psi, in_cls))
         else:
-            interps = methods.cam_interpretations(method, fns, params, raw_inputs, in_psi, in_cls)
+            interps = methods.cam_interpretations(method, model, raw_inputs, in_psi, in_cls)
             route, extra = nearest, {}
         maps = methods.interpretation_heatmaps(interps, route.which, un_f.psi, size)
         ev = evaluate(maps)
@@ -181,12 +180,12 @@ def _run_once(fns: ModelFns, params: Params, ref_features: Features, unseen_feat
             members = [m[np.argsort(dist[m], kind="stable")[:ace.max_images]] for m in members]
         k_discover, k_random_set = jax.random.split(keys.ace)
         results = ace_adapter.ace_interpretations(
-            fns, params, [ref_raw(m) for m in members], in_cls, ace.config, key=k_discover,
+            model, [ref_raw(m) for m in members], in_cls, ace.config, key=k_discover,
             cache=ace_cache, random_images=ace_adapter.random_reference_images(
                 ref_raw, len(ref_f.psi), ace.random_images, key=k_random_set))
-        found = ace_adapter.ace_masks(results, nearest.which, unseen_raw, fns, params,
+        found = ace_adapter.ace_masks(results, nearest.which, unseen_raw, model,
                                       cache=ace_cache)
-        ev = scoring.evaluate_masks(fns, params, unseen_raw, found.masks, logits=un_f.logits,
+        ev = scoring.evaluate_masks(model, unseen_raw, found.masks, logits=un_f.logits,
                                     masking=config.masking, batch_size=config.batch_size)
         out[methods.ACE] = (ev, {**common, **ace_adapter.ace_summary(results, found),
                                  "discovery_images": {
@@ -202,14 +201,14 @@ def _run_once(fns: ModelFns, params: Params, ref_features: Features, unseen_feat
     return out, inverses
 
 
-def run_table1(fns: ModelFns, params: Params, ref_features: Features, unseen_features: Features,
+def run_table1(model: Model, ref_features: Features, unseen_features: Features,
                ref_raw: Callable[[np.ndarray], np.ndarray], unseen_raw: np.ndarray, *,
                num_classes: int, seeds: Sequence[int], config: Table1Config = Table1Config(),
                class_names: Sequence[str] | None = None, progress: bool = False) -> Table1Result:
     """Table 1 on one model, reference set and unseen set.
 
     Args:
-      fns, params: the model.
+      model: the ``ri_jax.model.Model``.
       ref_features: the references' ``Features`` (ψ, logits, predictions) [N, ...].
       unseen_features: the unseen images' ``Features`` [M, ...].
       ref_raw: indices int[n] -> float32[n, S, S, 3] raw reference images in [0, 1].
@@ -233,18 +232,18 @@ def run_table1(fns: ModelFns, params: Params, ref_features: Features, unseen_fea
     # itself, and the same centred square on every image.
     fixed = {}
     for control in ("Grad-CAM (own weights)", "Centre square"):
-        maps = methods.control_heatmaps(control, fns, params, unseen_raw, un_f.psi,
+        maps = methods.control_heatmaps(control, model, unseen_raw, un_f.psi,
                                         un_f.predictions)
         score = lambda inverse: scoring.evaluate_heatmaps(
-            fns, params, unseen_raw, maps, logits=un_f.logits, masking=config.masking,
+            model, unseen_raw, maps, logits=un_f.logits, masking=config.masking,
             inverse=inverse, batch_size=config.batch_size)
         ev = score(False)
         fixed[control] = (ev, {"reuse": False, **ev.tie_report()},
                           score(True) if config.inverse else None)
-    prior = scoring.fill_prior_report(fns, params, unseen_raw, config.masking, names,
+    prior = scoring.fill_prior_report(model, unseen_raw, config.masking, names,
                                       batch_size=config.batch_size)
     seeds = list(seeds)
-    both = [_run_once(fns, params, ref_features, unseen_features, ref_raw, unseen_raw,
+    both = [_run_once(model, ref_features, unseen_features, ref_raw, unseen_raw,
                       num_classes, s, config, ace_cache, fixed, progress)
             for s in tqdm(seeds, desc="Table 1 runs", disable=not progress)]
     return Table1Result(seeds=seeds, runs=[b[0] for b in both], inverses=[b[1] for b in both],

@@ -24,13 +24,12 @@ from tqdm.auto import tqdm
 
 from ri_jax.featurize import Features
 from ri_jax.metrics import region_metrics
-from ri_jax.models.vgg import ModelFns
+from ri_jax.model import Model
 from ri_jax.protocols import methods, routing
 from ri_jax.protocols.methods import RIOptions
 from ri_jax.protocols.statistics import mean_std
 from ri_jax.regions import predict
 
-Params = Any
 SETS = ("reference", "unseen")
 METRICS = ("ACU-GT", "ACU-MD", "CVR")
 
@@ -48,13 +47,13 @@ class Table2Config:
     ri: RIOptions = RIOptions()
 
 
-def region_scores(fns: ModelFns, params: Params, ref_features: Features,
+def region_scores(model: Model, ref_features: Features,
                   unseen_features: Features, ref_raw: Callable[[np.ndarray], np.ndarray], *,
                   num_classes: int, seed: int, config: Table2Config) -> dict:
     """One run: RI's |V| regions scored on the reference and unseen sets.
 
     Args:
-      fns, params: the model.
+      model: the ``ri_jax.model.Model``.
       ref_features, unseen_features: ``Features`` (ψ, labels, predictions) of both sets.
       ref_raw: indices int[n] -> float32[n, S, S, 3] raw reference images.
       num_classes: classes of the model.
@@ -67,9 +66,9 @@ def region_scores(fns: ModelFns, params: Params, ref_features: Features,
     keys = routing.protocol_keys(seed)
     km = routing.kmeans_inputs(ref_features.psi, config.per_class * num_classes, key=keys.kmeans)
     raw_inputs = ref_raw(km.inputs)
-    ri = methods.ri_at_inputs(fns, params, ref_features.psi, raw_inputs, config.ri,
+    ri = methods.ri_at_inputs(model, ref_features.psi, raw_inputs, config.ri,
                               key=keys.boundaries)
-    gradcam = methods.cam_weights("Grad-CAM", fns, params, raw_inputs,
+    gradcam = methods.cam_weights("Grad-CAM", model, raw_inputs,
                                   ref_features.psi[km.inputs], ref_features.predictions[km.inputs])
     out = {"interpretations": methods.ri_summary(ri, gradcam)}
     for name, feats in zip(SETS, (ref_features, unseen_features)):
@@ -132,7 +131,7 @@ class Table2Result(NamedTuple):
                 for i, (s, r) in enumerate(zip(self.seeds, self.runs)) for name in SETS]
 
 
-def run_table2(fns: ModelFns, params: Params, ref_features: Features, unseen_features: Features,
+def run_table2(model: Model, ref_features: Features, unseen_features: Features,
                ref_raw: Callable[[np.ndarray], np.ndarray], *, num_classes: int,
                seeds: Sequence[int], config: Table2Config = Table2Config(),
                progress: bool = False) -> Table2Result:
@@ -142,7 +141,7 @@ def run_table2(fns: ModelFns, params: Params, ref_features: Features, unseen_fea
       ``Table2Result``.
     """
     seeds = list(seeds)
-    runs = [region_scores(fns, params, ref_features, unseen_features, ref_raw,
+    runs = [region_scores(model, ref_features, unseen_features, ref_raw,
                           num_classes=num_classes, seed=s, config=config)
             for s in tqdm(seeds, desc="Table 2 runs", disable=not progress)]
     return Table2Result(seeds=seeds, runs=runs, model=model_accuracy(ref_features, unseen_features))
