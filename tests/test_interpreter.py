@@ -47,7 +47,7 @@ def setup():
     interp = RepresentativeInterpreter(functools.partial(fns.features, params),
                                        functools.partial(fns.head, params), refs,
                                        key=jax.random.key(2), num_boundaries=Q, batch_size=16,
-                                       progress=False)
+                                       progress=False, variant="paper")
     return fns, params, refs, others, interp
 
 
@@ -140,7 +140,8 @@ def test_class_count_is_the_heads_so_a_class_no_reference_has_reuses_the_solver(
     w = jnp.asarray([[1.0, -1.0, 0.0], [0.0, 0.0, 1.0]])
     head = lambda psi: psi.reshape(psi.shape[0], -1) @ w + jnp.asarray([0.0, 0.0, -5.0])
     interp = RepresentativeInterpreter(lambda x: x, head, refs, key=jax.random.key(0),
-                                       num_boundaries=6, is_features=True, progress=False)
+                                       num_boundaries=6, is_features=True, progress=False,
+                                       variant="paper")
     assert interp.num_classes == 3
     assert set(np.asarray(interp.reference_set.preds).tolist()) == {0, 1}
     first = interp.interpret_batch(refs[:4], top_k=2)
@@ -186,7 +187,7 @@ def test_single_class_references_give_an_explicit_empty_polytope():
         interp = RepresentativeInterpreter(functools.partial(fns.features, params),
                                            functools.partial(fns.head, params), feats,
                                            key=jax.random.key(0), num_boundaries=Q,
-                                           is_features=True, progress=False)
+                                           is_features=True, progress=False, variant="paper")
         r = interp.interpret(fns.normalize(jnp.full((32, 32, 3), 0.5)), top_k=TOP_K)
     assert bool(r.empty) and int(r.num_selected) == 0 and int(r.tau) == 0
     assert int(r.num_covered) == N_REFS and np.all(np.asarray(r.covered))
@@ -307,6 +308,10 @@ def test_authors_regions_cover_their_own_inputs(setup, authors):
 
 def test_variant_presets_and_knobs():
     assert ri_variant("paper").name == "paper" and ri_variant("authors").name == "authors"
+    assert ri_variant() == ri_variant("authors") and ri_variant("authors").keep_adding
+    assert ri_variant("authors", keep_adding=False).name == "custom"
+    with pytest.raises(ValueError, match="keep_adding"):
+        ri_variant("paper", keep_adding=1)
     mixed = ri_variant("paper", loosen=True)
     assert mixed.name == "custom" and mixed.to_json()["loosen"] is True
     with pytest.raises(ValueError, match="variant"):
