@@ -31,7 +31,7 @@ def test_cam_weights_match_per_image_calls(protocol_model):
                                                 int(classes[i])),
     }
     idx = np.arange(5)
-    for method in methods.CAM_METHODS:
+    for method in methods.cam_method_names():
         got = methods.cam_interpretations(method, as_model(fns, params), raw[idx], psi[idx], classes[idx],
                                      chunk_size=2, channel_chunk=8)
         assert got.alphas.shape == (5, 1, psi.shape[-1]) and got.selected.all()
@@ -147,3 +147,31 @@ def test_ri_summary_counts(protocol_ri):
     assert s["boundaries_per_polytope"]["max"] == float(np.max(d.num_selected))
     assert s["references_covered"]["min"] == float(np.min(d.num_covered)) >= 1
     assert s["tau"]["mean"] == pytest.approx(float(np.mean(d.tau)))
+
+
+def test_a_registered_cam_method_runs_through_table1(protocol_model):
+    """Adding a CAM method is one function and one ``register_cam_method`` call."""
+    from ri_jax.featurize import Features
+    from ri_jax.protocols.table1 import Table1Config, run_table1
+
+    def toy_weights(model, raw, psi, classes, *, channel_chunk):
+        return jnp.ones(psi.shape[:1] + psi.shape[-1:], jnp.float32)  # every channel alike
+
+    fns, params, raw, psi, classes = protocol_model
+    model = as_model(fns, params)
+    logits = np.asarray(model.head(psi))
+    feats = Features(psi, logits, classes, np.arange(len(psi)))
+    methods.register_cam_method("Toy-CAM", toy_weights)
+    try:
+        assert methods.method_names()[-1] == "Toy-CAM"
+        alphas = methods.cam_weights("Toy-CAM", model, raw[:3], psi[:3], classes[:3])
+        np.testing.assert_array_equal(alphas, np.ones((3, psi.shape[-1])))
+        result = run_table1(model, feats, feats, lambda i: raw[i], raw, num_classes=2,
+                            seeds=[0], config=Table1Config(
+                                per_class=2, ri=methods.RIOptions(num_boundaries=4),
+                                inverse=False))
+        assert "Toy-CAM" in result.runs[0] and "Toy-CAM" in result.to_json()["methods"]
+    finally:
+        methods._CAM_METHODS.pop("Toy-CAM")
+    with pytest.raises(ValueError, match="taken"):
+        methods.register_cam_method("RI", toy_weights)

@@ -151,7 +151,7 @@ def run_case_studies(model: Model, inputs: CaseInputs, refs: CaseReferences, *,
     ri = methods.ri_at_inputs(model, psi, in_raw, config.ri, key=jax.random.key(seed),
                               top_k=k)
     interps = {"RI": ri.interpretations}
-    for method in methods.CAM_METHODS:
+    for method in methods.cam_method_names():
         interps[method] = methods.cam_interpretations(method, model, in_raw, in_feats.psi,
                                                       in_pred, progress=progress)
     ri_similar = np.asarray(ri.details.similar)
@@ -214,7 +214,7 @@ def run_case_studies(model: Model, inputs: CaseInputs, refs: CaseReferences, *,
         ace_report = {**ace_adapter.ace_summary(results, found), "discovery_images": 1 + n_near}
 
     def shown(method: str, block: str) -> bool:
-        if config.layout == "full" or method not in methods.METHODS + (methods.ACE,):
+        if config.layout == "full" or method not in methods.method_names() + (methods.ACE,):
             return True
         return (method == "RI") == (block == BLOCKS[0])
 

@@ -158,7 +158,7 @@ def _run_once(model: Model, feats: Features,
                                                kmax)
 
     interps = {"RI": ri.interpretations}
-    for method in methods.CAM_METHODS:
+    for method in methods.cam_method_names():
         interps[method] = methods.cam_interpretations(
             method, model, raw_inputs, psi[inputs], preds[inputs], progress=progress)
     controls = methods.CONTROLS if config.controls else ()
@@ -194,7 +194,7 @@ def _run_once(model: Model, feats: Features,
 
     curves = {m: curves_over_k(*grids[m], similar[uses[m]][1], ks) for m in names}
     report = {"RI": methods.ri_summary(ri)}
-    for m in methods.CAM_METHODS:
+    for m in methods.cam_method_names():
         report[m] = {"interpretations": len(inputs), "channel_weights": f"{m} at each input x",
                      "similar_images": SIMILAR_EUCLIDEAN}
     if config.ace is not None:
@@ -301,7 +301,7 @@ def run_figure4(model: Model, ref_features: Features,
             for s in seeds]
     return Figure4Result(
         ks=ks, ks_dropped=dropped, runs=runs,
-        methods=list(methods.METHODS) + ([methods.ACE] if config.ace is not None else []),
+        methods=list(methods.method_names()) + ([methods.ACE] if config.ace is not None else []),
         controls=list(methods.CONTROLS) if config.controls else [],
         ace_discovery_images=(config.ace.max_images or ACE_DISCOVERY_IMAGES)
         if config.ace is not None else None)

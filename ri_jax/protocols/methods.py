@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,10 +56,46 @@ from ri_jax.variants import RIVariant, ri_variant
 
 Array = jax.Array
 
-METHODS = ("RI", "Grad-CAM", "Grad-CAM++", "Score-CAM")
-CAM_METHODS = ("Grad-CAM", "Grad-CAM++", "Score-CAM")
 CONTROLS = ("Random", "Grad-CAM (own weights)", "Centre square")
 ACE = "ACE"  # segment-based; see protocols.ace_adapter
+
+CamWeights = Callable[..., Array]
+_CAM_METHODS: dict[str, CamWeights] = {}
+
+
+def register_cam_method(name: str, weights: CamWeights) -> None:
+    """Adds a CAM method to every protocol, table, figure and report (the method registry).
+
+    Args:
+      name: the method's name in results, e.g. ``"Grad-CAM"``.
+      weights: ``weights(model, raw [B, S, S, 3], psi [B, h, w, c], classes int[B], *,
+        channel_chunk) -> float32[B, c]``, the channel weights at each input for its class;
+        jittable (it runs inside ``jax.jit`` with ``model`` static).
+    """
+    if not isinstance(name, str) or not name or name in ("RI", ACE) + CONTROLS:
+        raise ValueError(f"name: {name!r} is empty or taken by RI, ACE or a control")
+    if not callable(weights):
+        raise ValueError(f"weights: expected a callable, got {weights!r}")
+    _CAM_METHODS[name] = weights
+
+
+def cam_method_names() -> tuple[str, ...]:
+    """The registered CAM methods, in registration order."""
+    return tuple(_CAM_METHODS)
+
+
+def method_names() -> tuple[str, ...]:
+    """RI and every registered CAM method: the methods Table 1, Figure 4 and the case studies run."""
+    return ("RI",) + cam_method_names()
+
+
+register_cam_method("Grad-CAM", lambda model, raw, psi, classes, *, channel_chunk:
+                    gradcam_weights_batch(model.head, psi, classes))
+register_cam_method("Grad-CAM++", lambda model, raw, psi, classes, *, channel_chunk:
+                    gradcam_pp_weights_batch(model.head, psi, classes))
+register_cam_method("Score-CAM", lambda model, raw, psi, classes, *, channel_chunk:
+                    scorecam_weights_batch(model.forward, model.normalize, raw, psi, classes,
+                                           chunk_size=channel_chunk))
 
 
 class Interpretations(NamedTuple):
@@ -110,14 +146,7 @@ class RIOptions:
 @functools.partial(jax.jit, static_argnames=("model", "method", "channel_chunk"))
 def _cam_weights_chunk(model: Model, method: str, raw: Array, psi: Array,
                        classes: Array, channel_chunk: int | None) -> Array:
-    head = model.head
-    if method == "Grad-CAM":
-        return gradcam_weights_batch(head, psi, classes)
-    if method == "Grad-CAM++":
-        return gradcam_pp_weights_batch(head, psi, classes)
-    forward = model.forward
-    return scorecam_weights_batch(forward, model.normalize, raw, psi, classes,
-                                  chunk_size=channel_chunk)
+    return _CAM_METHODS[method](model, raw, psi, classes, channel_chunk=channel_chunk)
 
 
 def cam_weights(method: str, model: Model, raw: np.ndarray, psi: np.ndarray,
@@ -126,7 +155,7 @@ def cam_weights(method: str, model: Model, raw: np.ndarray, psi: np.ndarray,
     """Channel weights of a CAM method at input images.
 
     Args:
-      method: one of ``CAM_METHODS``.
+      method: a registered CAM method (``cam_method_names()``).
       model: the ``ri_jax.model.Model``.
       raw: float32[V, S, S, 3] raw input images in [0, 1] (only Score-CAM reads them).
       psi: float32[V, h, w, c] their feature maps ψ.
@@ -139,7 +168,7 @@ def cam_weights(method: str, model: Model, raw: np.ndarray, psi: np.ndarray,
     Returns:
       float32[V, c].
     """
-    check_choice(method, CAM_METHODS)
+    check_choice(method, cam_method_names())
     psi = check_batch(psi, "psi", 4)
     raw = check_batch(raw, "raw", 4, len(psi))
     classes = check_batch(classes, "classes", 1, len(psi)).astype(np.int32)

@@ -155,7 +155,7 @@ def _run_once(model: Model, ref_features: Features, unseen_features: Features,
         model, unseen_raw, maps, logits=un_f.logits, masking=config.masking,
         inverse=inverse, batch_size=config.batch_size)
     out, inverses = {}, {}
-    for method in tqdm(methods.METHODS, desc=f"run seed={seed}", disable=not progress,
+    for method in tqdm(methods.method_names(), desc=f"run seed={seed}", disable=not progress,
                        leave=False):
         if method == "RI":
             ri = methods.ri_at_inputs(model, ref_f.psi, raw_inputs, config.ri,
