@@ -25,6 +25,7 @@ import numpy as np
 
 from ri_jax.boundaries import sample_boundaries, sample_indices, sides
 from ri_jax.checkpoint import json_default
+from ri_jax.files import atomic_write_text
 from ri_jax.provenance import code_version
 from ri_jax.solver import pack_bits
 
@@ -131,7 +132,7 @@ def finish(rec: dict[str, Any], out_dir: str | Path, name: str | None = None) ->
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name or rec['benchmark']}.json"
-    path.write_text(json.dumps(rec, indent=2, default=json_default) + "\n")
+    atomic_write_text(path, json.dumps(rec, indent=2, default=json_default) + "\n")
     print(f"wrote {path}")
     return path
 

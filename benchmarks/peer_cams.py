@@ -169,8 +169,9 @@ def compare(fns, params, config, raw: np.ndarray) -> list[Comparison]:
     return rows
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+def parse_args(argv=None, description: str = __doc__) -> argparse.Namespace:
+    """``--images``, ``--seed``, ``--out`` (shared with ``peer_road``, whose docstring it shows)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     p.add_argument("--images", type=int, default=4, help="embedded test images compared")
     p.add_argument("--seed", type=int, default=0, help="which test images (a seeded sample)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="folder of the JSON record")
@@ -180,6 +181,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def embedded_test_images(images: int, seed: int):
+    """``(fns, params, config, raw [images, S, S, 3])``: the embedded checkpoint and a seeded
+    sample of its test images."""
+    from ri_jax.checkpoint import load_checkpoint
+    from ri_jax.data import load_dataset, sample_count
+    from ri_jax.models.vgg import make_vgg
+
+    params, config, _ = load_checkpoint()
+    test = load_dataset("default", "test", image_size=config.image_size)
+    return (make_vgg(config), params, config,
+            test.raw(np.sort(sample_count(len(test), images, seed=seed))))
+
+
 def main(argv=None) -> list[Comparison] | None:
     args = parse_args(argv)
     found = peer_modules()
@@ -187,14 +201,7 @@ def main(argv=None) -> list[Comparison] | None:
         print(f"SKIP peer_cams: {found}; install torch and grad-cam (pytorch-grad-cam) to "
               "compare the CAM baselines with pytorch-grad-cam")
         return None
-    from ri_jax.checkpoint import load_checkpoint
-    from ri_jax.data import load_dataset, sample_count
-    from ri_jax.models.vgg import make_vgg
-
-    params, config, _ = load_checkpoint()
-    fns = make_vgg(config)
-    test = load_dataset("default", "test", image_size=config.image_size)
-    raw = test.raw(np.sort(sample_count(len(test), args.images, seed=args.seed)))
+    fns, params, config, raw = embedded_test_images(args.images, args.seed)
     rec = record("peer_cams", {"images": args.images, "seed": args.seed,
                                "checkpoint": "embedded default",
                                "pytorch_grad_cam": importlib.metadata.version("grad-cam"),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from benchmarks.common import DEFAULT_OUT, describe_machine
+from ri_jax.files import atomic_write_text
 
 ORDER = ["features", "solver", "boundaries", "end_to_end", "masks", "scorecam", "streaming"]
 TITLES = {
@@ -254,7 +255,7 @@ def main(argv=None) -> None:
         for rec in recs:
             parts.append(f"### {TITLES.get(rec['benchmark'], rec['benchmark'])}\n\n"
                          f"{render(rec)}\n")
-    Path(args.output).write_text("".join(parts).rstrip() + "\n")
+    atomic_write_text(args.output, "".join(parts).rstrip() + "\n")
     print(f"wrote {args.output}")
 
 

@@ -75,15 +75,28 @@ def sample_indices(num_refs: int, num_boundaries: int = DEFAULT_NUM_BOUNDARIES, 
     Returns:
       int32[min(num_boundaries, num_refs)] distinct indices into R.
     """
+    num_boundaries = cap_num_boundaries(num_boundaries, num_refs)
+    return jax.random.permutation(key, int(num_refs))[:num_boundaries].astype(jnp.int32)
+
+
+def cap_num_boundaries(num_boundaries: int, num_refs: int) -> int:
+    """|Q| to use: ``num_boundaries``, capped at ``num_refs`` with a warning.
+
+    A shared sample draws Q without replacement from the references; a per-input pool
+    would repeat references (identical boundaries) past N, so both variants cap at N.
+
+    Raises:
+      ValueError: ``num_refs`` < 1 or ``num_boundaries`` < 1, naming the argument.
+    """
     if int(num_refs) < 1:
         raise ValueError(f"num_refs: need at least one reference, got {num_refs}")
     if int(num_boundaries) < 1:
         raise ValueError(f"num_boundaries: must be >= 1, got {num_boundaries}")
     if num_boundaries > num_refs:
         warnings.warn(f"num_boundaries: {num_boundaries} boundaries requested from only "
-                      f"{num_refs} references; using {num_refs}", stacklevel=2)
-        num_boundaries = num_refs
-    return jax.random.permutation(key, int(num_refs))[:int(num_boundaries)].astype(jnp.int32)
+                      f"{num_refs} references; using {num_refs}", stacklevel=3)
+        return int(num_refs)
+    return int(num_boundaries)
 
 
 def delta_g(logits: Array) -> Array:
@@ -128,17 +141,29 @@ def _linearise_impl(head_fn: Callable[[Array], Array], ts: Array, direction: Arr
 _linearise = jax.jit(_linearise_impl, static_argnames=("head_fn", "check_curvature"))
 
 
-def _check_head(head_fn, feats: Array) -> None:
+def check_head(head_fn, feats: Array, name: str = "head_fn") -> None:
+    """One trial call of G on a single ψ of ``feats`` (traced, nothing is computed).
+
+    Args:
+      head_fn: G.
+      feats: [N, *feat_shape] feature maps (or a ``jax.ShapeDtypeStruct`` of them).
+      name: the argument named in errors.
+
+    Raises:
+      ValueError: naming ``name`` and ψ's shape when G does not accept it (a head built
+        for other feature maps fails deep inside JAX otherwise) or does not give logits.
+    """
     try:
         out = jax.eval_shape(head_fn, jax.ShapeDtypeStruct((1,) + feats.shape[1:], feats.dtype))
     except Exception as err:  # re-raised with the argument named
-        raise ValueError(f"head_fn: cannot be applied to feature maps of shape "
-                         f"{feats.shape[1:]}: {err}") from err
+        raise ValueError(f"{name}: head(ψ) failed for ψ of shape {tuple(feats.shape[1:])} "
+                         f"(one feature map, batch of 1): {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}") from err
     if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != 1:
-        raise ValueError(f"head_fn: must map [B, *feat_shape] to logits [B, C], got "
+        raise ValueError(f"{name}: must map [B, *feat_shape] to logits [B, C], got "
                          f"{getattr(out, 'shape', type(out))} for B = 1")
     if out.shape[1] < 2:
-        raise ValueError(f"head_fn: needs at least 2 logits for ΔG, got {out.shape[1]}")
+        raise ValueError(f"{name}: needs at least 2 logits for ΔG, got {out.shape[1]}")
 
 
 def _check_feats(feats) -> Array:
@@ -175,26 +200,46 @@ def sample_boundaries(head_fn: Callable[[Array], Array], feats: Array, *,
     feats = _check_feats(feats)
     if piecewise_linear not in (None, True, False):
         raise ValueError(f"piecewise_linear: expected True, False or None, got {piecewise_linear!r}")
-    _check_head(head_fn, feats)
+    check_head(head_fn, feats)
+    value, w, curved = _linearised(head_fn, feats, check_curvature=piecewise_linear is None)
+    if piecewise_linear is None:
+        piecewise_linear = not bool(jnp.any(curved))
+
+    if not piecewise_linear:
+        warn_not_piecewise_linear(stacklevel=2)
+    b = value - jnp.einsum("q...,q...->q", w, feats, precision=_HIGHEST)
+    if not all_finite(w, b):
+        raise ValueError("head_fn: produced non-finite logits or gradients")
+    return Boundaries(w=w, b=b)
+
+
+def warn_not_piecewise_linear(stacklevel: int = 2) -> None:
+    """The warning for a head that is not piecewise linear (either variant)."""
+    warnings.warn("head_fn: the head is not piecewise linear, so Eq. 2 gives only a "
+                  "local linearisation of its decision boundary at each sample",
+                  stacklevel=stacklevel + 1)
+
+
+def is_piecewise_linear(head_fn: Callable[[Array], Array], feats: Array) -> bool:
+    """The curvature check of ``sample_boundaries`` on a few feature maps (≤ 4 of ``feats``).
+
+    For the per-input pools, whose boundaries are only searched per input later: the head
+    is checked once, when the interpreter is built.
+    """
+    _, _, curved = _linearised(head_fn, _check_feats(feats)[:4], check_curvature=True)
+    return not bool(jnp.any(curved))
+
+
+def _linearised(head_fn: Callable[[Array], Array], feats: Array, *,
+                check_curvature: bool) -> tuple[Array, Array, Array]:
+    """``_linearise`` with a fixed curvature direction, compiled once per ``head_fn`` object."""
     # Any fixed direction serves the curvature check; a NumPy draw compiles nothing.
     direction = np.random.default_rng(0).standard_normal(feats.shape[1:]).astype(feats.dtype)
     try:
         hash(head_fn)  # the compiled pass is cached per head_fn object
     except TypeError:
         head_fn = functools.partial(head_fn)  # hashable by identity
-    value, w, curved = _linearise(head_fn, feats, direction,
-                                  check_curvature=piecewise_linear is None)
-    if piecewise_linear is None:
-        piecewise_linear = not bool(jnp.any(curved))
-
-    if not piecewise_linear:
-        warnings.warn("head_fn: the head is not piecewise linear, so Eq. 2 gives only a "
-                      "local linearisation of its decision boundary at each sample",
-                      stacklevel=2)
-    b = value - jnp.einsum("q...,q...->q", w, feats, precision=_HIGHEST)
-    if not all_finite(w, b):
-        raise ValueError("head_fn: produced non-finite logits or gradients")
-    return Boundaries(w=w, b=b)
+    return _linearise(head_fn, feats, direction, check_curvature=check_curvature)
 
 
 @jax.jit
@@ -441,7 +486,7 @@ def pool_boundaries(head_fn: Callable[[Array], Array], psi_x: Array, classes: Ar
         raise ValueError(f"max_steps: must be >= 1, got {max_steps}")
     if not float(tol) > 0:
         raise ValueError(f"tol: must be > 0, got {tol}")
-    _check_head(head_fn, psi_x)
+    check_head(head_fn, psi_x)
     try:
         hash(head_fn)
     except TypeError:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import jax
 import numpy as np
 
 from ri_jax.errors import CheckpointError
+from ri_jax.files import atomic_write_bytes  # re-exported: the one atomic writer
 from ri_jax.models.vgg import ModelConfig, make_vgg
 
 CONFIG_FILE = "config.json"
@@ -171,10 +171,3 @@ def _finite_or_none(x: Any) -> Any:
 def write_json(path: str | Path, payload: Any) -> None:
     """Writes ``strict_json(payload)`` to ``path`` atomically."""
     atomic_write_bytes(Path(path), (strict_json(payload) + "\n").encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Writes ``data`` to a temporary file beside ``path``, then renames it over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

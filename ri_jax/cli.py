@@ -6,6 +6,9 @@
   ``script.py: error: <message>`` on stderr with exit status 2, the same form argparse uses.
   ``--debug`` (anywhere on the command line) or ``RI_JAX_DEBUG=1`` shows the traceback
   instead. Warnings print as ``script.py: warning: <message>``.
+  SIGINT (Ctrl-C) and SIGTERM (``kill``, a SLURM time limit) print one line saying what
+  was interrupted and that ``--resume`` continues, and exit with status 130 / 143 (128 +
+  the signal), without a traceback; files are written atomically, so none is partial.
 * ``positive_int``, ``non_negative_int``, ``positive_float``, ``non_negative_float``,
   ``fraction``, ``output_dir``…: argparse ``type=`` functions, so a bad number or path is
   refused while parsing, naming the option, before anything is computed.
@@ -18,7 +21,9 @@ import argparse
 import linecache
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -53,8 +58,13 @@ def run_script(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] 
     prog = prog or Path(sys.argv[0]).name or "ri_jax"
     previous_format = warnings.formatwarning
     warnings.formatwarning = lambda message, category, *_: f"{prog}: warning: {message}\n"
+    previous_term = _on_sigterm(_raise_terminated)
     try:
         return main(argv)
+    except (KeyboardInterrupt, Terminated) as e:
+        if debug:
+            raise
+        _interrupted(prog, argv, signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     except SystemExit as e:
         if isinstance(e.code, str):  # sys.exit("message"): the scripts' own refusals
             if debug:
@@ -67,6 +77,7 @@ def run_script(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] 
         _fail(prog, error_message(e))
     finally:
         warnings.formatwarning = previous_format
+        _on_sigterm(previous_term)
 
 
 def is_expected_error(e: BaseException, code_dirs: Sequence[Path] = (_PACKAGE_DIR,)) -> bool:
@@ -110,6 +121,47 @@ def _raised_by_a_raise_in(tb, code_dirs: Sequence[Path]) -> bool:
     if not any(Path(filename).resolve().is_relative_to(d) for d in code_dirs):
         return False
     return linecache.getline(filename, last.tb_lineno).lstrip().startswith("raise")
+
+
+class Terminated(BaseException):
+    """SIGTERM (what SLURM and ``kill`` send) arrived: raised like ``KeyboardInterrupt``, so
+    ``finally`` blocks run and temporary files are removed."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _on_sigterm(handler):
+    """Installs ``handler`` for SIGTERM, returning the previous one (no-op off the main
+    thread, where Python cannot install handlers)."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def interrupted_message(prog: str, argv: Sequence[str], signum: int) -> str:
+    """The one line printed on SIGINT/SIGTERM: what stopped and how to continue."""
+    out = _option_value(argv, "--out")
+    where = f" writing {out}" if out else ""
+    return (f"{prog}: interrupted by {signal.Signals(signum).name}{where}; every file written "
+            "so far is complete; run the same command with --resume to continue")
+
+
+def _option_value(argv: Sequence[str], option: str) -> str | None:
+    """The value of ``option`` in ``argv`` (``--opt value`` or ``--opt=value``), if given."""
+    for i, a in enumerate(argv):
+        if a == option and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(option + "="):
+            return a[len(option) + 1:]
+    return None
+
+
+def _interrupted(prog: str, argv: Sequence[str], signum: int) -> None:
+    """Prints ``interrupted_message`` and exits with the shell's status, 128 + signal."""
+    print(interrupted_message(prog, argv, signum), file=sys.stderr)
+    raise SystemExit(128 + signum)
 
 
 def _fail(prog: str, message: str) -> None:

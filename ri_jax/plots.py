@@ -20,16 +20,19 @@ flagged cells (misclassified images) get a red frame. ``polytope_description`` a
 
 from __future__ import annotations
 
+import functools
 import textwrap
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
-from matplotlib import colormaps
+from matplotlib import colormaps, rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+
+from ri_jax.files import atomic_path, display_name
 
 INPUT_COLOUR = "#1a9850"  # the paper marks the input image with a green box (Figure 1)
 FLAG_COLOUR = "#d73027"  # red frame: a misclassified image
@@ -151,12 +154,33 @@ class Cell(NamedTuple):
 
 
 def _save(fig: Figure, path: str | Path | None) -> Figure:
+    """Writes ``fig`` to ``path`` whole or not at all (``ri_jax.files.atomic_path``)."""
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=fig.dpi)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=fig.dpi)
     return fig
 
 
+def _literal_text(build):
+    """Decorator: every text of the figure is drawn as written.
+
+    File and class names may hold ``$`` (matplotlib would parse a pair as TeX and may
+    fail) and undecodable bytes (surrogate escapes, which no font can draw): text is
+    never parsed as math, and names pass through ``_shown``.
+    """
+    @functools.wraps(build)
+    def wrapper(*args, **kwargs):
+        with rc_context({"text.parse_math": False}):
+            return build(*args, **kwargs)
+    return wrapper
+
+
+def _shown(text: str | None) -> str | None:
+    """``text`` with undecodable bytes as ``\\xNN`` (``ri_jax.files.display_name``)."""
+    return display_name(text) if text else text
+
+
+@_literal_text
 def image_grid(rows: Sequence[Sequence[Cell]], *, row_labels: Sequence[str] | None = None,
                title: str | None = None, footnote: str | None = None,
                colorbar: bool | None = None, colorbar_label: str = COLORBAR_LABEL,
@@ -191,6 +215,7 @@ def image_grid(rows: Sequence[Sequence[Cell]], *, row_labels: Sequence[str] | No
     grid_w = label_w + n_cols * (cell_size + gap)
     width = grid_w + bar_w + 0.05
     # About 13 characters of 9-pt (15 of 7-pt) text per inch: wrap to the figure's width.
+    title, footnote = _shown(title), _shown(footnote)
     title = "\n".join(textwrap.fill(t, max(20, int(13 * width))) for t in title.split("\n")) if title else None
     title_h = 0.2 + 0.18 * title.count("\n") + 0.25 if title else 0.05
     footnote = ("\n".join(textwrap.fill(t, max(24, int(15 * width))) for t in footnote.split("\n"))
@@ -214,14 +239,14 @@ def image_grid(rows: Sequence[Sequence[Cell]], *, row_labels: Sequence[str] | No
             shown = (np.clip(_finite(cell.image, "image", "an image [S, S, 3]", 3), 0.0, 1.0)
                      if cell.heatmap is None else overlay(cell.image, cell.heatmap))
             ax.imshow(shown, interpolation="nearest")
-            ax.set_xlabel(cell.caption, fontsize=7, labelpad=2,
+            ax.set_xlabel(_shown(cell.caption), fontsize=7, labelpad=2,
                           color=FLAG_COLOUR if cell.flagged else "black")
             for spine in ax.spines.values():
                 spine.set_visible(cell.highlight or cell.flagged)
                 spine.set_color(FLAG_COLOUR if cell.flagged else INPUT_COLOUR)
                 spine.set_linewidth(3)
             if j == 0 and row_labels is not None:
-                ax.set_ylabel(textwrap.fill(row_labels[i], 13), fontsize=8, rotation=0,
+                ax.set_ylabel(textwrap.fill(_shown(row_labels[i]), 13), fontsize=8, rotation=0,
                               ha="right", va="center", labelpad=6)
     if colorbar:
         span = heat_rows or range(n_rows)
@@ -364,6 +389,7 @@ def case_study_figure(blocks: Sequence[CaseBlock], *, title: str | None = None,
     return image_grid(rows, row_labels=labels, title=title, footnote=footnote, path=path)
 
 
+@_literal_text
 def k_curves_figure(ks: Sequence[int], curves: Mapping[str, Mapping[str, Sequence[float]]], *,
                     errors: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
                     metrics: Sequence[str] = ("mAD", "mAI"), dashed: Sequence[str] = (),
@@ -392,6 +418,7 @@ def k_curves_figure(ks: Sequence[int], curves: Mapping[str, Mapping[str, Sequenc
     if not metrics:
         raise ValueError("metrics: need at least one metric")
     width = 4.2 * len(metrics)
+    title, footnote = _shown(title), _shown(footnote)
     title = "\n".join(textwrap.fill(t, int(11 * width)) for t in title.split("\n")) if title else None
     footnote = "\n".join(textwrap.fill(t, int(16 * width)) for t in footnote.split("\n")) if footnote else None
     foot_lines = footnote.count("\n") + 1 if footnote else 0
@@ -413,7 +440,7 @@ def k_curves_figure(ks: Sequence[int], curves: Mapping[str, Mapping[str, Sequenc
                 if err.size != ks.size:
                     raise ValueError(f"errors[{method!r}][{metric!r}]: expected {ks.size} values, "
                                      f"got {err.size}")
-            ax.errorbar(ks, y, yerr=err, marker="o", markersize=3, capsize=2, label=method,
+            ax.errorbar(ks, y, yerr=err, marker="o", markersize=3, capsize=2, label=_shown(method),
                         linestyle="--" if method in dashed else "-")
         ax.set_xlabel("K (similar images per input)")
         ax.set_ylabel(f"{metric} (%){METRIC_DIRECTION.get(metric, '')}")
