@@ -40,14 +40,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from common import (HelpFormatter, add_html_arg, ace_config, ace_settings, add_ace_args, load_data,
+from common import (prepare_run, HelpFormatter, add_html_arg, ace_config, ace_settings, add_ace_args, load_data,
                     add_common_args, add_fill_args, add_ri_variant_arg, describe_run, load_setup,
-                    masking_options, parse_indices, prepare_output, remove_stale_outputs,
+                    masking_options, parse_indices, remove_stale_outputs,
                     ri_options, write_csv, write_json)
 from ri_jax.api import choose_inputs
 from ri_jax.files import atomic_write_text
 from ri_jax.cli import positive_int, run_script
-from ri_jax.models.loading import load_model
 from ri_jax.featurize import compute_features
 from ri_jax.html_report import Report, case_study_input, write_report
 from ri_jax.plots import DISTANCE_NOTE, MISCLASSIFIED_NOTE, CaseBlock, case_study_figure
@@ -89,8 +88,7 @@ FOOTNOTE = ("Under each image: p(c), the probability of the input's predicted cl
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    load_model(args.model)  # validated before anything is written to --out
-    out = prepare_output(args.out, args.resume)
+    out = prepare_run(args)
     setup = load_setup(args, out, need_unseen=False)
     refs = setup.references
     test = load_data(args, "test", setup.model)

@@ -49,7 +49,15 @@ from ri_jax.variants import DEFAULT_VARIANT, VARIANT_NAMES, ri_variant
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """``--help``: the script's docstring as written, and every option's default."""
+    """``--help``: the script's docstring as written, and every option's default (unless the
+    option is required, has none, or its help already says it)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or action.default in (None, False, argparse.SUPPRESS) \
+                or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def add_html_arg(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -76,7 +84,8 @@ def add_common_args(p: argparse.ArgumentParser, *, runs: int | None = None,
         p.add_argument("--runs", type=positive_int, default=runs,
                        help="repetitions with seeds seed..seed+runs-1")
     p.add_argument("--refs-per-class", type=non_negative_int, default=refs_per_class,
-                   help="reference images per class from the train split (0 = all)")
+                   help="reference images per class from the train split, drawn with --seed "
+                        "(0 = all; the paper used 2500)")
     if unseen is not None:
         p.add_argument("--unseen", type=non_negative_int, default=unseen,
                        help="unseen images from the test split (0 = all)")
@@ -223,6 +232,12 @@ def start_run(args: argparse.Namespace) -> Path:
     return out
 
 
+def prepare_run(args: argparse.Namespace) -> Path:
+    """``prepare_output`` once ``--model`` is validated: a bad model writes nothing to --out."""
+    load_model(args.model)
+    return prepare_output(args.out, args.resume)
+
+
 def prepare_output(out: str | Path, resume: bool) -> Path:
     """Creates the results folder and takes its lock for this process's life.
 
@@ -312,6 +327,16 @@ def load_data(args: argparse.Namespace, split: str, model: Model) -> ImageSet:
                           class_names=model.class_names)
 
 
+def print_written(out: Path) -> None:
+    """Says on stderr which files the run left in ``out`` (its feature cache aside)."""
+    import sys
+    files = sorted(p.relative_to(out) for p in Path(out).rglob("*")
+                   if p.is_file() and p.relative_to(out).parts[0] != "cache"
+                   and not p.name.startswith("."))
+    print(f"wrote {len(files)} file(s) into {out}: " + ", ".join(map(str, files)),
+          file=sys.stderr, flush=True)
+
+
 def describe_run(args: argparse.Namespace, **extra: Any) -> dict:
     """The configuration block written with every result file."""
     return {**{k: v for k, v in vars(args).items()
@@ -350,3 +375,10 @@ def parse_indices(text: str, size: int) -> np.ndarray:
     if len(set(idx)) != len(idx):
         raise ValueError(f"--inputs: repeated indices in {idx}")
     return np.asarray(idx, np.int64)
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit("experiments/common.py holds the scripts' shared options and plumbing; run one of "
+             "interpret.py, table1.py, table2.py, figure4.py, figures5_6.py, case_studies.py, "
+             "variant_study.py, reproduce.py, run_all.py or train.py")

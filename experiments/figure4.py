@@ -44,9 +44,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common import (HelpFormatter, ace_config, ace_settings, add_ace_args, add_common_args,
+from common import (prepare_run, print_written, HelpFormatter, ace_config, ace_settings, add_ace_args, add_common_args,
                     add_fill_args, add_ri_variant_arg, describe_run, load_setup, masking_options,
-                    prepare_output, ri_options, write_csv, write_json)
+                    ri_options, write_csv, write_json)
 from ri_jax.files import atomic_write_text
 from ri_jax.cli import positive_int, positive_int_list, run_script
 from ri_jax.plots import K_CURVES_NOTE, k_curves_figure
@@ -84,7 +84,7 @@ def _spread(stats: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    out = prepare_output(args.out, args.resume)
+    out = prepare_run(args)
     setup = load_setup(args, out, need_unseen=False)
     n_refs = len(setup.references)
     config = Figure4Config(num_inputs=args.num_inputs, ks=tuple(args.ks),
@@ -122,6 +122,7 @@ def main(argv=None) -> dict:
                     footnote=K_CURVES_NOTE + " Similar images: RI's covered references ranked by "
                              "Eq. 6; the other methods' Euclidean neighbours in Ω.",
                     path=out / "figure4.png")
+    print_written(out)
     return payload
 
 

@@ -29,8 +29,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common import (HelpFormatter, add_common_args, add_polytope_args, describe_run,  # noqa: E402
-                    load_setup, prepare_output, write_csv, write_json)
+from common import (prepare_run, print_written, HelpFormatter, add_common_args, add_polytope_args, describe_run,  # noqa: E402
+                    load_setup, write_csv, write_json)
 from ri_jax.files import atomic_path, atomic_write_text  # noqa: E402
 from ri_jax.cli import positive_int_list, run_script  # noqa: E402
 from ri_jax.protocols.figures5_6 import run_figures5_6  # noqa: E402
@@ -45,7 +45,7 @@ DEFAULT_QS = (1, 5, 10, 30, 50, 70)
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=HelpFormatter)
-    add_common_args(p, runs=5, refs_per_class=2500, unseen=1000)
+    add_common_args(p, runs=5, refs_per_class=0, unseen=1000)
     add_polytope_args(p)
     p.add_argument("--qs", type=positive_int_list, default=",".join(map(str, DEFAULT_QS)),
                    help="comma-separated |Q| values")
@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    out = prepare_output(args.out, args.resume)
+    out = prepare_run(args)
     setup = load_setup(args, out)
     seeds = [args.seed + r for r in range(args.runs)]
     qs_used = [min(q, len(setup.references)) for q in args.qs]
@@ -78,6 +78,7 @@ def main(argv=None) -> dict:
     md = render_markdown(payload)
     atomic_write_text(out / "figures5_6.md", md)
     print(md)
+    print_written(out)
     return payload
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from common import (HelpFormatter, add_common_args, add_distributed_args, add_html_arg, load_data,
+from common import (print_written, HelpFormatter, add_common_args, add_distributed_args, add_html_arg, load_data,
                     markdown_cell, remove_stale_outputs,
                     add_ri_variant_arg, describe_run, load_setup, parse_indices, start_run,
                     write_csv, write_json)
@@ -185,6 +185,7 @@ def main(argv=None) -> dict:
     remove_stale_outputs(out, ["input_*.png", "index.html"],
                          [out / r["figure"] for r in records] + [out / "index.html"] * args.html)
     print(text)
+    print_written(out)
     return payload
 
 

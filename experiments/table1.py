@@ -64,9 +64,9 @@ import argparse
 
 import numpy as np
 
-from common import (HelpFormatter, ace_config, ace_settings, add_ace_args, add_common_args,
+from common import (prepare_run, print_written, HelpFormatter, ace_config, ace_settings, add_ace_args, add_common_args,
                     add_fill_args, add_polytope_args, describe_run, load_setup, masking_options,
-                    prepare_output, ri_options, write_csv, write_json)
+                    ri_options, write_csv, write_json)
 from ri_jax.files import atomic_write_text
 from ri_jax.cli import run_script
 from ri_jax.metrics import KEEP_FRACTION
@@ -76,7 +76,7 @@ from ri_jax.protocols.table1 import Table1Config, run_table1
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    add_common_args(p, runs=5, refs_per_class=2500, unseen=1000)
+    add_common_args(p, runs=5, refs_per_class=0, unseen=1000)
     add_polytope_args(p)
     add_fill_args(p)
     add_ace_args(p, max_images_help="ACE discovery images per cluster, nearest the centre first "
@@ -88,7 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    out = prepare_output(args.out, args.resume)
+    out = prepare_run(args)
     setup = load_setup(args, out)
     raw_unseen = setup.unseen.raw(np.arange(len(setup.unseen)))
     seeds = [args.seed + r for r in range(args.runs)]
@@ -114,6 +114,7 @@ def main(argv=None) -> dict:
     md = render_markdown(payload)
     atomic_write_text(out / "table1.md", md)
     print(md)
+    print_written(out)
     return payload
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import (HelpFormatter, ri_options, add_common_args, add_distributed_args,
+from common import (print_written, HelpFormatter, ri_options, add_common_args, add_distributed_args,
                     add_polytope_args, describe_run, load_setup, start_run, write_csv, write_json)
 from ri_jax.files import atomic_write_text
 from ri_jax.cli import run_script
@@ -41,7 +41,7 @@ from ri_jax.protocols.table2 import SETS, Table2Config, run_table2
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=HelpFormatter)
-    add_common_args(p, runs=5, refs_per_class=2500, unseen=1000)
+    add_common_args(p, runs=5, refs_per_class=0, unseen=1000)
     add_distributed_args(p)
     add_polytope_args(p)
     return p.parse_args(argv)
@@ -70,6 +70,7 @@ def main(argv=None) -> dict:
     md = render_markdown(payload)
     atomic_write_text(out / "table2.md", md)
     print(md)
+    print_written(out)
     return payload
 
 

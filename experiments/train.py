@@ -25,6 +25,7 @@ from ri_jax.cli import (DEBUG_FLAG, check_output_dir, non_negative_float, non_ne
                         unit_interval)
 from ri_jax.data import load_dataset
 from ri_jax.errors import RIInputError
+from ri_jax.files import OutputLock
 from ri_jax.models.vgg import VGG_LAYERS, ModelConfig
 from ri_jax.training import TrainConfig, train_and_evaluate
 
@@ -99,6 +100,7 @@ def main(argv=None) -> dict:
         model_config = dataclasses.replace(model_config, mean=mean, std=std)
         init_params = load_imagenet_params(path, model_config, key=jax.random.key(args.seed + 1))
     out.mkdir(parents=True, exist_ok=True)
+    OutputLock.acquire(out, "--out")  # one run per folder, held until this process exits
     summary = train_and_evaluate(model_config, train_config, args.data, out, resume=args.resume,
                                  init_params=init_params, progress=not args.no_progress)
     print(json.dumps(summary, indent=2))

@@ -42,6 +42,7 @@ from ri_jax.errors import RIInputError
 from ri_jax.files import display_name
 from ri_jax.featurize import Features, compute_features
 from ri_jax.heatmaps import cam
+from ri_jax.html_report import explanations_report, write_report
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
 from ri_jax.model import Model, softmax
 from ri_jax.models.loading import load_model
@@ -272,7 +273,6 @@ class Explanations(Sequence[Explanation]):
 
     def save_html(self, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Writes the interactive report ``out/index.html`` (see ``ri_jax.html_report``)."""
-        from ri_jax.html_report import explanations_report, write_report
         return write_report(out, explanations_report(self), overwrite=overwrite)
 
 

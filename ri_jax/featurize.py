@@ -16,7 +16,7 @@ import hashlib
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import numpy as np

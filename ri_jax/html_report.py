@@ -23,7 +23,7 @@ import html
 import io
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -32,8 +32,6 @@ from PIL import Image
 from ri_jax.files import atomic_write_text, display_name
 from ri_jax.plots import DISTANCE_NOTE, HEATMAP_CMAP, HEATMAP_NOTE, CaseBlock, overlay
 
-if TYPE_CHECKING:
-    from ri_jax.api import Explanations
 
 NO_OVERLAY = "image only"
 
@@ -296,11 +294,12 @@ def write_report(out: str | os.PathLike, report: Report, *, filename: str = "ind
     return atomic_write_text(path, render_html(report))  # whole or not at all
 
 
-def explanations_report(explanations: "Explanations", *, title: str | None = None) -> Report:
+def explanations_report(explanations: Any, *, title: str | None = None) -> Report:
     """The report of ``ri_jax.explain``'s answer: RI and Grad-CAM maps on the covered references.
 
     Args:
-      explanations: from ``ri_jax.explain``.
+      explanations: ``ri_jax.api.Explanations``, from ``ri_jax.explain`` (this module does
+        not import ``ri_jax.api``, which imports it).
       title: page title (default: says what the page shows).
 
     Returns:

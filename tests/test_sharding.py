@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import forced_devices, as_model
+from conftest import forced_devices
 from ri_jax import sharding
 from ri_jax.boundaries import Boundaries, sides_packed
 from ri_jax.models.vgg import make_vgg

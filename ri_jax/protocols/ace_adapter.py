@@ -10,7 +10,7 @@ than 20 % of the pixels are kept (``ace_masks``, §6.2), and scored with
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np

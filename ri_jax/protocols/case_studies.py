@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import PurePath
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np

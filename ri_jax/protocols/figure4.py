@@ -19,7 +19,7 @@ covers fewer than K references, RI is evaluated on the covered ones only
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import numpy as np

@@ -9,7 +9,7 @@ only adds boundaries.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm

@@ -17,7 +17,7 @@ set leaves ACU undefined there and is left out of that mean.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
