@@ -42,7 +42,7 @@ from pathlib import Path
 
 from common import (prepare_run, HelpFormatter, add_html_arg, ace_config, ace_settings, add_ace_args, load_data,
                     add_common_args, add_fill_args, add_ri_variant_arg, describe_run, load_setup,
-                    masking_options, parse_indices, remove_stale_outputs,
+                    markdown_cell, masking_options, parse_indices, remove_stale_outputs,
                     ri_options, write_csv, write_json)
 from ri_jax.api import choose_inputs
 from ri_jax.files import atomic_write_text
@@ -160,14 +160,16 @@ def render_markdown(payload: dict, args: argparse.Namespace) -> str:
                            [[m, fmt(s["input"])] + [fmt(s[n]) for n in BLOCKS]
                             for m, s in summary.items()])]
     for rec in records:
-        text += [f"## Test image {rec['test_index']} ({Path(rec['file']).name}): {rec['figure']}", "",
+        text += [f"## Test image {rec['test_index']} ({markdown_cell(Path(rec['file']).name)}): "
+                 f"{rec['figure']}", "",
                  f"True {rec['true_label']}, predicted {rec['predicted_class']} "
                  f"({rec['probability']:.3f}); |P(x)| = {rec['ri']['num_boundaries']}, "
                  f"{rec['ri']['num_covered']} references covered, δ = {rec['ri']['delta']}.", ""]
         for name in BLOCKS:
             entries = rec["blocks"][name]
             text += [f"**{name}**", "", markdown_table(
-                ["method"] + [("input" if e["reference_index"] is None else Path(e["file"]).name)
+                ["method"] + [("input" if e["reference_index"] is None
+                               else markdown_cell(Path(e["file"]).name))
                               for e in entries],
                 [["(unmasked)"] + [f"{e['score']:.3f}" for e in entries]]
                 + [[m] + [f"{e['masked_scores'][m]:.3f}" for e in entries] for m in maps])]

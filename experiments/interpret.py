@@ -179,7 +179,7 @@ def main(argv=None) -> dict:
                                        "num_references": len(refs),
                                        "num_boundaries": args.num_boundaries, "seed": args.seed})
         write_report(out, explanations_report(run), overwrite=args.resume)
-    text = summary_markdown(records, config)
+    text = display_name(summary_markdown(records, config))  # printable in any terminal
     atomic_write_text(out / "summary.md", text)
     # A --resume with other inputs, or without --html, must not leave the last run's files.
     remove_stale_outputs(out, ["input_*.png", "index.html"],

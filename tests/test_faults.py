@@ -222,6 +222,17 @@ def test_a_second_run_on_the_same_out_is_refused_naming_the_lock(tmp_path):
     assert not (out / files.LOCK_NAME).exists()
 
 
+def test_train_takes_the_lock_too(tmp_path, capsys):
+    import train
+    holder = _hold_lock(tmp_path)
+    try:
+        code, err = _run(train.main, ["--out", str(tmp_path), "--resume", "--epochs", "1"],
+                         capsys)
+    finally:
+        holder.communicate("")
+    assert code == 2 and "is in use by another run" in err and files.LOCK_NAME in err
+
+
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", ""])
     dead.wait()
@@ -268,7 +279,8 @@ def hostile_setup(tmp_path_factory, tiny_model, tiny_config):
     save_checkpoint(root / "ckpt", balanced(fns, params, np.asarray(train, np.float32)),
                     tiny_config)
     return root, ["--data", str(data), "--checkpoint", str(root / "ckpt"),
-                  "--batch-size", "8", "--no-progress", "--num-boundaries", "3", "--top-k", "2"]
+                  "--batch-size", "8", "--no-progress", "--num-boundaries", "3", "--top-k", "2",
+                  "--ri-variant", "paper"]
 
 
 def test_hostile_names_and_a_resume_that_removes_stale_files(hostile_setup, capsys):
