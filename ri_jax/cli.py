@@ -59,6 +59,7 @@ def run_script(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] 
     previous_format = warnings.formatwarning
     warnings.formatwarning = lambda message, category, *_: f"{prog}: warning: {message}\n"
     previous_term = _on_sigterm(_raise_terminated)
+    previous_errors = _printable_everywhere()
     try:
         return main(argv)
     except (KeyboardInterrupt, Terminated) as e:
@@ -78,6 +79,7 @@ def run_script(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] 
     finally:
         warnings.formatwarning = previous_format
         _on_sigterm(previous_term)
+        _printable_everywhere(previous_errors)
 
 
 def is_expected_error(e: BaseException, code_dirs: Sequence[Path] = (_PACKAGE_DIR,)) -> bool:
@@ -121,6 +123,29 @@ def _raised_by_a_raise_in(tb, code_dirs: Sequence[Path]) -> bool:
     if not any(Path(filename).resolve().is_relative_to(d) for d in code_dirs):
         return False
     return linecache.getline(filename, last.tb_lineno).lstrip().startswith("raise")
+
+
+def _printable_everywhere(errors: dict | None = None) -> dict:
+    """Lets stdout/stderr print any text, as ``\\xe9``-style escapes where their encoding
+    cannot (a C locale's ASCII), instead of failing after the results are written.
+
+    Args:
+      errors: the streams' previous ``errors`` settings to put back (None: set them).
+
+    Returns:
+      The settings replaced.
+    """
+    if errors is not None:
+        for stream, previous in errors.items():
+            stream.reconfigure(errors=previous)
+        return {}
+    replaced = {}
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if hasattr(stream, "reconfigure") and encoding not in ("utf8", ""):
+            replaced[stream] = stream.errors
+            stream.reconfigure(errors="backslashreplace")
+    return replaced
 
 
 class Terminated(BaseException):

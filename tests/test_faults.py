@@ -327,6 +327,23 @@ def test_display_names_and_cache_keys_survive_non_utf8_and_the_c_locale():
     assert common.markdown_cell("a|b\nc") == "a\\|b\\nc"
 
 
+def test_scripts_print_unicode_under_a_c_locale(tmp_path):
+    """A C locale (ASCII stdout, no UTF-8 mode): summaries with δ and Unicode paths print as
+    escapes instead of failing after every file is written."""
+    code = ("from ri_jax.cli import run_script; "
+            "run_script(lambda argv: print('\\u03b4 donn\\u00e9es'), prog='x.py')")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0",
+           "PYTHONCOERCECLOCALE": "0"}
+    env.pop("PYTHONIOENCODING", None)
+    probe = [sys.executable, "-c", "import sys; print(sys.stdout.encoding)"]
+    if b"ascii" not in subprocess.run(probe, capture_output=True, env=env).stdout.lower():
+        pytest.skip("this Python does not use ASCII under the C locale")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=REPO, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout == b"\\u03b4 donn\\xe9es\n"
+
+
 # ------------------------------------------------------------ limits and images
 
 
