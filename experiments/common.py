@@ -214,14 +214,14 @@ def start_run(args: argparse.Namespace) -> Path:
       ``--out`` on process 0; on the others a throwaway folder, so only process 0's
       files are written (``--cache-dir``, when given, is used by every process).
     """
-    load_model(args.model)  # validated before anything is written to --out
     try:
-        distributed.initialize_from_args(args)
+        distributed.initialize_from_args(args)  # before any JAX work, loading the model included
         if jax.process_count() > 1:
             distributed.require_shared_sample(getattr(args, "ri_variant", "paper"),
                                               "a multi-process run", name="--ri-variant")
     except ValueError as e:
         raise RIInputError(str(e)) from None
+    load_model(args.model)  # validated before anything is written to --out
     if distributed.is_main_process():
         out = prepare_output(args.out, args.resume)
     else:

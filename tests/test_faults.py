@@ -412,15 +412,18 @@ def test_join_timeout_is_validated_and_defaults_by_coordinator():
         p.parse_args(["--join-timeout", "0"])
 
 
-def test_a_process_that_cannot_join_fails_in_bounded_time_naming_the_coordinator():
-    """Process 1 with nothing listening, and process 0 alone, each with --join-timeout 2."""
+def test_a_process_that_cannot_join_fails_in_bounded_time_naming_the_coordinator(tmp_path):
+    """Process 0 alone (the library), and process 1 of a script with nothing listening, each
+    with a join timeout of 2 s."""
     code = ("import sys; from ri_jax import distributed as d; "
-            "d.initialize(d.LaunchConfig(sys.argv[1], 2, int(sys.argv[2])), timeout_s=2); "
-            "print('joined')")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    procs = {rank: subprocess.Popen([sys.executable, "-c", code, f"127.0.0.1:{_free_port()}",
-                                     str(rank)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True, cwd=REPO, env=env) for rank in (0, 1)}
+            "d.initialize(d.LaunchConfig(sys.argv[1], 2, 0), timeout_s=2); print('joined')")
+    script = [str(REPO / "experiments" / "interpret.py"), "--out", str(tmp_path / "o"),
+              "--num-processes", "2", "--process-id", "1", "--join-timeout", "2", "--coordinator"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+    commands = {0: ["-c", code], 1: script}
+    procs = {rank: subprocess.Popen([sys.executable, *command, f"127.0.0.1:{_free_port()}"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    cwd=REPO, env=env) for rank, command in commands.items()}
     start = time.monotonic()
     results = {rank: p.communicate(timeout=120) for rank, p in procs.items()}
     assert time.monotonic() - start < 60
@@ -429,6 +432,8 @@ def test_a_process_that_cannot_join_fails_in_bounded_time_naming_the_coordinator
         assert "joined" not in out and "--join-timeout: process" in err and "127.0.0.1:" in err
     assert "process 1 did not connect to the coordinator" in results[0][1]
     assert "nothing is listening at the coordinator" in results[1][1]
+    assert results[1][1].startswith("interpret.py: error: --join-timeout: process 1 of 2")
+    assert not (tmp_path / "o").exists()  # nothing written by a run that never started
 
 
 # ----------------------------------------------------------------- API misuse
