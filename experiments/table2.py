@@ -77,15 +77,19 @@ def main(argv=None) -> dict:
 def render_markdown(payload: dict) -> str:
     """Table 2 as Markdown, RI's regions beside the model F."""
     cfg, model = payload["config"], payload["model"]
-    fmt = lambda d: "undefined" if d["mean"] is None else format_mean_std(d)
-    rows = [[label, fmt(payload[s]["ACU-GT"]), f"{model[s + '_accuracy']:.2f}",
+    no_truth = "ground_truth" in payload  # the data's labels are not the model's classes
+    fmt = lambda d, gt=False: (("does not apply" if gt and no_truth else "undefined")
+                               if d["mean"] is None else format_mean_std(d))
+    accuracy = lambda a: "does not apply" if a is None else f"{a:.2f}"
+    rows = [[label, fmt(payload[s]["ACU-GT"], True), accuracy(model[s + "_accuracy"]),
              fmt(payload[s]["ACU-MD"]), "100.00", fmt(payload[s]["CVR"]), "100.00"]
             for s, label in zip(SETS, ("Ref.", "Unseen"))]
     return (f"# Table 2: RI's |V| = {cfg['num_interpretations']} decision regions, "
             f"{len(cfg['seeds'])} run(s), {cfg['num_references']} references, "
             f"{cfg['num_unseen']} unseen images\n"
             + markdown_table(["Set", "ACU-GT of RI (%)", "ACU-GT of F (%)", "ACU-MD of RI (%)",
-                              "ACU-MD of F (%)", "CVR of RI (%)", "CVR of F (%)"], rows))
+                              "ACU-MD of F (%)", "CVR of RI (%)", "CVR of F (%)"], rows)
+            + (f"\n{payload['ground_truth']}.\n" if no_truth else ""))
 
 
 if __name__ == "__main__":

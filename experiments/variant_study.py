@@ -1,9 +1,9 @@
 """The RI variant study: Table 1 and Table 2 for the paper's and the authors' RI, per model.
 
     python experiments/variant_study.py --out runs/variants
-    python experiments/variant_study.py --out runs/variants --checkpoints default,PATH --runs 3
+    python experiments/variant_study.py --out runs/variants --models default,PATH --runs 3
 
-For every checkpoint in --checkpoints and every variant in --variants, runs
+For every model in --models and every variant in --variants, runs
 ``table1.py`` (without ACE, with its controls) and ``table2.py`` with ``--ri-variant``
 into ``<out>/<model>/<variant>/``, then writes ``variant_study.json`` and
 ``variant_study.md``: per (model, variant) the methods' and controls' mAD / mAI, the
@@ -32,7 +32,7 @@ import ri_jax
 from common import HelpFormatter, add_debug_arg, prepare_output, write_json
 from ri_jax.files import atomic_write_text
 from ri_jax.cli import positive_int, run_script
-from ri_jax.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
+from ri_jax.models.loading import KERAS_PREFIX, MODEL_SPEC_HELP, describe_model
 from ri_jax.protocols.report import variant_study_markdown
 from ri_jax.protocols.variant_study import summarise_variant_study
 from ri_jax.provenance import code_version
@@ -47,11 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, help="results folder (new or empty, unless --resume)")
     p.add_argument("--data", default="default", help="as in every experiment script (default: embedded)")
-    p.add_argument("--checkpoint", default="default",
-                   help="first model regime (default: the embedded model)")
-    p.add_argument("--checkpoints", default=None,
-                   help="comma-separated model regimes, overriding --checkpoint (default: "
-                        f"--checkpoint and {SECOND_MODEL.relative_to(HERE.parent)})")
+    p.add_argument("--model", "--checkpoint", dest="model", default="default",
+                   help="first model regime: " + MODEL_SPEC_HELP)
+    p.add_argument("--models", "--checkpoints", dest="models", default=None,
+                   help="comma-separated model regimes, overriding --model (default: "
+                        f"--model and {SECOND_MODEL.relative_to(HERE.parent)})")
     p.add_argument("--variants", default=",".join(VARIANT_NAMES),
                    help="comma-separated RI variants, each named explicitly to every table")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
@@ -66,8 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_debug_arg(p)
     args = p.parse_args(argv)
-    args.checkpoints = ([c.strip() for c in args.checkpoints.split(",") if c.strip()]
-                        if args.checkpoints else [args.checkpoint, str(SECOND_MODEL)])
+    args.models = ([c.strip() for c in args.models.split(",") if c.strip()]
+                   if args.models else [args.model, str(SECOND_MODEL)])
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = sorted(set(args.variants) - set(VARIANT_NAMES))
     if bad or not args.variants:
@@ -76,19 +76,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def model_label(checkpoint: str) -> str:
-    return "embedded" if checkpoint == "default" else Path(checkpoint).name
+def model_label(spec: str) -> str:
+    return "embedded" if spec == "default" else Path(spec.removeprefix(KERAS_PREFIX)).name
 
 
-def model_info(checkpoint: str) -> dict:
-    path = DEFAULT_CHECKPOINT if checkpoint == "default" else Path(checkpoint)
-    _, config, meta = load_checkpoint(path)
-    shown = checkpoint
-    if checkpoint != "default" and Path(checkpoint).resolve().is_relative_to(HERE.parent):
-        shown = str(Path(checkpoint).resolve().relative_to(HERE.parent))  # the repository's own
-    return {"checkpoint": shown, "arch": config.arch, "width": config.width,
-            "image_size": config.image_size, "feature_shape": list(config.feature_shape),
-            "test_accuracy": meta.get("test_accuracy"), "val_accuracy": meta.get("val_accuracy")}
+def model_info(spec: str) -> dict:
+    info = describe_model(spec)
+    path = Path(spec.removeprefix(KERAS_PREFIX))
+    if spec != "default" and path.resolve().is_relative_to(HERE.parent):
+        info["spec"] = str(path.resolve().relative_to(HERE.parent))  # the repository's own
+    return info
 
 
 def run(script: str, argv: list[str]) -> None:
@@ -116,15 +113,15 @@ def main(argv=None) -> dict:
     code = code_version()
     cache = Path(args.cache_dir) if args.cache_dir else out / "cache"
     entries = []
-    for checkpoint in args.checkpoints:
-        label = model_label(checkpoint)
-        info = model_info(checkpoint)
+    for spec in args.models:
+        label = model_label(spec)
+        info = model_info(spec)
         for variant in args.variants:
             folder = out / label / variant
             results = {}
             for table in ("table1", "table2"):
                 target = folder / table
-                argv_ = ["--data", args.data, "--checkpoint", checkpoint, "--out", str(target),
+                argv_ = ["--data", args.data, "--model", spec, "--out", str(target),
                          "--seed", str(args.seed), "--runs", str(args.runs),
                          "--unseen", str(args.unseen), "--ri-variant", variant,
                          "--cache-dir", str(cache)]
@@ -141,7 +138,7 @@ def main(argv=None) -> dict:
                     print(warning, file=sys.stderr, flush=True)
             entries.append({"model": label, "model_info": info, "variant": variant, **results})
     study = summarise_variant_study(entries)
-    study["config"] = {"checkpoints": args.checkpoints, "variants": args.variants,
+    study["config"] = {"models": args.models, "variants": args.variants,
                        "runs": args.runs, "unseen": args.unseen, "seed": args.seed,
                        "data": args.data}
     write_json(out / "variant_study.json", study)

@@ -178,7 +178,9 @@ def load_keras_folder(folder: str | os.PathLike) -> Model:
     return from_keras(keras_model, feature_layer=card["feature_layer"],
                       logits_layer=card["logits_layer"], class_names=card["class_names"],
                       image_size=card["image_size"], channels=card["channels"],
-                      mean=card["mean"], std=card["std"], source=str(model_file),
+                      mean=card["mean"], std=card["std"],
+                      source=f"{model_file} (ψ = {card['feature_layer']}, logits = "
+                             f"{card['logits_layer'] or 'the last layer'})",
                       fingerprint=h.hexdigest()[:16], where=str(Path(folder) / CARD_FILE))
 
 

@@ -167,8 +167,9 @@ def table2_section(t2: dict) -> list[str]:
             d = t2[s][m]
             p = PAPER_TABLE2[s][m]
             f_ours = acc if m == "ACU-GT" else 100.0
-            cells += ["undefined" if d["mean"] is None else format_mean_std(d), _pm(p[0], p[1]),
-                      f"{f_ours:.2f}", f"{p[2]:.2f}"]
+            missing = "does not apply" if m == "ACU-GT" and "ground_truth" in t2 else "undefined"
+            cells += [missing if d["mean"] is None else format_mean_std(d), _pm(p[0], p[1]),
+                      missing if f_ours is None else f"{f_ours:.2f}", f"{p[2]:.2f}"]
         rows.append(cells)
     header = ["Set"] + [f"{m} {who}" for m in ("ACU-GT", "ACU-MD", "CVR")
                         for who in ("RI ours", "RI paper", "F ours", "F paper")]
@@ -177,7 +178,8 @@ def table2_section(t2: dict) -> list[str]:
             f"|V| = {cfg['num_interpretations']}, |Q| = {cfg['num_boundaries']}, "
             f"{cfg['num_references']} references, {cfg['num_unseen']} unseen images, "
             f"{len(cfg['seeds'])} run(s), percent. F is the CNN itself (its ACU-MD and CVR are 100 % "
-            "by definition). Paper columns: ASIRRA.", "",
+            "by definition). Paper columns: ASIRRA."
+            + (f" {t2['ground_truth']}." if "ground_truth" in t2 else ""), "",
             markdown_table(header, rows)]
 
 
@@ -225,14 +227,13 @@ def cases_section(figures: list[str], rel: str) -> list[str]:
 def caveat(record: dict) -> str:
     """The paragraph that says what our numbers can and cannot be compared with."""
     model = record["model"]
-    net = (f"a {model['arch'].upper().replace('VGG', 'VGG-')} of width {model['width']:g} at {model['image_size']} × "
-           f"{model['image_size']} pixels")
-    if record["data"] == "default" and record["checkpoint"] == "default":
+    net = model["summary"]
+    if record["data"] == "default" and model["spec"] == "default":
         origin = (f"come from {net} trained from scratch on a small subset of ASIRRA (the embedded "
                   "data set, cats vs dogs), not from an ImageNet-pretrained VGG-19 fine-tuned on "
                   "the full data sets as in the paper")
     else:
-        origin = (f"come from {net} (checkpoint `{record['checkpoint']}`) on `{record['data']}`; "
+        origin = (f"come from {net} (`--model {model['spec']}`) on `{record['data']}`; "
                   "the paper used ImageNet-pretrained VGG-19 models fine-tuned at 224 × 224 "
                   "pixels on the full data sets")
     return (f"**Read this first.** These numbers {origin}. Absolute values are therefore not "
@@ -309,10 +310,11 @@ def variant_study_markdown(study: dict) -> str:
             continue
         seen.add(r["model"])
         i = r["model_info"]
-        lines.append(f"- **{r['model']}**: {i.get('arch')} width {i.get('width')} at "
-                     f"{i.get('image_size')} px, ψ {'×'.join(map(str, i.get('feature_shape', [])))}, "
-                     f"test accuracy {_fmt(100 * i['test_accuracy'] if i.get('test_accuracy') else None, 2)} % "
-                     f"(checkpoint `{i.get('checkpoint')}`).")
+        accuracy = (f", test accuracy {_fmt(100 * i['test_accuracy'], 2)} %"
+                    if i.get("test_accuracy") else "")
+        lines.append(f"- **{r['model']}**: {i.get('summary')}, ψ "
+                     f"{'×'.join(map(str, i.get('feature_shape', [])))}{accuracy} "
+                     f"(`--model {i.get('spec')}`).")
     lines += ["", "Table 1 (mAD ↓ / mAI ↑):", ""]
     names = list(study["rows"][0]["table1"]) + list(study["rows"][0]["controls"])
     rows = []

@@ -73,9 +73,16 @@ def region_scores(model: Model, ref_features: Features,
     out = {"interpretations": methods.ri_summary(ri, gradcam)}
     for name, feats in zip(SETS, (ref_features, unseen_features)):
         m = region_metrics(predict(ri.regions, feats.psi).label, feats.labels, feats.predictions)
-        out[name] = {"ACU-GT": 100 * float(m.acu_gt), "ACU-MD": 100 * float(m.acu_md),
-                     "CVR": 100 * float(m.cvr), "covered": int(m.num_covered)}
+        out[name] = {"ACU-GT": 100 * float(m.acu_gt) if labels_known(feats) else None,
+                     "ACU-MD": 100 * float(m.acu_md), "CVR": 100 * float(m.cvr),
+                     "covered": int(m.num_covered)}
     return out
+
+
+def labels_known(features: Features) -> bool:
+    """Whether every label is one of the model's classes (unknown labels are −1: data whose
+    classes are not the model's, where ACU-GT and the model's accuracy do not apply)."""
+    return bool(np.all(np.asarray(features.labels) >= 0))
 
 
 def summarise(runs: list[dict]) -> tuple[dict, dict]:
@@ -91,15 +98,15 @@ def summarise(runs: list[dict]) -> tuple[dict, dict]:
         empty[s] = len(every) - len(covered)
         table[s] = {"CVR": mean_std([r["CVR"] for r in every])}
         for m in ("ACU-GT", "ACU-MD"):
-            table[s][m] = (mean_std([r[m] for r in covered]) if covered
-                           else {"mean": None, "std": None})
+            values = [r[m] for r in covered if r[m] is not None]
+            table[s][m] = mean_std(values) if values else {"mean": None, "std": None}
         table[s] = {m: table[s][m] for m in METRICS}
     return table, empty
 
 
 def model_accuracy(ref_features: Features, unseen_features: Features) -> dict:
-    """The CNN's own accuracy (%) on the reference and unseen sets."""
-    acc = lambda f: 100 * float(np.mean(f.predictions == f.labels))
+    """The CNN's own accuracy (%) on the reference and unseen sets (None: labels unknown)."""
+    acc = lambda f: 100 * float(np.mean(f.predictions == f.labels)) if labels_known(f) else None
     return {"reference_accuracy": acc(ref_features), "unseen_accuracy": acc(unseen_features)}
 
 
@@ -120,7 +127,11 @@ class Table2Result(NamedTuple):
         """Per set and metric mean ± std, the model's accuracy, runs without coverage,
         covered images and RI's interpretations per run."""
         table, empty = summarise(self.runs)
-        return {**table, "model": self.model, "runs_without_coverage": empty,
+        known = all(r[s]["ACU-GT"] is not None for r in self.runs for s in SETS)
+        ground_truth = ({} if known else {"ground_truth": (
+            "ACU-GT and the model's accuracy do not apply: the data's labels are not the "
+            "model's classes")})
+        return {**table, "model": self.model, "runs_without_coverage": empty, **ground_truth,
                 "covered_images": {s: mean_std([r[s]["covered"] for r in self.runs])
                                    for s in SETS},
                 "interpretations": [r["interpretations"] for r in self.runs]}
