@@ -69,9 +69,11 @@ from common import (prepare_run, print_written, HelpFormatter, ace_config, ace_s
                     ri_options, write_csv, write_json)
 from ri_jax.files import atomic_write_text
 from ri_jax.cli import run_script
+from ri_jax.plots import faithfulness_curves_figure
 from ri_jax.metrics import KEEP_FRACTION
 from ri_jax.protocols.report import format_mean_std, markdown_table, table1_fill_section
-from ri_jax.protocols.table1 import Table1Config, run_table1
+from ri_jax.protocols.faithfulness import MEASURE_SETS, FaithfulnessOptions
+from ri_jax.protocols.table1 import Table1Config, is_control, run_table1
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,9 +83,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_fill_args(p)
     add_ace_args(p, max_images_help="ACE discovery images per cluster, nearest the centre first "
                                     "(0 = all)")
+    add_faithfulness_args(p)
     args = p.parse_args(argv)
     masking_options(args, p)  # validates --blur-sigma
+    faithfulness_options(args, p)  # validates the faithfulness settings
     return args
+
+
+def add_faithfulness_args(p: argparse.ArgumentParser) -> None:
+    """--faithfulness, --faithfulness-images, --curve-step, --road-percentiles."""
+    p.add_argument("--faithfulness", choices=MEASURE_SETS, default="all",
+                   help="beside AD / AI at 20 %%: all = deletion / insertion curves, ROAD and AD / "
+                        "AI at 5, 10, 20, 30, 50 %% kept; keep = only AD / AI at those fractions "
+                        "(the part that depends on --fill); none")
+    p.add_argument("--faithfulness-images", type=int, default=100,
+                   help="score the faithfulness measures on the first N unseen images (0 = all)")
+    p.add_argument("--curve-step", type=float, default=0.05,
+                   help="largest share of pixels per deletion / insertion step")
+    p.add_argument("--road-percentiles", default="10,30,50,70,90",
+                   help="comma-separated ROAD percentiles")
+
+
+def faithfulness_options(args: argparse.Namespace, p: argparse.ArgumentParser | None = None
+                         ) -> FaithfulnessOptions:
+    """The ``FaithfulnessOptions`` of the faithfulness arguments; with ``p`` a bad one is a usage error."""
+    try:
+        percentiles = tuple(float(v) for v in args.road_percentiles.split(",") if v.strip())
+        return FaithfulnessOptions(measures=args.faithfulness, images=args.faithfulness_images,
+                                   step=args.curve_step, road_percentiles=percentiles,
+                                   batch_size=min(args.batch_size, 64))
+    except ValueError as e:
+        if p is None:
+            raise
+        p.error(f"faithfulness: {e}")
 
 
 def main(argv=None) -> dict:
@@ -94,7 +126,8 @@ def main(argv=None) -> dict:
     seeds = [args.seed + r for r in range(args.runs)]
     config = Table1Config(per_class=args.per_class, batch_size=args.batch_size,
                           ri=ri_options(args),
-                          masking=masking_options(args), ace=ace_settings(args))
+                          masking=masking_options(args), ace=ace_settings(args),
+                          faithfulness=faithfulness_options(args))
     result = run_table1(setup.model, setup.ref_features, setup.unseen_features,
                         setup.references.raw, raw_unseen,
                         num_classes=setup.references.num_classes, seeds=seeds, config=config,
@@ -113,6 +146,13 @@ def main(argv=None) -> dict:
     write_csv(out / "table1.csv", result.csv_rows())
     md = render_markdown(payload)
     atomic_write_text(out / "table1.md", md)
+    curves = payload.get("faithfulness", {}).get("curves")
+    if curves:
+        faithfulness_curves_figure(
+            curves, dashed=[n for n in curves if is_control(n)],
+            title=f"Deletion and insertion curves, {setup.model.source}: "
+                  f"{payload['faithfulness']['config']['images_scored']} unseen images, "
+                  f"{len(seeds)} run(s)", path=out / "faithfulness_curves.png")
     print(md)
     print_written(out)
     return payload

@@ -483,7 +483,10 @@ def road(predict: PredictFn, normalize: NormalizeFn, raw: Array, heatmaps: Array
     if not percentiles or not all(0 <= p <= 100 for p in percentiles):
         raise ValueError(f"percentiles: need values in [0, 100], got {percentiles}")
     classes = _classes(predict, normalize, raw, classes, batch_size)
-    keys = np.asarray(jax.random.split(jax.random.PRNGKey(0) if key is None else key, len(raw)))
+    keys = jax.random.split(jax.random.PRNGKey(0) if key is None else key, len(raw))
+    if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):  # typed keys: their raw words
+        keys = jax.random.key_data(keys)
+    keys = np.asarray(keys)
     out = _chunks(lambda r, h, c, k: _road_chunk(predict, normalize, percentiles, rule,
                                                  float(noise), r, h, c, k),
                   (raw, heatmaps, classes, keys), batch_size)

@@ -32,6 +32,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from ri_jax.faithfulness import auc
 from ri_jax.files import atomic_path, display_name
 
 INPUT_COLOUR = "#1a9850"  # the paper marks the input image with a green box (Figure 1)
@@ -447,6 +448,65 @@ def k_curves_figure(ks: Sequence[int], curves: Mapping[str, Mapping[str, Sequenc
         ax.set_xticks(ks)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
+    return _titled(fig, title, footnote, foot_lines, path)
+
+
+CURVE_PANELS = (("deletion", "deletion: top share → mean colour", "lower is better"),
+                ("insertion_blur", "insertion from the blurred image", "higher is better"),
+                ("insertion_mean", "insertion from the mean colour", "higher is better"))
+CURVES_NOTE = ("p_c: softmax probability of the class predicted on the intact image, mean over "
+               "images (and runs). Pixels go in heat-map order, ties by the fixed tie order; "
+               "legend: area under the curve. Dashed: controls.")
+
+
+@_literal_text
+def faithfulness_curves_figure(curves: Mapping[str, Mapping[str, Sequence[float]]], *,
+                               dashed: Sequence[str] = (), title: str | None = None,
+                               footnote: str | None = CURVES_NOTE,
+                               path: str | Path | None = None) -> Figure:
+    """Deletion and insertion curves (RISE), one line per method, one panel per curve.
+
+    Args:
+      curves: method → ``{"fractions", "deletion", "insertion_blur", "insertion_mean"}``, each
+        a list of T + 1 values (``protocols.faithfulness.mean_curves``).
+      dashed: methods drawn dashed (the controls).
+      title: figure title.
+      footnote: text under the panels.
+      path: where to save the PNG (optional).
+
+    Returns:
+      The ``Figure``.
+    """
+    if not curves:
+        raise ValueError("curves: need at least one method")
+    width = 4.2 * len(CURVE_PANELS)
+    title, footnote = _shown(title), _shown(footnote)
+    footnote = textwrap.fill(footnote, int(16 * width)) if footnote else None
+    foot_lines = footnote.count("\n") + 1 if footnote else 0
+    fig = Figure(figsize=(width, 3.8 + 0.15 * foot_lines), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(CURVE_PANELS), squeeze=False)[0]
+    for ax, (key, label, direction) in zip(axes, CURVE_PANELS):
+        for method, c in curves.items():
+            x = _finite(c["fractions"], f"curves[{method!r}]['fractions']", "T + 1 values", 1)
+            y = _finite(c[key], f"curves[{method!r}][{key!r}]", f"{x.size} values", 1)
+            if y.size != x.size:
+                raise ValueError(f"curves[{method!r}][{key!r}]: expected {x.size} values, got {y.size}")
+            area = float(auc(y, x))
+            ax.plot(100 * x, y, linestyle="--" if method in dashed else "-",
+                    label=f"{_shown(method)} ({area:.3f})")
+        ax.set_title(f"{label}\n(AUC, {direction})", fontsize=8)
+        ax.set_xlabel("pixels " + ("removed" if key == "deletion" else "revealed") + " (%)")
+        ax.set_ylabel("p_c")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    return _titled(fig, title, footnote, foot_lines, path)
+
+
+def _titled(fig: Figure, title: str | None, footnote: str | None, foot_lines: int,
+            path: str | Path | None) -> Figure:
+    """A row of panels with its title on top and footnote below, laid out and saved."""
     if title:
         fig.suptitle(title, fontsize=9)
     if footnote:

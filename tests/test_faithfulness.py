@@ -186,3 +186,18 @@ def test_road_noise_is_per_image_and_only_on_removed_pixels(data):
     a, b = run(1, 0.5), run(4, 0.5)
     np.testing.assert_allclose(a.morf, b.morf, atol=1e-6)  # chunking does not change the noise
     assert not np.allclose(a.morf, run(4, 0.0).morf)
+
+
+def test_curves_figure_draws_every_method_and_checks_lengths(tmp_path):
+    from ri_jax.plots import faithfulness_curves_figure
+
+    f = F.curve_fractions(0.25).tolist()
+    curve = {"fractions": f, "deletion": [0.9, 0.5, 0.3, 0.2, 0.1],
+             "insertion_blur": [0.2, 0.6, 0.8, 0.9, 0.9], "insertion_mean": [0.1] * 5}
+    fig = faithfulness_curves_figure({"RI": curve, "Random": curve}, dashed=["Random"],
+                                     title="t", path=tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 0
+    assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2, 2]
+    assert "RI (0.400)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    with pytest.raises(ValueError, match="expected 5 values"):
+        faithfulness_curves_figure({"RI": {**curve, "deletion": [0.1] * 4}})

@@ -40,6 +40,9 @@ from ri_jax.featurize import Features
 from ri_jax.model import Model
 from ri_jax.protocols import ace_adapter, methods, routing, scoring
 from ri_jax.protocols.ace_adapter import ACESettings
+from ri_jax.protocols.faithfulness import (MEASURES, Faithfulness, FaithfulnessOptions,
+                                           evaluate_faithfulness, keep_measures, mean_curves,
+                                           summarise)
 from ri_jax.protocols.methods import RIOptions
 from ri_jax.protocols.scoring import Evaluation, MaskingOptions
 from ri_jax.protocols.statistics import mean_std
@@ -58,6 +61,9 @@ class Table1Config:
       ace: ACE settings (``max_images``: discovery images per cluster, nearest the centre
         first, 0 = all); None leaves ACE out.
       inverse: also score every method's inverse (doubles the masked forward passes).
+      faithfulness: deletion / insertion curves, ROAD and AD / AI at several keep fractions
+        of every heat-map method and control, on the first ``faithfulness.images`` unseen
+        images (``protocols.faithfulness``); off by default.
     """
 
     per_class: int = 10
@@ -66,6 +72,7 @@ class Table1Config:
     batch_size: int = 128
     ace: ACESettings | None = None
     inverse: bool = True
+    faithfulness: FaithfulnessOptions = FaithfulnessOptions(measures="none")
 
 
 class Table1Result(NamedTuple):
@@ -79,6 +86,9 @@ class Table1Result(NamedTuple):
       fill_prior: ``scoring.fill_prior_report`` on the unseen images.
       masking: the ``MaskingOptions`` used.
       image_size: side S of the images.
+      faithfulness: per run, ``{name: Faithfulness}`` of every heat-map method, control and
+        own-input control (``OWN_INPUT``; the same object in every run); empty lists when off.
+      faithfulness_options: the ``FaithfulnessOptions`` used.
     """
 
     seeds: list[int]
@@ -88,6 +98,8 @@ class Table1Result(NamedTuple):
     fill_prior: dict
     masking: MaskingOptions
     image_size: int
+    faithfulness: list[dict[str, Faithfulness]] = []
+    faithfulness_options: FaithfulnessOptions = FaithfulnessOptions(measures="none")
 
     def summary(self, name: str) -> dict:
         """mAD / mAI of ``name`` over runs, with ``"inverse"`` (its own mAD / mAI) when scored."""
@@ -122,7 +134,31 @@ class Table1Result(NamedTuple):
                 "fill_prior": self.fill_prior,
                 "interpretations": {n: [res[n][1] for res in self.runs] for n in names},
                 "tie_rule": scoring.TIE_RULE,
-                "masking": self.masking.describe(self.image_size)}
+                "masking": self.masking.describe(self.image_size),
+                **({"faithfulness": self.faithfulness_json()} if self.faithfulness else {})}
+
+    def faithfulness_json(self) -> dict:
+        """``{"config", "methods", "controls", "curves"}``: every measure's mean ± std over
+        runs per method and control (``protocols.faithfulness.MEASURES``), and the mean
+        deletion / insertion curves."""
+        names = list(self.faithfulness[0])
+        rows = {n: summarise([f[n] for f in self.faithfulness]) for n in names}
+        curves = {n: mean_curves([f[n] for f in self.faithfulness]) for n in names}
+        options = self.faithfulness_options
+        measures = (MEASURES if options.measures == "all" else ()) + keep_measures(
+            options.keep_fractions)
+        return {"config": {**options.describe(), "images_scored": self._faithfulness_images(),
+                           "fill": self.masking.fill},
+                "measures": [{"key": k, "label": label, "lower_is_better": low,
+                              "fill_dependent": k.startswith(("mAD@", "mAI@"))}
+                             for k, label, low in measures],
+                "methods": {n: rows[n] for n in names if not is_control(n)},
+                "controls": {n: rows[n] for n in names if is_control(n)},
+                "curves": {n: c for n, c in curves.items() if c is not None}}
+
+    def _faithfulness_images(self) -> int:
+        first = next(iter(self.faithfulness[0].values()))
+        return len(first.keep.y) if first.keep is not None else 0
 
     def csv_rows(self) -> list[dict]:
         """One row per run and name: AD, AI, the inverse's AD / AI (None where not scored)
@@ -132,16 +168,29 @@ class Table1Result(NamedTuple):
                  "AD": res[n][0].ad, "AI": res[n][0].ai,
                  "AD_inverse": inv[n].ad if n in inv else None,
                  "AI_inverse": inv[n].ai if n in inv else None,
-                 **{k: v for k, v in res[n][1].items() if not isinstance(v, dict)}}
+                 **{k: v for k, v in res[n][1].items() if not isinstance(v, dict)},
+                 **(self.faithfulness[r][n].scalars() if self.faithfulness
+                    and n in self.faithfulness[r] else {})}
                 for r, (s, res, inv) in enumerate(zip(self.seeds, self.runs, self.inverses))
                 for n in res]
+
+
+# Own-input controls of the faithfulness measures: each method computed at the unseen image
+# itself, no reuse ("Grad-CAM (own weights)" is also a Table 1 control).
+OWN_INPUT = " (own weights)"
+
+
+def is_control(name: str) -> bool:
+    """Whether a Table 1 name is a control (``methods.CONTROLS`` or an own-input control)."""
+    return name in methods.CONTROLS or name.endswith(OWN_INPUT)
 
 
 def _run_once(model: Model, ref_features: Features, unseen_features: Features,
               ref_raw: Callable[[np.ndarray], np.ndarray], unseen_raw: np.ndarray,
               num_classes: int, seed: int, config: Table1Config, ace_cache: ACECache | None,
-              fixed: dict[str, tuple[Evaluation, dict]],
-              progress: bool) -> tuple[dict[str, tuple[Evaluation, dict]], dict[str, Evaluation]]:
+              fixed: dict[str, tuple[Evaluation, dict]], fixed_faithfulness: dict[str, Faithfulness],
+              progress: bool) -> tuple[dict[str, tuple[Evaluation, dict]], dict[str, Evaluation],
+                                       dict[str, Faithfulness]]:
     ref_f, un_f = ref_features, unseen_features
     size = unseen_raw.shape[1]
     keys = routing.protocol_keys(seed)
@@ -154,7 +203,9 @@ def _run_once(model: Model, ref_features: Features, unseen_features: Features,
     evaluate = lambda maps, inverse=False: scoring.evaluate_heatmaps(
         model, unseen_raw, maps, logits=un_f.logits, masking=config.masking,
         inverse=inverse, batch_size=config.batch_size)
-    out, inverses = {}, {}
+    faithful = lambda maps: _faithfulness(model, unseen_raw, maps, un_f.predictions, config,
+                                          key=jax.random.fold_in(keys.random, 1))
+    out, inverses, faith = {}, {}, {}
     for method in tqdm(methods.method_names(), desc=f"run seed={seed}", disable=not progress,
                        leave=False):
         if method == "RI":
@@ -172,6 +223,8 @@ def _run_once(model: Model, ref_features: Features, unseen_features: Features,
                             **ev.tie_report()})
         if config.inverse:
             inverses[method] = evaluate(maps, inverse=True)
+        if config.faithfulness.enabled:
+            faith[method] = faithful(maps)
     if config.ace is not None:
         ace = config.ace
         members = [np.flatnonzero(km.assignment == v) for v in range(num_v)]
@@ -192,13 +245,51 @@ def _run_once(model: Model, ref_features: Features, unseen_features: Features,
                                      "mean": float(np.mean([len(m) for m in members])),
                                      "min": int(min(len(m) for m in members))},
                                  **routing.routing_report(nearest)})
-    ev = evaluate(methods.random_heatmaps(len(unseen_raw), size, key=keys.random))
+    maps = methods.random_heatmaps(len(unseen_raw), size, key=keys.random)
+    ev = evaluate(maps)
     out["Random"] = (ev, {"reuse": False, **ev.tie_report()})
+    if config.faithfulness.enabled:
+        faith["Random"] = faithful(maps)
     for name, (ev, report, inverse) in fixed.items():
         out[name] = (ev, report)
         if inverse is not None:
             inverses[name] = inverse
-    return out, inverses
+    return out, inverses, {**faith, **fixed_faithfulness}
+
+
+def _faithfulness(model: Model, unseen_raw: np.ndarray, maps: np.ndarray, classes: np.ndarray,
+                  config: Table1Config, *, key: jax.Array) -> Faithfulness:
+    """``protocols.faithfulness`` of one method's maps on the unseen images (table's fill)."""
+    return evaluate_faithfulness(model.forward, model.normalize, unseen_raw, maps, classes,
+                                 config.faithfulness, fill=config.masking.fill,
+                                 blur_sigma=config.masking.blur_sigma, key=key)
+
+
+def _own_input_faithfulness(model: Model, ref_psi: np.ndarray, unseen_raw: np.ndarray,
+                            unseen_features: Features, config: Table1Config, seed: int
+                            ) -> dict[str, Faithfulness]:
+    """The own-input controls: every method computed at each scored unseen image itself.
+
+    RI's own polytope is built with the first run's boundary key; "Grad-CAM (own
+    weights)" is a Table 1 control already and is scored by the caller.
+    """
+    n = config.faithfulness.subset(len(unseen_raw))
+    raw, psi = unseen_raw[:n], unseen_features.psi[:n]
+    classes = unseen_features.predictions[:n]
+    out = {}
+    for method in methods.method_names():
+        name = method + OWN_INPUT
+        if name in methods.CONTROLS:
+            continue
+        if method == "RI":
+            own = methods.ri_at_inputs(model, ref_psi, raw, config.ri,
+                                       key=routing.protocol_keys(seed).boundaries).interpretations
+        else:
+            own = methods.cam_interpretations(method, model, raw, psi, classes)
+        maps = methods.interpretation_heatmaps(own, np.arange(n), psi, raw.shape[1])
+        out[name] = _faithfulness(model, raw, maps, classes, config,
+                                  key=jax.random.fold_in(jax.random.key(seed), 2))
+    return out
 
 
 def run_table1(model: Model, ref_features: Features, unseen_features: Features,
@@ -230,7 +321,8 @@ def run_table1(model: Model, ref_features: Features, unseen_features: Features,
     size = unseen_raw.shape[1]
     # The controls that involve no random choice run once: Grad-CAM at each unseen image
     # itself, and the same centred square on every image.
-    fixed = {}
+    fixed, fixed_faithfulness = {}, {}
+    seeds = list(seeds)
     for control in ("Grad-CAM (own weights)", "Centre square"):
         maps = methods.control_heatmaps(control, model, unseen_raw, un_f.psi,
                                         un_f.predictions)
@@ -240,12 +332,20 @@ def run_table1(model: Model, ref_features: Features, unseen_features: Features,
         ev = score(False)
         fixed[control] = (ev, {"reuse": False, **ev.tie_report()},
                           score(True) if config.inverse else None)
+        if config.faithfulness.enabled:
+            fixed_faithfulness[control] = _faithfulness(
+                model, unseen_raw, maps, un_f.predictions, config,
+                key=jax.random.fold_in(jax.random.key(seeds[0]), 3))
+    if config.faithfulness.enabled:
+        fixed_faithfulness.update(_own_input_faithfulness(model, ref_features.psi, unseen_raw,
+                                                          un_f, config, seeds[0]))
     prior = scoring.fill_prior_report(model, unseen_raw, config.masking, names,
                                       batch_size=config.batch_size)
-    seeds = list(seeds)
     both = [_run_once(model, ref_features, unseen_features, ref_raw, unseen_raw,
-                      num_classes, s, config, ace_cache, fixed, progress)
+                      num_classes, s, config, ace_cache, fixed, fixed_faithfulness, progress)
             for s in tqdm(seeds, desc="Table 1 runs", disable=not progress)]
     return Table1Result(seeds=seeds, runs=[b[0] for b in both], inverses=[b[1] for b in both],
                         class_names=names, fill_prior=prior, masking=config.masking,
-                        image_size=size)
+                        image_size=size,
+                        faithfulness=[b[2] for b in both] if config.faithfulness.enabled else [],
+                        faithfulness_options=config.faithfulness)
