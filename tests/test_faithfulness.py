@@ -198,6 +198,6 @@ def test_curves_figure_draws_every_method_and_checks_lengths(tmp_path):
                                      title="t", path=tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 0
     assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2, 2]
-    assert "RI (0.400)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "RI (0.375)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     with pytest.raises(ValueError, match="expected 5 values"):
         faithfulness_curves_figure({"RI": {**curve, "deletion": [0.1] * 4}})
