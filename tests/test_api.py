@@ -150,27 +150,44 @@ def test_explain_an_own_model_with_each_variant(protocol_model, tmp_path, varian
             ri_jax.explain(pixels[16:18], model=model, references=pixels[:16], **bad)
 
 
-def readme_snippet() -> str:
-    """The first Python block of the README's library section."""
+def readme_snippet(section: str) -> str:
+    """The first Python block of a README section."""
     text = (ROOT / "README.md").read_text()
-    section = text.split("## Using the library", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    part = text.split(f"## {section}", 1)[1]
+    return re.search(r"```python\n(.*?)```", part, re.S).group(1)
+
+
+def run_snippet(snippet: str, folder: Path) -> subprocess.CompletedProcess:
+    script = folder / "snippet.py"
+    script.write_text(snippet)
+    return subprocess.run([sys.executable, str(script)], cwd=folder, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 @pytest.mark.slow
-def test_readme_snippet_runs_as_a_script(tmp_path):
-    snippet = readme_snippet()
+def test_readme_library_snippet_runs_as_a_script(tmp_path):
+    snippet = readme_snippet("The library in three snippets")
     assert "print(" in snippet
-    script = tmp_path / "snippet.py"
-    script.write_text(snippet)
-    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    run = run_snippet(snippet, tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "Representative interpretations of 4 image(s)" in run.stdout
     assert "polytope of" in run.stdout and "MISCLASSIFIED" in run.stdout
     figures = list(tmp_path.glob("*.png"))
     assert figures and all(f.stat().st_size > 10_000 for f in figures)
     assert (tmp_path / "report" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_readme_own_model_snippet_runs_as_a_script(tmp_path):
+    snippet = readme_snippet("Explain your own model")
+    assert "Model.from_functions" in snippet and "nn.Module" in snippet
+    run = run_snippet(snippet, tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Representative interpretations of 4 image(s) by own functions" in run.stdout
+    assert run.stdout.count("polytope of") == 4
+    assert (tmp_path / "own_model.png").stat().st_size > 10_000
+    page = (tmp_path / "own_report" / "index.html").read_text()
+    assert page.count('<section class="input"') == 4
 
 
 def test_tensorflow_datasets_is_imported_only_for_tfds_specs():
