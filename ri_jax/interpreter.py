@@ -31,7 +31,7 @@ from ri_jax.buckets import bucket_size, first_rows, pad_rows, repeat_last_row
 from ri_jax.errors import all_finite
 from ri_jax.heatmaps import polytope_heatmap, ri_channel_weights
 from ri_jax.model import Model
-from ri_jax.ranking import rank_covered, semantic_distance
+from ri_jax.ranking import pool_distances, rank_covered, semantic_distance
 from ri_jax.regions import DecisionRegions
 from ri_jax.solver import (GreedyResult, keep_adding_batch, loosen_batch, popcount,
                            positive_words, solve_batch, solve_classes, unpack_bits)
@@ -126,7 +126,8 @@ class Interpretation(NamedTuple):
 
 
 def _explain_with(ref_feats: Array, bounds: Boundaries, psi_x: Array, predicted_class: Array,
-                  result: GreedyResult, *, top_k: int, image_size: int) -> Interpretation:
+                  result: GreedyResult, distances: Array | None = None, *, top_k: int,
+                  image_size: int) -> Interpretation:
     """Turns Algorithm 1's result for one input into an ``Interpretation`` (§5).
 
     The diagnostics fields (``x_side``, ``pool``, ``search_*``) are placeholders that the
@@ -138,6 +139,8 @@ def _explain_with(ref_feats: Array, bounds: Boundaries, psi_x: Array, predicted_
       psi_x: [h, w, c] feature map of x.
       predicted_class: int32 Class(x).
       result: ``GreedyResult`` of x (unbatched).
+      distances: float32[N] Eq. 6 distances when already known (per-input pools take them
+        from their sides' products), else None to compute them here.
       top_k: number of similar references to return, 1 ≤ top_k ≤ N.
       image_size: side S of the heat maps.
 
@@ -145,7 +148,8 @@ def _explain_with(ref_feats: Array, bounds: Boundaries, psi_x: Array, predicted_
       ``Interpretation``.
     """
     covered = unpack_bits(result.covered, ref_feats.shape[0])
-    distances = semantic_distance(bounds.w, result.selected, psi_x, ref_feats)
+    if distances is None:
+        distances = semantic_distance(bounds.w, result.selected, psi_x, ref_feats)
     alphas = ri_channel_weights(bounds.w, bounds.b, psi_x)
     out = interpretation_from(predicted_class, result, covered, distances, alphas, psi_x,
                               top_k=top_k, image_size=image_size)
@@ -215,8 +219,10 @@ _EXPLAIN_CHUNK_FLOATS = 1 << 26
 
 @functools.partial(jax.jit, static_argnames=("top_k", "image_size"))
 def _explain_batch(ref_feats: Array, bounds: Boundaries, feats: Array, preds: Array,
-                   result: GreedyResult, *, top_k: int, image_size: int) -> Interpretation:
-    """``_explain_with`` for a batch; ``bounds`` shared ([Q, ...]) or per input ([B, Q, ...])."""
+                   result: GreedyResult, distances: Array | None = None, *, top_k: int,
+                   image_size: int) -> Interpretation:
+    """``_explain_with`` for a batch; ``bounds`` shared ([Q, ...]) or per input ([B, Q, ...]);
+    ``distances`` float32[B, N] or None."""
     per_input = bounds.b.ndim == 2
 
     def one(args):
@@ -231,11 +237,12 @@ def _explain_batch(ref_feats: Array, bounds: Boundaries, feats: Array, preds: Ar
     q, h, w = bounds.w.shape[-4:-1]
     per_row = (1 + top_k) * (q * h * w + image_size ** 2)
     chunk = max(1, min(feats.shape[0], _EXPLAIN_CHUNK_FLOATS // per_row))
-    args = (feats, preds, result)
+    args = (feats, preds, result) if distances is None else (feats, preds, result, distances)
     return jax.lax.map(one, (bounds,) + args if per_input else args, batch_size=chunk)
 
 
-# Floats of per-input boundary normals held at once by the per-input pools (256 MiB).
+# Floats held at once by the per-input pools (256 MiB): each input's boundary normals, and
+# its sides' products with every reference.
 _POOL_CHUNK_FLOATS = 1 << 26
 
 
@@ -480,6 +487,12 @@ class RepresentativeInterpreter:
           ``x_side``, ``pool``, ``num_selected_greedy``, ``search_*``, ``pool_w/b``; the other
           fields are None).
         """
+        return self._solve_features(feats, preds, keys=keys, progress=progress)[:3]
+
+    def _solve_features(self, feats: Array, preds: Array, *, keys: Array | None = None,
+                        progress: bool = False):
+        """``solve_features``, then the Eq. 6 distances float32[B, N] where they came for
+        free (per-input pools), else None."""
         b = feats.shape[0]
         host = np.asarray(preds)  # B ids: read on the host, where checking compiles nothing
         if host.shape != (b,) or not np.issubdtype(host.dtype, np.integer) or (
@@ -496,7 +509,7 @@ class RepresentativeInterpreter:
             return refs.boundaries, result, _diagnostics(
                 x_side=x_sides, pool=jnp.broadcast_to(refs.boundary_refs, (b, q)),
                 num_selected_greedy=greedy, search_steps=jnp.zeros((b, q), jnp.int32),
-                search_converged=jnp.ones((b, q), bool))
+                search_converged=jnp.ones((b, q), bool)), None
         return self._solve_pools(feats, preds, self._keys(keys, b), delta, progress)
 
     def _solve(self, side_words, x_sides, preds, delta):
@@ -534,38 +547,64 @@ class RepresentativeInterpreter:
         return solve_classes(side_words, x_sides, self.reference_set.preds, preds, delta,
                              num_classes=num_classes, check=False)
 
+    def _pool_chunk_size(self, b: int) -> int:
+        """Inputs per chunk of per-input pools: their normals and products ≤ 256 MiB."""
+        per_input = self.num_boundaries * max(int(np.prod(self.reference_set.feats.shape[1:])),
+                                              self.num_refs)
+        return max(1, min(b, _POOL_CHUNK_FLOATS // per_input))
+
     def _solve_pools(self, feats, preds, keys, delta, progress):
-        """The authors' per-input pools, in chunks of inputs of bounded memory."""
+        """The authors' per-input pools, in chunks of inputs of bounded memory (a hook:
+        ``DistributedInterpreter`` shares the chunks out between processes).
+
+        Returns:
+          ``_solve_features``'s four values, the distances float32[B, N].
+        """
+        b = feats.shape[0]
+        chunk = self._pool_chunk_size(b)
+        parts = [self._pool_chunk(feats[i:i + chunk], preds[i:i + chunk], keys[i:i + chunk],
+                                  delta is not None, chunk)
+                 for i in tqdm(range(0, b, chunk), desc="boundary pools", unit="chunk",
+                               disable=not progress)]
+        return jax.tree.map(lambda *xs: jnp.concatenate(xs)[:b], *parts)
+
+    def _pool_chunk(self, feats, preds, keys, zero_delta: bool, chunk: int):
+        """One chunk of per-input pools: draw, search + Eq. 2, sides, solve, Eq. 6.
+
+        Args:
+          feats: [≤ chunk, h, w, c]; preds: int32[≤ chunk]; keys: [≤ chunk] PRNG keys; a
+            short chunk is padded with copies of its last input (one compiled shape).
+          zero_delta: δ = 0 (else τ(x)).
+          chunk: the chunk size.
+
+        Returns:
+          (``Boundaries`` [chunk, Q, ...], ``GreedyResult``, diagnostics ``Interpretation``,
+          float32[chunk, N] Eq. 6 distances).
+        """
         refs = self.reference_set
         q = self.num_boundaries
-        feat_size = int(np.prod(feats.shape[1:]))
-        b = feats.shape[0]
-        chunk = max(1, min(b, _POOL_CHUNK_FLOATS // (q * feat_size)))
-        parts = []
-        for i in tqdm(range(0, b, chunk), desc="boundary pools", unit="chunk",
-                      disable=not progress):
-            sl = slice(i, i + chunk)
-            f, p, k = feats[sl], preds[sl], keys[sl]
-            if f.shape[0] != chunk:  # one compiled shape for every chunk
-                f, p, k = repeat_last_row((f, p, k), size=chunk)
-            pools, counts = draw_pools(refs.preds, p, q, keys=k)
-            if bool(jnp.any(counts == 0)):
-                raise ValueError("references: an input's class is the only class predicted on "
-                                 "the references, so D(x) is empty and the authors' variant "
-                                 "has no reference to search towards")
-            bounds, found = pool_boundaries(self._raw_head_fn, f, p, refs.feats[pools],
-                                            max_steps=self.variant.max_search_steps,
-                                            tol=self.variant.search_tol)
-            words = sides_packed_per_input(bounds, refs.feats)
-            x_sides = (jnp.einsum("bqhwc,bhwc->bq", bounds.w, f,
-                                  precision=jax.lax.Precision.HIGHEST) + bounds.b) > 0
-            d = None if delta is None else jnp.zeros((chunk,), jnp.int32)
-            result, greedy = self._solve(words, x_sides, p, d)
-            parts.append((bounds, result, _diagnostics(
-                x_side=x_sides, pool=pools, num_selected_greedy=greedy,
-                search_steps=found.steps, search_converged=found.converged,
-                pool_w=bounds.w, pool_b=bounds.b)))
-        return jax.tree.map(lambda *xs: jnp.concatenate(xs)[:b], *parts)
+        if feats.shape[0] != chunk:  # one compiled shape for every chunk
+            feats, preds, keys = repeat_last_row((feats, preds, keys), size=chunk)
+        pools, counts = draw_pools(refs.preds, preds, q, keys=keys)
+        if bool(jnp.any(counts == 0)):
+            raise ValueError("references: an input's class is the only class predicted on "
+                             "the references, so D(x) is empty and the authors' variant "
+                             "has no reference to search towards")
+        bounds, found = pool_boundaries(self._raw_head_fn, feats, preds, refs.feats[pools],
+                                        max_steps=self.variant.max_search_steps,
+                                        tol=self.variant.search_tol)
+        # One [chunk·Q, D] × [D, N] product gives the sides and, kept, Eq. 6's projections.
+        words, dots = sides_packed_per_input(bounds, refs.feats, dots=True)
+        dots_x = jnp.einsum("bqhwc,bhwc->bq", bounds.w, feats,
+                            precision=jax.lax.Precision.HIGHEST)
+        x_sides = (dots_x + bounds.b) > 0
+        delta = jnp.zeros((chunk,), jnp.int32) if zero_delta else None
+        result, greedy = self._solve(words, x_sides, preds, delta)
+        return bounds, result, _diagnostics(
+            x_side=x_sides, pool=pools, num_selected_greedy=greedy,
+            search_steps=found.steps, search_converged=found.converged,
+            pool_w=bounds.w, pool_b=bounds.b), pool_distances(result.selected, dots_x, dots,
+                                                              bounds.w)
 
     def interpret_batch(self, xs: Array, *, top_k: int = 5, keys: Array | None = None,
                         progress: bool = False) -> Interpretation:
@@ -611,8 +650,9 @@ class RepresentativeInterpreter:
         if rows != b:  # every stage compiled once per bucket; the copies are dropped below
             feats, keys = repeat_last_row((feats, keys), size=rows)
         preds = self.predict_classes(feats)
-        bounds, result, diag = self.solve_features(feats, preds, keys=keys, progress=progress)
-        out = _explain_batch(self.reference_set.feats, bounds, feats, preds, result,
+        bounds, result, diag, distances = self._solve_features(feats, preds, keys=keys,
+                                                               progress=progress)
+        out = _explain_batch(self.reference_set.feats, bounds, feats, preds, result, distances,
                              top_k=top_k, image_size=int(image_size))
         out = out._replace(**{k: v for k, v in diag._asdict().items() if v is not None})
         return out if rows == b else first_rows(out, rows=b)

@@ -87,6 +87,27 @@ def distance_from_projections(selected: Array, proj_x: Array, proj: Array) -> Ar
     return jnp.sum(jnp.where(selected, jnp.abs(proj - proj_x), 0.0), axis=1)
 
 
+def pool_distances(selected: Array, dots_x: Array, dots: Array, w: Array) -> Array:
+    """Eq. 6 from the products ⟨W_h, ψ⟩ the sides were taken from (per-input pools).
+
+    Each input's projections on its own unit normals are its products over ‖W_h‖, so the
+    distances cost no pass over the feature maps beyond the sides' own product.
+
+    Args:
+      selected: bool[B, Q], each input's P(x).
+      dots_x: float[B, Q], ⟨W_h, ψ(x)⟩ for each input's own boundaries.
+      dots: float[B, Q, N], ⟨W_h, ψ(r_n)⟩ (``boundaries.sides_packed_per_input(dots=True)``).
+      w: [B, Q, *feat_shape] the normals W_h.
+
+    Returns:
+      float[B, N] (0 for an empty polytope; a boundary with W_h = 0 adds 0).
+    """
+    norm = jnp.linalg.norm(w.reshape(w.shape[:2] + (-1,)), axis=-1)  # [B, Q]
+    scale = jnp.where(norm > 0, 1.0 / jnp.where(norm > 0, norm, 1.0), 0.0)
+    gap = jnp.abs(dots - dots_x[..., None]) * scale[..., None]  # [B, Q, N]
+    return jnp.sum(jnp.where(selected[..., None], gap, 0.0), axis=1)
+
+
 class Ranking(NamedTuple):
     """Covered images by ascending distance, in a fixed shape.
 

@@ -40,6 +40,7 @@ import pytest
 from ri_jax.model import Model, params_fingerprint
 from ri_jax.models.vgg import ModelConfig, make_vgg
 from ri_jax.protocols import methods
+from ri_jax.variants import ri_variant
 
 TINY = ModelConfig(arch="vgg11", width=1 / 16, image_size=32, num_classes=2, class_names=("a", "b"))
 
@@ -106,9 +107,11 @@ def protocol_model(tiny_model):
 
 @pytest.fixture(scope="session")
 def protocol_ri(protocol_model):
-    """(interpreter, RIInterpretations) at protocol_model's first 5 images, |Q| = 8."""
+    """(interpreter, RIInterpretations) at protocol_model's first 5 images, |Q| = 8, the
+    paper's shared sample (its tests read ``reference_set.boundaries``)."""
     fns, params, raw, psi, _ = protocol_model
-    interpreter = methods.make_interpreter(as_model(fns, params), psi, key=jax.random.key(3), num_boundaries=8)
+    interpreter = methods.make_interpreter(as_model(fns, params), psi, key=jax.random.key(3), num_boundaries=8,
+                                           variant=ri_variant("paper"))
     return interpreter, methods.ri_interpretations(interpreter, as_model(fns, params), raw[:5], chunk_size=2)
 
 

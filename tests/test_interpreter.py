@@ -14,6 +14,7 @@ from ri_jax.boundaries import sides
 from ri_jax.heatmaps import polytope_heatmap
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
 from ri_jax.models.vgg import ModelConfig, make_vgg
+from ri_jax.ranking import semantic_distance
 from ri_jax.regions import DecisionRegions, covers, predict
 from ri_jax.solver import unpack_bits
 from ri_jax.variants import ri_variant
@@ -263,6 +264,11 @@ def test_authors_variant_pools_on_the_decision_boundary(setup, authors):
         np.testing.assert_array_equal(out.covered[i], expected)
         assert int(out.delta[i]) == 0
         assert int(out.num_selected[i]) <= int(out.num_selected_greedy[i])
+        # Eq. 6 taken from the sides' products is Eq. 6 on x's own normals.
+        distances = semantic_distance(w, sel, feats[i], interp.reference_set.feats)
+        np.testing.assert_allclose(out.ranked_distances[i],
+                                   np.asarray(distances)[np.asarray(out.ranked[i])],
+                                   rtol=1e-5, atol=1e-5)
     # Points themselves are checked against a NumPy loop in test_boundaries.py.
     assert np.all(np.asarray(out.search_steps) >= 1)
     conv = np.asarray(out.search_converged)

@@ -1,3 +1,4 @@
+import functools
 import re
 
 import flax.linen as nn
@@ -131,3 +132,23 @@ def test_dropout_only_while_training(tiny_model):
 def test_bad_config_names_argument(kwargs, arg):
     with pytest.raises(ValueError, match=arg):
         ModelConfig(**kwargs)
+
+
+def test_head_max_pool_is_flax_max_pool_in_value_and_gradient():
+    # Post-ReLU maps tie often (zeros, and rounded values here): the gradient must still go
+    # to each window's first largest element only, as XLA's select-and-scatter sends it.
+    from ri_jax.models.vgg import max_pool_2x2
+    rng = np.random.default_rng(0)
+    x = np.round(np.maximum(rng.normal(size=(4, 7, 6, 5)), 0) * 2).astype(np.float32)
+    w = rng.normal(size=(3 * 3 * 5, 3)).astype(np.float32)
+
+    def loss(pool):
+        return lambda t: jnp.sum(jnp.tanh(pool(t).reshape(t.shape[0], -1) @ w))
+
+    flax_pool = functools.partial(nn.max_pool, window_shape=(2, 2), strides=(2, 2))
+    np.testing.assert_array_equal(max_pool_2x2(x), flax_pool(x))
+    np.testing.assert_array_equal(jax.grad(loss(max_pool_2x2))(x), jax.grad(loss(flax_pool))(x))
+    # Forward over reverse (the curvature check of Eq. 2) runs, and is zero for a ReLU head.
+    relu_loss = lambda t: jnp.sum(jax.nn.relu(max_pool_2x2(t).reshape(t.shape[0], -1) @ w))
+    _, hvp = jax.jvp(jax.grad(relu_loss), (x,), (np.ones_like(x),))
+    np.testing.assert_array_equal(hvp, 0.0)

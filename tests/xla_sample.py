@@ -25,7 +25,7 @@ def compute(config: ModelConfig) -> dict[str, np.ndarray]:
     grads = jax.grad(lambda p: fns.head(params, p)[:, 0].sum())(psi)
     interpreter = RepresentativeInterpreter(
         lambda x: fns.features(params, x), lambda p: fns.head(params, p), xs,
-        key=jax.random.key(1), num_boundaries=6, batch_size=8, progress=False)
+        key=jax.random.key(1), num_boundaries=6, batch_size=8, progress=False, variant="paper")
     answer = interpreter.interpret_batch(xs[:5], top_k=3)
     arrays = {"psi": psi, "logits": fns.head(params, psi), "grads": grads}
     arrays.update({f"answer_{name}": value for name, value in answer._asdict().items()

@@ -177,6 +177,42 @@ def tap_sum_conv3x3(x: Array, kernel: Array) -> Array:
     return out
 
 
+def _pool_windows(x: Array) -> Array:
+    """[B, H, W, c] → its 2×2 windows [B, H // 2, W // 2, c, 4] (odd trailing rows and
+    columns dropped, as by 'VALID' pooling)."""
+    b, h, w, c = x.shape
+    x = x[:, :h - h % 2, :w - w % 2]
+    windows = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4)
+    return windows.reshape(b, h // 2, w // 2, c, 4)
+
+
+@jax.custom_jvp
+def max_pool_2x2(x: Array) -> Array:
+    """``nn.max_pool(x, (2, 2), strides=(2, 2))`` with a derivative that is cheap on a CPU.
+
+    The value is ``nn.max_pool``'s, and so is the derivative: all of a window's tangent or
+    gradient goes through its first largest element, as XLA's select-and-scatter sends it
+    (and torch's max_pool2d). But it is a one-hot product, not a select-and-scatter, which
+    XLA:CPU runs 5× slower: Eq. 2 at the per-input pools' B·Q points spent most of its
+    time there. Forward-over-reverse derivatives (the curvature check) work as before.
+
+    Args:
+      x: [B, H, W, c].
+
+    Returns:
+      [B, H // 2, W // 2, c].
+    """
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+@max_pool_2x2.defjvp
+def _max_pool_2x2_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    first = jax.nn.one_hot(jnp.argmax(_pool_windows(x), axis=-1), 4, dtype=x.dtype)
+    # Linear in dx, so JAX transposes it into the gradient: one-hot times g, elementwise.
+    return max_pool_2x2(x), jnp.sum(_pool_windows(dx) * first, axis=-1)
+
+
 class Conv3x3(nn.Module):
     """3×3 'SAME' convolution with bias; the parameters are ``nn.Conv``'s (same names,
     shapes and initial values), so checkpoints are unchanged.
@@ -227,7 +263,7 @@ class VGG(nn.Module):
 
     def head(self, psi: Array, train: bool = False) -> Array:
         """ψ [B, h, w, c] → logits [B, C]."""
-        x = nn.max_pool(psi, (2, 2), strides=(2, 2))
+        x = max_pool_2x2(psi)
         x = x.reshape((x.shape[0], -1))
         x = self.drop(nn.relu(self.fcs[0](x)), deterministic=not train)
         x = self.drop(nn.relu(self.fcs[1](x)), deterministic=not train)
