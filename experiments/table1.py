@@ -71,7 +71,8 @@ from ri_jax.files import atomic_write_text
 from ri_jax.cli import run_script
 from ri_jax.plots import faithfulness_curves_figure
 from ri_jax.metrics import KEEP_FRACTION
-from ri_jax.protocols.report import format_mean_std, markdown_table, table1_fill_section
+from ri_jax.protocols.report import (faithfulness_tables, format_mean_std, markdown_table,
+                                     measures_verdict, table1_fill_section)
 from ri_jax.protocols.faithfulness import MEASURE_SETS, FaithfulnessOptions
 from ri_jax.protocols.table1 import Table1Config, is_control, run_table1
 
@@ -187,6 +188,9 @@ def render_markdown(payload: dict) -> str:
                                 "unseen to nearest centre", "maps with ties at cut",
                                 "flat maps"], rows))
     text.append(f"\nTies at the 20 % cut: {payload['tie_rule']}.\n")
+    if payload.get("faithfulness"):
+        text.append("\n## Beyond AD / AI at 20 %\n\n" + "\n".join(
+            faithfulness_tables(payload) + measures_verdict({cfg["fill"]: payload})))
     return "".join(text)
 
 

@@ -54,3 +54,38 @@ def test_faithfulness_scores_the_maps_table1_reuses(table):
             np.testing.assert_allclose(curves.deletion[:, 0], ev.y[:N], atol=1e-5)
     rows = table.csv_rows()
     assert all("road_combined" in r for r in rows if r["method"] != "ACE")
+
+
+def _table(fill, rows, measures):
+    names = list(rows)
+    return {"faithfulness": {
+        "config": {"curve_step": 0.05, "road_percentiles": [50.0], "images_scored": 4, "fill": fill},
+        "measures": [{"key": k, "label": k, "lower_is_better": low, "fill_dependent": dep}
+                     for k, low, dep in measures],
+        "methods": {n: rows[n] for n in names if n in ("RI", "Grad-CAM")},
+        "controls": {n: rows[n] for n in names if n not in ("RI", "Grad-CAM")},
+        "curves": {}}}
+
+
+def test_measures_verdict_reads_each_measure_and_fill():
+    from ri_jax.protocols.report import faithfulness_section, measure_claims, measure_columns
+
+    ms = lambda m, s=0.0: {"mean": m, "std": s}
+    black = _table("black", {"RI": {"deletion_auc": ms(0.2), "mAD@20%": ms(10.0)},
+                             "Grad-CAM": {"deletion_auc": ms(0.3), "mAD@20%": ms(20.0)},
+                             "Random": {"deletion_auc": ms(0.25), "mAD@20%": ms(5.0)}},
+                   [("deletion_auc", True, False), ("mAD@20%", True, True)])
+    blur = _table("blur", {"RI": {"mAD@20%": ms(30.0)}, "Grad-CAM": {"mAD@20%": ms(25.0, 1.0)},
+                           "Random": {"mAD@20%": ms(50.0)}}, [("mAD@20%", True, True)])
+    cols = measure_columns({"black": black, "blur": blur})
+    assert list(cols) == ["deletion_auc", "mAD@20% [black]", "mAD@20% [blur]"]
+    claims = measure_claims(cols, ["RI", "Grad-CAM"])
+    assert claims["RI is the best method"] == {"deletion_auc": True, "mAD@20% [black]": True,
+                                               "mAD@20% [blur]": False}
+    assert claims["RI clearly beats the Random control"] == {
+        "deletion_auc": True, "mAD@20% [black]": False, "mAD@20% [blur]": True}
+    text = "\n".join(faithfulness_section({"black": black, "blur": blur}, rel="."))
+    assert "- RI is the best method: 2 of 3 (deletion_auc, mAD@20% [black])" in text
+    assert "- Grad-CAM clearly beats the Random control: 1 of 3 (mAD@20% [blur])" in text
+    assert "- RI beats Grad-CAM: 2 of 3" in text and "Grad-CAM beats RI" not in text
+    assert "Best on: RI 2 of 3 measures; Grad-CAM 1 of 3 measures." in text

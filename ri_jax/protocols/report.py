@@ -282,6 +282,7 @@ def render_results(record: dict, results: dict[str, dict], *, rel: str,
             by_fill = {f: t for f, t in by_fill.items() if t is not None and "fill_prior" in t}
             if by_fill:
                 text += fills_section(by_fill)
+                text += faithfulness_section(by_fill, rel)
     if "case_studies" in record["steps"]:
         text += cases_section(case_figures, rel)
     if results.get("variant_study") is not None:
@@ -479,3 +480,178 @@ def fills_section(tables: dict[str, dict]) -> list[str]:
     if len(tables) > 1:
         text += fills_verdict(tables)
     return text
+
+
+# ---------------------------------------------------------------- measures beyond AD / AI at 20 %
+
+def _measure_text(d: dict | None, percent: bool) -> str:
+    return "–" if d is None else format_mean_std(d, 2 if percent else 3)
+
+
+def faithfulness_tables(t1: dict) -> list[str]:
+    """The faithfulness columns of one Table 1 (``table1.json``'s ``faithfulness``): deletion /
+    insertion AUCs and ROAD in one table, AD / AI at each keep fraction in another."""
+    f = t1["faithfulness"]
+    cfg = f["config"]
+    names = [(n, n) for n in f["methods"]] + [(n, f"{n} (control)") for n in f["controls"]]
+    rows = {**f["methods"], **f["controls"]}
+    text = []
+    for fill_dependent, intro in (
+            (False, f"Deletion / insertion AUCs (p_c over the share of pixels removed / revealed, "
+                    f"steps of {100 * cfg['curve_step']:g} %) and ROAD (p_c after imputation − "
+                    f"p_c intact, mean over percentiles {', '.join(f'{p:g}' for p in cfg['road_percentiles'])}; "
+                    "combined = (LeRF − MoRF) / 2). Probability units."),
+            (True, f"AD / AI (%) keeping each share of the pixels, fill {cfg.get('fill', '?')}.")):
+        measures = [m for m in f["measures"] if m["fill_dependent"] == fill_dependent]
+        if not measures:
+            continue
+        header = ["Method"] + [m["label"] + (" ↓" if m["lower_is_better"] else " ↑") for m in measures]
+        body = [[label] + [_measure_text(rows[n].get(m["key"]), fill_dependent) for m in measures]
+                for n, label in names]
+        text += [intro, "", markdown_table(header, body)]
+    text += [f"On the first {cfg['images_scored']} unseen images, the same reused maps as AD / AI "
+             "(RI: the covering polytope's; the CAMs: the nearest centre's). Controls: Random, "
+             "Centre square, and each method computed at the unseen image itself (own weights, "
+             "no reuse; computed once). Mean ± std over runs.", ""]
+    return text
+
+
+def measure_columns(tables: dict[str, dict]) -> dict[str, dict]:
+    """Every faithfulness measure of the tables, once: ``{label: {"lower", "rows"}}``.
+
+    A fill-dependent measure (AD / AI at a keep fraction) gets one column per fill, labelled
+    ``"mAD@20% (%) [black]"``; the curves and ROAD do not depend on the fill and are taken from
+    the first table that has them.
+    """
+    cols = {}
+    for fill, t1 in tables.items():
+        f = t1.get("faithfulness")
+        if not f:
+            continue
+        rows = {**f["methods"], **f["controls"]}
+        for m in f["measures"]:
+            label = f"{m['label']} [{fill}]" if m["fill_dependent"] else m["label"]
+            if label not in cols:
+                cols[label] = {"lower": m["lower_is_better"],
+                               "rows": {n: r[m["key"]] for n, r in rows.items() if m["key"] in r}}
+    return cols
+
+
+def _better(a: dict, b: dict, low: bool) -> bool:
+    return a["mean"] < b["mean"] if low else a["mean"] > b["mean"]
+
+
+def _clearly(a: dict, b: dict, low: bool) -> bool:
+    return _better(a, b, low) and abs(a["mean"] - b["mean"]) > a["std"] + b["std"]
+
+
+def measure_claims(cols: dict[str, dict], methods: Sequence[str]) -> dict[str, dict[str, bool]]:
+    """Statements about the methods, each true or false on every measure column (by the means).
+
+    "Best" is a strict win over every other method; "clearly" by more than the sum of the two
+    stds; "reused … at least as good as … (own weights)" compares a method's reused maps with
+    the same method computed at each image.
+    """
+    claims: dict[str, dict[str, bool]] = {}
+    put = lambda text, label, value: claims.setdefault(text, {}).__setitem__(label, bool(value))
+    for label, col in cols.items():
+        rows, low = col["rows"], col["lower"]
+        present = [m for m in methods if m in rows]
+        for m in present:
+            put(f"{m} is the best method", label,
+                all(_better(rows[m], rows[o], low) for o in present if o != m))
+            for control in ("Random", "Centre square"):
+                if control in rows:
+                    put(f"{m} clearly beats the {control} control", label,
+                        _clearly(rows[m], rows[control], low))
+            own = f"{m} (own weights)"
+            if own in rows:
+                put(f"{m} reused is at least as good as {own}", label,
+                    not _better(rows[own], rows[m], low))
+        for i, a in enumerate(present):
+            for b in present[i + 1:]:
+                put(f"{a} beats {b}", label, _better(rows[a], rows[b], low))
+                put(f"{b} beats {a}", label, _better(rows[b], rows[a], low))
+    return claims
+
+
+def measures_verdict(tables: dict[str, dict]) -> list[str]:
+    """Which method is best on which measure, and which conclusions hold across measures and fills.
+
+    Args:
+      tables: fill name -> that fill's Table 1 JSON (those with ``faithfulness``).
+
+    Returns:
+      Markdown lines: the best method per measure, then the statements that hold on every
+      measure, those that depend on the measure or fill (naming where they hold), and those
+      that hold nowhere.
+    """
+    cols = measure_columns(tables)
+    if not cols:
+        return []
+    first = next(t for t in tables.values() if t.get("faithfulness"))
+    methods = list(first["faithfulness"]["methods"])
+    rows = []
+    for label, col in cols.items():
+        low, r = col["lower"], col["rows"]
+        ranked = sorted((m for m in methods if m in r), key=lambda m: r[m]["mean"], reverse=not low)
+        best, second = ranked[0], ranked[1] if len(ranked) > 1 else None
+        rows.append([label + (" ↓" if low else " ↑"), best, f"{r[best]['mean']:.3f}",
+                     f"{second} ({r[second]['mean']:.3f})" if second else "–",
+                     "yes" if second and _clearly(r[best], r[second], low) else "no",
+                     f"{ranked.index('RI') + 1} of {len(ranked)}" if "RI" in ranked else "–"])
+    claims = measure_claims(cols, methods)
+    holds = {c: [m for m, ok in v.items() if ok] for c, v in claims.items()}
+    total = {c: len(v) for c, v in claims.items()}
+    pair = lambda c: " beats " in c and not c.split(" beats ")[1].endswith("control")
+    shown = []
+    for c in claims:  # of the two orientations of a pair, show the one that holds more often
+        if pair(c):
+            a, b = c.split(" beats ")
+            if len(holds[f"{b} beats {a}"]) > len(holds[c]) or (
+                    len(holds[f"{b} beats {a}"]) == len(holds[c]) and f"{b} beats {a}" in shown):
+                continue
+        shown.append(c)
+    every = [c for c in shown if len(holds[c]) == total[c]]
+    some = [c for c in shown if 0 < len(holds[c]) < total[c]]
+    never = [c for c in shown if not holds[c] and not pair(c)]
+    best_counts = {m: sum(r[1] == m for r in rows) for m in methods}
+    lines = ["### Verdict across measures and fills", "",
+             f"Computed from the {len(cols)} measure columns above (means; \"clearly\" = by more "
+             "than the sum of the two stds; a fill-dependent measure counts once per fill). "
+             "Best method per measure:", "",
+             markdown_table(["Measure", "best method", "its score", "runner-up",
+                             "clearly ahead", "RI's rank"], rows),
+             "Best on: " + "; ".join(f"{m} {n} of {len(cols)} measures"
+                                     for m, n in sorted(best_counts.items(), key=lambda x: -x[1])) + ".",
+             "", "Holds on every measure and fill:", ""]
+    lines += [f"- {c}" for c in every] or ["- nothing"]
+    lines += ["", "Depends on the measure or fill (holds only on those named):", ""]
+    lines += [f"- {c}: {len(holds[c])} of {total[c]} ({', '.join(holds[c])})" for c in some] \
+        or ["- nothing"]
+    lines += ["", "Holds on no measure:", ""]
+    lines += [f"- {c}" for c in never] or ["- nothing"]
+    return lines + [""]
+
+
+def faithfulness_section(tables: dict[str, dict], rel: str | None = None) -> list[str]:
+    """RESULTS.md's section on the measures beyond AD / AI at 20 %, with the verdict.
+
+    Args:
+      tables: fill name -> that fill's Table 1 JSON; those without ``faithfulness`` are skipped.
+      rel: path of the results folder relative to RESULTS.md, for the curve plot (None: no link).
+    """
+    tables = {f: t for f, t in tables.items() if t.get("faithfulness")}
+    if not tables:
+        return []
+    text = ["## Beyond AD / AI at 20 %: deletion / insertion curves, ROAD, several keep fractions",
+            "", "Measures built not to rest on one flat fill: deletion and insertion curves "
+            "(Petsiuk et al., RISE), ROAD's noisy linear imputation (Rong et al., 2022; equal to "
+            "pytorch-grad-cam's, benchmarks/results/peer_road.json) and AD / AI with the cut "
+            "moved. Whether RI's claim survives them is read off the verdict below.", ""]
+    for fill, t1 in tables.items():
+        text += [f"### Fill: {fill}", ""] + faithfulness_tables(t1)
+        if rel is not None and t1["faithfulness"].get("curves"):
+            step = TABLE1_FILL_STEPS.get(fill, "table1")
+            text += [f"![Deletion and insertion curves]({rel}/{step}/faithfulness_curves.png)", ""]
+    return text + measures_verdict(tables)
