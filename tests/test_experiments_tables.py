@@ -88,7 +88,8 @@ def results(tiny_setup):
     # then RESULTS.md again from everything on disk.
     for fill in ("mean", "blur"):
         table1.main(base + ["--out", str(out / f"table1_{fill}"), "--cache-dir", str(out / "cache"),
-                            "--runs", "1", "--num-boundaries", "4", "--fill", fill])
+                            "--runs", "1", "--num-boundaries", "4", "--fill", fill,
+                            "--faithfulness", "keep", "--faithfulness-images", "4"])
     run_all.main(["--out", str(out), "--render-only", "--results-md", str(md)])
     return out, md, record
 
@@ -170,6 +171,21 @@ def test_table1_under_other_fills(results, fill):
     # Same images, same first seed, another fill: other scores.
     assert saved["methods"]["RI"] != black["methods"]["RI"] or \
         saved["controls"]["Random"] != black["controls"]["Random"]
+
+
+@pytest.mark.slow
+def test_table1_faithfulness_columns_plot_and_verdict(results):
+    """run_all --quick passes the faithfulness measures through: curves, ROAD and AD / AI at
+    several fractions under black, AD / AI at those fractions under the other fills."""
+    black = json.loads((results[0] / "table1" / "table1.json").read_text())["faithfulness"]
+    assert black["config"]["images_scored"] == 8
+    assert {"deletion_auc", "road_combined", "mAD@5%"} <= set(black["methods"]["RI"])
+    assert {"Random", "Centre square", "RI (own weights)"} <= set(black["controls"])
+    assert (results[0] / "table1" / "faithfulness_curves.png").stat().st_size > 0
+    blur = json.loads((results[0] / "table1_blur" / "table1.json").read_text())["faithfulness"]
+    assert "deletion_auc" not in blur["methods"]["RI"] and "mAD@50%" in blur["methods"]["RI"]
+    text = results[1].read_text()
+    assert "### Verdict across measures and fills" in text and "mAD@50% (%) [blur]" in text
 
 
 @pytest.mark.slow
