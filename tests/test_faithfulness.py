@@ -201,3 +201,18 @@ def test_curves_figure_draws_every_method_and_checks_lengths(tmp_path):
     assert "RI (0.375)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     with pytest.raises(ValueError, match="expected 5 values"):
         faithfulness_curves_figure({"RI": {**curve, "deletion": [0.1] * 4}})
+
+
+def test_grey_models_work_in_their_own_input_space(data):
+    """A grey model's normalize (luma) gives one channel: curves and ROAD composite and impute
+    there, as the model sees it."""
+    from ri_jax.model import input_normalizer
+
+    raw, maps = data
+    grey = input_normalizer((0.5,), (0.25,), channels=1)
+    weights = RNG.normal(size=(S * S, 2)).astype(np.float32)
+    predict_grey = lambda x: x.reshape(x.shape[0], -1) @ weights
+    curves = F.deletion_insertion(predict_grey, grey, raw, maps, step=0.5, batch_size=4)
+    road = F.road(predict_grey, grey, raw, maps, percentiles=(50,), batch_size=4)
+    assert curves.deletion.shape == (B, 3) and np.all(np.isfinite(road.combined))
+    np.testing.assert_allclose(curves.deletion[:, -1], curves.insertion_mean[:, 0], atol=1e-6)
