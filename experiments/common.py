@@ -216,9 +216,6 @@ def start_run(args: argparse.Namespace) -> Path:
     """
     try:
         distributed.initialize_from_args(args)  # before any JAX work, loading the model included
-        if jax.process_count() > 1:
-            distributed.require_shared_sample(getattr(args, "ri_variant", "paper"),
-                                              "a multi-process run", name="--ri-variant")
     except ValueError as e:
         raise RIInputError(str(e)) from None
     load_model(args.model)  # validated before anything is written to --out

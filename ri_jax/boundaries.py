@@ -447,7 +447,8 @@ def draw_pools(ref_preds: Array, classes: Array, pool_size: int = DEFAULT_NUM_BO
       (int32[B, pool_size] reference indices, int32[B] |D(x)|). Where |D(x)| < pool_size
       the draw is a random order of all of D(x), repeated to fill the pool (the repeats
       give identical boundaries, which Algorithm 1 never selects twice). Inputs with
-      |D(x)| = 0 get index 0 everywhere; ``pool_boundaries`` refuses them.
+      |D(x)| = 0 get index 0 everywhere: a reference of their own class, so their
+      searches do not converge and their polytope is empty (no D(x) to remove).
     """
     ref_preds = jnp.asarray(ref_preds, jnp.int32)
 

@@ -15,6 +15,8 @@ process runs the same program on the same arguments. What each one does:
   uses in one process, each process packs its chunks, the words are gathered;
 * **solve**: ``sharding.sharded_solve_classes`` over a mesh of every device of every
   process (integer arithmetic only, so any split gives the same answer);
+* **per-input pools** (the authors' variant): each process runs its share of the
+  interpreter's whole chunks of inputs (search, Eq. 2, sides, solve), gathered;
 * **files**: only process 0 writes (``is_main_process``).
 
 Hence a multi-process run computes every floating-point value with the same
@@ -47,7 +49,6 @@ from ri_jax.interpreter import ReferenceSet, RepresentativeInterpreter
 from ri_jax.model import Model
 from ri_jax.sharding import make_mesh, sharded_solve_classes
 from ri_jax.solver import WORD_BITS, GreedyResult, pack_bits
-from ri_jax.variants import RIVariant, ri_variant
 
 Array = jax.Array
 
@@ -435,22 +436,25 @@ class DistributedInterpreter(RepresentativeInterpreter):
     """``RepresentativeInterpreter`` for a multi-process run, same arguments, same answers.
 
     Reference feature maps are computed in per-process shares of whole batches and
-    gathered (or given, ``is_features``, the same on every process); the boundaries
-    come from ``shared_boundaries``, the packed sides from ``distributed_sides_packed``,
-    and every batched solve is sharded over ``mesh``. Explanations, heat maps and
-    regions are the parent class's, run on every process. Every value is bit for bit
-    what ``RepresentativeInterpreter`` computes in one process.
+    gathered (or given, ``is_features``, the same on every process). With the shared
+    sample the boundaries come from ``shared_boundaries``, the packed sides from
+    ``distributed_sides_packed``, and every batched solve is sharded over ``mesh``. With
+    per-input pools (the authors' variant) each process runs its share of whole chunks of
+    inputs, exactly the parent's chunks (search, Eq. 2, sides, solve, Eq. 6), and the
+    answers are gathered. Explanations, heat maps and regions are the parent class's, run
+    on every process. Every value is bit for bit what ``RepresentativeInterpreter``
+    computes in one process (on hosts that compile alike: a pool chunk's values are those
+    of the process that ran it).
 
     Args:
       features_fn, head_fn, references, key, num_boundaries, batch_size, is_features,
         piecewise_linear, progress, variant: as in ``RepresentativeInterpreter``;
-        ``references`` must be the same on every process; ``variant`` must use the shared
-        sample (``sampling="shared"``, the paper's), else ValueError.
-      mesh: devices for the solve (default every device of every process).
+        ``references`` must be the same on every process.
+      mesh: devices for the solve of the shared sample (default every device of every
+        process).
     """
 
     def __init__(self, *args, mesh=None, **kwargs):
-        require_shared_sample(kwargs.get("variant", "paper"), type(self).__name__)
         self.mesh = make_mesh() if mesh is None else mesh
         super().__init__(*args, **kwargs)
 
@@ -486,26 +490,22 @@ class DistributedInterpreter(RepresentativeInterpreter):
                                        check=False)
         return GreedyResult(*(jnp.asarray(f) for f in result))
 
-
-def require_shared_sample(variant, owner: str, *, name: str = "variant") -> RIVariant:
-    """``ri_variant(variant)``, refused unless it uses the paper's shared sample Q.
-
-    Args:
-      variant: a preset name or an ``RIVariant``.
-      owner: what refuses it, for the message (e.g. the class name).
-      name: the argument named in the message.
-
-    Returns:
-      The ``RIVariant``.
-
-    Raises:
-      ValueError: naming ``name``, for per-input pools (the authors' variant).
-    """
-    chosen = ri_variant(variant)
-    if chosen.sampling != "shared":
-        raise ValueError(f"{name}: {owner} supports only the paper's shared sample of "
-                         f"boundaries (sampling='shared'), got sampling={chosen.sampling!r}")
-    return chosen
+    def _solve_pools(self, feats, preds, keys, delta, progress):
+        """The parent's chunks of per-input pools, each process its share, then gathered."""
+        if jax.process_count() == 1:
+            return super()._solve_pools(feats, preds, keys, delta, progress)
+        b = feats.shape[0]
+        chunk = self._pool_chunk_size(b)
+        start, stop = share_range(b, chunk)
+        # A process without a chunk still runs the first one, for the shapes it contributes
+        # zero rows of (only when there are fewer chunks than processes).
+        firsts = range(start, stop, chunk) if stop > start else [0]
+        parts = [self._pool_chunk(feats[i:i + chunk], preds[i:i + chunk], keys[i:i + chunk],
+                                  delta is not None, chunk)
+                 for i in tqdm(firsts, desc="boundary pools", unit="chunk",
+                               disable=not (progress and is_main_process()))]
+        local = jax.tree.map(lambda *xs: np.concatenate(xs)[:stop - start], *parts)
+        return jax.tree.map(lambda a: jnp.asarray(gather_shares(a, b, chunk)), local)
 
 
 def representative_interpreter(*args, **kwargs) -> RepresentativeInterpreter:

@@ -585,11 +585,10 @@ class RepresentativeInterpreter:
         q = self.num_boundaries
         if feats.shape[0] != chunk:  # one compiled shape for every chunk
             feats, preds, keys = repeat_last_row((feats, preds, keys), size=chunk)
-        pools, counts = draw_pools(refs.preds, preds, q, keys=keys)
-        if bool(jnp.any(counts == 0)):
-            raise ValueError("references: an input's class is the only class predicted on "
-                             "the references, so D(x) is empty and the authors' variant "
-                             "has no reference to search towards")
+        # An input whose class is the only one the references have (D(x) empty) searches
+        # towards a reference of its own class and meets no decision boundary; with no
+        # D(x) reference to remove it gets the empty polytope, as with the shared sample.
+        pools, _ = draw_pools(refs.preds, preds, q, keys=keys)
         bounds, found = pool_boundaries(self._raw_head_fn, feats, preds, refs.feats[pools],
                                         max_steps=self.variant.max_search_steps,
                                         tol=self.variant.search_tol)

@@ -33,18 +33,18 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, sample_boundaries,
-                               sample_indices)
+from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, draw_pools, pool_boundaries,
+                               sample_boundaries, sample_indices, sides_packed_per_input)
 from ri_jax.buckets import bucket_size, first_rows, pad_rows, repeat_last_row
 from ri_jax.distributed import (chunk_sides_packed, from_main_process, gather_shares,
-                                is_main_process, require_shared_sample, share_range,
-                                side_chunk_size)
+                                is_main_process, share_range, side_chunk_size)
 from ri_jax.heatmaps import polytope_heatmap, ri_channel_weights
-from ri_jax.interpreter import (Interpretation, ReferenceSet, RepresentativeInterpreter,
-                               interpretation_from)
-from ri_jax.ranking import distance_from_projections, projection, projections, unit_normals
-from ri_jax.solver import WORD_BITS, GreedyResult, num_words, unpack_bits
-from ri_jax.variants import RIVariant
+from ri_jax.interpreter import (_POOL_CHUNK_FLOATS, Interpretation, ReferenceSet,
+                                RepresentativeInterpreter, _diagnostics, interpretation_from)
+from ri_jax.ranking import (distance_from_projections, pool_distances, projection, projections,
+                            unit_normals)
+from ri_jax.solver import WORD_BITS, GreedyResult, num_words, unpack_bits, valid_words
+from ri_jax.variants import DEFAULT_VARIANT, RIVariant, ri_variant
 
 Array = jax.Array
 
@@ -175,32 +175,62 @@ def stream_references(features_fn: Callable[[Array], Array], head_fn: Callable[[
         projections=jnp.asarray(gather_shares(local_proj, n, granule)), feats=feats)
 
 
+def _chunk_sides(bounds: Boundaries, psi: Array, chunk: int) -> tuple[Array, Array]:
+    """Per-input sides and products of one side chunk of references, with the matmul shape
+    of the in-memory call (the piece zero-padded to ``chunk``), so the same bits.
+
+    Args:
+      bounds: ``Boundaries(w [B, Q, ...], b [B, Q])``.
+      psi: [m ≤ chunk, h, w, c], references [start, start + m) with ``start`` a multiple
+        of ``chunk`` (itself a multiple of 32).
+      chunk: ``distributed.side_chunk_size(N)``.
+
+    Returns:
+      (uint32[B, Q, ⌈m/32⌉] padding bits zero, float32[B, Q, m]).
+    """
+    m = psi.shape[0]
+    padded = jnp.pad(psi, [(0, chunk - m)] + [(0, 0)] * (psi.ndim - 1))
+    words, dots = sides_packed_per_input(bounds, padded, chunk_size=chunk, dots=True)
+    return words[..., :num_words(m)] & valid_words(m, num_words(m)), dots[..., :m]
+
+
 # Floats of per-boundary heat maps held at once while explaining a batch (256 MiB).
 _EXPLAIN_CHUNK_FLOATS = 1 << 26
 
 
-def _explain_streamed(refs: StreamedReferences, psi_x: Array, predicted_class: Array,
-                      result: GreedyResult, *, top_k: int, image_size: int) -> Interpretation:
-    """An ``Interpretation`` of one input from projections; similar heat maps left zero."""
-    covered = unpack_bits(result.covered, refs.projections.shape[0])
-    distances = distance_from_projections(result.selected, projection(refs.normals, psi_x),
-                                          refs.projections)
-    alphas = ri_channel_weights(refs.boundaries.w, refs.boundaries.b, psi_x)
+def _explain_streamed(bounds: Boundaries, psi_x: Array, predicted_class: Array,
+                      result: GreedyResult, distances: Array, *, top_k: int,
+                      image_size: int) -> Interpretation:
+    """An ``Interpretation`` of one input from its Eq. 6 distances; similar heat maps left zero."""
+    covered = unpack_bits(result.covered, distances.shape[0])
+    alphas = ri_channel_weights(bounds.w, bounds.b, psi_x)
     return interpretation_from(predicted_class, result, covered, distances, alphas, psi_x,
                                top_k=top_k, image_size=image_size)
 
 
 @functools.partial(jax.jit, static_argnames=("top_k", "image_size"))
-def _explain_streamed_batch(refs: StreamedReferences, feats: Array, preds: Array,
-                            result: GreedyResult, *, top_k: int, image_size: int
-                            ) -> Interpretation:
+def _explain_streamed_batch(refs: StreamedReferences, bounds: Boundaries, feats: Array,
+                            preds: Array, result: GreedyResult, distances: Array | None, *,
+                            top_k: int, image_size: int) -> Interpretation:
+    """``_explain_streamed`` for a batch: the shared sample's ``bounds`` [Q, ...] with
+    distances from ``refs.projections`` (``distances`` None), or per-input pools' bounds
+    [B, Q, ...] with their distances float32[B, N]."""
+    per_input = distances is not None
+
     def one(args):
-        return _explain_streamed(refs, *args, top_k=top_k, image_size=image_size)
+        if per_input:
+            own, psi_x, c, res, d = args
+        else:
+            (psi_x, c, res), own = args, bounds
+            d = distance_from_projections(res.selected, projection(refs.normals, psi_x),
+                                          refs.projections)
+        return _explain_streamed(own, psi_x, c, res, d, top_k=top_k, image_size=image_size)
 
     # Each input draws its Q boundary maps at full size: chunks bound that memory.
-    per_input = refs.boundaries.w.shape[0] * image_size ** 2
-    chunk = max(1, min(feats.shape[0], _EXPLAIN_CHUNK_FLOATS // per_input))
-    return jax.lax.map(one, (feats, preds, result), batch_size=chunk)
+    chunk = max(1, min(feats.shape[0],
+                       _EXPLAIN_CHUNK_FLOATS // (bounds.w.shape[-4] * image_size ** 2)))
+    args = (bounds, feats, preds, result, distances) if per_input else (feats, preds, result)
+    return jax.lax.map(one, args, batch_size=chunk)
 
 
 @functools.partial(jax.jit, static_argnames=("image_size",))
@@ -231,8 +261,7 @@ class StreamingInterpreter(RepresentativeInterpreter):
                  load_images: Callable[[np.ndarray], np.ndarray], num_refs: int, *,
                  key: Array, num_boundaries: int = DEFAULT_NUM_BOUNDARIES, batch_size: int = 64,
                  piecewise_linear: bool | None = None, keep_features: bool = False,
-                 progress: bool = True, variant: str | RIVariant = "paper"):
-        require_shared_sample(variant, type(self).__name__)
+                 progress: bool = True, variant: str | RIVariant = DEFAULT_VARIANT):
         self._setup(features_fn, head_fn, key=key, batch_size=batch_size, variant=variant)
         self._load_images = load_images
         self.streamed = stream_references(
@@ -249,6 +278,68 @@ class StreamingInterpreter(RepresentativeInterpreter):
                                           boundary_refs=s.boundary_refs, boundaries=s.boundaries,
                                           side_words=s.side_words)
         self.num_boundaries = int(s.boundary_refs.shape[0])
+
+    def _pool_chunk_size(self, b: int) -> int:
+        """Inputs per chunk of per-input pools: their side words (Q·⌈N/32⌉ each) and normals
+        ≤ 256 MiB; every chunk reads all N ψ twice (``_reference_passes``)."""
+        q, n = self.num_boundaries, self.num_refs
+        per_input = q * (num_words(n) + int(np.prod(self.reference_set.feats.shape[1:])))
+        return max(1, min(b, _POOL_CHUNK_FLOATS // per_input))
+
+    def _reference_passes(self, fn, chunk: int):
+        """``fn(start, ψ [≤ chunk, h, w, c])`` over the references in side chunks of ``chunk``:
+        kept ψ, or ψ recomputed from the images in batches of ``batch_size``."""
+        n = self.num_refs
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            if self.streamed.feats is not None:
+                psi = self.streamed.feats[start:stop]
+            else:
+                size = self.batch_size
+                psi = jnp.concatenate([
+                    self._features_fn(pad_rows(np.asarray(self._load_images(
+                        np.arange(i, min(i + size, stop), dtype=np.int64))), size))[
+                        :min(size, stop - i)] for i in range(start, stop, size)])
+            fn(start, psi)
+
+    def _pool_chunk(self, feats, preds, keys, zero_delta: bool, chunk: int):
+        """The parent's chunk of per-input pools without ψ of every reference in memory.
+
+        The pool references' ψ are read (kept) or recomputed by index; the references' sides
+        against the chunk's B·Q boundaries take one pass over all N ψ, the Eq. 6 distances
+        on the selected boundaries a second one. Memory: the chunk's side words
+        [B, Q, ⌈N/32⌉] and distances [B, N], O(N·Q) per input; time: two passes over the
+        references per chunk (N forward passes each, unless ``keep_features``) and the
+        Q·N·D multiply-adds per input of each pass.
+        """
+        q = self.num_boundaries
+        if feats.shape[0] != chunk:  # one compiled shape for every chunk
+            feats, preds, keys = repeat_last_row((feats, preds, keys), size=chunk)
+        pools, _ = draw_pools(self.reference_set.preds, preds, q, keys=keys)
+        pool_feats = self.reference_features(np.asarray(pools).ravel())
+        bounds, found = pool_boundaries(self._raw_head_fn, feats, preds,
+                                        pool_feats.reshape((chunk, q) + feats.shape[1:]),
+                                        max_steps=self.variant.max_search_steps,
+                                        tol=self.variant.search_tol)
+        side_chunk = side_chunk_size(self.num_refs)
+        words = []
+        self._reference_passes(
+            lambda start, psi: words.append(_chunk_sides(bounds, psi, side_chunk)[0]), side_chunk)
+        words = jnp.concatenate(words, axis=-1)
+        dots_x = jnp.einsum("bqhwc,bhwc->bq", bounds.w, feats,
+                            precision=jax.lax.Precision.HIGHEST)
+        x_sides = (dots_x + bounds.b) > 0
+        delta = jnp.zeros((chunk,), jnp.int32) if zero_delta else None
+        result, greedy = self._solve(words, x_sides, preds, delta)
+        distances = []
+        self._reference_passes(
+            lambda start, psi: distances.append(pool_distances(
+                result.selected, dots_x, _chunk_sides(bounds, psi, side_chunk)[1], bounds.w)),
+            side_chunk)
+        return bounds, result, _diagnostics(
+            x_side=x_sides, pool=pools, num_selected_greedy=greedy,
+            search_steps=found.steps, search_converged=found.converged,
+            pool_w=bounds.w, pool_b=bounds.b), jnp.concatenate(distances, axis=-1)
 
     def reference_features(self, indices) -> Array:
         """ψ of references by index [k] → [k, h, w, c]: kept, or recomputed from the images."""
@@ -274,9 +365,10 @@ class StreamingInterpreter(RepresentativeInterpreter):
         if rows != b:  # as the parent's interpret_features: one compilation per bucket
             feats = repeat_last_row(feats, size=rows)
         preds = self.predict_classes(feats)
-        _, result, diag = self.solve_features(feats, preds)
-        out = _explain_streamed_batch(self.streamed, feats, preds, result, top_k=top_k,
-                                      image_size=xs.shape[1])
+        bounds, result, diag, distances = self._solve_features(feats, preds, keys=keys,
+                                                               progress=progress)
+        out = _explain_streamed_batch(self.streamed, bounds, feats, preds, result, distances,
+                                      top_k=top_k, image_size=xs.shape[1])
         out = out._replace(**{k: v for k, v in diag._asdict().items() if v is not None})
         similar = np.asarray(out.similar)
         present = similar >= 0

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import forced_devices
+from conftest import balanced, forced_devices
 from ri_jax import distributed as dist
 from ri_jax.boundaries import Boundaries, sides_packed
 from ri_jax.interpreter import RepresentativeInterpreter
@@ -75,11 +75,15 @@ def test_launch_settings_are_checked_and_read_from_the_environment():
     assert dist.initialize(dist.LaunchConfig()) is False  # one process: nothing to join
 
 
-# The paper's variant, and the shared sample with the authors' δ = 0 and loosen step.
-@pytest.mark.parametrize("variant", ["paper", ri_variant("paper", delta="zero", loosen=True)])
+# Both variants, and the shared sample with the authors' δ = 0, extras and loosen step.
+@pytest.mark.parametrize("variant", ["paper", "authors",
+                                     ri_variant("paper", delta="zero", keep_adding=True,
+                                                loosen=True)])
 def test_one_process_distributed_interpreter_is_the_plain_one(tiny_model, variant):
     fns, params = tiny_model
-    refs = fns.normalize(np.random.default_rng(1).random((40, 32, 32, 3), dtype=np.float32))
+    raw = np.random.default_rng(1).random((40, 32, 32, 3), dtype=np.float32)
+    params = balanced(fns, params, raw)  # both classes: per-input pools have D(x) to search
+    refs = fns.normalize(raw)
     args = (lambda x: fns.features(params, x), lambda p: fns.head(params, p), refs)
     kw = dict(key=jax.random.key(0), num_boundaries=6, batch_size=16, progress=False,
               variant=variant)
@@ -90,14 +94,6 @@ def test_one_process_distributed_interpreter_is_the_plain_one(tiny_model, varian
     xs = refs[:5]
     for a, b in zip(plain.interpret_batch(xs, top_k=2), mine.interpret_batch(xs, top_k=2)):
         np.testing.assert_array_equal(a, b)
-
-
-def test_per_input_pools_are_refused_naming_the_variant(tiny_model):
-    fns, params = tiny_model
-    refs = np.random.default_rng(1).random((4, 2, 2, 8), dtype=np.float32)
-    with pytest.raises(ValueError, match="variant.*per_input"):
-        dist.DistributedInterpreter(lambda x: x, lambda p: fns.head(params, p), refs,
-                                    key=jax.random.key(0), is_features=True, variant="authors")
 
 
 def free_port() -> int:
@@ -155,10 +151,15 @@ def test_two_processes_write_what_one_process_writes(tmp_path):
     run_processes([base + [str(tmp_path / "two"), data, ckpt, "--coordinator", coordinator,
                            "--num-processes", "2", "--process-id", str(rank)]
                    for rank in (0, 1)], env, timeout_s=240)
-    for name in ("interpret/summary.json", "table2/table2.json"):
+    # interpret/ ran the default variant (the authors' per-input pools), interpret_paper/
+    # the paper's shared sample: a multi-process run of each writes what one process does.
+    for name in ("interpret/summary.json", "interpret_paper/summary.json", "table2/table2.json"):
         one, two = comparable(tmp_path / "one" / name), comparable(tmp_path / "two" / name)
         assert one == two, name
-    for name in ("interpret/summary.csv", "table2/table2.csv", "table2/table2.md"):
+    assert comparable(tmp_path / "one" / "interpret/summary.json")["config"]["ri_variant"] \
+        == "authors"
+    for name in ("interpret/summary.csv", "interpret_paper/summary.csv", "table2/table2.csv",
+                 "table2/table2.md"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     for png in (tmp_path / "one" / "interpret").glob("*.png"):
         assert (tmp_path / "two" / "interpret" / png.name).is_file()

@@ -177,7 +177,8 @@ def test_regions_for_agree_with_interpretations(setup):
     assert solver._solve_classes._cache_size() == size
 
 
-def test_single_class_references_give_an_explicit_empty_polytope():
+@pytest.mark.parametrize("variant", ["paper", "authors"])
+def test_single_class_references_give_an_explicit_empty_polytope(variant):
     fns, params = tiny_vgg()
     params["params"]["fc_2"]["bias"] = np.array([1e4, 0.0], np.float32)  # always class 0
     # Same shapes as the fixture, so the solver and explain compilations are reused.
@@ -188,7 +189,7 @@ def test_single_class_references_give_an_explicit_empty_polytope():
         interp = RepresentativeInterpreter(functools.partial(fns.features, params),
                                            functools.partial(fns.head, params), feats,
                                            key=jax.random.key(0), num_boundaries=Q,
-                                           is_features=True, progress=False, variant="paper")
+                                           is_features=True, progress=False, variant=variant)
         r = interp.interpret(fns.normalize(jnp.full((32, 32, 3), 0.5)), top_k=TOP_K)
     assert bool(r.empty) and int(r.num_selected) == 0 and int(r.tau) == 0
     assert int(r.num_covered) == N_REFS and np.all(np.asarray(r.covered))

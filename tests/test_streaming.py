@@ -149,9 +149,9 @@ def test_bad_load_images_names_the_argument():
         stream_references(features, head, lambda i: images(len(i), 0), 0, key=jax.random.key(0))
 
 
-def test_shared_variants_match_in_memory_and_per_input_pools_are_refused():
+def test_shared_variants_match_in_memory():
     memory, streamed, _ = both(300, 64, 8, 5, variant=ri_variant("paper", delta="zero",
-                                                                 loosen=True))
+                                                                 keep_adding=True, loosen=True))
     xs = images(4, 6)
     want = jax.device_get(memory.interpret_batch(xs, top_k=2))
     got = jax.device_get(streamed.interpret_batch(xs, top_k=2))
@@ -160,7 +160,24 @@ def test_shared_variants_match_in_memory_and_per_input_pools_are_refused():
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
     one = jax.device_get(streamed.interpret(xs[0], top_k=2))
     np.testing.assert_array_equal(one.selected, got.selected[0])
-    features, head = tiny_net(0)
-    with pytest.raises(ValueError, match="variant.*per_input"):
-        StreamingInterpreter(features, head, lambda i: images(len(i), 0), 10,
-                             key=jax.random.key(0), variant="authors")
+
+
+# N = 1,100 spans two side chunks of 1,024; kept ψ give the in-memory values bit for bit,
+# ψ recomputed from the images (pools by index, sides and Eq. 6 in two passes) agree too.
+@pytest.mark.parametrize("keep", [True, False])
+def test_per_input_pools_match_in_memory(keep):
+    memory, streamed, loads = both(1100, 64, 6, 4, keep=keep, variant="authors")
+    assert len(set(np.asarray(memory.reference_set.preds).tolist())) >= 2
+    xs = images(3, 7)
+    want = jax.device_get(memory.interpret_batch(xs, top_k=2))
+    loads.clear()
+    got = jax.device_get(streamed.interpret_batch(xs, top_k=2))
+    for name in ("selected", "order", "num_selected", "num_selected_greedy", "delta", "tau",
+                 "reached", "covered", "num_covered", "x_side", "pool", "search_steps",
+                 "search_converged", "ranked", "similar"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    for name in ("ranked_distances", "pool_w", "pool_b", "heatmap", "similar_heatmaps"):
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-5,
+                                   atol=1e-5, err_msg=name)
+    # Without kept ψ: the pools by index, then two passes over all 1,100 references.
+    assert keep or sum(map(len, loads)) >= 2 * 1100
