@@ -8,6 +8,7 @@ columns labelled as the paper's (ASIRRA, typed from the text of its Tables 1 and
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 
@@ -283,6 +284,10 @@ def render_results(record: dict, results: dict[str, dict], *, rel: str,
             if by_fill:
                 text += fills_section(by_fill)
                 text += faithfulness_section(by_fill, rel)
+    if "interpret" in record["steps"]:
+        text += ["## Interpretations of a few test images (Figures 2, 8)", "",
+                 f"[{rel}/interpret/summary.md]({rel}/interpret/summary.md), and an interactive "
+                 f"page: [{rel}/interpret/index.html]({rel}/interpret/index.html).", ""]
     if "case_studies" in record["steps"]:
         text += cases_section(case_figures, rel)
     if results.get("variant_study") is not None:
@@ -596,7 +601,9 @@ def measures_verdict(tables: dict[str, dict]) -> list[str]:
         low, r = col["lower"], col["rows"]
         ranked = sorted((m for m in methods if m in r), key=lambda m: r[m]["mean"], reverse=not low)
         best, second = ranked[0], ranked[1] if len(ranked) > 1 else None
-        rows.append([label + (" ↓" if low else " ↑"), best, f"{r[best]['mean']:.3f}",
+        tied = [m for m in ranked if r[m]["mean"] == r[best]["mean"]]
+        rows.append([label + (" ↓" if low else " ↑"),
+                     best if len(tied) == 1 else f"tie: {', '.join(tied)}", f"{r[best]['mean']:.3f}",
                      f"{second} ({r[second]['mean']:.3f})" if second else "–",
                      "yes" if second and _clearly(r[best], r[second], low) else "no",
                      f"{ranked.index('RI') + 1} of {len(ranked)}" if "RI" in ranked else "–"])
@@ -619,7 +626,9 @@ def measures_verdict(tables: dict[str, dict]) -> list[str]:
     lines = ["### Verdict across measures and fills", "",
              f"Computed from the {len(cols)} measure columns above (means; \"clearly\" = by more "
              "than the sum of the two stds; a fill-dependent measure counts once per fill). "
-             "Best method per measure:", "",
+             + ("With one run every std is 0, so \"clearly\" only means \"differs\". "
+                if len(first.get("config", {}).get("seeds", [0, 1])) == 1 else "")
+             + "Best method per measure:", "",
              markdown_table(["Measure", "best method", "its score", "runner-up",
                              "clearly ahead", "RI's rank"], rows),
              "Best on: " + "; ".join(f"{m} {n} of {len(cols)} measures"
@@ -655,3 +664,50 @@ def faithfulness_section(tables: dict[str, dict], rel: str | None = None) -> lis
             step = TABLE1_FILL_STEPS.get(fill, "table1")
             text += [f"![Deletion and insertion curves]({rel}/{step}/faithfulness_curves.png)", ""]
     return text + measures_verdict(tables)
+
+
+def model_section(record: dict, results: dict[str, dict], *, rel: str) -> list[str]:
+    """One more model's results in short, with its verdict computed from its numbers.
+
+    Args:
+      record: that model's ``run_all.json``.
+      results: step name -> that model's step JSON.
+      rel: its results folder relative to the RESULTS.md being written.
+
+    Returns:
+      Markdown lines: what the model is, the verdicts of Table 1 (under the paper's fill,
+      across fills and across measures), Table 2 and the variant study, and links to its
+      own RESULTS.md and interactive report.
+    """
+    model = record["model"]
+    name = Path(model["spec"].removeprefix("keras:")).name
+    lines = [f"### {name}", "",
+             f"{model['summary'][:1].upper()}{model['summary'][1:]}, ψ "
+             f"{'×'.join(map(str, model['feature_shape']))}, {model['num_classes']} classes, on "
+             f"`{record['data']}` (`--model {model['spec']}`). Every table, figure and the "
+             f"command: [{rel}/RESULTS.md]({rel}/RESULTS.md); interpretations: "
+             f"[{rel}/interpret/index.html]({rel}/interpret/index.html).", ""]
+    t1 = results.get("table1")
+    if t1 is not None:
+        methods = t1["methods"]
+        lines += ["Table 1 under the paper's black fill:", "",
+                  verdict("mAD", methods, lower_is_better=True),
+                  verdict("mAI", methods, lower_is_better=False), ""]
+        lines += controls_verdict(methods, t1["controls"])
+    by_fill = {fill: results.get(step) for fill, step in TABLE1_FILL_STEPS.items()}
+    by_fill = {f: t for f, t in by_fill.items() if t is not None and "fill_prior" in t}
+    if len(by_fill) > 1:
+        lines += [line.replace("### ", "#### ", 1) for line in fills_verdict(by_fill)]
+        lines += [line.replace("### ", "#### ", 1) for line in measures_verdict(by_fill)]
+    t2 = results.get("table2")
+    if t2 is not None:
+        u = t2["unseen"]
+        gt = ("does not apply (the data's labels are not the model's classes)"
+              if "ground_truth" in t2 else format_mean_std(u["ACU-GT"]))
+        lines += [f"Table 2 on unseen images: ACU-MD {format_mean_std(u['ACU-MD'])} %, CVR "
+                  f"{format_mean_std(u['CVR'])} %, ACU-GT {gt}.", ""]
+    study = results.get("variant_study")
+    if study is not None:
+        lines += ["RI variants (paper's text vs the authors' code):", ""]
+        lines += [f"- {v}" for v in study["verdict"]] + [""]
+    return lines
