@@ -455,7 +455,9 @@ def draw_pools(ref_preds: Array, classes: Array, pool_size: int = DEFAULT_NUM_BO
     def one(key, c):
         other = ref_preds != c
         score = jnp.where(other, jax.random.uniform(key, ref_preds.shape), 2.0)
-        order = jnp.argsort(score).astype(jnp.int32)
+        # The first ``pool_size`` of a stable ascending sort of the scores (top_k keeps the
+        # lower index among equals too), without sorting all N.
+        order = jax.lax.top_k(-score, min(pool_size, ref_preds.shape[0]))[1].astype(jnp.int32)
         count = jnp.sum(other, dtype=jnp.int32)
         return order[jnp.arange(pool_size) % jnp.maximum(count, 1)], count
 
