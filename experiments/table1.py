@@ -28,6 +28,15 @@ polytopes, boundaries per polytope, references covered, τ, how many unseen imag
 were routed by a polytope or fell back to the nearest centre, ties at the 20 % cut),
 ``table1.csv`` (one row per method and run), ``table1.md`` (also printed).
 
+Beside the paper's AD / AI at 20 % (--faithfulness all, the default): ``faithfulness`` in
+``table1.json`` holds, for every method, control and own-input control ("RI (own
+weights)", …: the method computed at the unseen image itself), deletion / insertion AUCs
+(insertion from the blurred image and from the mean colour), ROAD (MoRF, LeRF and
+combined over --road-percentiles, pytorch-grad-cam's imputation) and AD / AI keeping 5, 10,
+20, 30 and 50 % under --fill, on the first --faithfulness-images unseen images, with the
+mean curves; ``faithfulness_curves.png`` plots them and ``table1.md`` ends with a verdict
+across the measures. --faithfulness keep scores only AD / AI at the keep fractions.
+
 Controls beside the paper's methods (under ``controls``): "Random" keeps a uniformly
 random 20 % of each image's pixels; "Grad-CAM (own weights)" computes Grad-CAM at each
 unseen image itself, i.e. without reuse; "Centre square" keeps the same centred 20 % of

@@ -24,6 +24,14 @@ default):
     another random 20 %) nor ACE (its segments carry no pixel ranking);
   * AD / AI per class predicted on the unmasked image (``Evaluation.per_class``);
   * the fill's own class prior (``scoring.fill_prior_report``) on the unseen images.
+
+Faithfulness beyond AD / AI at 20 % (``config.faithfulness``, ``protocols.faithfulness``):
+on the first ``faithfulness.images`` unseen images, each method's reused maps (exactly
+the maps AD / AI score: k-means inputs, then the covering polytope or the nearest centre),
+"Random", the deterministic controls and every method computed at the unseen image itself
+("… (own weights)", no reuse, computed once; RI's with the first run's boundary key) get
+deletion / insertion curves (RISE), ROAD (MoRF, LeRF, combined) and AD / AI at several
+keep fractions under the table's fill. ACE has no pixel ranking and is left out.
 """
 
 from __future__ import annotations
