@@ -7,6 +7,8 @@ Building blocks:
 * ``ace_adapter``: ACE's concept discovery and kept segments;
 * ``routing``: k-means inputs, which interpretation serves which image, similar images;
 * ``scoring``: masking (``MaskingOptions``) and AD / AI;
+* ``faithfulness``: deletion / insertion curves, ROAD and AD / AI at several keep
+  fractions of one map set (``FaithfulnessOptions``; ``ri_jax.faithfulness`` computes them);
 * ``batching``, ``statistics``: fixed-size chunks and argument checks; mean ± std.
 
 Protocols, each a function returning a result with ``to_json()`` (no file I/O):
