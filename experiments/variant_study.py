@@ -125,6 +125,8 @@ def main(argv=None) -> dict:
                          "--seed", str(args.seed), "--runs", str(args.runs),
                          "--unseen", str(args.unseen), "--ri-variant", variant,
                          "--cache-dir", str(cache)]
+                if table == "table1":  # the faithfulness measures belong to run_all's table1 step
+                    argv_ += ["--faithfulness", "none"]
                 if args.resume and target.exists():
                     argv_.append("--resume")
                 if args.no_progress:
