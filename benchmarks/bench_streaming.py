@@ -12,11 +12,24 @@ with the last bias shifted so the classes are about balanced) into ``ri_jax.stre
 (``resource.getrusage``) is its own; the record also holds the memory the in-memory
 reference set would need for ψ (N·h·w·c float32) and the XLA cost analysis (FLOPs)
 of one image's forward pass, for the per-image estimates in benchmarks/RESULTS.md.
+
+The same inputs are then interpreted with the authors' per-input pools
+(``variant="authors"``) over the same streamed set: each chunk of inputs draws its pools,
+reads the pool references' ψ by index, and makes two passes over all N references (the
+sides, then Eq. 6 on the selected boundaries), recomputing ψ from the images. Their cost
+per chunk therefore grows linearly in N: 2·N forward passes plus Q·N·D multiply-adds per
+input for each pass; a chunk holds as many inputs as their side words (Q·⌈N/32⌉ each) fit
+in 256 MiB, so the passes are shared by the chunk's inputs. On a GPU the forward passes and
+the [B·Q, D] × [D, N] products run far faster, so a chunk costs about two streamed passes
+over the images (input decoding and host-to-device transfer), unless ψ fits in device
+memory (``keep_features``); the boundary searches become latency-bound (Σ steps / lanes
+sequential iterations), which larger chunks amortise.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import subprocess
@@ -28,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import HelpFormatter, DEFAULT_OUT, finish, record
+from ri_jax.variants import ri_variant
 
 
 def forward_flops(fns, params, image_size: int) -> float:
@@ -82,8 +96,10 @@ def estimates(vgg: dict, *, tflops: float, hosts: int, q: int, n: int, inputs: i
         f"{psi_gib:,.0f} GiB, which fits in no device memory, so each input streams it from "
         f"host memory (about {psi_gib * 2**30 / 25e9:,.0f} s at an assumed 25 GB/s, "
         f"{inputs * psi_gib * 2**30 / 25e9 / 3600:,.1f} h for B = {inputs}) or recomputes it "
-        f"({inputs * n / per_s / 3600:,.0f} h). Here each ψ is computed once and B inputs "
-        f"cost B·Q·⌈N/32⌉ word operations in the solver plus B·Q·N subtractions for Eq. 6.",
+        f"({inputs * n / per_s / 3600:,.0f} h). StreamingInterpreter recomputes them: each "
+        f"chunk of inputs (as many as {n * q / 8 / 2**20:,.1f} MiB of side words each fit in "
+        f"256 MiB) makes two passes over the N images (sides, then Eq. 6), so B inputs cost "
+        f"2·⌈B / chunk⌉·N forward passes, besides B·Q·⌈N/32⌉ word operations in the solver.",
     ]
 
 
@@ -134,7 +150,8 @@ def run_one(args) -> dict:
                               lambda idx: synthetic(jnp.asarray(idx, jnp.uint32)), args.n,
                               key=jax.random.key(args.seed + 1),
                               num_boundaries=args.num_boundaries, batch_size=args.batch_size,
-                              piecewise_linear=True, progress=not args.no_progress)
+                              piecewise_linear=True, progress=not args.no_progress,
+                              variant="paper")
     jax.block_until_ready(ri.streamed.projections)
     stream_s = time.perf_counter() - ri_start
     stream_cpu = time.process_time() - cpu_start
@@ -144,6 +161,14 @@ def run_one(args) -> dict:
     interpret_s = time.perf_counter() - t
     s = ri.streamed
     feat_floats = int(np.prod(s.boundaries.w.shape[1:]))
+    # The authors' per-input pools over the same streamed set (its classes are all they
+    # read of it): the interpreter with the other variant, without streaming N again.
+    pools = copy.copy(ri)
+    pools.variant = ri_variant("authors")
+    t, cpu = time.perf_counter(), time.process_time()
+    own = jax.block_until_ready(pools.interpret_batch(xs, top_k=4))
+    pools_s, pools_cpu = time.perf_counter() - t, time.process_time() - cpu
+    chunk = pools._pool_chunk_size(args.inputs)
     return {
         "references": args.n, "stream_s": stream_s, "stream_cpu_s": stream_cpu,
         "refs_per_s": args.n / stream_s,
@@ -154,6 +179,16 @@ def run_one(args) -> dict:
         "mean_selected": float(np.mean(out.num_selected)),
         "mean_covered": float(np.mean(out.num_covered)),
         "class_1_share": float(np.mean(np.asarray(s.preds) == 1)),
+        "pools_interpret_s": pools_s, "pools_interpret_cpu_s": pools_cpu,
+        "pools_chunk": chunk, "pools_reference_passes": 2 * -(-args.inputs // chunk),
+        "pools_s_per_input": pools_s / args.inputs,
+        "pools_mean_selected": float(np.mean(own.num_selected)),
+        "pools_distinct_polytopes": len({tuple(np.flatnonzero(r)) + tuple(x[r])
+                                         for r, x in zip(np.asarray(own.selected),
+                                                         np.asarray(own.x_side))}),
+        "pools_searches_not_converged": int(np.sum(~np.asarray(own.search_converged))),
+        "pools_side_words_mib": args.inputs * args.num_boundaries * (-(-args.n // 32)) * 4
+        / 2**20,
         "feature_shape": list(s.boundaries.w.shape[1:]),
         "forward_flops_per_image": forward_flops(fns, params, size),
     }
@@ -199,8 +234,26 @@ def main(argv=None) -> None:
         row = json.loads(done.stdout.split("RESULT ", 1)[1])
         rec["rows"].append(row)
         print({k: row[k] for k in ("references", "stream_s", "refs_per_s", "peak_rss_mib",
-                                   "kept_mib", "in_memory_psi_mib", "interpret_s")}, flush=True)
+                                   "kept_mib", "in_memory_psi_mib", "interpret_s",
+                                   "pools_interpret_s", "pools_reference_passes")}, flush=True)
         finish(rec, args.out, args.name)  # after every size: a long run keeps what it measured
+    if len(rec["rows"]) > 1:
+        rec["notes"].append(pools_growth(rec["rows"]))
+        finish(rec, args.out, args.name)
+
+
+def pools_growth(rows: list[dict]) -> str:
+    """How the per-input pools' interpret time grew with N, from a least-squares line."""
+    n = np.array([r["references"] for r in rows], float)
+    t = np.array([r["pools_interpret_s"] for r in rows])
+    slope, offset = np.polyfit(n, t, 1)
+    measured = ", ".join(f"{r['pools_interpret_s']:.1f} s at N = {r['references']:,} "
+                         f"({r['pools_reference_passes']} passes)" for r in rows)
+    return (f"Per-input pools (the authors' variant), {rows[0]['interpret_inputs']} inputs in "
+            f"one chunk, first call: {measured}; a line through them costs "
+            f"{slope * 1e6:.1f} s per million references plus {offset:.1f} s (compilation and "
+            f"the searches, which do not depend on N): linear in N, since every chunk reads "
+            f"all N ψ twice, here recomputed from the images.")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ if [[ "$MODE" == "--dry-run" ]]; then
           --grid-q 10 20 --grid-r 200 500 --grid-b 1 50)
   BOUNDARIES=(--sizes 10 20 --repeat 1)
   END_TO_END=(--limit 64 --chunk 32 --batch-size 32)
-  LIMITS=(300 300 300 300)
+  VARIANTS=(--inputs 8 --repeat 1)
+  LIMITS=(300 300 300 300 300)
 elif [[ -n "$MODE" ]]; then
   echo "unknown option: $MODE (expected --dry-run)" >&2
   exit 2
@@ -64,7 +65,8 @@ EOF
           --grid-q 10 50 200 --grid-r 1000 20000 100000 --grid-b 1 100 1000 --full)
   BOUNDARIES=(--sizes 50 200 1000)
   END_TO_END=()
-  LIMITS=(100 200 60 100)  # seconds per step: 460 s in all, under the 8-minute budget
+  VARIANTS=()  # the embedded model, 64 inputs, |Q| = 50: the two RI variants side by side
+  LIMITS=(90 180 60 90 50)  # seconds per step: 470 s in all, under the 8-minute budget
 fi
 
 status=0
@@ -83,6 +85,7 @@ run "${LIMITS[0]}" bench_features "${FEATURES[@]}"
 run "${LIMITS[1]}" bench_solver "${SOLVER[@]}"
 run "${LIMITS[2]}" bench_boundaries "${BOUNDARIES[@]}"
 run "${LIMITS[3]}" bench_end_to_end "${END_TO_END[@]}"
+run "${LIMITS[4]}" bench_variants "${VARIANTS[@]}"
 "$PY" -m benchmarks.report "$OUT" --output "$OUT/RESULTS.md" || status=1
 echo "suite finished in $((SECONDS - start)) s with status $status; results in $OUT"
 exit "$status"
