@@ -49,7 +49,7 @@ from common import HelpFormatter, prepare_output, write_json
 from ri_jax.files import atomic_write_text
 from ri_jax.cli import run_script
 from ri_jax.models.loading import MODEL_SPEC_HELP, describe_model
-from ri_jax.protocols.report import render_results
+from ri_jax.protocols.report import model_section, render_results
 from ri_jax.provenance import code_version
 from ri_jax.variants import VARIANT_NAMES
 
@@ -69,6 +69,7 @@ DRIVER_SETTINGS = {
         # The faithfulness measures (deletion / insertion, ROAD, AD / AI at 5–50 %) on the
         # first 100 unseen images; the curves and ROAD do not depend on the fill, so the
         # other fills add only AD / AI at the keep fractions (--faithfulness keep).
+        "interpret": ["--num-inputs", "4", "--html"],
         "table1": ["--runs", "5", "--faithfulness-images", "100"],
         "table1_mean": ["--runs", "5", "--fill", "mean", "--faithfulness", "keep"],
         "table1_blur": ["--runs", "5", "--fill", "blur", "--faithfulness", "keep"],
@@ -79,6 +80,7 @@ DRIVER_SETTINGS = {
         "variant_study": ["--runs", "3"],
     },
     "quick": {
+        "interpret": ["--num-inputs", "2", "--html"],
         "table1": ["--runs", "1", "--unseen", "200", "--faithfulness-images", "8"],
         "table1_mean": ["--runs", "1", "--unseen", "200", "--fill", "mean", "--faithfulness",
                         "keep", "--faithfulness-images", "8"],
@@ -108,10 +110,10 @@ DEVIATIONS = {
               "|Q| ∈ {1, 10, 50} for Figures 5–6, one case study, ACE on 2 Figure 4 inputs. "
               "A smoke test, not a result."],
 }
-STEPS = ("table1", "table1_mean", "table1_blur", "table2", "figure4", "figures5_6", "case_studies",
-         "variant_study")
+STEPS = ("interpret", "table1", "table1_mean", "table1_blur", "table2", "figure4", "figures5_6",
+         "case_studies", "variant_study")
 # Steps that run RI with one variant (--ri-variant); the variant study runs both.
-RI_VARIANT_STEPS = ("table1", "table1_mean", "table1_blur", "table2", "figure4", "figures5_6",
+RI_VARIANT_STEPS = ("interpret", "table1", "table1_mean", "table1_blur", "table2", "figure4", "figures5_6",
                     "case_studies")
 # Every step is one script; the extra Table 1 fills rerun table1.py with --fill.
 SCRIPT_OF = {**{step: step for step in STEPS}, "table1_mean": "table1", "table1_blur": "table1"}
@@ -139,10 +141,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--in-process", action="store_true",
                    help="run the steps in this process, not one process each: they share compiled "
                         "programs, which saves compilation on small runs")
+    p.add_argument("--other-models", default="", metavar="DIR[,DIR]",
+                   help="results folders of run_all on other models, summarised with their "
+                        "verdicts in this RESULTS.md (each keeps its own RESULTS.md)")
     p.add_argument("--render-only", action="store_true",
                    help="only rebuild RESULTS.md from the run_all.json and step JSON in --out")
     args = p.parse_args(argv)
     args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    args.other_models = [Path(d.strip()) for d in args.other_models.split(",") if d.strip()]
+    for folder in args.other_models:
+        if not (folder / "run_all.json").is_file():
+            p.error(f"--other-models: {folder} holds no run_all.json (run run_all.py there first)")
     unknown = sorted(set(args.steps) - set(STEPS))
     if unknown or not args.steps:
         p.error(f"--steps: unknown or empty {unknown or args.steps}; choose from {', '.join(STEPS)}")
@@ -196,7 +205,8 @@ def main(argv=None) -> dict:
         if not record_file.is_file():
             sys.exit(f"--render-only: {record_file} is missing; run the driver first")
         record = json.loads(record_file.read_text())
-        atomic_write_text(md_path, render_record(Path(args.out), md_path.parent, record))
+        atomic_write_text(md_path, render_record(Path(args.out), md_path.parent, record,
+                                                 args.other_models))
         print(f"wrote {md_path}")
         return record
     out = prepare_output(args.out, args.resume)
@@ -219,7 +229,7 @@ def main(argv=None) -> dict:
               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "code": code_version()}
     write_json(out / "run_all.json", record)
-    atomic_write_text(md_path, render_record(out, md_path.parent, record))
+    atomic_write_text(md_path, render_record(out, md_path.parent, record, args.other_models))
     print(f"wrote {md_path} ({total / 60:.1f} min)")
     return record
 
@@ -267,15 +277,30 @@ def run_step(step: str, argv: list[str], *, in_process: bool = False) -> None:
         sys.exit(f"{step}: {SCRIPTS[step].name} failed with exit status {done.returncode}")
 
 
-def render_record(out: Path, md_dir: Path, record: dict) -> str:
-    """RESULTS.md from the step JSON files under ``out``; links relative to ``md_dir``."""
+def step_results(out: Path) -> dict[str, dict]:
+    """Step name -> the result JSON that step wrote under ``out`` (steps not run left out)."""
     results = {}
     for step in STEPS:
         path = out / step / f"{SCRIPT_OF[step]}.json"
         if path.is_file():
             results[step] = json.loads(path.read_text())
+    return results
+
+
+def render_record(out: Path, md_dir: Path, record: dict, other_models: list[Path] = ()) -> str:
+    """RESULTS.md from the step JSON files under ``out``, then each of ``other_models``
+    (run_all folders of other models) in short; links relative to ``md_dir``."""
     figures = sorted(p.name for p in (out / "case_studies").glob("case_*.png"))
-    return render_results(record, results, rel=os.path.relpath(out, md_dir), case_figures=figures)
+    text = render_results(record, step_results(out), rel=os.path.relpath(out, md_dir),
+                          case_figures=figures)
+    if other_models:
+        text += ("\n## Other models\n\nThe same driver on models trained elsewhere, each "
+                 "with its own RESULTS.md; the verdicts below are computed from their numbers.\n\n")
+        for folder in other_models:
+            other = json.loads((folder / "run_all.json").read_text())
+            text += "\n".join(model_section(other, step_results(folder),
+                                             rel=os.path.relpath(folder, md_dir))) + "\n"
+    return text
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
 import case_studies  # noqa: E402
 import figure4  # noqa: E402
 import figures5_6  # noqa: E402
+import interpret  # noqa: E402
 import run_all  # noqa: E402
 import table1  # noqa: E402
 import table2  # noqa: E402
@@ -25,7 +26,7 @@ from ri_jax.protocols.report import format_mean_std  # noqa: E402
 from ri_jax.provenance import code_version  # noqa: E402
 
 PER_CLASS = 10
-SCRIPTS = {"table1": table1, "table1_mean": table1, "table1_blur": table1, "table2": table2,
+SCRIPTS = {"interpret": interpret, "table1": table1, "table1_mean": table1, "table1_blur": table1, "table2": table2,
            "figure4": figure4, "figures5_6": figures5_6, "case_studies": case_studies,
            "variant_study": variant_study}
 TINY_ARGS = ["--refs-per-class", "0", "--unseen", "0", "--batch-size", "16", "--no-progress",
@@ -337,7 +338,7 @@ def test_run_all_passes_the_ri_variant_to_every_ri_step(tmp_path):
         assert SCRIPTS[step].parse_args(run_all.step_argv(step, args, tmp_path)).ri_variant == \
             "authors"
     study = variant_study.parse_args(run_all.step_argv("variant_study", args, tmp_path))
-    assert study.variants == ["paper", "authors"] and len(study.checkpoints) == 2
+    assert study.variants == ["paper", "authors"] and len(study.models) == 2
 
 
 def test_the_variant_study_warns_when_resume_keeps_another_commits_table(tmp_path):
