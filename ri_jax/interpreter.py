@@ -549,8 +549,8 @@ class RepresentativeInterpreter:
 
     def _pool_chunk_size(self, b: int) -> int:
         """Inputs per chunk of per-input pools: their normals and products ≤ 256 MiB."""
-        per_input = self.num_boundaries * max(int(np.prod(self.reference_set.feats.shape[1:])),
-                                              self.num_refs)
+        per_input = self.num_boundaries * (int(np.prod(self.reference_set.feats.shape[1:]))
+                                           + self.num_refs)
         return max(1, min(b, _POOL_CHUNK_FLOATS // per_input))
 
     def _solve_pools(self, feats, preds, keys, delta, progress):
