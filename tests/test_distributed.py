@@ -1,5 +1,6 @@
 """Multi-process runs: launch settings, shares, and 2 local CPU processes against 1, bit for bit."""
 
+import functools
 import json
 import os
 import socket
@@ -163,3 +164,36 @@ def test_two_processes_write_what_one_process_writes(tmp_path):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     for png in (tmp_path / "one" / "interpret").glob("*.png"):
         assert (tmp_path / "two" / "interpret" / png.name).is_file()
+
+
+def test_per_input_chunks_shared_between_processes_give_the_one_process_answer(tiny_model,
+                                                                               monkeypatch):
+    # Two processes emulated one after the other: each runs its share of whole chunks (3
+    # chunks of 2 inputs for 5 inputs), and their rows, concatenated as gather_shares does,
+    # are the one-process answer.
+    from ri_jax import interpreter as interpreter_module
+    fns, params = tiny_model
+    raw = np.random.default_rng(1).random((40, 32, 32, 3), dtype=np.float32)
+    params = balanced(fns, params, raw)
+    refs = fns.normalize(raw)
+    mine = dist.DistributedInterpreter(lambda x: fns.features(params, x),
+                                       lambda p: fns.head(params, p), refs,
+                                       key=jax.random.key(0), num_boundaries=6, batch_size=16,
+                                       progress=False, variant="authors")
+    per_input = 6 * (int(np.prod(mine.reference_set.feats.shape[1:])) + 40)
+    monkeypatch.setattr(interpreter_module, "_POOL_CHUNK_FLOATS", 2 * per_input)
+    feats = mine.features(refs[:5])
+    preds = mine.predict_classes(feats)
+    keys = mine._keys(None, 5)
+    want = jax.device_get(mine._solve_pools(feats, preds, keys, 0, False))
+    shares, share_range = [], dist.share_range
+    monkeypatch.setattr(dist.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(dist, "gather_shares", lambda local, n, granule: local)
+    for rank in (0, 1):
+        monkeypatch.setattr(dist, "share_range", functools.partial(
+            share_range, process_index=rank, process_count=2))
+        shares.append(jax.device_get(mine._solve_pools(feats, preds, keys, 0, False)))
+    assert len(shares[0][1].selected) == 4 and len(shares[1][1].selected) == 1
+    got = jax.tree.map(lambda *parts: np.concatenate(parts), *shares)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(a, b)
