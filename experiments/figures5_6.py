@@ -35,7 +35,8 @@ from ri_jax.files import atomic_path, atomic_write_text  # noqa: E402
 from ri_jax.cli import positive_int_list, run_script  # noqa: E402
 from ri_jax.protocols.figures5_6 import run_figures5_6  # noqa: E402
 from ri_jax.protocols.methods import RIOptions  # noqa: E402
-from ri_jax.protocols.report import format_mean_std, markdown_table  # noqa: E402
+from ri_jax.protocols.report import markdown_table
+from ri_jax.protocols.statistics import format_mean_std  # noqa: E402
 from ri_jax.variants import ri_variant  # noqa: E402
 from ri_jax.protocols.table2 import METRICS, SETS, Table2Config  # noqa: E402
 
@@ -112,7 +113,7 @@ def plot(payload: dict, path) -> None:
 
 def render_markdown(payload: dict) -> str:
     """One row per |Q|: ACU-GT, ACU-MD and CVR on both sets."""
-    fmt = lambda d: "undefined" if d["mean"] is None else format_mean_std(d)
+    fmt = format_mean_std
     header = ["|Q|"] + [f"{m} {s} (%)" for s in SETS for m in METRICS]
     rows = [[q] + [fmt(payload[s][m][i]) for s in SETS for m in METRICS]
             for i, q in enumerate(payload["qs"])]

@@ -80,7 +80,8 @@ from ri_jax.files import atomic_write_text
 from ri_jax.cli import run_script
 from ri_jax.plots import faithfulness_curves_figure
 from ri_jax.metrics import KEEP_FRACTION
-from ri_jax.protocols.report import (faithfulness_tables, format_mean_std, markdown_table,
+from ri_jax.protocols.statistics import format_mean_std
+from ri_jax.protocols.report import (faithfulness_tables, markdown_table,
                                      measures_verdict, table1_fill_section)
 from ri_jax.protocols.faithfulness import MEASURE_SETS, FaithfulnessOptions
 from ri_jax.protocols.table1 import Table1Config, is_control, run_table1

@@ -34,7 +34,8 @@ from common import (print_written, HelpFormatter, ri_options, add_common_args, a
                     add_polytope_args, describe_run, load_setup, start_run, write_csv, write_json)
 from ri_jax.files import atomic_write_text
 from ri_jax.cli import run_script
-from ri_jax.protocols.report import format_mean_std, markdown_table
+from ri_jax.protocols.report import markdown_table
+from ri_jax.protocols.statistics import format_mean_std
 from ri_jax.protocols.table2 import SETS, Table2Config, run_table2
 
 
@@ -78,8 +79,8 @@ def render_markdown(payload: dict) -> str:
     """Table 2 as Markdown, RI's regions beside the model F."""
     cfg, model = payload["config"], payload["model"]
     no_truth = "ground_truth" in payload  # the data's labels are not the model's classes
-    fmt = lambda d, gt=False: (("does not apply" if gt and no_truth else "undefined")
-                               if d["mean"] is None else format_mean_std(d))
+    fmt = lambda d, gt=False: format_mean_std(
+        d, missing="does not apply" if gt and no_truth else "undefined")
     accuracy = lambda a: "does not apply" if a is None else f"{a:.2f}"
     rows = [[label, fmt(payload[s]["ACU-GT"], True), accuracy(model[s + "_accuracy"]),
              fmt(payload[s]["ACU-MD"]), "100.00", fmt(payload[s]["CVR"]), "100.00"]

@@ -565,6 +565,24 @@ def _check_scores(y: Array, y_masked: Array) -> None:
             raise ValueError(f"{name}: scores must be finite and non-negative")
 
 
+def drop_and_increase(y: Array, y_masked: Array) -> tuple[Array, Array]:
+    """Per-image terms of Eq. 7, max(0, Y − Y′) / Y (0 where Y = 0), and of Eq. 8, Y < Y′.
+
+    The one definition of AD / AI: ``average_drop``, ``average_increase``, ``per_class`` and
+    the protocols' scoring all average these terms.
+
+    Args:
+      y: [B] Y_c(e) on the unmasked images.
+      y_masked: [B] Y_c(e') on the masked images.
+
+    Returns:
+      (float[B] drops, bool[B] increases), NumPy for NumPy inputs.
+    """
+    xp = jnp if isinstance(y, jax.Array) or isinstance(y_masked, jax.Array) else np
+    drop = xp.where(y > 0, xp.maximum(y - y_masked, 0.0) / xp.where(y > 0, y, 1.0), 0.0)
+    return drop, y < y_masked
+
+
 def average_drop(y: Array, y_masked: Array) -> Array:
     """Average Drop (Eq. 7) as a fraction: mean of max(0, Y − Y') / Y.
 
@@ -576,9 +594,7 @@ def average_drop(y: Array, y_masked: Array) -> Array:
       float scalar in [0, 1] for probabilities; an image with Y = 0 contributes 0.
     """
     _check_scores(y, y_masked)
-    y, y_masked = jnp.asarray(y), jnp.asarray(y_masked)
-    drop = jnp.maximum(y - y_masked, 0.0) / jnp.where(y > 0, y, 1.0)
-    return jnp.mean(jnp.where(y > 0, drop, 0.0))
+    return jnp.mean(drop_and_increase(jnp.asarray(y), jnp.asarray(y_masked))[0])
 
 
 def average_increase(y: Array, y_masked: Array) -> Array:
@@ -592,7 +608,8 @@ def average_increase(y: Array, y_masked: Array) -> Array:
       float scalar in [0, 1].
     """
     _check_scores(y, y_masked)
-    return jnp.mean((jnp.asarray(y) < jnp.asarray(y_masked)).astype(jnp.float32))
+    increase = drop_and_increase(jnp.asarray(y), jnp.asarray(y_masked))[1]
+    return jnp.mean(increase.astype(jnp.float32))
 
 
 def per_class(y: Array, y_masked: Array, classes: Array, num_classes: int) -> PerClass:
@@ -614,9 +631,9 @@ def per_class(y: Array, y_masked: Array, classes: Array, num_classes: int) -> Pe
     if not isinstance(classes, jax.core.Tracer) and (
             int(jnp.min(classes)) < 0 or int(jnp.max(classes)) >= num_classes):
         raise ValueError(f"classes: values must lie in [0, {num_classes})")
-    y, y_masked = jnp.asarray(y, jnp.float32), jnp.asarray(y_masked, jnp.float32)
-    drop = jnp.where(y > 0, jnp.maximum(y - y_masked, 0.0) / jnp.where(y > 0, y, 1.0), 0.0)
-    increase = (y < y_masked).astype(jnp.float32)
+    drop, increase = drop_and_increase(jnp.asarray(y, jnp.float32),
+                                       jnp.asarray(y_masked, jnp.float32))
+    increase = increase.astype(jnp.float32)
     sums = lambda v: jax.ops.segment_sum(v, jnp.asarray(classes), num_segments=num_classes)
     count = sums(jnp.ones_like(y)).astype(jnp.int32)
     denom = jnp.maximum(count, 1).astype(jnp.float32)

@@ -22,7 +22,7 @@ import table2  # noqa: E402
 import variant_study  # noqa: E402
 from ri_jax.checkpoint import save_checkpoint  # noqa: E402
 from ri_jax.data import DatasetError  # noqa: E402
-from ri_jax.protocols.report import format_mean_std  # noqa: E402
+from ri_jax.protocols.statistics import format_mean_std  # noqa: E402
 from ri_jax.provenance import code_version  # noqa: E402
 
 PER_CLASS = 10

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ri_jax import metrics
 from ri_jax.protocols import scoring
 from ri_jax.models.vgg import IMAGENET_MEAN  # the tiny model's normalisation mean
 from conftest import as_model
@@ -147,7 +148,7 @@ def test_cached_logits_give_the_same_evaluation(protocol_model):
 def test_drop_and_increase_follow_eqs_7_and_8():
     y = np.array([0.8, 0.5, 0.0, 0.4])
     y_masked = np.array([0.2, 0.9, 0.3, 0.4])
-    drop, inc = scoring.drop_and_increase(y, y_masked)
+    drop, inc = metrics.drop_and_increase(y, y_masked)
     np.testing.assert_allclose(drop, [0.75, 0.0, 0.0, 0.0])
     assert inc.tolist() == [False, True, True, False]
 

@@ -29,6 +29,7 @@ from ri_jax.baselines.ace import ACECache
 from ri_jax.data import sample_count
 from ri_jax.featurize import Features
 from ri_jax.model import Model
+from ri_jax import metrics
 from ri_jax.protocols import ace_adapter, methods, routing, scoring
 from ri_jax.protocols.ace_adapter import ACE_DISCOVERY_IMAGES, ACESettings
 from ri_jax.protocols.methods import RIOptions
@@ -183,7 +184,7 @@ def _run_once(model: Model, feats: Features,
                 y_masked, tied, flat = scoring.masked_class_scores(
                     model, raw_t, maps, pred_t, masking=config.masking,
                     batch_size=config.batch_size)
-                d, inc = scoring.drop_and_increase(y_orig[targets], y_masked)
+                d, inc = metrics.drop_and_increase(y_orig[targets], y_masked)
                 grids[m][0][rows[v], r] = d
                 grids[m][1][rows[v], r] = inc
                 t = ties[m]

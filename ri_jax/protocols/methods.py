@@ -49,6 +49,7 @@ from ri_jax.distributed import representative_interpreter
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
 from ri_jax.metrics import centre_square_heatmap
 from ri_jax.model import Model
+from ri_jax.protocols.statistics import mean_min_max
 from ri_jax.protocols.batching import check_batch, check_choice, check_positive, map_chunks
 from ri_jax.ranking import unit_normals
 from ri_jax.regions import DecisionRegions
@@ -318,13 +319,6 @@ def distinct_polytopes(regions: DecisionRegions) -> int:
     return len(polytopes)
 
 
-def _stats(values) -> dict:
-    v = np.asarray(values, np.float64)
-    if v.size == 0:
-        return {"mean": None, "min": None, "max": None}
-    return {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
-
-
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine of [..., D] arrays; 0 where either row is zero."""
     na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
@@ -384,16 +378,16 @@ def ri_diagnostics(ri: RIInterpretations, gradcam_alphas: np.ndarray | None = No
            "searches": int(steps.size) if steps.max() > 0 else 0,
            "searches_not_converged": int(np.sum(~converged)),
            "not_converged_fallback": "the last point of Class(x) found by the search",
-           "boundaries_before_loosen": _stats(d.num_selected_greedy),
-           "boundaries_after_loosen": _stats(d.num_selected),
+           "boundaries_before_loosen": mean_min_max(d.num_selected_greedy),
+           "boundaries_after_loosen": mean_min_max(d.num_selected),
            "distinct_covered_sets": int(len(np.unique(np.asarray(d.covered, bool), axis=0))),
-           "cosine_within_polytope": _stats(within),
+           "cosine_within_polytope": mean_min_max(within),
            "cosine_across_interpretations": across}
     if gradcam_alphas is not None:
         alphas = np.asarray(d.alphas)  # [V, Q, c]
         count = np.maximum(selected.sum(axis=1, keepdims=True), 1)
         ri_mean = (alphas * selected[:, :, None]).sum(axis=1) / count
-        out["cosine_ri_gradcam"] = _stats(_cosine(ri_mean, np.asarray(gradcam_alphas)))
+        out["cosine_ri_gradcam"] = mean_min_max(_cosine(ri_mean, np.asarray(gradcam_alphas)))
     return out
 
 
@@ -416,10 +410,10 @@ def ri_summary(ri: RIInterpretations, gradcam_alphas: np.ndarray | None = None) 
             "distinct_polytopes": distinct_polytopes(ri.regions),
             "empty_polytopes": int(np.sum(d.empty)),
             "not_reached": int(np.sum(~np.asarray(d.reached))),
-            "boundaries_per_polytope": _stats(d.num_selected),
-            "references_covered": _stats(d.num_covered),
-            "other_class_covered": _stats(d.num_covered_other),
-            "tau": _stats(d.tau),
+            "boundaries_per_polytope": mean_min_max(d.num_selected),
+            "references_covered": mean_min_max(d.num_covered),
+            "other_class_covered": mean_min_max(d.num_covered_other),
+            "tau": mean_min_max(d.tau),
             "diagnostics": ri_diagnostics(ri, gradcam_alphas)}
 
 

@@ -11,10 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-
-def format_mean_std(d: dict, digits: int = 2) -> str:
-    """``"mean ± std"`` of a ``mean_std`` dict, for Markdown tables."""
-    return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
+from ri_jax.protocols.statistics import format_mean_std
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -47,7 +44,7 @@ TABLE1_FILL_STEPS = {"black": "table1", "mean": "table1_mean", "blur": "table1_b
 
 
 def _pm(mean: float, std: float) -> str:
-    return f"{mean:.2f} ± {std:.2f}"
+    return format_mean_std({"mean": mean, "std": std})
 
 
 def ordering(scores: dict[str, float], lower_is_better: bool) -> str:
@@ -210,7 +207,7 @@ def figures56_section(f56: dict, rel: str) -> list[str]:
         for s in ("reference", "unseen"):
             for m in ("ACU-GT", "ACU-MD"):
                 d = f56[s][m][i]
-                row.append("undefined" if d["mean"] is None else format_mean_std(d))
+                row.append(format_mean_std(d))
         rows.append(row)
     return ["## Figures 5–6: ACU-GT and ACU-MD against |Q| (appendix E)", "",
             "The paper's figures are plots only; its text says both rise with |Q| and level off "

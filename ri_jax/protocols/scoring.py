@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ri_jax.metrics import (DEFAULT_FILL, KEEP_FRACTION, Fill, blur_sigma, check_fill,
-                            fill_prior, kept_pixels, make_fill, mask_image,
+                            drop_and_increase, fill_prior, kept_pixels, make_fill, mask_image,
                             masked_scores_from_masks, num_kept, per_class)
 from ri_jax.model import Model
 from ri_jax.protocols.batching import check_batch, check_positive, map_chunks
@@ -158,12 +158,6 @@ def masked_probabilities(model: Model, raw: np.ndarray, masks: np.ndarray, *,
     fill = masking.painter(model, raw.shape[1])
     return map_chunks(lambda r, m: _masked_softmax_jit(model, r, m, fill),
                       (raw, masks.astype(bool)), check_positive(batch_size, "batch_size"))
-
-
-def drop_and_increase(y: np.ndarray, y_masked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image terms of Eq. 7 (max(0, Y − Y′)/Y, 0 where Y = 0) and Eq. 8 (Y < Y′)."""
-    safe = np.where(y > 0, y, 1.0)
-    return np.where(y > 0, np.maximum(y - y_masked, 0.0) / safe, 0.0), y < y_masked
 
 
 def evaluate_masks(model: Model, raw: np.ndarray, masks: np.ndarray, *,
