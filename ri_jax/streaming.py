@@ -245,13 +245,16 @@ def _draw_similar(alphas: Array, selected: Array, psis: Array, present: Array, *
 class StreamingInterpreter(RepresentativeInterpreter):
     """``RepresentativeInterpreter`` over a streamed reference set (``stream_references``).
 
-    Same answers as the in-memory class (see the module docstring); ψ of a reference is
-    recomputed from ``load_images`` only when its heat map is drawn, unless
-    ``keep_features`` kept them all.
+    Same answers as the in-memory class (see the module docstring). With the shared sample
+    ψ of a reference is recomputed from ``load_images`` only when its heat map is drawn,
+    unless ``keep_features`` kept them all. With per-input pools (the authors' variant, the
+    default) each chunk of inputs also reads its pool references' ψ by index and makes two
+    passes over all N references (``_pool_chunk``): O(N·Q) memory per input, and time
+    linear in N. The streamed set's own sample Q is then unused but for its classes.
 
     Args:
-      features_fn, head_fn, key, num_boundaries, batch_size, piecewise_linear, progress:
-        as in ``RepresentativeInterpreter``.
+      features_fn, head_fn, key, num_boundaries, batch_size, piecewise_linear, progress,
+        variant: as in ``RepresentativeInterpreter``.
       load_images: normalised reference images of int64 indices [k] → [k, S, S, 3].
       num_refs: N.
       keep_features: keep every ψ in memory (``StreamedReferences.feats``).
