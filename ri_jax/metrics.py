@@ -363,12 +363,14 @@ def normalisation_mean(normalize_fn: NormalizeFn) -> np.ndarray:
       float32[3].
     """
     probe = jnp.asarray([0.0, 0.5, 1.0], jnp.float32)[:, None, None, None] * jnp.ones((1, 1, 1, 3))
-    at = np.asarray(normalize_fn(probe), np.float64).reshape(3, 3)
+    at = np.asarray(normalize_fn(probe), np.float64).reshape(3, -1)
     slope = at[2] - at[0]
-    if not np.all(np.isfinite(at)) or np.any(slope == 0) \
-            or not np.allclose(at[1], (at[0] + at[2]) / 2, rtol=1e-5, atol=1e-6):
+    # Half a level of 8-bit rounding is allowed at the midpoint: a grey model's luma rounds.
+    if not np.all(np.isfinite(at)) or np.any(slope == 0) or not np.allclose(
+            at[1], (at[0] + at[2]) / 2, rtol=1e-5, atol=1e-6 + float(np.max(np.abs(slope))) / 255):
         raise ValueError("fill: 'mean' needs a per-channel affine normalize_fn ((x - mean) / std)")
-    return (-at[0] / slope).astype(np.float32)
+    # A grey model (one input channel) reads luma, which maps a grey raw colour to itself.
+    return np.broadcast_to(-at[0] / slope, (3,)).astype(np.float32)
 
 
 def make_fill(fill: str, normalize_fn: NormalizeFn, image_size: int, *,

@@ -183,3 +183,22 @@ def test_interpret_script_explains_the_real_cifar_model(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["inputs"]) == 2 and (out / "index.html").is_file()
     assert all((out / r["figure"]).is_file() for r in summary["inputs"])
+
+
+def test_a_grey_model_runs_every_cam_method_and_the_mean_fill():
+    from ri_jax.metrics import make_fill
+    from ri_jax.protocols import methods
+
+    x = keras.Input((8, 8, 1))
+    t = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(x)
+    t = keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(t))
+    model = from_keras(keras.Model(x, t), feature_layer="conv", class_names=["a", "b", "c"],
+                       mean=[0.5], std=[0.25])
+    raw = np.random.default_rng(2).random((3, 8, 8, 3)).astype(np.float32)
+    psi = np.asarray(model.features(model.normalize(raw)))
+    classes = np.asarray(model.head(psi)).argmax(-1)
+    for method in methods.cam_method_names():
+        alphas = methods.cam_weights(method, model, raw, psi, classes)
+        assert alphas.shape == (3, 4) and np.all(np.isfinite(alphas))
+    grey = make_fill("mean", model.normalize, 8).colour  # the raw grey that normalises to 0
+    np.testing.assert_allclose(np.asarray(grey), [0.5, 0.5, 0.5], atol=1e-6)

@@ -118,16 +118,23 @@ def _check_options(score: str, masked_input: str, mask_upsampling: str) -> None:
             raise ValueError(f"{name}: unknown value {value!r}; choose one of {list(allowed)}")
 
 
-def _check_inputs(forward_fn: ForwardFn, raw_image: Array, psi: Array, class_idx,
-                  chunk_size: int) -> None:
+def _num_classes(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_shape: tuple,
+                 dtype) -> int:
+    """C, from the shapes alone; the model's input has its own channels (1 for a grey model)."""
+    return jax.eval_shape(lambda raw: forward_fn(normalize_fn(raw)),
+                          jax.ShapeDtypeStruct((1, *raw_shape), dtype)).shape[-1]
+
+
+def _check_inputs(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image: Array, psi: Array,
+                  class_idx, chunk_size: int) -> None:
     if jnp.ndim(raw_image) != 3 or raw_image.shape[0] != raw_image.shape[1] or raw_image.shape[2] != 3:
         raise ValueError(f"raw_image: expected one square RGB image [S, S, 3], got shape {jnp.shape(raw_image)}")
     check_psi(psi)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size: must be a positive int or None, "
                          f"got {chunk_size!r}")
-    logits = jax.eval_shape(forward_fn, jax.ShapeDtypeStruct((1, *raw_image.shape), raw_image.dtype))
-    check_class_idx(class_idx, logits.shape[-1])
+    check_class_idx(class_idx, _num_classes(forward_fn, normalize_fn, raw_image.shape,
+                                            raw_image.dtype))
 
 
 def scorecam_scores(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image: Array,
@@ -154,7 +161,7 @@ def scorecam_scores(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw_image:
       with ``normalize_fn(x) ∘ M_k`` as input, per the options).
     """
     _check_options(score, masked_input, mask_upsampling)
-    _check_inputs(forward_fn, raw_image, psi, class_idx, chunk_size)
+    _check_inputs(forward_fn, normalize_fn, raw_image, psi, class_idx, chunk_size)
     size = raw_image.shape[0]
     channels = psi.shape[-1]
     chunk = (scorecam_chunk_size(channels, size) if chunk_size is None
@@ -240,8 +247,8 @@ def scorecam_weights_batch(forward_fn: ForwardFn, normalize_fn: NormalizeFn, raw
     if jnp.ndim(psis) != 4 or psis.shape[0] != raw_images.shape[0]:
         raise ValueError(f"psis: expected [B, h, w, c] with B = {raw_images.shape[0]}, "
                          f"got shape {jnp.shape(psis)}")
-    logits = jax.eval_shape(forward_fn, jax.ShapeDtypeStruct((1, *raw_images.shape[1:]), raw_images.dtype))
-    check_class_idx(class_idx, logits.shape[-1], (raw_images.shape[0],))
+    check_class_idx(class_idx, _num_classes(forward_fn, normalize_fn, raw_images.shape[1:],
+                                            raw_images.dtype), (raw_images.shape[0],))
     return jax.lax.map(
         lambda args: scorecam_weights(forward_fn, normalize_fn, *args, chunk_size=chunk_size,
                                       score=score, masked_input=masked_input,
