@@ -51,7 +51,7 @@ from ri_jax.cli import run_script
 from ri_jax.models.loading import MODEL_SPEC_HELP, describe_model
 from ri_jax.protocols.report import model_section, render_results
 from ri_jax.provenance import code_version
-from ri_jax.variants import VARIANT_NAMES
+from ri_jax.variants import DEFAULT_VARIANT, VARIANT_NAMES
 
 ACE_ARGS = ["--ace", "--ace-segments", "15", "--ace-max-images", "20", "--ace-min-members", "5",
             "--ace-repeats", "5", "--ace-random-images", "50"]
@@ -129,9 +129,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="as in every experiment script: " + MODEL_SPEC_HELP)
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     p.add_argument("--quick", action="store_true", help="tiny settings: a smoke test")
-    p.add_argument("--ri-variant", default="paper", choices=VARIANT_NAMES,
-                   help="RI variant of every step but the variant study, which runs both "
-                        "(default: paper)")
+    p.add_argument("--ri-variant", default=DEFAULT_VARIANT, choices=VARIANT_NAMES,
+                   help="RI variant of every step but the variant study, which runs both")
     p.add_argument("--no-ace", action="store_true", help="leave ACE out of Table 1, Figure 4 and the case studies")
     p.add_argument("--steps", default=",".join(STEPS), help="comma-separated subset of " + ", ".join(STEPS))
     p.add_argument("--extra", action="append", default=[], metavar="STEP:ARGS",
@@ -186,9 +185,11 @@ def step_argv(step: str, args: argparse.Namespace, out: Path) -> list[str]:
         argv += ace_argv(mode, step)
     if step in RI_VARIANT_STEPS:
         argv += ["--ri-variant", args.ri_variant]
-    if step == "variant_study" and args.model != "default" and "--models" not in argv:
+    if step == "variant_study" and args.model != "default":
         # The second default regime is a VGG-11 on the embedded data: another model's data
         # does not fit it, so a model of its own is studied alone.
+        if "--models" in argv:
+            del argv[argv.index("--models"):argv.index("--models") + 2]
         argv += ["--models", args.model]
     if args.resume:
         argv.append("--resume")

@@ -274,7 +274,7 @@ def render_results(record: dict, results: dict[str, dict], *, rel: str,
                 "figures5_6": lambda d: figures56_section(d, rel)}
     for step, render in sections.items():
         if results.get(step) is not None:
-            text += render(results[step])
+            text += render(results[step]) + earlier_run_note(step, results[step], record)
         if step == "table1":
             by_fill = {fill: results.get(name) for fill, name in TABLE1_FILL_STEPS.items()}
             by_fill = {f: t for f, t in by_fill.items() if t is not None and "fill_prior" in t}
@@ -285,11 +285,25 @@ def render_results(record: dict, results: dict[str, dict], *, rel: str,
         text += ["## Interpretations of a few test images (Figures 2, 8)", "",
                  f"[{rel}/interpret/summary.md]({rel}/interpret/summary.md), and an interactive "
                  f"page: [{rel}/interpret/index.html]({rel}/interpret/index.html).", ""]
-    if "case_studies" in record["steps"]:
+    if case_figures:
         text += cases_section(case_figures, rel)
+        text += earlier_run_note("case_studies", results.get("case_studies") or {}, record)
     if results.get("variant_study") is not None:
         text += [variant_study_markdown(results["variant_study"])]
     return "\n".join(text) + "\n"
+
+
+def earlier_run_note(step: str, result: dict, record: dict) -> list[str]:
+    """A line saying that ``step``'s results come from an earlier driver run (``--steps``
+    left it out of this one), with that run's commit and RI variant; nothing otherwise."""
+    if step in record["steps"]:
+        return []
+    cfg = result.get("config", {})
+    variant = cfg.get("ri_variant")
+    return [f"*This section comes from an earlier driver run at commit "
+            f"{cfg.get('code') or 'unrecorded'}"
+            + (f", RI variant `{variant}`" if variant else "")
+            + "; this run did not repeat it.*", ""]
 
 
 def _fmt(v, digits: int = 2) -> str:
