@@ -464,6 +464,25 @@ def draw_pools(ref_preds: Array, classes: Array, pool_size: int = DEFAULT_NUM_BO
     return jax.vmap(one)(keys, jnp.asarray(classes, jnp.int32))
 
 
+class _Lanes(NamedTuple):
+    """``search_lanes``'s loop state: L searches in flight and the answers written so far.
+
+    Attributes:
+      pair: int32[L], the (input, pool reference) pair of each lane, B·Q when idle.
+      pos, neg: [L, *feat_shape], the search's bracket (class c at ``pos``).
+      steps: int32[L], steps taken by each lane's search.
+      next: int32, the next pair to start.
+      out: ``BoundaryPoints`` with a leading B·Q axis, rows written as searches stop.
+    """
+
+    pair: Array
+    pos: Array
+    neg: Array
+    steps: Array
+    next: Array
+    out: BoundaryPoints
+
+
 # Searches in flight in ``search_lanes``: enough rows for the head's matmuls to run at
 # full speed, few enough that the last searches to start leave little idle. On 2 CPU
 # cores (embedded model, 3,200 searches) 128 lanes beat 96 by 10 %, 256 by 5-10 % and
@@ -500,6 +519,7 @@ def search_lanes(head_fn: Callable[[Array], Array], psi_x: Array, classes: Array
     Returns:
       ``BoundaryPoints`` with [B, Q] axes.
     """
+    psi_x, classes, pool_feats = (jnp.asarray(a) for a in (psi_x, classes, pool_feats))
     b, q = pool_feats.shape[:2]
     pairs = b * q
     lanes = max(1, min(int(lanes), pairs))
@@ -511,10 +531,10 @@ def search_lanes(head_fn: Callable[[Array], Array], psi_x: Array, classes: Array
         safe = jnp.where(pair < pairs, pair, 0)
         return psi_x[safe // q], refs[safe]
 
-    def cond(state):
-        return jnp.any(state[0] < pairs)
+    def cond(state: _Lanes):
+        return jnp.any(state.pair < pairs)
 
-    def body(state):
+    def body(state: _Lanes) -> _Lanes:
         pair, pos, neg, steps, nxt, out = state
         t = SEARCH_STEP * pos + (1.0 - SEARCH_STEP) * neg
         top, index = jax.lax.top_k(head_fn(t), 2)
@@ -533,15 +553,16 @@ def search_lanes(head_fn: Callable[[Array], Array], psi_x: Array, classes: Array
         pair = jnp.where(stop, jnp.where(new < pairs, new, pairs), pair)
         fresh_pos, fresh_neg = start(pair)
         wide = stop.reshape(wide.shape)
-        return (pair, jnp.where(wide, fresh_pos, pos), jnp.where(wide, fresh_neg, neg),
-                jnp.where(stop, 0, steps), nxt + jnp.sum(stop, dtype=jnp.int32), out)
+        return _Lanes(pair=pair, pos=jnp.where(wide, fresh_pos, pos),
+                      neg=jnp.where(wide, fresh_neg, neg), steps=jnp.where(stop, 0, steps),
+                      next=nxt + jnp.sum(stop, dtype=jnp.int32), out=out)
 
     out = BoundaryPoints(point=jnp.zeros_like(refs), steps=jnp.zeros((pairs,), jnp.int32),
                          converged=jnp.zeros((pairs,), jnp.bool_))
     pos, neg = start(lane_ids)
-    init = (lane_ids, pos, neg, jnp.zeros((lanes,), jnp.int32), jnp.asarray(lanes, jnp.int32),
-            out)
-    out = jax.lax.while_loop(cond, body, init)[5]
+    init = _Lanes(pair=lane_ids, pos=pos, neg=neg, steps=jnp.zeros((lanes,), jnp.int32),
+                  next=jnp.asarray(lanes, jnp.int32), out=out)
+    out = jax.lax.while_loop(cond, body, init).out
     return BoundaryPoints(point=out.point.reshape(pool_feats.shape),
                           steps=out.steps.reshape(b, q), converged=out.converged.reshape(b, q))
 

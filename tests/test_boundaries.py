@@ -400,3 +400,22 @@ def test_pool_keys_fold_in_each_id():
     ids = np.array([0, 5, 2, 5], np.int32)
     want = [jax.random.key_data(jax.random.fold_in(key, int(i))) for i in ids]
     np.testing.assert_array_equal(jax.random.key_data(pool_keys(key, ids)), np.stack(want))
+
+
+@pytest.mark.parametrize("max_steps", [3, 400])
+def test_refilled_lanes_are_the_vmapped_search_bit_for_bit(max_steps):
+    # 15 searches on 4 lanes: most lanes are refilled several times, some mid-way through
+    # another lane's search; every point, step count and flag is the plain search's.
+    from ri_jax.boundaries import search_boundary_point, search_lanes
+    rng = np.random.default_rng(7)
+    head, _ = shared_mlp(3)
+    x = rng.normal(size=(3,) + FEAT).astype(np.float32) * 2
+    r = rng.normal(size=(3, 5) + FEAT).astype(np.float32) * 2
+    c = np.asarray(jnp.argmax(head(x), axis=1), np.int32)
+    search = functools.partial(search_boundary_point, head, max_steps=max_steps)
+    want = jax.vmap(jax.vmap(search, in_axes=(None, 0, None)))(x, r, c)
+    got = search_lanes(head, x, c, r, max_steps=max_steps, tol=SEARCH_TOLERANCE, lanes=4)
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(a, b)
+    if max_steps > 3:  # searches of unequal length (with 3, every one runs to the cap)
+        assert len(set(np.asarray(got.steps).ravel().tolist())) > 1
