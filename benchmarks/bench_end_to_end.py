@@ -64,7 +64,7 @@ def run_pipeline(model, args, *, seed: int) -> tuple[dict[str, float], dict[str,
         return out
 
     images = stage("load", lambda: _load(model, args))
-    feats = stage("features", lambda: compute_features(model.fns, model.params, images,
+    feats = stage("features", lambda: compute_features(model.interface, images,
                                                        batch_size=args.batch_size,
                                                        progress=False))
     psi = jnp.asarray(feats.psi)

@@ -22,7 +22,7 @@ import numpy as np
 
 from benchmarks.common import (DEFAULT_OUT, block, describe_machine, finish, format_table,
                                random_params, record, time_call)
-from ri_jax.models.vgg import ModelConfig, make_vgg
+from ri_jax.models.vgg import ModelConfig, make_vgg, vgg_model
 from ri_jax.sharding import make_mesh, sharded_features
 
 
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
 
     mesh = make_mesh()
     on_device_t = time_call(on_device, repeat=args.repeat)
-    sharded_t = time_call(lambda: sharded_features(fns, params, raw, mesh,
+    sharded_t = time_call(lambda: sharded_features(vgg_model(params, config), raw, mesh,
                                                    batch_size=args.batch_size),
                           repeat=args.repeat)
     n_device = len(batches) * args.batch_size

@@ -46,7 +46,7 @@ def gradcam_maps(model, raw: np.ndarray, batch_size: int) -> np.ndarray:
                                  fns.apply(params, fns.normalize(x))))
     psi, logits = map(np.concatenate, zip(*(
         jax.device_get(forward(raw[i:i + batch_size])) for i in range(0, len(raw), batch_size))))
-    alphas = cam_weights("Grad-CAM", fns, params, raw, psi, logits.argmax(axis=1))
+    alphas = cam_weights("Grad-CAM", model.interface, raw, psi, logits.argmax(axis=1))
     draw = jax.jit(jax.vmap(cam, in_axes=(0, 0, None)), static_argnums=2)
     return np.asarray(draw(jnp.asarray(alphas), jnp.asarray(psi), raw.shape[1]))
 

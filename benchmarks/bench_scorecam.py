@@ -165,11 +165,12 @@ def main(argv=None) -> dict | None:
 
     from ri_jax.checkpoint import load_checkpoint
     from ri_jax.data import load_dataset, sample_count
-    from ri_jax.models.vgg import make_vgg
+    from ri_jax.models.vgg import make_vgg, vgg_model
     from ri_jax.pretrained import to_torch_vgg
 
     params, config, _ = load_checkpoint()
     fns = make_vgg(config)
+    interface = vgg_model(params, config)
     test = load_dataset("default", "test", image_size=config.image_size)
     raw = np.asarray(test.raw(np.sort(sample_count(len(test), args.images, seed=args.seed))),
                      np.float32)
@@ -202,7 +203,7 @@ def main(argv=None) -> dict | None:
         def run():
             psi, logits = forward(jnp.asarray(fns.normalize(jnp.asarray(raw))))
             classes = np.asarray(jnp.argmax(logits, axis=-1))
-            alphas = cam_weights("Score-CAM", fns, params, raw, np.asarray(psi), classes,
+            alphas = cam_weights("Score-CAM", interface, raw, np.asarray(psi), classes,
                                  chunk_size=args.chunk_size, channel_chunk=channel_chunk)
             return np.asarray(draw(jnp.asarray(alphas), psi, size)), classes
         return run

@@ -238,12 +238,19 @@ def random_params(fns, *, seed: int = 0) -> Any:
 
 
 class Model(NamedTuple):
-    """A model to benchmark and where it came from."""
+    """A model to benchmark and where it came from.
+
+    Attributes:
+      fns, params, config: the VGG's pure functions, parameters and configuration.
+      source: where it came from.
+      interface: the same model as the ``ri_jax.model.Model`` the library's paths take.
+    """
 
     fns: Any
     params: Any
     config: Any
     source: str
+    interface: Any
 
 
 def load_model(checkpoint: str | None, fallback) -> Model:
@@ -255,13 +262,15 @@ def load_model(checkpoint: str | None, fallback) -> Model:
         checkpoint (timings barely depend on weights).
     """
     from ri_jax.checkpoint import DEFAULT_CHECKPOINT, PARAMS_FILE, load_checkpoint
-    from ri_jax.models.vgg import make_vgg
+    from ri_jax.models.vgg import make_vgg, vgg_model
 
     path = DEFAULT_CHECKPOINT if checkpoint == "default" else checkpoint
     if path is not None and (Path(path) / PARAMS_FILE).is_file():
         params, config, _ = load_checkpoint(path)
-        return Model(make_vgg(config), params, config, f"checkpoint {path}")
+        return Model(make_vgg(config), params, config, f"checkpoint {path}",
+                     vgg_model(params, config, source=str(path)))
     fns = make_vgg(fallback)
-    return Model(fns, random_params(fns), fallback,
-                 f"random init {fallback.arch} width {fallback.width:g} at "
-                 f"{fallback.image_size} px (no checkpoint at {path})")
+    params = random_params(fns)
+    source = (f"random init {fallback.arch} width {fallback.width:g} at "
+              f"{fallback.image_size} px (no checkpoint at {path})")
+    return Model(fns, params, fallback, source, vgg_model(params, fallback, source=source))
