@@ -912,7 +912,9 @@ def _keep_adding(side_words: Array, x_side: Array, positive: Array, negative: Ar
     Class(x) reference (≥ 1.00001e10), so the lowest selected index is re-picked (1e10),
     which changes nothing, until the cap. So: cut ``_greedy``'s picks at ``max_steps``; if
     δ is still not reached, append the boundaries that remove no covered reference, in index
-    order, until ``max_steps`` boundaries are selected.
+    order, until ``max_steps`` boundaries are selected. When the greedy picked nothing and
+    every boundary removes a Class(x) reference, there is nothing to re-pick: their first
+    pick is then the boundary removing the fewest, and the extras follow it.
 
     Args:
       side_words, x_side, positive, negative: as in ``_greedy``.
@@ -935,8 +937,21 @@ def _keep_adding(side_words: Array, x_side: Array, positive: Array, negative: Ar
                          lax.bitwise_or, (0,))
     covered = (positive | negative) & ~removed
     num_negative = popcount(covered & negative)
-    room = jnp.where(num_negative > result.delta, max_steps - steps, 0)
     nothing = ~selected & ~jnp.any((leaving & covered) != 0, axis=1)
+    # Stuck on the empty polytope (no boundary removes a D(x) reference) with no boundary
+    # that removes nothing: their ratios are all (nom + 1e-5) / 1e-10 and nothing is selected
+    # to re-pick, so they pick the boundary removing the fewest covered Class(x) references
+    # (lowest index first). After it, boundaries that now remove nothing follow as usual.
+    first = ((steps == 0) & (num_negative > result.delta) & ~jnp.any(nothing)
+             & (max_steps >= 1))
+    nom = popcount(leaving & covered[None, :])  # [Q]; no D(x) reference leaves here
+    j = jnp.argmin(nom).astype(jnp.int32)
+    selected = selected.at[j].set(selected[j] | first)
+    order = order.at[0].set(jnp.where(first, j, order[0]))
+    covered = jnp.where(first, covered & ~leaving[j], covered)
+    steps = steps + first.astype(jnp.int32)
+    nothing = ~selected & ~jnp.any((leaving & covered) != 0, axis=1)
+    room = jnp.where(num_negative > result.delta, max_steps - steps, 0)
     rank = jnp.cumsum(nothing, dtype=jnp.int32)
     extra = nothing & (rank <= room)
     order = order.at[jnp.where(extra, steps + rank - 1, q)].set(slot, mode="drop")

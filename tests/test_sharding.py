@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from conftest import forced_devices
 from ri_jax import sharding
 from ri_jax.boundaries import Boundaries, sides_packed
-from ri_jax.models.vgg import make_vgg
+from ri_jax.models.vgg import make_vgg, vgg_model
 from ri_jax.solver import pack_bits, positive_words, solve_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from ri_jax import sharding
     from ri_jax.boundaries import Boundaries, sides, sides_packed
-    from ri_jax.models.vgg import ModelConfig, make_vgg
+    from ri_jax.models.vgg import ModelConfig, make_vgg, vgg_model
     from ri_jax.solver import pack_bits, positive_words, solve_batch
 
     assert jax.device_count() == 4, jax.devices()
@@ -54,8 +54,9 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
         2 / max(1, int(np.prod(s.shape[:-1]))))).astype(np.float32) if len(s.shape) > 1
         else np.zeros(s.shape, np.float32), shapes)
     raw = rng.random((7, 32, 32, 3)).astype(np.float32)
-    four = sharding.sharded_features(as_model(fns, params), raw, mesh, batch_size=2)
-    single = sharding.sharded_features(as_model(fns, params), raw, one, batch_size=2)
+    model = vgg_model(params, config)
+    four = sharding.sharded_features(model, raw, mesh, batch_size=2)
+    single = sharding.sharded_features(model, raw, one, batch_size=2)
     np.testing.assert_array_equal(four.psi, single.psi)
     np.testing.assert_array_equal(four.logits, single.logits)
     psi = jax.jit(lambda p, r: fns.features(p, fns.normalize(r)))(params, raw)
@@ -152,10 +153,11 @@ def test_bad_arguments_raise_value_errors(tiny_config):
         sharding.sharded_sides(bounds, np.zeros((4, 5), np.float32), mesh)
     with pytest.raises(ValueError, match="feats"):
         sharding.sharded_sides_packed(bounds, np.full((4, 3), np.nan, np.float32), mesh)
-    with pytest.raises(ValueError, match="fns"):
-        sharding.sharded_features(None, {}, np.zeros((1, 32, 32, 3)), mesh)
+    with pytest.raises(ValueError, match="model"):
+        sharding.sharded_features(None, np.zeros((1, 32, 32, 3)), mesh)
     with pytest.raises(ValueError, match="raw_images"):
-        sharding.sharded_features(make_vgg(tiny_config), {}, np.zeros((1, 32, 32)), mesh)
+        model = vgg_model(make_vgg(tiny_config).init(jax.random.key(0)), tiny_config)
+        sharding.sharded_features(model, np.zeros((1, 32, 32)), mesh)
 
 
 @pytest.mark.slow
