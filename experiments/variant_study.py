@@ -142,7 +142,7 @@ def main(argv=None) -> dict:
     study = summarise_variant_study(entries)
     study["config"] = {"models": args.models, "variants": args.variants,
                        "runs": args.runs, "unseen": args.unseen, "seed": args.seed,
-                       "data": args.data}
+                       "data": args.data, "code": code}
     write_json(out / "variant_study.json", study)
     text = variant_study_markdown(study)
     atomic_write_text(out / "variant_study.md", text)

@@ -225,13 +225,17 @@ def cases_section(figures: list[str], rel: str) -> list[str]:
 def caveat(record: dict) -> str:
     """The paragraph that says what our numbers can and cannot be compared with."""
     model = record["model"]
-    net = model["summary"]
-    if record["data"] == "default" and model["spec"] == "default":
+    # Records made before the model interface hold the VGG's config and a checkpoint.
+    net = model.get("summary") or (f"a {model['arch'].upper().replace('VGG', 'VGG-')} of width "
+                                   f"{model['width']:g} at {model['image_size']} × "
+                                   f"{model['image_size']} pixels")
+    spec = model.get("spec") or record.get("checkpoint", "default")
+    if record["data"] == "default" and spec == "default":
         origin = (f"come from {net} trained from scratch on a small subset of ASIRRA (the embedded "
                   "data set, cats vs dogs), not from an ImageNet-pretrained VGG-19 fine-tuned on "
                   "the full data sets as in the paper")
     else:
-        origin = (f"come from {net} (`--model {model['spec']}`) on `{record['data']}`; "
+        origin = (f"come from {net} (`--model {spec}`) on `{record['data']}`; "
                   "the paper used ImageNet-pretrained VGG-19 models fine-tuned at 224 × 224 "
                   "pixels on the full data sets")
     return (f"**Read this first.** These numbers {origin}. Absolute values are therefore not "
@@ -289,7 +293,13 @@ def render_results(record: dict, results: dict[str, dict], *, rel: str,
         text += cases_section(case_figures, rel)
         text += earlier_run_note("case_studies", results.get("case_studies") or {}, record)
     if results.get("variant_study") is not None:
-        text += [variant_study_markdown(results["variant_study"])]
+        study = results["variant_study"]
+        text += [variant_study_markdown(study)]
+        if "variant_study" not in record["steps"]:
+            code = study.get("config", {}).get("code")
+            text += ["*The variant study comes from an earlier driver run"
+                     + (f" at commit {code}" if code else "")
+                     + "; this run did not repeat it. Its variants are named in every row.*", ""]
     return "\n".join(text) + "\n"
 
 
@@ -329,9 +339,12 @@ def variant_study_markdown(study: dict) -> str:
         i = r["model_info"]
         accuracy = (f", test accuracy {_fmt(100 * i['test_accuracy'], 2)} %"
                     if i.get("test_accuracy") else "")
-        lines.append(f"- **{r['model']}**: {i.get('summary')}, ψ "
+        # Studies recorded before the model interface name a checkpoint and its VGG instead.
+        summary = i.get("summary") or (f"a {str(i.get('arch')).upper().replace('VGG', 'VGG-')} "
+                                       f"of width {i.get('width')} at {i.get('image_size')} px")
+        lines.append(f"- **{r['model']}**: {summary}, ψ "
                      f"{'×'.join(map(str, i.get('feature_shape', [])))}{accuracy} "
-                     f"(`--model {i.get('spec')}`).")
+                     f"(`--model {i.get('spec') or i.get('checkpoint')}`).")
     lines += ["", "Table 1 (mAD ↓ / mAI ↑):", ""]
     names = list(study["rows"][0]["table1"]) + list(study["rows"][0]["controls"])
     rows = []
