@@ -118,7 +118,7 @@ def test_interpret_batch_agrees_and_does_not_retrace(setup):
             np.testing.assert_allclose(getattr(batch, name)[i], getattr(single, name),
                                        rtol=1e-5, atol=1e-5, err_msg=name)
     sizes = (solver._solve_classes._cache_size(), interpreter_module._explain_batch._cache_size(),
-             interp._features_fn._cache_size())
+             interp.fns.features._cache_size())
     interp.interpret_batch(jnp.concatenate([others[3:], refs[10:15]]), top_k=TOP_K)
     # Five inputs run in the bucket of eight (padded with copies, dropped again): their
     # rows of the batch, and no new compilation.
@@ -129,7 +129,7 @@ def test_interpret_batch_agrees_and_does_not_retrace(setup):
             np.testing.assert_allclose(getattr(five, name), getattr(batch, name)[:5],
                                        rtol=1e-6, atol=1e-6, err_msg=name)
     assert (solver._solve_classes._cache_size(), interpreter_module._explain_batch._cache_size(),
-            interp._features_fn._cache_size()) == sizes
+            interp.fns.features._cache_size()) == sizes
 
 
 def test_class_count_is_the_heads_so_a_class_no_reference_has_reuses_the_solver():

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from ri_jax.interpreter import RepresentativeInterpreter
 from ri_jax.ranking import semantic_distance
-from ri_jax.streaming import StreamingInterpreter, stream_references
+from ri_jax.streaming import stream_references, streaming_interpreter
 from ri_jax.variants import ri_variant
 
 IMAGE = 4  # 4×4×3 images, ψ 2×2×6: thousands of references cost next to nothing
@@ -52,9 +52,9 @@ def both(n, batch, q, seed, keep=False, variant="paper"):
         loads.append(np.asarray(idx))
         return refs[idx]
 
-    streamed = StreamingInterpreter(features, head, load, n, key=key, num_boundaries=q,
-                                    batch_size=batch, keep_features=keep, progress=False,
-                                    variant=variant)
+    streamed = streaming_interpreter(features, head, load, n, key=key, num_boundaries=q,
+                                     batch_size=batch, keep_features=keep, progress=False,
+                                     variant=variant)
     return memory, streamed, loads
 
 

@@ -45,7 +45,6 @@ from ri_jax.baselines.gradcam_pp import gradcam_pp_weights_batch
 from ri_jax.baselines.scorecam import scorecam_weights_batch
 from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES, pool_keys
 from ri_jax.heatmaps import polytope_heatmap
-from ri_jax.distributed import representative_interpreter
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
 from ri_jax.metrics import centre_square_heatmap
 from ri_jax.model import Model
@@ -217,12 +216,14 @@ def make_interpreter(model: Model, ref_psi: np.ndarray, *, key: Array,
     Returns:
       ``RepresentativeInterpreter`` with ``is_features=True``.
     """
-    # One process: RepresentativeInterpreter; several: its sharded, bit-identical subclass.
-    return representative_interpreter(model.features,
-                                      model.head, ref_psi, key=key,
-                                      num_boundaries=num_boundaries, batch_size=batch_size,
-                                      is_features=True, piecewise_linear=True, progress=progress,
-                                      variant=variant)
+    store = None
+    if jax.process_count() > 1:  # the multi-process module only where there are processes
+        from ri_jax.distributed import ShardedStore
+        store = ShardedStore.builder()
+    return RepresentativeInterpreter(model.features, model.head, ref_psi, key=key,
+                                     num_boundaries=num_boundaries, batch_size=batch_size,
+                                     is_features=True, piecewise_linear=True,
+                                     progress=progress, variant=variant, store=store)
 
 
 def ri_interpretations(interpreter: RepresentativeInterpreter, model: Model, raw: np.ndarray, *,
