@@ -185,8 +185,8 @@ def run_one(args) -> dict:
         "pools_mean_selected": float(np.mean(own.num_selected)),
         "pools_distinct_polytopes": len({tuple(np.flatnonzero(r)) + tuple(x[r])
                                          for r, x in zip(np.asarray(own.selected),
-                                                         np.asarray(own.x_side))}),
-        "pools_searches_not_converged": int(np.sum(~np.asarray(own.search_converged))),
+                                                         np.asarray(own.diagnostics.x_side))}),
+        "pools_searches_not_converged": int(np.sum(~np.asarray(own.diagnostics.search_converged))),
         "pools_side_words_mib": args.inputs * args.num_boundaries * (-(-args.n // 32)) * 4
         / 2**20,
         "feature_shape": list(s.boundaries.w.shape[1:]),

@@ -60,6 +60,51 @@ class ReferenceSet(NamedTuple):
     side_words: Array
 
 
+class Diagnostics(NamedTuple):
+    """How RI found an input's answer (a batch adds a leading axis B to every field).
+
+    Attributes:
+      tau: int32 τ(x).
+      reached: bool, at most δ references of other classes are covered.
+      x_side: bool[Q], x's side of each boundary of its Q.
+      pool: int32[Q], the references whose boundaries form x's Q (the shared sample, or
+        x's own pool drawn from D(x)).
+      num_selected_greedy: int32 |P(x)| before the loosen step, the authors' extras included
+        where δ was not reached (= ``num_selected`` without the step).
+      search_steps: int32[Q], steps of each boundary search (0 for the shared sample).
+      search_converged: bool[Q], whether each search reached ΔG² < tol (True for the
+        shared sample); a search that did not converge used its last point of class c.
+    """
+
+    tau: Array
+    reached: Array
+    x_side: Array
+    pool: Array
+    num_selected_greedy: Array
+    search_steps: Array
+    search_converged: Array
+
+
+def shared_diagnostics(boundary_refs: Array, x_sides: Array, result: GreedyResult,
+                       num_selected_greedy: Array) -> Diagnostics:
+    """The ``Diagnostics`` of inputs solved against the shared sample (no searches).
+
+    Args:
+      boundary_refs: int32[Q] the sample's references.
+      x_sides: bool[..., Q] the inputs' sides ([Q] for one input, [B, Q] for a batch).
+      result: their ``GreedyResult`` (after the loosen step).
+      num_selected_greedy: int32[...] |P(x)| before the loosen step.
+
+    Returns:
+      ``Diagnostics`` with the leading axes of ``x_sides``.
+    """
+    return Diagnostics(tau=result.tau, reached=result.reached, x_side=x_sides,
+                       pool=jnp.broadcast_to(boundary_refs, x_sides.shape),
+                       num_selected_greedy=num_selected_greedy,
+                       search_steps=jnp.zeros(x_sides.shape, jnp.int32),
+                       search_converged=jnp.ones(x_sides.shape, bool))
+
+
 class Interpretation(NamedTuple):
     """RI's answer for one input (``interpret_batch`` adds a leading batch axis B to every field).
 
@@ -71,8 +116,6 @@ class Interpretation(NamedTuple):
       empty: bool, P(x) has no boundary (δ was met by the whole sample's space): every
         reference is covered, the distances are 0 and the heat maps are all zeros.
       delta: int32 δ used (τ(x) by default).
-      tau: int32 τ(x).
-      reached: bool, at most δ references of other classes are covered.
       covered: bool[N], references covered by P(x).
       num_covered: int32 |P(x) ∩ R|.
       num_covered_other: int32 |P(x) ∩ D(x)|.
@@ -85,16 +128,10 @@ class Interpretation(NamedTuple):
         reuse them on any image with ``heatmaps.polytope_heatmap(alphas, selected, ψ, S)``.
       heatmap: float32[S, S], the heat map of P(x) on x.
       similar_heatmaps: float32[top_k, S, S], the same α drawn on ``similar`` (zeros for −1).
-      x_side: bool[Q], x's side of each boundary of its Q.
-      pool: int32[Q], the references whose boundaries form x's Q (the shared sample, or
-        x's own pool drawn from D(x)).
-      num_selected_greedy: int32 |P(x)| before the loosen step, the authors' extras included
-        where δ was not reached (= ``num_selected`` without the step).
-      search_steps: int32[Q], steps of each boundary search (0 for the shared sample).
-      search_converged: bool[Q], whether each search reached ΔG² < tol (True for the
-        shared sample); a search that did not converge used its last point of class c.
-      pool_w: [Q, h, w, c] x's own boundary normals, or None with a shared sample (then
-        they are ``reference_set.boundaries.w``).
+      diagnostics: ``Diagnostics``, how the answer was found (τ(x), x's sides, its pool,
+        the searches).
+      pool_w: [Q, h, w, c] x's own boundary normals (P(x)'s hyperplanes with ``selected``),
+        or None with a shared sample (then they are ``reference_set.boundaries.w``).
       pool_b: [Q] x's own boundary offsets, or None with a shared sample.
     """
 
@@ -104,8 +141,6 @@ class Interpretation(NamedTuple):
     num_selected: Array
     empty: Array
     delta: Array
-    tau: Array
-    reached: Array
     covered: Array
     num_covered: Array
     num_covered_other: Array
@@ -116,22 +151,16 @@ class Interpretation(NamedTuple):
     alphas: Array
     heatmap: Array
     similar_heatmaps: Array
-    x_side: Array
-    pool: Array
-    num_selected_greedy: Array
-    search_steps: Array
-    search_converged: Array
+    diagnostics: Diagnostics
     pool_w: Array | None = None
     pool_b: Array | None = None
 
 
 def _explain_with(ref_feats: Array, bounds: Boundaries, psi_x: Array, predicted_class: Array,
-                  result: GreedyResult, distances: Array | None = None, *, top_k: int,
-                  image_size: int) -> Interpretation:
+                  result: GreedyResult, diagnostics: Diagnostics,
+                  distances: Array | None = None, *, top_k: int, image_size: int,
+                  own_pool: bool = False) -> Interpretation:
     """Turns Algorithm 1's result for one input into an ``Interpretation`` (§5).
-
-    The diagnostics fields (``x_side``, ``pool``, ``search_*``) are placeholders that the
-    caller fills in.
 
     Args:
       ref_feats: [N, h, w, c] reference feature maps.
@@ -139,10 +168,12 @@ def _explain_with(ref_feats: Array, bounds: Boundaries, psi_x: Array, predicted_
       psi_x: [h, w, c] feature map of x.
       predicted_class: int32 Class(x).
       result: ``GreedyResult`` of x (unbatched).
+      diagnostics: x's ``Diagnostics`` (unbatched).
       distances: float32[N] Eq. 6 distances when already known (per-input pools take them
         from their sides' products), else None to compute them here.
       top_k: number of similar references to return, 1 ≤ top_k ≤ N.
       image_size: side S of the heat maps.
+      own_pool: ``bounds`` are x's own pool (kept as ``pool_w/b``), not the shared sample.
 
     Returns:
       ``Interpretation``.
@@ -151,45 +182,45 @@ def _explain_with(ref_feats: Array, bounds: Boundaries, psi_x: Array, predicted_
     if distances is None:
         distances = semantic_distance(bounds.w, result.selected, psi_x, ref_feats)
     alphas = ri_channel_weights(bounds.w, bounds.b, psi_x)
-    out = interpretation_from(predicted_class, result, covered, distances, alphas, psi_x,
-                              top_k=top_k, image_size=image_size)
+    out = interpretation_from(predicted_class, result, diagnostics, covered, distances, alphas,
+                              psi_x, top_k=top_k, image_size=image_size,
+                              pool=bounds if own_pool else None)
     draw = jax.vmap(polytope_heatmap, in_axes=(None, None, 0, None))
     similar_maps = draw(alphas, result.selected, ref_feats[out.ranked[:top_k]], image_size)
     return out._replace(similar_heatmaps=jnp.where((out.similar >= 0)[:, None, None],
                                                    similar_maps, 0.0))
 
 
-def interpretation_from(predicted_class: Array, result: GreedyResult, covered: Array,
-                        distances: Array, alphas: Array, psi_x: Array, *, top_k: int,
-                        image_size: int) -> Interpretation:
+def interpretation_from(predicted_class: Array, result: GreedyResult, diagnostics: Diagnostics,
+                        covered: Array, distances: Array, alphas: Array, psi_x: Array, *,
+                        top_k: int, image_size: int,
+                        pool: Boundaries | None = None) -> Interpretation:
     """The ``Interpretation`` of one input from its covered set and Eq. 6 distances.
 
-    The similar references' heat maps are left zero (drawing them needs their ψ) and the
-    diagnostics fields (``x_side``, ``pool``, ``search_*``) are placeholders that the
-    caller fills in.
+    The similar references' heat maps are left zero (drawing them needs their ψ).
 
     Args:
       predicted_class: int32 Class(x).
       result: ``GreedyResult`` of x (unbatched), Q boundaries.
+      diagnostics: x's ``Diagnostics`` (unbatched).
       covered: bool[N] references covered by P(x).
       distances: float32[N] Eq. 6 distances to x.
       alphas: float32[Q, c] channel weights oriented towards x (Eq. 5).
       psi_x: [h, w, c] feature map of x.
       top_k: number of similar references to return, 1 ≤ top_k ≤ N.
       image_size: side S of the heat maps.
+      pool: x's own ``Boundaries`` (per-input pools), or None with the shared sample.
 
     Returns:
       ``Interpretation``.
     """
-    q = result.selected.shape[0]
     ranking = rank_covered(distances, covered)
     ranked_distances = distances[ranking.order]
     present = jnp.arange(top_k) < ranking.count
     return Interpretation(
         predicted_class=jnp.asarray(predicted_class, jnp.int32),
         selected=result.selected, order=result.order, num_selected=result.num_selected,
-        empty=result.num_selected == 0, delta=result.delta, tau=result.tau,
-        reached=result.reached, covered=covered,
+        empty=result.num_selected == 0, delta=result.delta, covered=covered,
         num_covered=result.num_covered_positive + result.num_covered_negative,
         num_covered_other=result.num_covered_negative,
         ranked=ranking.order, ranked_distances=ranked_distances,
@@ -198,16 +229,20 @@ def interpretation_from(predicted_class: Array, result: GreedyResult, covered: A
         alphas=alphas,
         heatmap=polytope_heatmap(alphas, result.selected, psi_x, image_size),
         similar_heatmaps=jnp.zeros((top_k, image_size, image_size), jnp.float32),
-        x_side=jnp.zeros((q,), bool), pool=jnp.full((q,), -1, jnp.int32),
-        num_selected_greedy=result.num_selected, search_steps=jnp.zeros((q,), jnp.int32),
-        search_converged=jnp.ones((q,), bool))
+        diagnostics=diagnostics, pool_w=None if pool is None else pool.w,
+        pool_b=None if pool is None else pool.b)
 
 
 def _explain(refs: ReferenceSet, psi_x: Array, predicted_class: Array, result: GreedyResult, *,
              top_k: int, image_size: int) -> Interpretation:
-    """``_explain_with`` over the shared sample of a ``ReferenceSet`` (the paper's variant)."""
+    """``_explain_with`` over the shared sample of a ``ReferenceSet`` (the paper's variant),
+    for a ``result`` without the loosen step."""
+    w, b = refs.boundaries
+    x_sides = jnp.tensordot(w, psi_x, axes=psi_x.ndim,
+                            precision=jax.lax.Precision.HIGHEST) + b > 0
+    diagnostics = shared_diagnostics(refs.boundary_refs, x_sides, result, result.num_selected)
     return _explain_with(refs.feats, refs.boundaries, psi_x, predicted_class, result,
-                         top_k=top_k, image_size=image_size)
+                         diagnostics, top_k=top_k, image_size=image_size)
 
 
 explain = jax.jit(_explain, static_argnames=("top_k", "image_size"))
@@ -219,26 +254,25 @@ _EXPLAIN_CHUNK_FLOATS = 1 << 26
 
 @functools.partial(jax.jit, static_argnames=("top_k", "image_size"))
 def _explain_batch(ref_feats: Array, bounds: Boundaries, feats: Array, preds: Array,
-                   result: GreedyResult, distances: Array | None = None, *, top_k: int,
+                   result: GreedyResult, diagnostics: Diagnostics,
+                   distances: Array | None = None, *, top_k: int,
                    image_size: int) -> Interpretation:
     """``_explain_with`` for a batch; ``bounds`` shared ([Q, ...]) or per input ([B, Q, ...]);
-    ``distances`` float32[B, N] or None."""
+    ``diagnostics`` [B, ...]; ``distances`` float32[B, N] or None."""
     per_input = bounds.b.ndim == 2
 
     def one(args):
-        if per_input:
-            own, *rest = args
-        else:
-            own, rest = bounds, args
-        return _explain_with(ref_feats, own, *rest, top_k=top_k, image_size=image_size)
+        own, psi_x, c, res, diag, d = args
+        return _explain_with(ref_feats, bounds if own is None else own, psi_x, c, res, diag, d,
+                             top_k=top_k, image_size=image_size, own_pool=per_input)
 
     # polytope_heatmap holds Q low-resolution maps and one full-size map per drawing,
     # (1 + top_k)·(Q·h·w + S²) floats per input: vmapped chunks bound that memory.
     q, h, w = bounds.w.shape[-4:-1]
     per_row = (1 + top_k) * (q * h * w + image_size ** 2)
     chunk = max(1, min(feats.shape[0], _EXPLAIN_CHUNK_FLOATS // per_row))
-    args = (feats, preds, result) if distances is None else (feats, preds, result, distances)
-    return jax.lax.map(one, (bounds,) + args if per_input else args, batch_size=chunk)
+    return jax.lax.map(one, (bounds if per_input else None, feats, preds, result, diagnostics,
+                             distances), batch_size=chunk)
 
 
 # Floats held at once by the per-input pools (256 MiB): each input's boundary normals, and
@@ -496,10 +530,11 @@ class InMemoryStore:
         return chunks_in_turn(run, b, chunk, progress)
 
     def explain(self, bounds: Boundaries, feats: Array, preds: Array, result: GreedyResult,
-                distances: Array | None, *, top_k: int, image_size: int) -> Interpretation:
+                diagnostics: Diagnostics, distances: Array | None, *, top_k: int,
+                image_size: int) -> Interpretation:
         """``Interpretation``s [B, ...] from the solve (``_explain_batch``)."""
-        return _explain_batch(self.reference_set.feats, bounds, feats, preds, result, distances,
-                              top_k=top_k, image_size=image_size)
+        return _explain_batch(self.reference_set.feats, bounds, feats, preds, result,
+                              diagnostics, distances, top_k=top_k, image_size=image_size)
 
 
 class RepresentativeInterpreter:
@@ -655,7 +690,7 @@ class RepresentativeInterpreter:
         return jax.tree.map(lambda a: a[0], batch)
 
     def solve_features(self, feats: Array, preds: Array, *, keys: Array | None = None,
-                       progress: bool = False) -> tuple[Boundaries, GreedyResult, Interpretation]:
+                       progress: bool = False) -> tuple[Boundaries, GreedyResult, Diagnostics]:
         """Boundaries, Algorithm 1 (and the loosen step) for inputs given by feature maps.
 
         Args:
@@ -666,9 +701,7 @@ class RepresentativeInterpreter:
 
         Returns:
           (``Boundaries`` shared [Q, ...] or per input [B, Q, ...], ``GreedyResult`` after the
-          loosen step, a partial ``Interpretation`` holding only the diagnostics fields
-          ``x_side``, ``pool``, ``num_selected_greedy``, ``search_*``, ``pool_w/b``; the other
-          fields are None).
+          loosen step, ``Diagnostics`` [B, ...]).
         """
         return self._solve_features(feats, preds, keys=keys, progress=progress)[:3]
 
@@ -687,12 +720,9 @@ class RepresentativeInterpreter:
         if self.variant.sampling == "shared":
             refs = self.reference_set
             x_sides = sides(refs.boundaries, feats).T
-            q = x_sides.shape[1]
             result, greedy = self._solve(refs.side_words, x_sides, preds, delta)
-            return refs.boundaries, result, _diagnostics(
-                x_side=x_sides, pool=jnp.broadcast_to(refs.boundary_refs, (b, q)),
-                num_selected_greedy=greedy, search_steps=jnp.zeros((b, q), jnp.int32),
-                search_converged=jnp.ones((b, q), bool)), None
+            return (refs.boundaries, result,
+                    shared_diagnostics(refs.boundary_refs, x_sides, result, greedy), None)
         return self._solve_pools(feats, preds, self._keys(keys, b), delta, progress)
 
     def _solve(self, side_words, x_sides, preds, delta):
@@ -748,8 +778,8 @@ class RepresentativeInterpreter:
           chunk: the chunk size.
 
         Returns:
-          (``Boundaries`` [chunk, Q, ...], ``GreedyResult``, diagnostics ``Interpretation``,
-          float32[chunk, N] Eq. 6 distances).
+          (``Boundaries`` [chunk, Q, ...], ``GreedyResult``, ``Diagnostics``, float32[chunk, N]
+          Eq. 6 distances).
         """
         store = self.store
         q = self.num_boundaries
@@ -768,11 +798,11 @@ class RepresentativeInterpreter:
         x_sides = (dots_x + bounds.b) > 0
         delta = jnp.zeros((chunk,), jnp.int32) if zero_delta else None
         result, greedy = self._solve(words, x_sides, preds, delta)
-        return bounds, result, _diagnostics(
-            x_side=x_sides, pool=pools, num_selected_greedy=greedy,
-            search_steps=found.steps, search_converged=found.converged,
-            pool_w=bounds.w, pool_b=bounds.b), store.pool_distances(bounds, result.selected,
-                                                                    dots_x, dots)
+        diagnostics = Diagnostics(tau=result.tau, reached=result.reached, x_side=x_sides,
+                                  pool=pools, num_selected_greedy=greedy,
+                                  search_steps=found.steps, search_converged=found.converged)
+        return bounds, result, diagnostics, store.pool_distances(bounds, result.selected,
+                                                                 dots_x, dots)
 
     def interpret_batch(self, xs: Array, *, top_k: int = 5, keys: Array | None = None,
                         progress: bool = False) -> Interpretation:
@@ -818,11 +848,10 @@ class RepresentativeInterpreter:
         if rows != b:  # every stage compiled once per bucket; the copies are dropped below
             feats, keys = repeat_last_row((feats, keys), size=rows)
         preds = self.predict_classes(feats)
-        bounds, result, diag, distances = self._solve_features(feats, preds, keys=keys,
-                                                               progress=progress)
-        out = self.store.explain(bounds, feats, preds, result, distances, top_k=top_k,
-                                 image_size=int(image_size))
-        out = out._replace(**{k: v for k, v in diag._asdict().items() if v is not None})
+        bounds, result, diagnostics, distances = self._solve_features(feats, preds, keys=keys,
+                                                                      progress=progress)
+        out = self.store.explain(bounds, feats, preds, result, diagnostics, distances,
+                                 top_k=top_k, image_size=int(image_size))
         return out if rows == b else first_rows(out, rows=b)
 
     def regions_from(self, interps: Interpretation) -> DecisionRegions:
@@ -838,7 +867,7 @@ class RepresentativeInterpreter:
             w, b = self.reference_set.boundaries
         else:
             w, b = interps.pool_w, interps.pool_b
-        return DecisionRegions(w=w, b=b, selected=interps.selected, signs=interps.x_side,
+        return DecisionRegions(w=w, b=b, selected=interps.selected, signs=interps.diagnostics.x_side,
                                label=interps.predicted_class,
                                num_covered_refs=jnp.asarray(interps.num_covered, jnp.int32))
 
@@ -871,11 +900,6 @@ class RepresentativeInterpreter:
         if rows != v:
             per_input = first_rows(per_input, rows=v)
         return DecisionRegions(**{"w": bounds.w, "b": bounds.b, **per_input})
-
-
-def _diagnostics(**fields) -> Interpretation:
-    """An ``Interpretation`` holding only the given fields (the rest None)."""
-    return Interpretation(**{name: fields.get(name) for name in Interpretation._fields})
 
 
 def _compact_order(order: Array, kept: Array) -> Array:

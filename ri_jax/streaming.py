@@ -39,7 +39,7 @@ from ri_jax.buckets import pad_rows
 from ri_jax.distributed import (chunk_sides_packed, from_main_process, gather_shares,
                                 is_main_process, share_range, side_chunk_size)
 from ri_jax.heatmaps import polytope_heatmap, ri_channel_weights
-from ri_jax.interpreter import (Interpretation, ModelFns, ReferenceSet,
+from ri_jax.interpreter import (Diagnostics, Interpretation, ModelFns, ReferenceSet,
                                 RepresentativeInterpreter, chunks_in_turn, in_batches,
                                 interpretation_from)
 from ri_jax.ranking import (distance_from_projections, pool_distances, projection, projections,
@@ -201,38 +201,40 @@ _EXPLAIN_CHUNK_FLOATS = 1 << 26
 
 
 def _explain_streamed(bounds: Boundaries, psi_x: Array, predicted_class: Array,
-                      result: GreedyResult, distances: Array, *, top_k: int,
-                      image_size: int) -> Interpretation:
+                      result: GreedyResult, diagnostics: Diagnostics, distances: Array, *,
+                      top_k: int, image_size: int, own_pool: bool) -> Interpretation:
     """An ``Interpretation`` of one input from its Eq. 6 distances; similar heat maps left zero."""
     covered = unpack_bits(result.covered, distances.shape[0])
     alphas = ri_channel_weights(bounds.w, bounds.b, psi_x)
-    return interpretation_from(predicted_class, result, covered, distances, alphas, psi_x,
-                               top_k=top_k, image_size=image_size)
+    return interpretation_from(predicted_class, result, diagnostics, covered, distances, alphas,
+                               psi_x, top_k=top_k, image_size=image_size,
+                               pool=bounds if own_pool else None)
 
 
 @functools.partial(jax.jit, static_argnames=("top_k", "image_size"))
 def _explain_streamed_batch(refs: StreamedReferences, bounds: Boundaries, feats: Array,
-                            preds: Array, result: GreedyResult, distances: Array | None, *,
-                            top_k: int, image_size: int) -> Interpretation:
+                            preds: Array, result: GreedyResult, diagnostics: Diagnostics,
+                            distances: Array | None, *, top_k: int,
+                            image_size: int) -> Interpretation:
     """``_explain_streamed`` for a batch: the shared sample's ``bounds`` [Q, ...] with
     distances from ``refs.projections`` (``distances`` None), or per-input pools' bounds
-    [B, Q, ...] with their distances float32[B, N]."""
+    [B, Q, ...] with their distances float32[B, N]; ``diagnostics`` [B, ...]."""
     per_input = distances is not None
 
     def one(args):
-        if per_input:
-            own, psi_x, c, res, d = args
-        else:
-            (psi_x, c, res), own = args, bounds
+        own, psi_x, c, res, diag, d = args
+        if not per_input:
+            own = bounds
             d = distance_from_projections(res.selected, projection(refs.normals, psi_x),
                                           refs.projections)
-        return _explain_streamed(own, psi_x, c, res, d, top_k=top_k, image_size=image_size)
+        return _explain_streamed(own, psi_x, c, res, diag, d, top_k=top_k,
+                                 image_size=image_size, own_pool=per_input)
 
     # Each input draws its Q boundary maps at full size: chunks bound that memory.
     chunk = max(1, min(feats.shape[0],
                        _EXPLAIN_CHUNK_FLOATS // (bounds.w.shape[-4] * image_size ** 2)))
-    args = (bounds, feats, preds, result, distances) if per_input else (feats, preds, result)
-    return jax.lax.map(one, args, batch_size=chunk)
+    return jax.lax.map(one, (bounds if per_input else None, feats, preds, result, diagnostics,
+                             distances), batch_size=chunk)
 
 
 @functools.partial(jax.jit, static_argnames=("image_size",))
@@ -372,12 +374,13 @@ class StreamedStore:
         return chunks_in_turn(run, b, chunk, progress)
 
     def explain(self, bounds: Boundaries, feats: Array, preds: Array, result: GreedyResult,
-                distances: Array | None, *, top_k: int, image_size: int) -> Interpretation:
+                diagnostics: Diagnostics, distances: Array | None, *, top_k: int,
+                image_size: int) -> Interpretation:
         """``Interpretation``s [B, ...] from the solve: Eq. 6 from the projections (shared
         sample) or the pools' distances, then the similar references' heat maps drawn on
         their ψ, recomputed for those shown only."""
-        out = _explain_streamed_batch(self.streamed, bounds, feats, preds, result, distances,
-                                      top_k=top_k, image_size=image_size)
+        out = _explain_streamed_batch(self.streamed, bounds, feats, preds, result, diagnostics,
+                                      distances, top_k=top_k, image_size=image_size)
         similar = np.asarray(out.similar)
         present = similar >= 0
         shown = np.unique(similar[present])

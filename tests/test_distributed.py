@@ -93,7 +93,8 @@ def test_one_process_distributed_interpreter_is_the_plain_one(tiny_model, varian
         np.testing.assert_array_equal(a, b)
     assert mine.num_boundaries == plain.num_boundaries
     xs = refs[:5]
-    for a, b in zip(plain.interpret_batch(xs, top_k=2), mine.interpret_batch(xs, top_k=2)):
+    for a, b in zip(jax.tree.leaves(plain.interpret_batch(xs, top_k=2)),
+                    jax.tree.leaves(mine.interpret_batch(xs, top_k=2))):
         np.testing.assert_array_equal(a, b)
 
 

@@ -373,13 +373,13 @@ def ri_diagnostics(ri: RIInterpretations, gradcam_alphas: np.ndarray | None = No
         gram = unit @ unit.T
         k = len(unit)
         across = float((gram.sum() - np.trace(gram)) / (k * (k - 1)))
-    steps = np.asarray(d.search_steps)
-    converged = np.asarray(d.search_converged, bool)
+    steps = np.asarray(d.diagnostics.search_steps)
+    converged = np.asarray(d.diagnostics.search_converged, bool)
     out = {"search_steps": {"mean": float(steps.mean()), "max": int(steps.max())},
            "searches": int(steps.size) if steps.max() > 0 else 0,
            "searches_not_converged": int(np.sum(~converged)),
            "not_converged_fallback": "the last point of Class(x) found by the search",
-           "boundaries_before_loosen": mean_min_max(d.num_selected_greedy),
+           "boundaries_before_loosen": mean_min_max(d.diagnostics.num_selected_greedy),
            "boundaries_after_loosen": mean_min_max(d.num_selected),
            "distinct_covered_sets": int(len(np.unique(np.asarray(d.covered, bool), axis=0))),
            "cosine_within_polytope": mean_min_max(within),
@@ -410,11 +410,11 @@ def ri_summary(ri: RIInterpretations, gradcam_alphas: np.ndarray | None = None) 
     return {"interpretations": int(len(d.selected)),
             "distinct_polytopes": distinct_polytopes(ri.regions),
             "empty_polytopes": int(np.sum(d.empty)),
-            "not_reached": int(np.sum(~np.asarray(d.reached))),
+            "not_reached": int(np.sum(~np.asarray(d.diagnostics.reached))),
             "boundaries_per_polytope": mean_min_max(d.num_selected),
             "references_covered": mean_min_max(d.num_covered),
             "other_class_covered": mean_min_max(d.num_covered_other),
-            "tau": mean_min_max(d.tau),
+            "tau": mean_min_max(d.diagnostics.tau),
             "diagnostics": ri_diagnostics(ri, gradcam_alphas)}
 
 
