@@ -7,7 +7,7 @@ References are synthetic and deterministic: image i is uniform noise drawn from
 They go through a small model (the embedded VGG-19 at width 1/8, 96 px, ψ 6×6×64,
 or with ``--checkpoint tiny`` a VGG-11 at width 1/16, 32 px, ψ 2×2×32, random weights
 with the last bias shifted so the classes are about balanced) into ``ri_jax.streaming.stream_references`` (classes, packed sides and
-[N, Q] projections), then one ``StreamingInterpreter.interpret_batch`` of
+[N, Q] projections), then one ``streaming_interpreter(...).interpret_batch`` of
 ``--inputs`` images. Each size runs in its own process so its peak resident memory
 (``resource.getrusage``) is its own; the record also holds the memory the in-memory
 reference set would need for ψ (N·h·w·c float32) and the XLA cost analysis (FLOPs)
@@ -122,7 +122,7 @@ def run_one(args) -> dict:
 
     from ri_jax.checkpoint import load_checkpoint
     from ri_jax.models.vgg import make_vgg
-    from ri_jax.streaming import StreamingInterpreter
+    from ri_jax.streaming import streaming_interpreter
 
     if args.checkpoint == "tiny":  # the test suite's model, random weights: cheap per image
         from ri_jax.models.vgg import ModelConfig
@@ -145,21 +145,21 @@ def run_one(args) -> dict:
 
     ri_start = time.perf_counter()
     cpu_start = time.process_time()
-    ri = StreamingInterpreter(functools.partial(fns.features, params),
-                              functools.partial(fns.head, params),
-                              lambda idx: synthetic(jnp.asarray(idx, jnp.uint32)), args.n,
-                              key=jax.random.key(args.seed + 1),
-                              num_boundaries=args.num_boundaries, batch_size=args.batch_size,
-                              piecewise_linear=True, progress=not args.no_progress,
-                              variant="paper")
-    jax.block_until_ready(ri.streamed.projections)
+    ri = streaming_interpreter(functools.partial(fns.features, params),
+                               functools.partial(fns.head, params),
+                               lambda idx: synthetic(jnp.asarray(idx, jnp.uint32)), args.n,
+                               key=jax.random.key(args.seed + 1),
+                               num_boundaries=args.num_boundaries, batch_size=args.batch_size,
+                               piecewise_linear=True, progress=not args.no_progress,
+                               variant="paper")
+    jax.block_until_ready(ri.store.streamed.projections)
     stream_s = time.perf_counter() - ri_start
     stream_cpu = time.process_time() - cpu_start
     xs = synthetic(jnp.arange(args.inputs, dtype=jnp.uint32) + np.uint32(2**31))
     t = time.perf_counter()
     out = jax.block_until_ready(ri.interpret_batch(xs, top_k=4))
     interpret_s = time.perf_counter() - t
-    s = ri.streamed
+    s = ri.store.streamed
     feat_floats = int(np.prod(s.boundaries.w.shape[1:]))
     # The authors' per-input pools over the same streamed set (its classes are all they
     # read of it): the interpreter with the other variant, without streaming N again.
@@ -185,8 +185,8 @@ def run_one(args) -> dict:
         "pools_mean_selected": float(np.mean(own.num_selected)),
         "pools_distinct_polytopes": len({tuple(np.flatnonzero(r)) + tuple(x[r])
                                          for r, x in zip(np.asarray(own.selected),
-                                                         np.asarray(own.x_side))}),
-        "pools_searches_not_converged": int(np.sum(~np.asarray(own.search_converged))),
+                                                         np.asarray(own.diagnostics.x_side))}),
+        "pools_searches_not_converged": int(np.sum(~np.asarray(own.diagnostics.search_converged))),
         "pools_side_words_mib": args.inputs * args.num_boundaries * (-(-args.n // 32)) * 4
         / 2**20,
         "feature_shape": list(s.boundaries.w.shape[1:]),

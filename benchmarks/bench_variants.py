@@ -53,7 +53,7 @@ from benchmarks.common import HelpFormatter, DEFAULT_OUT, block, finish, format_
 from ri_jax.boundaries import (draw_pools, pool_boundaries, pool_keys, sides_packed_per_input)
 from ri_jax.data import load_dataset
 from ri_jax.featurize import compute_features
-from ri_jax.interpreter import RepresentativeInterpreter, _explain_batch
+from ri_jax.interpreter import Diagnostics, RepresentativeInterpreter, _explain_batch
 from ri_jax.models.loading import load_model
 from ri_jax.ranking import pool_distances
 from ri_jax.solver import keep_adding_batch, loosen_batch, positive_words, solve_batch
@@ -171,8 +171,13 @@ def main(argv=None) -> dict:
         return r._replace(selected=kept.selected, num_selected=kept.num_selected)
 
     result = timed("authors", "solve (Algorithm 1, extras, loosen)", solve)
+    diagnostics = Diagnostics(tau=result.tau, reached=result.reached, x_side=x_sides,
+                              pool=draw_pools(ref_preds, preds, q, keys=keys)[0],
+                              num_selected_greedy=result.num_selected,
+                              search_steps=found.steps, search_converged=found.converged)
     timed("authors", "explain (Eq. 6, α, heat maps)", lambda: _explain_batch(
-        ref_feats, own, feats, preds, result, pool_distances(result.selected, dots_x, dots, own.w),
+        ref_feats, own, feats, preds, result, diagnostics,
+        pool_distances(result.selected, dots_x, dots, own.w),
         top_k=args.top_k, image_size=model.image_size))
 
     # --- The floor: FLOPs by XLA's cost analysis, at the measured matmul rate.

@@ -136,6 +136,7 @@ def main(argv=None) -> dict:
                                          image_size=model.image_size, keys=keys)
     explained = explanations_from(model, res, raw_inputs, test, chosen, in_feats, refs, ref_feats)
     res = jax.device_get(res)
+    diag = res.diagnostics
 
     records = []
     for b, (test_index, e) in enumerate(zip(chosen, explained)):  # a handful of inputs
@@ -152,11 +153,11 @@ def main(argv=None) -> dict:
                "num_covered_label_matches": e.covered_labels[e.predicted_class],
                "covered_predicted": dict(e.covered_predicted),
                "covered_labels": dict(e.covered_labels), "description": e.describe(),
-               "delta": e.delta, "tau": int(res.tau[b]), "reached": bool(res.reached[b]),
+               "delta": e.delta, "tau": int(diag.tau[b]), "reached": bool(diag.reached[b]),
                "empty_polytope": e.empty,
-               "num_boundaries_before_loosen": int(res.num_selected_greedy[b]),
-               "search_steps_mean": float(np.mean(res.search_steps[b])),
-               "searches_not_converged": int(np.sum(~res.search_converged[b])),
+               "num_boundaries_before_loosen": int(diag.num_selected_greedy[b]),
+               "search_steps_mean": float(np.mean(diag.search_steps[b])),
+               "searches_not_converged": int(np.sum(~diag.search_converged[b])),
                "similar": similar,
                "figure": f"input_{int(test_index)}.png"}
         records.append(rec)

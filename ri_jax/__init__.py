@@ -8,7 +8,7 @@ images to printable, plottable interpretations in one call (``ri_jax.api``).
 from ri_jax.api import Explanation, Explanations, explain
 from ri_jax.boundaries import Boundaries, sample_boundaries, sample_indices, sides, sides_packed
 from ri_jax.heatmaps import cam, polytope_heatmap, ri_channel_weights
-from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
+from ri_jax.interpreter import Diagnostics, Interpretation, RepresentativeInterpreter
 from ri_jax.model import Model
 from ri_jax.models.loading import load_model
 from ri_jax.ranking import rank_covered, semantic_distance
@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Boundaries",
     "DecisionRegions",
+    "Diagnostics",
     "Explanation",
     "Explanations",
     "GreedyResult",

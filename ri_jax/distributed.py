@@ -45,7 +45,8 @@ from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, sample_bounda
 from ri_jax.buckets import pad_rows
 from ri_jax.data import ImageSet
 from ri_jax.featurize import Features, compute_features
-from ri_jax.interpreter import ReferenceSet, RepresentativeInterpreter
+from ri_jax.interpreter import (InMemoryStore, ModelFns, ReferenceSet, RepresentativeInterpreter,
+                                chunks_in_turn)
 from ri_jax.model import Model
 from ri_jax.sharding import make_mesh, sharded_solve_classes
 from ri_jax.solver import WORD_BITS, GreedyResult, pack_bits
@@ -432,86 +433,145 @@ def distributed_sides_packed(boundaries: Boundaries, feats: np.ndarray) -> np.nd
     return gather_shares(local.T, -(-n // WORD_BITS), chunk // WORD_BITS).T
 
 
-class DistributedInterpreter(RepresentativeInterpreter):
-    """``RepresentativeInterpreter`` for a multi-process run, same arguments, same answers.
+def sharded_reference_features(fns: ModelFns, images: Array, progress: bool) -> Array:
+    """ψ of this process's share of whole batches of reference images, gathered.
+
+    Args:
+      fns: the model.
+      images: [N, S, S, 3] the same on every process.
+      progress: show a bar (process 0 only).
+
+    Returns:
+      [N, h, w, c] on every process, every batch padded as in a one-process run.
+    """
+    n = images.shape[0]
+    size = min(fns.batch_size, n)
+    start, stop = share_range(n, size)
+    parts = []
+    for i in tqdm(range(start, stop, size), desc="reference features", unit="batch",
+                  disable=not (progress and is_main_process())):
+        batch = pad_rows(images[i:i + size], size)  # the last batch padded as in one process
+        parts.append(np.asarray(fns.features(batch))[:min(size, stop - i)])
+    if not parts:
+        shape = jax.eval_shape(fns.features, jax.ShapeDtypeStruct(
+            (size,) + images.shape[1:], images.dtype)).shape
+        parts = [np.zeros((0,) + shape[1:], np.float32)]
+    return jnp.asarray(gather_shares(np.concatenate(parts), n, size))
+
+
+def sharded_sample(fns: ModelFns, feats: Array, preds: Array, *, key: Array,
+                   num_boundaries: int, piecewise_linear: bool | None) -> ReferenceSet:
+    """``interpreter.shared_sample`` with process 0's boundaries (``shared_boundaries``) and
+    the packed sides split between processes (``distributed_sides_packed``)."""
+    chosen, bounds = shared_boundaries(fns.raw_head, feats, key=key,
+                                       num_boundaries=num_boundaries,
+                                       piecewise_linear=piecewise_linear)
+    words = distributed_sides_packed(bounds, np.asarray(feats))
+    return ReferenceSet(feats=feats, preds=preds, boundary_refs=chosen, boundaries=bounds,
+                        side_words=jnp.asarray(words))
+
+
+class ShardedStore:
+    """A reference store for a multi-process run: every process holds every ψ, the work is
+    shared out. Same methods, same answers as ``interpreter.InMemoryStore``.
 
     Reference feature maps are computed in per-process shares of whole batches and
     gathered (or given, ``is_features``, the same on every process). With the shared
     sample the boundaries come from ``shared_boundaries``, the packed sides from
     ``distributed_sides_packed``, and every batched solve is sharded over ``mesh``. With
     per-input pools (the authors' variant) each process runs its share of whole chunks of
-    inputs, exactly the parent's chunks (search, Eq. 2, sides, solve, Eq. 6), and the
-    answers are gathered. Explanations, heat maps and regions are the parent class's, run
-    on every process. Every value is bit for bit what ``RepresentativeInterpreter``
-    computes in one process (on hosts that compile alike: a pool chunk's values are those
-    of the process that ran it).
+    inputs, exactly the one-process chunks (search, Eq. 2, sides, solve, Eq. 6), and the
+    answers are gathered. Explanations, heat maps and regions run on every process (the
+    ``InMemoryStore`` it holds). Every value is bit for bit what one process computes (on
+    hosts that compile alike: a pool chunk's values are those of the process that ran it).
 
     Args:
-      features_fn, head_fn, references, key, num_boundaries, batch_size, is_features,
-        piecewise_linear, progress, variant: as in ``RepresentativeInterpreter``;
-        ``references`` must be the same on every process.
-      mesh: devices for the solve of the shared sample (default every device of every
-        process).
+      local: the ``InMemoryStore`` of the gathered references.
+      mesh: devices for the solve of the shared sample.
     """
 
-    def __init__(self, *args, mesh=None, **kwargs):
-        self.mesh = make_mesh() if mesh is None else mesh
-        super().__init__(*args, **kwargs)
+    def __init__(self, local: InMemoryStore, mesh):
+        self.local = local
+        self.mesh = mesh
+        self.reference_set = local.reference_set
+        self.num_boundaries = local.num_boundaries
+        self.image_shape = local.image_shape
+        self.feature_spec = local.feature_spec
 
-    def _build_reference_set(self, feats: Array, preds: Array, *, key: Array,
-                             num_boundaries: int, piecewise_linear: bool | None) -> ReferenceSet:
-        chosen, bounds = shared_boundaries(self._raw_head_fn, feats, key=key,
-                                           num_boundaries=num_boundaries,
-                                           piecewise_linear=piecewise_linear)
-        words = distributed_sides_packed(bounds, np.asarray(feats))
-        return ReferenceSet(feats=feats, preds=preds, boundary_refs=chosen, boundaries=bounds,
-                            side_words=jnp.asarray(words))
+    @classmethod
+    def builder(cls, mesh=None):
+        """The ``store`` argument of ``RepresentativeInterpreter`` for a multi-process run.
 
-    def _reference_features(self, images: Array, progress: bool) -> Array:
-        """ψ of this process's share of whole batches, gathered: the parent's batches exactly."""
-        n = images.shape[0]
-        size = min(self.batch_size, n)
-        start, stop = share_range(n, size)
-        parts = []
-        for i in tqdm(range(start, stop, size), desc="reference features", unit="batch",
-                      disable=not (progress and is_main_process())):
-            batch = pad_rows(images[i:i + size], size)  # the parent pads its last batch the same way
-            parts.append(np.asarray(self._features_fn(batch))[:min(size, stop - i)])
-        if not parts:
-            shape = jax.eval_shape(self._features_fn, jax.ShapeDtypeStruct(
-                (size,) + images.shape[1:], images.dtype)).shape
-            parts = [np.zeros((0,) + shape[1:], np.float32)]
-        return jnp.asarray(gather_shares(np.concatenate(parts), n, size))
+        Args:
+          mesh: devices for the solve of the shared sample (default every device of every
+            process).
+        """
+        mesh = make_mesh() if mesh is None else mesh
 
-    def _greedy(self, side_words, x_sides, preds, delta, *, num_classes: int) -> GreedyResult:
-        # The classes come from the head and the interpreter's own checks, as in the base class.
+        def build(fns: ModelFns, references: Array, **options) -> ShardedStore:
+            local = InMemoryStore.build(fns, references,
+                                        reference_features=sharded_reference_features,
+                                        sample=sharded_sample, **options)
+            return cls(local, mesh)
+
+        return build
+
+    def features(self, indices: Array) -> Array:
+        return self.local.features(indices)
+
+    def solve_shared(self, side_words, x_sides, preds, delta, *, num_classes: int) -> GreedyResult:
+        """Algorithm 1 against the shared sample, sharded over the mesh (the classes come
+        from the head and the interpreter's checks, as in ``InMemoryStore``)."""
         result = sharded_solve_classes(side_words, x_sides, self.reference_set.preds, preds,
                                        delta, num_classes=num_classes, mesh=self.mesh,
                                        check=False)
         return GreedyResult(*(jnp.asarray(f) for f in result))
 
-    def _solve_pools(self, feats, preds, keys, delta, progress):
-        """The parent's chunks of per-input pools, each process its share, then gathered."""
+    def pool_floats_per_input(self) -> int:
+        return self.local.pool_floats_per_input()
+
+    def pool_sides(self, bounds: Boundaries):
+        return self.local.pool_sides(bounds)
+
+    def pool_distances(self, bounds: Boundaries, selected: Array, dots_x: Array,
+                       dots: Array) -> Array:
+        return self.local.pool_distances(bounds, selected, dots_x, dots)
+
+    def map_chunks(self, run, b: int, chunk: int, progress: bool):
+        """``chunks_in_turn`` with each process running its share of the chunks, gathered.
+
+        Args:
+          run: one chunk's pytree [chunk, ...] from the index of its first input.
+          b, chunk, progress: inputs, inputs per chunk, a bar (process 0 only).
+
+        Returns:
+          The pytree with B rows, on every process.
+        """
         if jax.process_count() == 1:
-            return super()._solve_pools(feats, preds, keys, delta, progress)
-        b = feats.shape[0]
-        chunk = self._pool_chunk_size(b)
+            return chunks_in_turn(run, b, chunk, progress)
         start, stop = share_range(b, chunk)
         # A process without a chunk still runs the first one, for the shapes it contributes
         # zero rows of (only when there are fewer chunks than processes).
         firsts = range(start, stop, chunk) if stop > start else [0]
-        parts = [self._pool_chunk(feats[i:i + chunk], preds[i:i + chunk], keys[i:i + chunk],
-                                  delta is not None, chunk)
-                 for i in tqdm(firsts, desc="boundary pools", unit="chunk",
-                               disable=not (progress and is_main_process()))]
+        parts = [run(i) for i in tqdm(firsts, desc="boundary pools", unit="chunk",
+                                      disable=not (progress and is_main_process()))]
         local = jax.tree.map(lambda *xs: np.concatenate(xs)[:stop - start], *parts)
         return jax.tree.map(lambda a: jnp.asarray(gather_shares(a, b, chunk)), local)
 
+    def explain(self, *args, **kwargs):
+        """``InMemoryStore.explain``, on every process."""
+        return self.local.explain(*args, **kwargs)
+
+
+def sharded_interpreter(*args, mesh=None, **kwargs) -> RepresentativeInterpreter:
+    """``RepresentativeInterpreter`` over a ``ShardedStore`` (arguments as its own)."""
+    return RepresentativeInterpreter(*args, store=ShardedStore.builder(mesh), **kwargs)
+
 
 def representative_interpreter(*args, **kwargs) -> RepresentativeInterpreter:
-    """``DistributedInterpreter`` in a multi-process run, ``RepresentativeInterpreter``
+    """``sharded_interpreter`` in a multi-process run, ``RepresentativeInterpreter``
     otherwise (same arguments)."""
     if jax.process_count() > 1:
-        return DistributedInterpreter(*args, **kwargs)
+        return sharded_interpreter(*args, **kwargs)
     kwargs.pop("mesh", None)
     return RepresentativeInterpreter(*args, **kwargs)

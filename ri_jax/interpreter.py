@@ -60,6 +60,51 @@ class ReferenceSet(NamedTuple):
     side_words: Array
 
 
+class Diagnostics(NamedTuple):
+    """How RI found an input's answer (a batch adds a leading axis B to every field).
+
+    Attributes:
+      tau: int32 τ(x).
+      reached: bool, at most δ references of other classes are covered.
+      x_side: bool[Q], x's side of each boundary of its Q.
+      pool: int32[Q], the references whose boundaries form x's Q (the shared sample, or
+        x's own pool drawn from D(x)).
+      num_selected_greedy: int32 |P(x)| before the loosen step, the authors' extras included
+        where δ was not reached (= ``num_selected`` without the step).
+      search_steps: int32[Q], steps of each boundary search (0 for the shared sample).
+      search_converged: bool[Q], whether each search reached ΔG² < tol (True for the
+        shared sample); a search that did not converge used its last point of class c.
+    """
+
+    tau: Array
+    reached: Array
+    x_side: Array
+    pool: Array
+    num_selected_greedy: Array
+    search_steps: Array
+    search_converged: Array
+
+
+def shared_diagnostics(boundary_refs: Array, x_sides: Array, result: GreedyResult,
+                       num_selected_greedy: Array) -> Diagnostics:
+    """The ``Diagnostics`` of inputs solved against the shared sample (no searches).
+
+    Args:
+      boundary_refs: int32[Q] the sample's references.
+      x_sides: bool[..., Q] the inputs' sides ([Q] for one input, [B, Q] for a batch).
+      result: their ``GreedyResult`` (after the loosen step).
+      num_selected_greedy: int32[...] |P(x)| before the loosen step.
+
+    Returns:
+      ``Diagnostics`` with the leading axes of ``x_sides``.
+    """
+    return Diagnostics(tau=result.tau, reached=result.reached, x_side=x_sides,
+                       pool=jnp.broadcast_to(boundary_refs, x_sides.shape),
+                       num_selected_greedy=num_selected_greedy,
+                       search_steps=jnp.zeros(x_sides.shape, jnp.int32),
+                       search_converged=jnp.ones(x_sides.shape, bool))
+
+
 class Interpretation(NamedTuple):
     """RI's answer for one input (``interpret_batch`` adds a leading batch axis B to every field).
 
@@ -71,8 +116,6 @@ class Interpretation(NamedTuple):
       empty: bool, P(x) has no boundary (δ was met by the whole sample's space): every
         reference is covered, the distances are 0 and the heat maps are all zeros.
       delta: int32 δ used (τ(x) by default).
-      tau: int32 τ(x).
-      reached: bool, at most δ references of other classes are covered.
       covered: bool[N], references covered by P(x).
       num_covered: int32 |P(x) ∩ R|.
       num_covered_other: int32 |P(x) ∩ D(x)|.
@@ -85,16 +128,10 @@ class Interpretation(NamedTuple):
         reuse them on any image with ``heatmaps.polytope_heatmap(alphas, selected, ψ, S)``.
       heatmap: float32[S, S], the heat map of P(x) on x.
       similar_heatmaps: float32[top_k, S, S], the same α drawn on ``similar`` (zeros for −1).
-      x_side: bool[Q], x's side of each boundary of its Q.
-      pool: int32[Q], the references whose boundaries form x's Q (the shared sample, or
-        x's own pool drawn from D(x)).
-      num_selected_greedy: int32 |P(x)| before the loosen step, the authors' extras included
-        where δ was not reached (= ``num_selected`` without the step).
-      search_steps: int32[Q], steps of each boundary search (0 for the shared sample).
-      search_converged: bool[Q], whether each search reached ΔG² < tol (True for the
-        shared sample); a search that did not converge used its last point of class c.
-      pool_w: [Q, h, w, c] x's own boundary normals, or None with a shared sample (then
-        they are ``reference_set.boundaries.w``).
+      diagnostics: ``Diagnostics``, how the answer was found (τ(x), x's sides, its pool,
+        the searches).
+      pool_w: [Q, h, w, c] x's own boundary normals (P(x)'s hyperplanes with ``selected``),
+        or None with a shared sample (then they are ``reference_set.boundaries.w``).
       pool_b: [Q] x's own boundary offsets, or None with a shared sample.
     """
 
@@ -104,8 +141,6 @@ class Interpretation(NamedTuple):
     num_selected: Array
     empty: Array
     delta: Array
-    tau: Array
-    reached: Array
     covered: Array
     num_covered: Array
     num_covered_other: Array
@@ -116,22 +151,16 @@ class Interpretation(NamedTuple):
     alphas: Array
     heatmap: Array
     similar_heatmaps: Array
-    x_side: Array
-    pool: Array
-    num_selected_greedy: Array
-    search_steps: Array
-    search_converged: Array
+    diagnostics: Diagnostics
     pool_w: Array | None = None
     pool_b: Array | None = None
 
 
 def _explain_with(ref_feats: Array, bounds: Boundaries, psi_x: Array, predicted_class: Array,
-                  result: GreedyResult, distances: Array | None = None, *, top_k: int,
-                  image_size: int) -> Interpretation:
+                  result: GreedyResult, diagnostics: Diagnostics,
+                  distances: Array | None = None, *, top_k: int, image_size: int,
+                  own_pool: bool = False) -> Interpretation:
     """Turns Algorithm 1's result for one input into an ``Interpretation`` (§5).
-
-    The diagnostics fields (``x_side``, ``pool``, ``search_*``) are placeholders that the
-    caller fills in.
 
     Args:
       ref_feats: [N, h, w, c] reference feature maps.
@@ -139,10 +168,12 @@ def _explain_with(ref_feats: Array, bounds: Boundaries, psi_x: Array, predicted_
       psi_x: [h, w, c] feature map of x.
       predicted_class: int32 Class(x).
       result: ``GreedyResult`` of x (unbatched).
+      diagnostics: x's ``Diagnostics`` (unbatched).
       distances: float32[N] Eq. 6 distances when already known (per-input pools take them
         from their sides' products), else None to compute them here.
       top_k: number of similar references to return, 1 ≤ top_k ≤ N.
       image_size: side S of the heat maps.
+      own_pool: ``bounds`` are x's own pool (kept as ``pool_w/b``), not the shared sample.
 
     Returns:
       ``Interpretation``.
@@ -151,45 +182,45 @@ def _explain_with(ref_feats: Array, bounds: Boundaries, psi_x: Array, predicted_
     if distances is None:
         distances = semantic_distance(bounds.w, result.selected, psi_x, ref_feats)
     alphas = ri_channel_weights(bounds.w, bounds.b, psi_x)
-    out = interpretation_from(predicted_class, result, covered, distances, alphas, psi_x,
-                              top_k=top_k, image_size=image_size)
+    out = interpretation_from(predicted_class, result, diagnostics, covered, distances, alphas,
+                              psi_x, top_k=top_k, image_size=image_size,
+                              pool=bounds if own_pool else None)
     draw = jax.vmap(polytope_heatmap, in_axes=(None, None, 0, None))
     similar_maps = draw(alphas, result.selected, ref_feats[out.ranked[:top_k]], image_size)
     return out._replace(similar_heatmaps=jnp.where((out.similar >= 0)[:, None, None],
                                                    similar_maps, 0.0))
 
 
-def interpretation_from(predicted_class: Array, result: GreedyResult, covered: Array,
-                        distances: Array, alphas: Array, psi_x: Array, *, top_k: int,
-                        image_size: int) -> Interpretation:
+def interpretation_from(predicted_class: Array, result: GreedyResult, diagnostics: Diagnostics,
+                        covered: Array, distances: Array, alphas: Array, psi_x: Array, *,
+                        top_k: int, image_size: int,
+                        pool: Boundaries | None = None) -> Interpretation:
     """The ``Interpretation`` of one input from its covered set and Eq. 6 distances.
 
-    The similar references' heat maps are left zero (drawing them needs their ψ) and the
-    diagnostics fields (``x_side``, ``pool``, ``search_*``) are placeholders that the
-    caller fills in.
+    The similar references' heat maps are left zero (drawing them needs their ψ).
 
     Args:
       predicted_class: int32 Class(x).
       result: ``GreedyResult`` of x (unbatched), Q boundaries.
+      diagnostics: x's ``Diagnostics`` (unbatched).
       covered: bool[N] references covered by P(x).
       distances: float32[N] Eq. 6 distances to x.
       alphas: float32[Q, c] channel weights oriented towards x (Eq. 5).
       psi_x: [h, w, c] feature map of x.
       top_k: number of similar references to return, 1 ≤ top_k ≤ N.
       image_size: side S of the heat maps.
+      pool: x's own ``Boundaries`` (per-input pools), or None with the shared sample.
 
     Returns:
       ``Interpretation``.
     """
-    q = result.selected.shape[0]
     ranking = rank_covered(distances, covered)
     ranked_distances = distances[ranking.order]
     present = jnp.arange(top_k) < ranking.count
     return Interpretation(
         predicted_class=jnp.asarray(predicted_class, jnp.int32),
         selected=result.selected, order=result.order, num_selected=result.num_selected,
-        empty=result.num_selected == 0, delta=result.delta, tau=result.tau,
-        reached=result.reached, covered=covered,
+        empty=result.num_selected == 0, delta=result.delta, covered=covered,
         num_covered=result.num_covered_positive + result.num_covered_negative,
         num_covered_other=result.num_covered_negative,
         ranked=ranking.order, ranked_distances=ranked_distances,
@@ -198,16 +229,20 @@ def interpretation_from(predicted_class: Array, result: GreedyResult, covered: A
         alphas=alphas,
         heatmap=polytope_heatmap(alphas, result.selected, psi_x, image_size),
         similar_heatmaps=jnp.zeros((top_k, image_size, image_size), jnp.float32),
-        x_side=jnp.zeros((q,), bool), pool=jnp.full((q,), -1, jnp.int32),
-        num_selected_greedy=result.num_selected, search_steps=jnp.zeros((q,), jnp.int32),
-        search_converged=jnp.ones((q,), bool))
+        diagnostics=diagnostics, pool_w=None if pool is None else pool.w,
+        pool_b=None if pool is None else pool.b)
 
 
 def _explain(refs: ReferenceSet, psi_x: Array, predicted_class: Array, result: GreedyResult, *,
              top_k: int, image_size: int) -> Interpretation:
-    """``_explain_with`` over the shared sample of a ``ReferenceSet`` (the paper's variant)."""
+    """``_explain_with`` over the shared sample of a ``ReferenceSet`` (the paper's variant),
+    for a ``result`` without the loosen step."""
+    w, b = refs.boundaries
+    x_sides = jnp.tensordot(w, psi_x, axes=psi_x.ndim,
+                            precision=jax.lax.Precision.HIGHEST) + b > 0
+    diagnostics = shared_diagnostics(refs.boundary_refs, x_sides, result, result.num_selected)
     return _explain_with(refs.feats, refs.boundaries, psi_x, predicted_class, result,
-                         top_k=top_k, image_size=image_size)
+                         diagnostics, top_k=top_k, image_size=image_size)
 
 
 explain = jax.jit(_explain, static_argnames=("top_k", "image_size"))
@@ -219,30 +254,29 @@ _EXPLAIN_CHUNK_FLOATS = 1 << 26
 
 @functools.partial(jax.jit, static_argnames=("top_k", "image_size"))
 def _explain_batch(ref_feats: Array, bounds: Boundaries, feats: Array, preds: Array,
-                   result: GreedyResult, distances: Array | None = None, *, top_k: int,
+                   result: GreedyResult, diagnostics: Diagnostics,
+                   distances: Array | None = None, *, top_k: int,
                    image_size: int) -> Interpretation:
     """``_explain_with`` for a batch; ``bounds`` shared ([Q, ...]) or per input ([B, Q, ...]);
-    ``distances`` float32[B, N] or None."""
+    ``diagnostics`` [B, ...]; ``distances`` float32[B, N] or None."""
     per_input = bounds.b.ndim == 2
 
     def one(args):
-        if per_input:
-            own, *rest = args
-        else:
-            own, rest = bounds, args
-        return _explain_with(ref_feats, own, *rest, top_k=top_k, image_size=image_size)
+        own, psi_x, c, res, diag, d = args
+        return _explain_with(ref_feats, bounds if own is None else own, psi_x, c, res, diag, d,
+                             top_k=top_k, image_size=image_size, own_pool=per_input)
 
     # polytope_heatmap holds Q low-resolution maps and one full-size map per drawing,
     # (1 + top_k)·(Q·h·w + S²) floats per input: vmapped chunks bound that memory.
     q, h, w = bounds.w.shape[-4:-1]
     per_row = (1 + top_k) * (q * h * w + image_size ** 2)
     chunk = max(1, min(feats.shape[0], _EXPLAIN_CHUNK_FLOATS // per_row))
-    args = (feats, preds, result) if distances is None else (feats, preds, result, distances)
-    return jax.lax.map(one, (bounds,) + args if per_input else args, batch_size=chunk)
+    return jax.lax.map(one, (bounds if per_input else None, feats, preds, result, diagnostics,
+                             distances), batch_size=chunk)
 
 
 # Floats held at once by the per-input pools (256 MiB): each input's boundary normals, and
-# its sides' products with every reference.
+# its sides' products with every reference (or its side words, for a streamed store).
 _POOL_CHUNK_FLOATS = 1 << 26
 
 
@@ -260,12 +294,258 @@ def _check_array(value, name: str, ndim: int) -> Array:
     return value
 
 
+class ModelFns(NamedTuple):
+    """The model as the interpreter and its reference stores call it.
+
+    Attributes:
+      features: ψ jitted, normalised images [B, S, S, C] → [B, h, w, c].
+      head: G jitted, ψ [B, h, w, c] → logits [B, C].
+      raw_head: G as given (made hashable): boundary searches and Eq. 2 trace it themselves.
+      batch_size: images (or feature maps) per call of ``features``/``head``.
+    """
+
+    features: Callable[[Array], Array]
+    head: Callable[[Array], Array]
+    raw_head: Callable[[Array], Array]
+    batch_size: int
+
+
+def model_fns(features_fn, head_fn, batch_size: int) -> ModelFns:
+    """Checks the model functions and batch size, and jits the functions.
+
+    Args:
+      features_fn: ψ, images [B, S, S, C] → [B, h, w, c].
+      head_fn: G, ψ [B, h, w, c] → logits [B, C].
+      batch_size: ≥ 1.
+
+    Returns:
+      ``ModelFns``.
+    """
+    if not callable(features_fn):
+        raise ValueError("features_fn: must be callable")
+    if not callable(head_fn):
+        raise ValueError("head_fn: must be callable")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    raw_head = head_fn
+    try:
+        hash(head_fn)
+    except TypeError:  # jit and the searches key their caches on the function
+        raw_head = functools.partial(head_fn)
+    return ModelFns(features=jax.jit(features_fn), head=jax.jit(head_fn), raw_head=raw_head,
+                    batch_size=int(batch_size))
+
+
+def in_batches(fn, inputs: Array, batch_size: int, desc: str | None = None,
+               progress: bool = False) -> Array:
+    """Applies ``fn`` in batches; the last batch is padded so one compiled shape serves all.
+
+    Fewer inputs than ``batch_size`` are padded to their ``bucket_size``, so small batches
+    of nearby sizes share a compiled ``fn``. NumPy inputs are sliced and padded on the host,
+    so only ``fn`` runs on the device.
+
+    Args:
+      fn: [size, ...] → [size, ...].
+      inputs: [n, ...].
+      batch_size: rows per call.
+      desc, progress: the tqdm bar's label, and whether to show it.
+
+    Returns:
+      [n, ...] outputs.
+    """
+    n = inputs.shape[0]
+    size = min(batch_size, bucket_size(n))
+    outputs = [fn(pad_rows(inputs[i:i + size], size))
+               for i in tqdm(range(0, n, size), desc=desc, unit="batch", disable=not progress)]
+    out = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs)
+    return out if out.shape[0] == n else first_rows(out, rows=n)
+
+
+def predict_classes(fns: ModelFns, feats: Array) -> Array:
+    """Class(x) = argmax G(ψ) for feature maps [B, h, w, c] → int32[B]."""
+    logits = in_batches(fns.head, feats, fns.batch_size)
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(f"head_fn: expected logits [B, C >= 2], got shape {logits.shape}")
+    return jnp.argmax(logits, axis=1).astype(jnp.int32)
+
+
+def chunks_in_turn(run: Callable[[int], tuple], b: int, chunk: int, progress: bool) -> tuple:
+    """``run(first)`` for every chunk of B inputs, one after the other, rows concatenated.
+
+    Args:
+      run: the pytree of one chunk [chunk, ...] from the index of its first input.
+      b: inputs; chunk: inputs per chunk; progress: show a bar over the chunks.
+
+    Returns:
+      The pytree with B rows.
+    """
+    parts = [run(i) for i in tqdm(range(0, b, chunk), desc="boundary pools", unit="chunk",
+                                  disable=not progress)]
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs)[:b], *parts)
+
+
+def batched_reference_features(fns: ModelFns, images: Array, progress: bool) -> Array:
+    """ψ of the reference images [N, S, S, 3] → [N, h, w, c], in batches on this process."""
+    return in_batches(fns.features, images, fns.batch_size, "reference features", progress)
+
+
+def shared_sample(fns: ModelFns, feats: Array, preds: Array, *, key: Array,
+                  num_boundaries: int, piecewise_linear: bool | None) -> ReferenceSet:
+    """The shared sample Q, its Eq. 2 boundaries and the packed sides, on this process.
+
+    Args:
+      fns: the model.
+      feats: [N, h, w, c] reference feature maps.
+      preds: int32[N] their classes.
+      key, num_boundaries, piecewise_linear: as in ``RepresentativeInterpreter``.
+
+    Returns:
+      ``ReferenceSet`` with Q ≤ ``num_boundaries`` boundaries.
+    """
+    chosen = sample_indices(feats.shape[0], num_boundaries, key=key)
+    bounds = sample_boundaries(fns.raw_head, feats[chosen], piecewise_linear=piecewise_linear)
+    return ReferenceSet(feats=feats, preds=preds, boundary_refs=chosen, boundaries=bounds,
+                        side_words=sides_packed(bounds, feats))
+
+
+def reference_set_from(fns: ModelFns, references: Array, *, key: Array, num_boundaries: int,
+                       shared: bool, is_features: bool, piecewise_linear: bool | None,
+                       progress: bool, reference_features=batched_reference_features,
+                       sample=shared_sample) -> tuple[ReferenceSet, int]:
+    """The references' ψ, classes and (for the shared sample) Q, with the checks of each.
+
+    Args:
+      fns: the model.
+      references: images [N, S, S, C], or feature maps [N, h, w, c] when ``is_features``.
+      key, num_boundaries, is_features, piecewise_linear, progress: as in
+        ``RepresentativeInterpreter``.
+      shared: build the shared sample Q (else per-input pools: Q is only checked).
+      reference_features: ``(fns, images, progress) -> ψ`` (a sharded store splits it
+        between processes).
+      sample: ``shared_sample``'s signature (a sharded store splits the sides).
+
+    Returns:
+      (``ReferenceSet``, |Q|).
+    """
+    feats = jnp.asarray(references) if is_features else reference_features(fns, references,
+                                                                           progress)
+    if feats.ndim != 4:
+        raise ValueError(f"features_fn: expected feature maps [B, h, w, c], got {feats.shape}")
+    check_head(fns.raw_head, feats)  # a clear error before the first batched call
+    preds = predict_classes(fns, feats)
+    if int(num_boundaries) < 1:
+        raise ValueError(f"num_boundaries: must be >= 1, got {num_boundaries}")
+    if not shared:
+        # What the shared sample checks: |Q| capped at N with a warning, and a warning for
+        # a head that is not piecewise linear.
+        if piecewise_linear is False or (piecewise_linear is None
+                                         and not is_piecewise_linear(fns.raw_head, feats)):
+            warn_not_piecewise_linear(stacklevel=4)
+        return (ReferenceSet(feats=feats, preds=preds, boundary_refs=None, boundaries=None,
+                             side_words=None), cap_num_boundaries(num_boundaries, feats.shape[0]))
+    refs = sample(fns, feats, preds, key=key, num_boundaries=num_boundaries,
+                  piecewise_linear=piecewise_linear)
+    return refs, int(refs.boundary_refs.shape[0])
+
+
+class InMemoryStore:
+    """A reference store holding every reference's ψ on this process (the default).
+
+    Every reference store offers what this one does (duck-typed, no common base):
+    ``reference_set``, ``num_boundaries``, ``image_shape``, ``feature_spec``, and the
+    methods ``features``, ``solve_shared``, ``pool_floats_per_input``, ``pool_sides``,
+    ``pool_distances``, ``map_chunks`` and ``explain``.
+
+    Args:
+      reference_set: ``ReferenceSet`` (``feats`` [N, h, w, c] held).
+      num_boundaries: |Q| of the shared sample or of each per-input pool.
+      image_shape: [S, S, C] of the reference images, None when built from feature maps.
+
+    Attributes:
+      feature_spec: ``ShapeDtypeStruct`` of one ψ [h, w, c].
+    """
+
+    def __init__(self, reference_set: ReferenceSet, num_boundaries: int,
+                 image_shape: tuple | None):
+        self.reference_set = reference_set
+        self.num_boundaries = num_boundaries
+        self.image_shape = image_shape
+        feats = reference_set.feats
+        self.feature_spec = jax.ShapeDtypeStruct(feats.shape[1:], feats.dtype)
+
+    @classmethod
+    def build(cls, fns: ModelFns, references: Array, **options) -> InMemoryStore:
+        """The store of ``references`` (images, or ψ with ``is_features``).
+
+        Args:
+          fns: the model.
+          references: [N, S, S, C] images or [N, h, w, c] feature maps.
+          **options: ``reference_set_from``'s keywords.
+        """
+        references = _check_array(references, "references", 4)
+        image_shape = None if options["is_features"] else references.shape[1:]
+        return cls(*reference_set_from(fns, references, **options), image_shape)
+
+    def features(self, indices: Array) -> Array:
+        """ψ of references by index, any shape [...] → [..., h, w, c]."""
+        return self.reference_set.feats[indices]
+
+    def solve_shared(self, side_words, x_sides, preds, delta, *, num_classes: int) -> GreedyResult:
+        """Algorithm 1 against the shared sample; ``solve_classes`` regroups the references
+        by class.
+
+        The arrays are valid by construction (the references' classes come from the head,
+        the inputs' were checked by the interpreter), so ``check=False``: no batch waits on
+        a host-side check of all N classes again.
+        """
+        return solve_classes(side_words, x_sides, self.reference_set.preds, preds, delta,
+                             num_classes=num_classes, check=False)
+
+    def pool_floats_per_input(self) -> int:
+        """Floats one input's pool holds: its Q normals and its Q·N products."""
+        n = self.reference_set.preds.shape[0]
+        return self.num_boundaries * (int(np.prod(self.feature_spec.shape)) + n)
+
+    def pool_sides(self, bounds: Boundaries) -> tuple[Array, Array]:
+        """The references' packed sides of per-input boundaries, and the products kept.
+
+        One [B·Q, D] × [D, N] product gives the sides and, kept, Eq. 6's projections.
+
+        Args:
+          bounds: ``Boundaries(w [B, Q, h, w, c], b [B, Q])``.
+
+        Returns:
+          (uint32[B, Q, ⌈N/32⌉], float32[B, Q, N] products for ``pool_distances``).
+        """
+        return sides_packed_per_input(bounds, self.reference_set.feats, dots=True)
+
+    def pool_distances(self, bounds: Boundaries, selected: Array, dots_x: Array,
+                       dots: Array) -> Array:
+        """Eq. 6 distances float32[B, N] on each input's selected boundaries [B, Q], from
+        x's products ``dots_x`` [B, Q] and the references' ``dots`` from ``pool_sides``."""
+        return pool_distances(selected, dots_x, dots, bounds.w)
+
+    def map_chunks(self, run, b: int, chunk: int, progress: bool):
+        """``chunks_in_turn``: every chunk of inputs on this process."""
+        return chunks_in_turn(run, b, chunk, progress)
+
+    def explain(self, bounds: Boundaries, feats: Array, preds: Array, result: GreedyResult,
+                diagnostics: Diagnostics, distances: Array | None, *, top_k: int,
+                image_size: int) -> Interpretation:
+        """``Interpretation``s [B, ...] from the solve (``_explain_batch``)."""
+        return _explain_batch(self.reference_set.feats, bounds, feats, preds, result,
+                              diagnostics, distances, top_k=top_k, image_size=image_size)
+
+
 class RepresentativeInterpreter:
-    """Representative interpretations of one CNN over one reference set.
+    """Representative interpretations of one CNN over one reference store.
 
     Called as ``RepresentativeInterpreter(model, references, ...)`` with a
     ``ri_jax.model.Model``, or as ``RepresentativeInterpreter(features_fn, head_fn,
-    references, ...)`` with the two functions alone.
+    references, ...)`` with the two functions alone. Where the references live is the
+    store's business (``store``): in memory (default), streamed as projections
+    (``ri_jax.streaming.streaming_interpreter``) or shared between processes
+    (``ri_jax.distributed.representative_interpreter``); the answers are the same.
 
     Args:
       features_fn: a ``Model``, or ψ, ``features_fn(images [B, S, S, C]) -> [B, h, w, c]``
@@ -273,7 +553,7 @@ class RepresentativeInterpreter:
       head_fn: G, ``head_fn(ψ [B, h, w, c]) -> logits [B, C]``, piecewise linear (not given
         with a ``Model``).
       references: normalised images [N, S, S, C], or feature maps [N, h, w, c] when
-        ``is_features``.
+        ``is_features`` (None when ``store`` finds its own).
       key: PRNG key: it draws the shared sample Q, or, for per-input pools, the pool of the
         input at position i of a call is drawn with ``fold_in(key, i)`` unless ``keys``
         are given to ``interpret_batch``.
@@ -285,12 +565,16 @@ class RepresentativeInterpreter:
       progress: show a tqdm bar while computing reference features.
       variant: ``"authors"`` (default: a pool per input), ``"paper"`` (one shared Q) or an
         ``RIVariant`` (``ri_jax.variants``).
+      store: builds the reference store, ``store(fns, references, key=, num_boundaries=,
+        shared=, is_features=, piecewise_linear=, progress=)``; default
+        ``InMemoryStore.build``.
 
     Attributes:
       num_boundaries: |Q| for every variant: the shared sample's size, or each input's
         pool size (``reference_set.boundaries`` is None for per-input pools).
       variant: the ``RIVariant`` in use.
-      reference_set: ``ReferenceSet``.
+      store: the reference store (``InMemoryStore`` or another with its methods).
+      reference_set: the store's ``ReferenceSet`` (``feats`` None where ψ is not held).
     """
 
     def __init__(self, features_fn: Model | Callable[[Array], Array],
@@ -298,124 +582,59 @@ class RepresentativeInterpreter:
                  key: Array, num_boundaries: int = DEFAULT_NUM_BOUNDARIES,
                  batch_size: int = 64, is_features: bool = False,
                  piecewise_linear: bool | None = None, progress: bool = True,
-                 variant: str | RIVariant = DEFAULT_VARIANT):
+                 variant: str | RIVariant = DEFAULT_VARIANT, store=None):
         if isinstance(features_fn, Model):
             if references is not None:
                 raise ValueError("references: give RepresentativeInterpreter(model, references), "
                                  "or (features_fn, head_fn, references)")
             model, references = features_fn, head_fn
             features_fn, head_fn = model.features, model.head
-        elif references is None:
+        elif references is None and store is None:
             raise ValueError("references: missing; call RepresentativeInterpreter(model, "
                              "references) or (features_fn, head_fn, references)")
-        self._setup(features_fn, head_fn, key=key, batch_size=batch_size, variant=variant)
-        references = _check_array(references, "references", 4)
-        self.image_shape = None if is_features else references.shape[1:]
-        feats = (jnp.asarray(references) if is_features
-                 else self._reference_features(references, progress))
-        if feats.ndim != 4:
-            raise ValueError(f"features_fn: expected feature maps [B, h, w, c], got {feats.shape}")
-        check_head(self._raw_head_fn, feats)  # a clear error before the first batched call
-        preds = self.predict_classes(feats)
-        if int(num_boundaries) < 1:
-            raise ValueError(f"num_boundaries: must be >= 1, got {num_boundaries}")
-        if self.variant.sampling == "per_input":
-            self.num_boundaries = self._per_input_checks(feats, num_boundaries, piecewise_linear)
-            self.reference_set = ReferenceSet(feats=feats, preds=preds, boundary_refs=None,
-                                              boundaries=None, side_words=None)
-            return
-        self.reference_set = self._build_reference_set(feats, preds, key=key,
-                                                       num_boundaries=num_boundaries,
-                                                       piecewise_linear=piecewise_linear)
-        self.num_boundaries = int(self.reference_set.boundary_refs.shape[0])
-
-    def _per_input_checks(self, feats: Array, num_boundaries: int,
-                          piecewise_linear: bool | None) -> int:
-        """What the shared sample checks, for per-input pools: |Q| capped at N with a warning,
-        and a warning for a head that is not piecewise linear. Returns the capped |Q|."""
-        if piecewise_linear is False or (piecewise_linear is None
-                                         and not is_piecewise_linear(self._raw_head_fn, feats)):
-            warn_not_piecewise_linear(stacklevel=3)
-        return cap_num_boundaries(num_boundaries, feats.shape[0])
-
-    def _setup(self, features_fn, head_fn, *, key: Array, batch_size: int,
-               variant: str | RIVariant) -> None:
-        """Checks and keeps the model functions, key, batch size and variant (every subclass)."""
-        if not callable(features_fn):
-            raise ValueError("features_fn: must be callable")
-        if not callable(head_fn):
-            raise ValueError("head_fn: must be callable")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+        self.fns = model_fns(features_fn, head_fn, batch_size)
         self.variant = ri_variant(variant)
-        self.batch_size = int(batch_size)
-        self._raw_head_fn = head_fn
-        try:
-            hash(head_fn)
-        except TypeError:
-            self._raw_head_fn = functools.partial(head_fn)
-        self._features_fn = jax.jit(features_fn)
-        self._head_fn = jax.jit(head_fn)
         self._key = key
+        build = InMemoryStore.build if store is None else store
+        self.store = build(self.fns, references, key=key, num_boundaries=num_boundaries,
+                           shared=self.variant.sampling == "shared", is_features=is_features,
+                           piecewise_linear=piecewise_linear, progress=progress)
+        self.num_boundaries = self.store.num_boundaries
 
-    def _reference_features(self, references: Array, progress: bool) -> Array:
-        """ψ of the reference images [N, S, S, 3] → [N, h, w, c] (a hook for subclasses)."""
-        return self._in_batches(self._features_fn, references, "reference features", progress)
+    @property
+    def reference_set(self) -> ReferenceSet:
+        return self.store.reference_set
 
-    def _build_reference_set(self, feats: Array, preds: Array, *, key: Array,
-                             num_boundaries: int, piecewise_linear: bool | None) -> ReferenceSet:
-        """The shared sample Q, its Eq. 2 boundaries and the packed sides (a hook for subclasses).
+    @property
+    def image_shape(self) -> tuple | None:
+        return self.store.image_shape
 
-        Args:
-          feats: [N, h, w, c] reference feature maps.
-          preds: int32[N] their classes.
-          key, num_boundaries, piecewise_linear: as in the class.
-
-        Returns:
-          ``ReferenceSet`` with Q ≤ ``num_boundaries`` boundaries.
-        """
-        chosen = sample_indices(feats.shape[0], num_boundaries, key=key)
-        bounds = sample_boundaries(self._raw_head_fn, feats[chosen],
-                                   piecewise_linear=piecewise_linear)
-        return ReferenceSet(feats=feats, preds=preds, boundary_refs=chosen, boundaries=bounds,
-                            side_words=sides_packed(bounds, feats))
+    @property
+    def batch_size(self) -> int:
+        return self.fns.batch_size
 
     @property
     def num_refs(self) -> int:
-        return self.reference_set.feats.shape[0]
-
-    def _in_batches(self, fn, inputs: Array, desc: str | None = None,
-                    progress: bool = False) -> Array:
-        """Applies ``fn`` in batches; the last batch is padded so one compiled shape serves all.
-
-        Fewer inputs than ``batch_size`` are padded to their ``bucket_size``, so small
-        batches of nearby sizes share a compiled ``fn``. NumPy inputs are sliced and padded
-        on the host, so only ``fn`` runs on the device.
-        """
-        n = inputs.shape[0]
-        size = min(self.batch_size, bucket_size(n))
-        outputs = [fn(pad_rows(inputs[i:i + size], size))
-                   for i in tqdm(range(0, n, size), desc=desc, unit="batch", disable=not progress)]
-        out = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs)
-        return out if out.shape[0] == n else first_rows(out, rows=n)
+        return self.reference_set.preds.shape[0]
 
     def features(self, images: Array) -> Array:
         """ψ of normalised images [B, S, S, 3] → [B, h, w, c], in batches."""
         return self._features(self._check_images(images, "images"), "images")
 
     def _features(self, images: Array, name: str) -> Array:
-        feats = self._in_batches(self._features_fn, images)
-        if feats.shape[1:] != self.reference_set.feats.shape[1:]:
-            raise ValueError(f"{name}: feature maps of shape {feats.shape[1:]} do not match the "
-                             f"references' {self.reference_set.feats.shape[1:]}")
+        feats = in_batches(self.fns.features, images, self.batch_size)
+        self._check_feature_shape(feats, name)
         return feats
+
+    def _check_feature_shape(self, feats: Array, name: str) -> None:
+        want = self.store.feature_spec.shape
+        if feats.shape[1:] != want:
+            raise ValueError(f"{name}: feature maps of shape {feats.shape[1:]} do not match the "
+                             f"references' {want}")
 
     def predict_classes(self, feats: Array) -> Array:
         """Class(x) = argmax G(ψ) for feature maps [B, h, w, c] → int32[B]."""
-        logits = self._in_batches(self._head_fn, feats)
-        if logits.ndim != 2 or logits.shape[1] < 2:
-            raise ValueError(f"head_fn: expected logits [B, C >= 2], got shape {logits.shape}")
-        return jnp.argmax(logits, axis=1).astype(jnp.int32)
+        return predict_classes(self.fns, feats)
 
     def _check_images(self, images, name: str) -> Array:
         images = _check_array(images, name, 4)
@@ -439,9 +658,9 @@ class RepresentativeInterpreter:
         on the device for it and the solver compiles once per shape, whichever classes a
         batch happens to predict.
         """
-        feats = self.reference_set.feats
-        logits = jax.eval_shape(self._raw_head_fn,
-                                jax.ShapeDtypeStruct((1, *feats.shape[1:]), feats.dtype))
+        spec = self.store.feature_spec
+        logits = jax.eval_shape(self.fns.raw_head,
+                                jax.ShapeDtypeStruct((1, *spec.shape), spec.dtype))
         return int(logits.shape[-1])
 
     def _keys(self, keys, b: int) -> Array:
@@ -451,7 +670,6 @@ class RepresentativeInterpreter:
         if keys.shape[:1] != (b,):
             raise ValueError(f"keys: expected {b} PRNG keys (one per input), got shape {keys.shape}")
         return keys
-
     def interpret(self, x: Array, *, top_k: int = 5, key: Array | None = None) -> Interpretation:
         """Interprets one normalised image x [S, S, 3].
 
@@ -472,7 +690,7 @@ class RepresentativeInterpreter:
         return jax.tree.map(lambda a: a[0], batch)
 
     def solve_features(self, feats: Array, preds: Array, *, keys: Array | None = None,
-                       progress: bool = False) -> tuple[Boundaries, GreedyResult, Interpretation]:
+                       progress: bool = False) -> tuple[Boundaries, GreedyResult, Diagnostics]:
         """Boundaries, Algorithm 1 (and the loosen step) for inputs given by feature maps.
 
         Args:
@@ -483,9 +701,7 @@ class RepresentativeInterpreter:
 
         Returns:
           (``Boundaries`` shared [Q, ...] or per input [B, Q, ...], ``GreedyResult`` after the
-          loosen step, a partial ``Interpretation`` holding only the diagnostics fields
-          ``x_side``, ``pool``, ``num_selected_greedy``, ``search_*``, ``pool_w/b``; the other
-          fields are None).
+          loosen step, ``Diagnostics`` [B, ...]).
         """
         return self._solve_features(feats, preds, keys=keys, progress=progress)[:3]
 
@@ -504,12 +720,9 @@ class RepresentativeInterpreter:
         if self.variant.sampling == "shared":
             refs = self.reference_set
             x_sides = sides(refs.boundaries, feats).T
-            q = x_sides.shape[1]
             result, greedy = self._solve(refs.side_words, x_sides, preds, delta)
-            return refs.boundaries, result, _diagnostics(
-                x_side=x_sides, pool=jnp.broadcast_to(refs.boundary_refs, (b, q)),
-                num_selected_greedy=greedy, search_steps=jnp.zeros((b, q), jnp.int32),
-                search_converged=jnp.ones((b, q), bool)), None
+            return (refs.boundaries, result,
+                    shared_diagnostics(refs.boundary_refs, x_sides, result, greedy), None)
         return self._solve_pools(feats, preds, self._keys(keys, b), delta, progress)
 
     def _solve(self, side_words, x_sides, preds, delta):
@@ -526,7 +739,8 @@ class RepresentativeInterpreter:
         if side_words.ndim == 3:
             result = solve_batch(side_words, self.num_refs, x_sides, positives, delta)
         else:
-            result = self._greedy(side_words, x_sides, preds, delta, num_classes=num_classes)
+            result = self.store.solve_shared(side_words, x_sides, preds, delta,
+                                             num_classes=num_classes)
         if variant.keep_adding:
             result = keep_adding_batch(side_words, self.num_refs, x_sides, positives, result)
         greedy = result.num_selected
@@ -536,37 +750,23 @@ class RepresentativeInterpreter:
                                      order=_compact_order(result.order, kept.selected))
         return result, greedy
 
-    def _greedy(self, side_words, x_sides, preds, delta, *, num_classes: int) -> GreedyResult:
-        """Algorithm 1 against the shared sample (a hook: subclasses may spread it over
-        devices); ``solve_classes`` regroups the references by class.
-
-        The arrays are valid by construction (the references' classes come from the head,
-        the inputs' were checked by ``solve_features``), so ``check=False``: no batch waits
-        on a host-side check of all N classes again.
-        """
-        return solve_classes(side_words, x_sides, self.reference_set.preds, preds, delta,
-                             num_classes=num_classes, check=False)
-
-    def _pool_chunk_size(self, b: int) -> int:
-        """Inputs per chunk of per-input pools: their normals and products ≤ 256 MiB."""
-        per_input = self.num_boundaries * (int(np.prod(self.reference_set.feats.shape[1:]))
-                                           + self.num_refs)
-        return max(1, min(b, _POOL_CHUNK_FLOATS // per_input))
-
     def _solve_pools(self, feats, preds, keys, delta, progress):
-        """The authors' per-input pools, in chunks of inputs of bounded memory (a hook:
-        ``DistributedInterpreter`` shares the chunks out between processes).
+        """The authors' per-input pools, in chunks of inputs of bounded memory, spread as the
+        store spreads them (``map_chunks``).
 
         Returns:
           ``_solve_features``'s four values, the distances float32[B, N].
         """
         b = feats.shape[0]
         chunk = self._pool_chunk_size(b)
-        parts = [self._pool_chunk(feats[i:i + chunk], preds[i:i + chunk], keys[i:i + chunk],
-                                  delta is not None, chunk)
-                 for i in tqdm(range(0, b, chunk), desc="boundary pools", unit="chunk",
-                               disable=not progress)]
-        return jax.tree.map(lambda *xs: jnp.concatenate(xs)[:b], *parts)
+        return self.store.map_chunks(
+            lambda i: self._pool_chunk(feats[i:i + chunk], preds[i:i + chunk],
+                                       keys[i:i + chunk], delta is not None, chunk),
+            b, chunk, progress)
+
+    def _pool_chunk_size(self, b: int) -> int:
+        """Inputs per chunk of per-input pools: what they hold (the store says) ≤ 256 MiB."""
+        return max(1, min(b, _POOL_CHUNK_FLOATS // self.store.pool_floats_per_input()))
 
     def _pool_chunk(self, feats, preds, keys, zero_delta: bool, chunk: int):
         """One chunk of per-input pools: draw, search + Eq. 2, sides, solve, Eq. 6.
@@ -578,32 +778,31 @@ class RepresentativeInterpreter:
           chunk: the chunk size.
 
         Returns:
-          (``Boundaries`` [chunk, Q, ...], ``GreedyResult``, diagnostics ``Interpretation``,
-          float32[chunk, N] Eq. 6 distances).
+          (``Boundaries`` [chunk, Q, ...], ``GreedyResult``, ``Diagnostics``, float32[chunk, N]
+          Eq. 6 distances).
         """
-        refs = self.reference_set
+        store = self.store
         q = self.num_boundaries
         if feats.shape[0] != chunk:  # one compiled shape for every chunk
             feats, preds, keys = repeat_last_row((feats, preds, keys), size=chunk)
         # An input whose class is the only one the references have (D(x) empty) searches
         # towards a reference of its own class and meets no decision boundary; with no
         # D(x) reference to remove it gets the empty polytope, as with the shared sample.
-        pools, _ = draw_pools(refs.preds, preds, q, keys=keys)
-        bounds, found = pool_boundaries(self._raw_head_fn, feats, preds, refs.feats[pools],
+        pools, _ = draw_pools(self.reference_set.preds, preds, q, keys=keys)
+        bounds, found = pool_boundaries(self.fns.raw_head, feats, preds, store.features(pools),
                                         max_steps=self.variant.max_search_steps,
                                         tol=self.variant.search_tol)
-        # One [chunk·Q, D] × [D, N] product gives the sides and, kept, Eq. 6's projections.
-        words, dots = sides_packed_per_input(bounds, refs.feats, dots=True)
+        words, dots = store.pool_sides(bounds)
         dots_x = jnp.einsum("bqhwc,bhwc->bq", bounds.w, feats,
                             precision=jax.lax.Precision.HIGHEST)
         x_sides = (dots_x + bounds.b) > 0
         delta = jnp.zeros((chunk,), jnp.int32) if zero_delta else None
         result, greedy = self._solve(words, x_sides, preds, delta)
-        return bounds, result, _diagnostics(
-            x_side=x_sides, pool=pools, num_selected_greedy=greedy,
-            search_steps=found.steps, search_converged=found.converged,
-            pool_w=bounds.w, pool_b=bounds.b), pool_distances(result.selected, dots_x, dots,
-                                                              bounds.w)
+        diagnostics = Diagnostics(tau=result.tau, reached=result.reached, x_side=x_sides,
+                                  pool=pools, num_selected_greedy=greedy,
+                                  search_steps=found.steps, search_converged=found.converged)
+        return bounds, result, diagnostics, store.pool_distances(bounds, result.selected,
+                                                                 dots_x, dots)
 
     def interpret_batch(self, xs: Array, *, top_k: int = 5, keys: Array | None = None,
                         progress: bool = False) -> Interpretation:
@@ -649,11 +848,10 @@ class RepresentativeInterpreter:
         if rows != b:  # every stage compiled once per bucket; the copies are dropped below
             feats, keys = repeat_last_row((feats, keys), size=rows)
         preds = self.predict_classes(feats)
-        bounds, result, diag, distances = self._solve_features(feats, preds, keys=keys,
-                                                               progress=progress)
-        out = _explain_batch(self.reference_set.feats, bounds, feats, preds, result, distances,
-                             top_k=top_k, image_size=int(image_size))
-        out = out._replace(**{k: v for k, v in diag._asdict().items() if v is not None})
+        bounds, result, diagnostics, distances = self._solve_features(feats, preds, keys=keys,
+                                                                      progress=progress)
+        out = self.store.explain(bounds, feats, preds, result, diagnostics, distances,
+                                 top_k=top_k, image_size=int(image_size))
         return out if rows == b else first_rows(out, rows=b)
 
     def regions_from(self, interps: Interpretation) -> DecisionRegions:
@@ -669,7 +867,7 @@ class RepresentativeInterpreter:
             w, b = self.reference_set.boundaries
         else:
             w, b = interps.pool_w, interps.pool_b
-        return DecisionRegions(w=w, b=b, selected=interps.selected, signs=interps.x_side,
+        return DecisionRegions(w=w, b=b, selected=interps.selected, signs=interps.diagnostics.x_side,
                                label=interps.predicted_class,
                                num_covered_refs=jnp.asarray(interps.num_covered, jnp.int32))
 
@@ -687,9 +885,7 @@ class RepresentativeInterpreter:
           ``DecisionRegions`` over this interpreter's boundaries (or each input's pool).
         """
         feats = jnp.asarray(_check_array(feats, "feats", 4))
-        if feats.shape[1:] != self.reference_set.feats.shape[1:]:
-            raise ValueError(f"feats: expected feature maps of shape "
-                             f"{self.reference_set.feats.shape[1:]}, got {feats.shape[1:]}")
+        self._check_feature_shape(feats, "feats")
         v = feats.shape[0]
         keys = None if keys is None else self._keys(keys, v)
         rows = bucket_size(v)
@@ -704,11 +900,6 @@ class RepresentativeInterpreter:
         if rows != v:
             per_input = first_rows(per_input, rows=v)
         return DecisionRegions(**{"w": bounds.w, "b": bounds.b, **per_input})
-
-
-def _diagnostics(**fields) -> Interpretation:
-    """An ``Interpretation`` holding only the given fields (the rest None)."""
-    return Interpretation(**{name: fields.get(name) for name in Interpretation._fields})
 
 
 def _compact_order(order: Array, kept: Array) -> Array:

@@ -7,7 +7,7 @@ batches, computes ψ, and keeps only the predicted classes, packed sides and
 projections (an [N, Q] float matrix): 1,000,000 references with |Q| = 50 take
 200 MB of projections and 6 MB of side bits instead of 400 GB of VGG-19 feature maps.
 
-Heat maps need ψ only for the few references that are shown; ``StreamingInterpreter``
+Heat maps need ψ only for the few references that are shown; ``StreamedStore``
 recomputes those from the images (or takes them from ``feats`` when
 ``keep_features=True`` kept ψ in memory, for sets where it fits).
 
@@ -33,18 +33,20 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, draw_pools, pool_boundaries,
-                               sample_boundaries, sample_indices, sides_packed_per_input)
-from ri_jax.buckets import bucket_size, first_rows, pad_rows, repeat_last_row
+from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, sample_boundaries,
+                               sample_indices, sides_packed_per_input)
+from ri_jax.buckets import pad_rows
 from ri_jax.distributed import (chunk_sides_packed, from_main_process, gather_shares,
                                 is_main_process, share_range, side_chunk_size)
 from ri_jax.heatmaps import polytope_heatmap, ri_channel_weights
-from ri_jax.interpreter import (_POOL_CHUNK_FLOATS, Interpretation, ReferenceSet,
-                                RepresentativeInterpreter, _diagnostics, interpretation_from)
+from ri_jax.interpreter import (Diagnostics, Interpretation, ModelFns, ReferenceSet,
+                                RepresentativeInterpreter, chunks_in_turn, in_batches,
+                                interpretation_from)
 from ri_jax.ranking import (distance_from_projections, pool_distances, projection, projections,
                             unit_normals)
-from ri_jax.solver import WORD_BITS, GreedyResult, num_words, unpack_bits, valid_words
-from ri_jax.variants import DEFAULT_VARIANT, RIVariant, ri_variant
+from ri_jax.solver import (WORD_BITS, GreedyResult, num_words, solve_classes, unpack_bits,
+                           valid_words)
+from ri_jax.variants import DEFAULT_VARIANT, RIVariant
 
 Array = jax.Array
 
@@ -199,38 +201,40 @@ _EXPLAIN_CHUNK_FLOATS = 1 << 26
 
 
 def _explain_streamed(bounds: Boundaries, psi_x: Array, predicted_class: Array,
-                      result: GreedyResult, distances: Array, *, top_k: int,
-                      image_size: int) -> Interpretation:
+                      result: GreedyResult, diagnostics: Diagnostics, distances: Array, *,
+                      top_k: int, image_size: int, own_pool: bool) -> Interpretation:
     """An ``Interpretation`` of one input from its Eq. 6 distances; similar heat maps left zero."""
     covered = unpack_bits(result.covered, distances.shape[0])
     alphas = ri_channel_weights(bounds.w, bounds.b, psi_x)
-    return interpretation_from(predicted_class, result, covered, distances, alphas, psi_x,
-                               top_k=top_k, image_size=image_size)
+    return interpretation_from(predicted_class, result, diagnostics, covered, distances, alphas,
+                               psi_x, top_k=top_k, image_size=image_size,
+                               pool=bounds if own_pool else None)
 
 
 @functools.partial(jax.jit, static_argnames=("top_k", "image_size"))
 def _explain_streamed_batch(refs: StreamedReferences, bounds: Boundaries, feats: Array,
-                            preds: Array, result: GreedyResult, distances: Array | None, *,
-                            top_k: int, image_size: int) -> Interpretation:
+                            preds: Array, result: GreedyResult, diagnostics: Diagnostics,
+                            distances: Array | None, *, top_k: int,
+                            image_size: int) -> Interpretation:
     """``_explain_streamed`` for a batch: the shared sample's ``bounds`` [Q, ...] with
     distances from ``refs.projections`` (``distances`` None), or per-input pools' bounds
-    [B, Q, ...] with their distances float32[B, N]."""
+    [B, Q, ...] with their distances float32[B, N]; ``diagnostics`` [B, ...]."""
     per_input = distances is not None
 
     def one(args):
-        if per_input:
-            own, psi_x, c, res, d = args
-        else:
-            (psi_x, c, res), own = args, bounds
+        own, psi_x, c, res, diag, d = args
+        if not per_input:
+            own = bounds
             d = distance_from_projections(res.selected, projection(refs.normals, psi_x),
                                           refs.projections)
-        return _explain_streamed(own, psi_x, c, res, d, top_k=top_k, image_size=image_size)
+        return _explain_streamed(own, psi_x, c, res, diag, d, top_k=top_k,
+                                 image_size=image_size, own_pool=per_input)
 
     # Each input draws its Q boundary maps at full size: chunks bound that memory.
     chunk = max(1, min(feats.shape[0],
                        _EXPLAIN_CHUNK_FLOATS // (bounds.w.shape[-4] * image_size ** 2)))
-    args = (bounds, feats, preds, result, distances) if per_input else (feats, preds, result)
-    return jax.lax.map(one, args, batch_size=chunk)
+    return jax.lax.map(one, (bounds if per_input else None, feats, preds, result, diagnostics,
+                             distances), batch_size=chunk)
 
 
 @functools.partial(jax.jit, static_argnames=("image_size",))
@@ -242,52 +246,84 @@ def _draw_similar(alphas: Array, selected: Array, psis: Array, present: Array, *
     return jnp.where(present[..., None, None], draw(alphas, selected, psis, image_size), 0.0)
 
 
-class StreamingInterpreter(RepresentativeInterpreter):
-    """``RepresentativeInterpreter`` over a streamed reference set (``stream_references``).
+class StreamedStore:
+    """A reference store of streamed projections (``stream_references``): ψ is not held.
 
-    Same answers as the in-memory class (see the module docstring). With the shared sample
-    ψ of a reference is recomputed from ``load_images`` only when its heat map is drawn,
-    unless ``keep_features`` kept them all. With per-input pools (the authors' variant, the
-    default) each chunk of inputs also reads its pool references' ψ by index and makes two
-    passes over all N references (``_pool_chunk``): O(N·Q) memory per input, and time
-    linear in N. The streamed set's own sample Q is then unused but for its classes.
+    The methods of ``interpreter.InMemoryStore``, with the same answers (see the module
+    docstring). With the shared sample, ψ of a reference is recomputed from ``load_images``
+    only when its heat map is drawn, unless ``keep_features`` kept them all. With per-input
+    pools (the authors' variant, the default) each chunk of inputs also reads its pool
+    references' ψ by index and makes two passes over all N references (``pool_sides``,
+    ``pool_distances``): O(N·Q) memory per input, and time linear in N. The streamed set's
+    own sample Q is then unused but for its classes.
 
     Args:
-      features_fn, head_fn, key, num_boundaries, batch_size, piecewise_linear, progress,
-        variant: as in ``RepresentativeInterpreter``.
+      fns: the model (``interpreter.ModelFns``).
+      streamed: ``StreamedReferences``.
       load_images: normalised reference images of int64 indices [k] → [k, S, S, 3].
-      num_refs: N.
-      keep_features: keep every ψ in memory (``StreamedReferences.feats``).
+
+    Attributes:
+      reference_set: ``ReferenceSet`` of the streamed set (``feats`` None unless kept).
+      num_boundaries: |Q|; image_shape: [S, S, 3]; feature_spec: one ψ [h, w, c].
     """
 
-    def __init__(self, features_fn: Callable[[Array], Array], head_fn: Callable[[Array], Array],
-                 load_images: Callable[[np.ndarray], np.ndarray], num_refs: int, *,
-                 key: Array, num_boundaries: int = DEFAULT_NUM_BOUNDARIES, batch_size: int = 64,
-                 piecewise_linear: bool | None = None, keep_features: bool = False,
-                 progress: bool = True, variant: str | RIVariant = DEFAULT_VARIANT):
-        self._setup(features_fn, head_fn, key=key, batch_size=batch_size, variant=variant)
+    def __init__(self, fns: ModelFns, streamed: StreamedReferences,
+                 load_images: Callable[[np.ndarray], np.ndarray]):
+        self.fns = fns
+        self.streamed = streamed
         self._load_images = load_images
-        self.streamed = stream_references(
-            features_fn, head_fn, load_images, num_refs, key=key, num_boundaries=num_boundaries,
-            batch_size=batch_size, piecewise_linear=piecewise_linear,
-            keep_features=keep_features, progress=progress)
-        s = self.streamed
-        first = np.asarray(load_images(np.zeros(1, np.int64)))
-        self.image_shape = first.shape[1:]
-        # The parent's methods read only the shape of ``feats``: a placeholder stands in.
-        feats = s.feats if s.feats is not None else jax.ShapeDtypeStruct(
-            (int(num_refs),) + tuple(s.boundaries.w.shape[1:]), jnp.float32)
-        self.reference_set = ReferenceSet(feats=feats, preds=s.preds,
-                                          boundary_refs=s.boundary_refs, boundaries=s.boundaries,
-                                          side_words=s.side_words)
-        self.num_boundaries = int(s.boundary_refs.shape[0])
+        self.reference_set = ReferenceSet(feats=streamed.feats, preds=streamed.preds,
+                                          boundary_refs=streamed.boundary_refs,
+                                          boundaries=streamed.boundaries,
+                                          side_words=streamed.side_words)
+        self.num_boundaries = int(streamed.boundary_refs.shape[0])
+        self.image_shape = np.asarray(load_images(np.zeros(1, np.int64))).shape[1:]
+        self.feature_spec = jax.ShapeDtypeStruct(tuple(streamed.boundaries.w.shape[1:]),
+                                                 jnp.float32)
 
-    def _pool_chunk_size(self, b: int) -> int:
-        """Inputs per chunk of per-input pools: their side words (Q·⌈N/32⌉ each) and normals
-        ≤ 256 MiB; every chunk reads all N ψ twice (``_reference_passes``)."""
-        q, n = self.num_boundaries, self.num_refs
-        per_input = q * (num_words(n) + int(np.prod(self.reference_set.feats.shape[1:])))
-        return max(1, min(b, _POOL_CHUNK_FLOATS // per_input))
+    @classmethod
+    def builder(cls, load_images: Callable[[np.ndarray], np.ndarray], num_refs: int, *,
+                keep_features: bool = False):
+        """The ``store`` argument of ``RepresentativeInterpreter`` that streams the N
+        references ``load_images`` reads (``keep_features``: keep every ψ)."""
+
+        def build(fns: ModelFns, references, *, key, num_boundaries, piecewise_linear,
+                  progress, **_) -> StreamedStore:
+            streamed = stream_references(
+                fns.features, fns.raw_head, load_images, num_refs, key=key,
+                num_boundaries=num_boundaries, batch_size=fns.batch_size,
+                piecewise_linear=piecewise_linear, keep_features=keep_features,
+                progress=progress)
+            return cls(fns, streamed, load_images)
+
+        return build
+
+    @property
+    def num_refs(self) -> int:
+        return int(self.streamed.preds.shape[0])
+
+    def features(self, indices) -> Array:
+        """ψ of references by index, any shape [...] → [..., h, w, c]: kept, or recomputed
+        from the images."""
+        idx = np.asarray(indices, np.int64)
+        flat = idx.ravel()
+        if self.streamed.feats is not None:
+            psi = jnp.asarray(self.streamed.feats)[flat]
+        else:
+            psi = in_batches(self.fns.features, np.asarray(self._load_images(flat)),
+                             self.fns.batch_size)
+        return psi.reshape(idx.shape + psi.shape[1:])
+
+    def solve_shared(self, side_words, x_sides, preds, delta, *, num_classes: int) -> GreedyResult:
+        """Algorithm 1 against the shared sample, as ``InMemoryStore.solve_shared``."""
+        return solve_classes(side_words, x_sides, self.streamed.preds, preds, delta,
+                             num_classes=num_classes, check=False)
+
+    def pool_floats_per_input(self) -> int:
+        """Floats one input's pool holds: its side words (Q·⌈N/32⌉) and Q normals; every
+        chunk reads all N ψ twice (``_reference_passes``)."""
+        return self.num_boundaries * (num_words(self.num_refs)
+                                      + int(np.prod(self.feature_spec.shape)))
 
     def _reference_passes(self, fn, chunk: int):
         """``fn(start, ψ [≤ chunk, h, w, c])`` over the references in side chunks of ``chunk``:
@@ -298,88 +334,85 @@ class StreamingInterpreter(RepresentativeInterpreter):
             if self.streamed.feats is not None:
                 psi = self.streamed.feats[start:stop]
             else:
-                size = self.batch_size
+                size = self.fns.batch_size
                 psi = jnp.concatenate([
-                    self._features_fn(pad_rows(np.asarray(self._load_images(
+                    self.fns.features(pad_rows(np.asarray(self._load_images(
                         np.arange(i, min(i + size, stop), dtype=np.int64))), size))[
                         :min(size, stop - i)] for i in range(start, stop, size)])
             fn(start, psi)
 
-    def _pool_chunk(self, feats, preds, keys, zero_delta: bool, chunk: int):
-        """The parent's chunk of per-input pools without ψ of every reference in memory.
+    def pool_sides(self, bounds: Boundaries) -> tuple[Array, None]:
+        """The references' packed sides of per-input boundaries in one pass over all N ψ.
 
-        The pool references' ψ are read (kept) or recomputed by index; the references' sides
-        against the chunk's B·Q boundaries take one pass over all N ψ, the Eq. 6 distances
-        on the selected boundaries a second one. Memory: the chunk's side words
-        [B, Q, ⌈N/32⌉] and distances [B, N], O(N·Q) per input; time: two passes over the
-        references per chunk (N forward passes each, unless ``keep_features``) and the
-        Q·N·D multiply-adds per input of each pass.
+        Args:
+          bounds: ``Boundaries(w [B, Q, h, w, c], b [B, Q])``.
+
+        Returns:
+          (uint32[B, Q, ⌈N/32⌉], None: the products are not kept, ``pool_distances`` makes
+          a second pass).
         """
-        q = self.num_boundaries
-        if feats.shape[0] != chunk:  # one compiled shape for every chunk
-            feats, preds, keys = repeat_last_row((feats, preds, keys), size=chunk)
-        pools, _ = draw_pools(self.reference_set.preds, preds, q, keys=keys)
-        pool_feats = self.reference_features(np.asarray(pools).ravel())
-        bounds, found = pool_boundaries(self._raw_head_fn, feats, preds,
-                                        pool_feats.reshape((chunk, q) + feats.shape[1:]),
-                                        max_steps=self.variant.max_search_steps,
-                                        tol=self.variant.search_tol)
         side_chunk = side_chunk_size(self.num_refs)
         words = []
         self._reference_passes(
             lambda start, psi: words.append(_chunk_sides(bounds, psi, side_chunk)[0]), side_chunk)
-        words = jnp.concatenate(words, axis=-1)
-        dots_x = jnp.einsum("bqhwc,bhwc->bq", bounds.w, feats,
-                            precision=jax.lax.Precision.HIGHEST)
-        x_sides = (dots_x + bounds.b) > 0
-        delta = jnp.zeros((chunk,), jnp.int32) if zero_delta else None
-        result, greedy = self._solve(words, x_sides, preds, delta)
+        return jnp.concatenate(words, axis=-1), None
+
+    def pool_distances(self, bounds: Boundaries, selected: Array, dots_x: Array,
+                       dots: None) -> Array:
+        """Eq. 6 distances float32[B, N] on the selected boundaries [B, Q], in a second pass
+        over all N ψ (``dots`` is ``pool_sides``'s None)."""
+        side_chunk = side_chunk_size(self.num_refs)
         distances = []
         self._reference_passes(
             lambda start, psi: distances.append(pool_distances(
-                result.selected, dots_x, _chunk_sides(bounds, psi, side_chunk)[1], bounds.w)),
+                selected, dots_x, _chunk_sides(bounds, psi, side_chunk)[1], bounds.w)),
             side_chunk)
-        return bounds, result, _diagnostics(
-            x_side=x_sides, pool=pools, num_selected_greedy=greedy,
-            search_steps=found.steps, search_converged=found.converged,
-            pool_w=bounds.w, pool_b=bounds.b), jnp.concatenate(distances, axis=-1)
+        return jnp.concatenate(distances, axis=-1)
 
-    def reference_features(self, indices) -> Array:
-        """ψ of references by index [k] → [k, h, w, c]: kept, or recomputed from the images."""
-        idx = np.asarray(indices, np.int64)
-        if self.streamed.feats is not None:
-            return jnp.asarray(self.streamed.feats)[idx]
-        return self._in_batches(self._features_fn, np.asarray(self._load_images(idx)))
+    def map_chunks(self, run, b: int, chunk: int, progress: bool):
+        """``interpreter.chunks_in_turn``: every chunk of inputs on this process."""
+        return chunks_in_turn(run, b, chunk, progress)
 
-    def interpret_batch(self, xs: Array, *, top_k: int = 5, keys: Array | None = None,
-                        progress: bool = False) -> Interpretation:
-        """Interprets normalised images xs [B, S, S, 3] (see ``RepresentativeInterpreter``).
-
-        ``keys`` and ``progress`` concern per-input pools, which a streamed set does not
-        support; they are accepted so that ``interpret`` and callers of the parent work.
-
-        Returns:
-          ``Interpretation`` with a leading batch axis B on every field.
-        """
-        xs = self._check_images(xs, "xs")
-        top_k = self._check_top_k(top_k)
-        feats = self._features(xs, "xs")
-        b, rows = feats.shape[0], bucket_size(feats.shape[0])
-        if rows != b:  # as the parent's interpret_features: one compilation per bucket
-            feats = repeat_last_row(feats, size=rows)
-        preds = self.predict_classes(feats)
-        bounds, result, diag, distances = self._solve_features(feats, preds, keys=keys,
-                                                               progress=progress)
-        out = _explain_streamed_batch(self.streamed, bounds, feats, preds, result, distances,
-                                      top_k=top_k, image_size=xs.shape[1])
-        out = out._replace(**{k: v for k, v in diag._asdict().items() if v is not None})
+    def explain(self, bounds: Boundaries, feats: Array, preds: Array, result: GreedyResult,
+                diagnostics: Diagnostics, distances: Array | None, *, top_k: int,
+                image_size: int) -> Interpretation:
+        """``Interpretation``s [B, ...] from the solve: Eq. 6 from the projections (shared
+        sample) or the pools' distances, then the similar references' heat maps drawn on
+        their ψ, recomputed for those shown only."""
+        out = _explain_streamed_batch(self.streamed, bounds, feats, preds, result, diagnostics,
+                                      distances, top_k=top_k, image_size=image_size)
         similar = np.asarray(out.similar)
         present = similar >= 0
         shown = np.unique(similar[present])
-        if shown.size:
-            psi = self.reference_features(shown)
-            where = np.searchsorted(shown, np.where(present, similar, shown[0]))
-            out = out._replace(similar_heatmaps=_draw_similar(
-                out.alphas, out.selected, psi[where], jnp.asarray(present),
-                image_size=xs.shape[1]))
-        return out if rows == b else first_rows(out, rows=b)
+        if not shown.size:
+            return out
+        psi = self.features(shown)
+        where = np.searchsorted(shown, np.where(present, similar, shown[0]))
+        return out._replace(similar_heatmaps=_draw_similar(
+            out.alphas, out.selected, psi[where], jnp.asarray(present), image_size=image_size))
+
+
+def streaming_interpreter(features_fn: Callable[[Array], Array],
+                          head_fn: Callable[[Array], Array],
+                          load_images: Callable[[np.ndarray], np.ndarray], num_refs: int, *,
+                          key: Array, num_boundaries: int = DEFAULT_NUM_BOUNDARIES,
+                          batch_size: int = 64, piecewise_linear: bool | None = None,
+                          keep_features: bool = False, progress: bool = True,
+                          variant: str | RIVariant = DEFAULT_VARIANT
+                          ) -> RepresentativeInterpreter:
+    """``RepresentativeInterpreter`` over a streamed reference set (``StreamedStore``).
+
+    Args:
+      features_fn, head_fn, key, num_boundaries, batch_size, piecewise_linear, progress,
+        variant: as in ``RepresentativeInterpreter``.
+      load_images: normalised reference images of int64 indices [k] → [k, S, S, 3].
+      num_refs: N.
+      keep_features: keep every ψ in memory (``StreamedReferences.feats``).
+
+    Returns:
+      ``RepresentativeInterpreter`` whose ``store`` is a ``StreamedStore``.
+    """
+    return RepresentativeInterpreter(
+        features_fn, head_fn, key=key, num_boundaries=num_boundaries, batch_size=batch_size,
+        piecewise_linear=piecewise_linear, progress=progress, variant=variant,
+        store=StreamedStore.builder(load_images, num_refs, keep_features=keep_features))

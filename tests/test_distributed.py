@@ -88,12 +88,13 @@ def test_one_process_distributed_interpreter_is_the_plain_one(tiny_model, varian
     args = (lambda x: fns.features(params, x), lambda p: fns.head(params, p), refs)
     kw = dict(key=jax.random.key(0), num_boundaries=6, batch_size=16, progress=False,
               variant=variant)
-    plain, mine = RepresentativeInterpreter(*args, **kw), dist.DistributedInterpreter(*args, **kw)
+    plain, mine = RepresentativeInterpreter(*args, **kw), dist.sharded_interpreter(*args, **kw)
     for a, b in zip(jax.tree.leaves(plain.reference_set), jax.tree.leaves(mine.reference_set)):
         np.testing.assert_array_equal(a, b)
     assert mine.num_boundaries == plain.num_boundaries
     xs = refs[:5]
-    for a, b in zip(plain.interpret_batch(xs, top_k=2), mine.interpret_batch(xs, top_k=2)):
+    for a, b in zip(jax.tree.leaves(plain.interpret_batch(xs, top_k=2)),
+                    jax.tree.leaves(mine.interpret_batch(xs, top_k=2))):
         np.testing.assert_array_equal(a, b)
 
 
@@ -176,10 +177,10 @@ def test_per_input_chunks_shared_between_processes_give_the_one_process_answer(t
     raw = np.random.default_rng(1).random((40, 32, 32, 3), dtype=np.float32)
     params = balanced(fns, params, raw)
     refs = fns.normalize(raw)
-    mine = dist.DistributedInterpreter(lambda x: fns.features(params, x),
-                                       lambda p: fns.head(params, p), refs,
-                                       key=jax.random.key(0), num_boundaries=6, batch_size=16,
-                                       progress=False, variant="authors")
+    mine = dist.sharded_interpreter(lambda x: fns.features(params, x),
+                                    lambda p: fns.head(params, p), refs,
+                                    key=jax.random.key(0), num_boundaries=6, batch_size=16,
+                                    progress=False, variant="authors")
     per_input = 6 * (int(np.prod(mine.reference_set.feats.shape[1:])) + 40)
     monkeypatch.setattr(interpreter_module, "_POOL_CHUNK_FLOATS", 2 * per_input)
     feats = mine.features(refs[:5])

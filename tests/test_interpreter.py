@@ -52,13 +52,18 @@ def setup():
     return fns, params, refs, others, interp
 
 
+def fields(interpretation: Interpretation) -> dict:
+    """Every array of an ``Interpretation`` by its path (``.heatmap``, ``.diagnostics.tau``)."""
+    return {jax.tree_util.keystr(path): value
+            for path, value in jax.tree_util.tree_leaves_with_path(interpretation)}
+
+
 def check_one(interp, r: Interpretation, psi_x, x_side):
     n = interp.num_refs
     refs = interp.reference_set
-    for name, value in r._asdict().items():
-        if value is None:  # pool_w / pool_b: the shared sample is in reference_set
-            continue
-        assert np.all(np.isfinite(value)) or name == "similar_distances", name
+    # pool_w / pool_b are None (the shared sample is in reference_set): not leaves.
+    for name, value in fields(r).items():
+        assert np.all(np.isfinite(value)) or name == ".similar_distances", name
     assert r.selected.shape == (Q,) and r.order.shape == (Q,) and r.covered.shape == (n,)
     assert r.alphas.shape == (Q, CONFIG.feature_shape[-1])
     assert r.heatmap.shape == (32, 32) and r.similar_heatmaps.shape == (TOP_K, 32, 32)
@@ -71,7 +76,7 @@ def check_one(interp, r: Interpretation, psi_x, x_side):
     same = np.asarray(refs.preds) == int(r.predicted_class)
     assert int(r.num_covered) == expected.sum()
     assert int(r.num_covered_other) == (expected & ~same).sum()
-    assert bool(r.reached) and int(r.delta) == int(r.tau)
+    assert bool(r.diagnostics.reached) and int(r.delta) == int(r.diagnostics.tau)
     # Ranking: covered first, ascending distance; the top-k are its head.
     k = int(r.num_covered)
     ranked = np.asarray(r.ranked)
@@ -112,24 +117,19 @@ def test_interpret_batch_agrees_and_does_not_retrace(setup):
     assert batch.selected.shape == (8, Q) and batch.heatmap.shape == (8, 32, 32)
     for i in range(8):
         single = interp.interpret(xs[i], top_k=TOP_K)
-        for name in Interpretation._fields:
-            if getattr(batch, name) is None:
-                continue
-            np.testing.assert_allclose(getattr(batch, name)[i], getattr(single, name),
-                                       rtol=1e-5, atol=1e-5, err_msg=name)
+        for (name, got), want in zip(fields(batch).items(), fields(single).values()):
+            np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5, err_msg=name)
     sizes = (solver._solve_classes._cache_size(), interpreter_module._explain_batch._cache_size(),
-             interp._features_fn._cache_size())
+             interp.fns.features._cache_size())
     interp.interpret_batch(jnp.concatenate([others[3:], refs[10:15]]), top_k=TOP_K)
     # Five inputs run in the bucket of eight (padded with copies, dropped again): their
     # rows of the batch, and no new compilation.
     five = interp.interpret_batch(xs[:5], top_k=TOP_K)
-    for name in Interpretation._fields:
-        if getattr(batch, name) is not None:
-            assert getattr(five, name).shape[0] == 5, name
-            np.testing.assert_allclose(getattr(five, name), getattr(batch, name)[:5],
-                                       rtol=1e-6, atol=1e-6, err_msg=name)
+    for (name, got), want in zip(fields(five).items(), fields(batch).values()):
+        assert got.shape[0] == 5, name
+        np.testing.assert_allclose(got, want[:5], rtol=1e-6, atol=1e-6, err_msg=name)
     assert (solver._solve_classes._cache_size(), interpreter_module._explain_batch._cache_size(),
-            interp._features_fn._cache_size()) == sizes
+            interp.fns.features._cache_size()) == sizes
 
 
 def test_class_count_is_the_heads_so_a_class_no_reference_has_reuses_the_solver():
@@ -191,7 +191,7 @@ def test_single_class_references_give_an_explicit_empty_polytope(variant):
                                            key=jax.random.key(0), num_boundaries=Q,
                                            is_features=True, progress=False, variant=variant)
         r = interp.interpret(fns.normalize(jnp.full((32, 32, 3), 0.5)), top_k=TOP_K)
-    assert bool(r.empty) and int(r.num_selected) == 0 and int(r.tau) == 0
+    assert bool(r.empty) and int(r.num_selected) == 0 and int(r.diagnostics.tau) == 0
     assert int(r.num_covered) == N_REFS and np.all(np.asarray(r.covered))
     np.testing.assert_array_equal(r.heatmap, 0.0)
     np.testing.assert_array_equal(r.similar_heatmaps, 0.0)
@@ -252,27 +252,27 @@ def test_authors_variant_pools_on_the_decision_boundary(setup, authors):
     preds = np.asarray(interp.predict_classes(feats))
     ref_preds = np.asarray(interp.reference_set.preds)
     for i in range(len(xs)):
-        pool = np.asarray(out.pool[i])
+        pool = np.asarray(out.diagnostics.pool[i])
         assert np.all(ref_preds[pool] != preds[i])  # drawn from D(x)
         w, b = np.asarray(out.pool_w[i]), np.asarray(out.pool_b[i])
         # Coverage is taken against x's own pool.
         ref_sides = np.einsum("qhwc,nhwc->qn", w, np.asarray(interp.reference_set.feats)) \
             + b[:, None] > 0
         x_side = np.einsum("qhwc,hwc->q", w, np.asarray(feats[i])) + b > 0
-        np.testing.assert_array_equal(out.x_side[i], x_side)
+        np.testing.assert_array_equal(out.diagnostics.x_side[i], x_side)
         sel = np.asarray(out.selected[i])
         expected = np.all(ref_sides[sel] == x_side[sel, None], axis=0)
         np.testing.assert_array_equal(out.covered[i], expected)
         assert int(out.delta[i]) == 0
-        assert int(out.num_selected[i]) <= int(out.num_selected_greedy[i])
+        assert int(out.num_selected[i]) <= int(out.diagnostics.num_selected_greedy[i])
         # Eq. 6 taken from the sides' products is Eq. 6 on x's own normals.
         distances = semantic_distance(w, sel, feats[i], interp.reference_set.feats)
         np.testing.assert_allclose(out.ranked_distances[i],
                                    np.asarray(distances)[np.asarray(out.ranked[i])],
                                    rtol=1e-5, atol=1e-5)
     # Points themselves are checked against a NumPy loop in test_boundaries.py.
-    assert np.all(np.asarray(out.search_steps) >= 1)
-    conv = np.asarray(out.search_converged)
+    assert np.all(np.asarray(out.diagnostics.search_steps) >= 1)
+    conv = np.asarray(out.diagnostics.search_converged)
     assert conv.mean() > 0.5
 
 
@@ -283,10 +283,10 @@ def test_loosen_step_never_changes_coverage(setup, authors):
     keys = jax.random.split(jax.random.key(9), len(xs))
     a = interp.interpret_batch(xs, top_k=TOP_K, keys=keys)
     b = unloosened.interpret_batch(xs, top_k=TOP_K, keys=keys)
-    np.testing.assert_array_equal(a.pool, b.pool)
+    np.testing.assert_array_equal(a.diagnostics.pool, b.diagnostics.pool)
     np.testing.assert_array_equal(a.covered, b.covered)
     np.testing.assert_array_equal(a.num_covered, b.num_covered)
-    np.testing.assert_array_equal(a.num_selected_greedy, b.num_selected)
+    np.testing.assert_array_equal(a.diagnostics.num_selected_greedy, b.num_selected)
     assert np.all(np.asarray(a.selected) <= np.asarray(b.selected))
     # The loosened order is the greedy's order without the dropped boundaries.
     for i in range(len(xs)):

@@ -146,7 +146,7 @@ def test_ri_summary_counts(protocol_ri):
     assert s["empty_polytopes"] == int(np.sum(d.num_selected == 0))
     assert s["boundaries_per_polytope"]["max"] == float(np.max(d.num_selected))
     assert s["references_covered"]["min"] == float(np.min(d.num_covered)) >= 1
-    assert s["tau"]["mean"] == pytest.approx(float(np.mean(d.tau)))
+    assert s["tau"]["mean"] == pytest.approx(float(np.mean(d.diagnostics.tau)))
 
 
 def test_a_registered_cam_method_runs_through_table1(protocol_model):

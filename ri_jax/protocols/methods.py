@@ -45,7 +45,6 @@ from ri_jax.baselines.gradcam_pp import gradcam_pp_weights_batch
 from ri_jax.baselines.scorecam import scorecam_weights_batch
 from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES, pool_keys
 from ri_jax.heatmaps import polytope_heatmap
-from ri_jax.distributed import representative_interpreter
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
 from ri_jax.metrics import centre_square_heatmap
 from ri_jax.model import Model
@@ -217,12 +216,14 @@ def make_interpreter(model: Model, ref_psi: np.ndarray, *, key: Array,
     Returns:
       ``RepresentativeInterpreter`` with ``is_features=True``.
     """
-    # One process: RepresentativeInterpreter; several: its sharded, bit-identical subclass.
-    return representative_interpreter(model.features,
-                                      model.head, ref_psi, key=key,
-                                      num_boundaries=num_boundaries, batch_size=batch_size,
-                                      is_features=True, piecewise_linear=True, progress=progress,
-                                      variant=variant)
+    store = None
+    if jax.process_count() > 1:  # the multi-process module only where there are processes
+        from ri_jax.distributed import ShardedStore
+        store = ShardedStore.builder()
+    return RepresentativeInterpreter(model.features, model.head, ref_psi, key=key,
+                                     num_boundaries=num_boundaries, batch_size=batch_size,
+                                     is_features=True, piecewise_linear=True,
+                                     progress=progress, variant=variant, store=store)
 
 
 def ri_interpretations(interpreter: RepresentativeInterpreter, model: Model, raw: np.ndarray, *,
@@ -372,13 +373,13 @@ def ri_diagnostics(ri: RIInterpretations, gradcam_alphas: np.ndarray | None = No
         gram = unit @ unit.T
         k = len(unit)
         across = float((gram.sum() - np.trace(gram)) / (k * (k - 1)))
-    steps = np.asarray(d.search_steps)
-    converged = np.asarray(d.search_converged, bool)
+    steps = np.asarray(d.diagnostics.search_steps)
+    converged = np.asarray(d.diagnostics.search_converged, bool)
     out = {"search_steps": {"mean": float(steps.mean()), "max": int(steps.max())},
            "searches": int(steps.size) if steps.max() > 0 else 0,
            "searches_not_converged": int(np.sum(~converged)),
            "not_converged_fallback": "the last point of Class(x) found by the search",
-           "boundaries_before_loosen": mean_min_max(d.num_selected_greedy),
+           "boundaries_before_loosen": mean_min_max(d.diagnostics.num_selected_greedy),
            "boundaries_after_loosen": mean_min_max(d.num_selected),
            "distinct_covered_sets": int(len(np.unique(np.asarray(d.covered, bool), axis=0))),
            "cosine_within_polytope": mean_min_max(within),
@@ -409,11 +410,11 @@ def ri_summary(ri: RIInterpretations, gradcam_alphas: np.ndarray | None = None) 
     return {"interpretations": int(len(d.selected)),
             "distinct_polytopes": distinct_polytopes(ri.regions),
             "empty_polytopes": int(np.sum(d.empty)),
-            "not_reached": int(np.sum(~np.asarray(d.reached))),
+            "not_reached": int(np.sum(~np.asarray(d.diagnostics.reached))),
             "boundaries_per_polytope": mean_min_max(d.num_selected),
             "references_covered": mean_min_max(d.num_covered),
             "other_class_covered": mean_min_max(d.num_covered_other),
-            "tau": mean_min_max(d.tau),
+            "tau": mean_min_max(d.diagnostics.tau),
             "diagnostics": ri_diagnostics(ri, gradcam_alphas)}
 
 
