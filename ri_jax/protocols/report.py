@@ -722,7 +722,7 @@ def model_section(record: dict, results: dict[str, dict], *, rel: str) -> list[s
     by_fill = {f: t for f, t in by_fill.items() if t is not None and "fill_prior" in t}
     if len(by_fill) > 1:
         lines += [line.replace("### ", "#### ", 1) for line in fills_verdict(by_fill)]
-        lines += [line.replace("### ", "#### ", 1) for line in measures_verdict(by_fill)]
+    lines += [line.replace("### ", "#### ", 1) for line in measures_verdict(by_fill)]
     t2 = results.get("table2")
     if t2 is not None:
         u = t2["unseen"]
