@@ -28,7 +28,10 @@ def compute(config: ModelConfig) -> dict[str, np.ndarray]:
         key=jax.random.key(1), num_boundaries=6, batch_size=8, progress=False, variant="paper")
     answer = interpreter.interpret_batch(xs[:5], top_k=3)
     arrays = {"psi": psi, "logits": fns.head(params, psi), "grads": grads}
-    arrays.update({f"answer_{name}": value for name, value in answer._asdict().items()
+    fields = {**answer._asdict(), **{f"diagnostics_{name}": value for name, value
+                                     in answer.diagnostics._asdict().items()}}
+    del fields["diagnostics"]
+    arrays.update({f"answer_{name}": value for name, value in fields.items()
                    if value is not None})  # pool_w, pool_b: None with the shared sample
     return {name: np.asarray(value) for name, value in arrays.items()}
 
