@@ -67,7 +67,7 @@ ACE_STEP_ARGS = {
 DRIVER_SETTINGS = {
     "full": {
         # The faithfulness measures (deletion / insertion, ROAD, AD / AI at 5–50 %) on the
-        # first 100 unseen images; the curves and ROAD do not depend on the fill, so the
+        # 100 unseen images spread over the set; the curves and ROAD do not depend on the fill, so the
         # other fills add only AD / AI at the keep fractions (--faithfulness keep).
         "interpret": ["--num-inputs", "4", "--html"],
         "table1": ["--runs", "5", "--faithfulness-images", "100"],
@@ -105,7 +105,7 @@ DEVIATIONS = {
              "table.",
              "Beside the paper's AD / AI at 20 %, Table 1 scores every method and control with "
              "deletion / insertion curves, ROAD and AD / AI at 5, 10, 20, 30 and 50 % kept, on "
-             "the first 100 unseen images (measures the paper does not use)."],
+             "100 unseen images evenly spaced over the set (measures the paper does not use)."],
     "quick": ["--quick: one run per table, 200 unseen images, 10 Figure 4 inputs with K ≤ 10, "
               "|Q| ∈ {1, 10, 50} for Figures 5–6, one case study, ACE on 2 Figure 4 inputs. "
               "A smoke test, not a result."],

@@ -33,7 +33,7 @@ Beside the paper's AD / AI at 20 % (--faithfulness all, the default): ``faithful
 weights)", …: the method computed at the unseen image itself), deletion / insertion AUCs
 (insertion from the blurred image and from the mean colour), ROAD (MoRF, LeRF and
 combined over --road-percentiles, pytorch-grad-cam's imputation) and AD / AI keeping 5, 10,
-20, 30 and 50 % under --fill, on the first --faithfulness-images unseen images, with the
+20, 30 and 50 % under --fill, on --faithfulness-images unseen images evenly spaced over the set, with the
 mean curves; ``faithfulness_curves.png`` plots them and ``table1.md`` ends with a verdict
 across the measures. --faithfulness keep scores only AD / AI at the keep fractions.
 
@@ -108,7 +108,8 @@ def add_faithfulness_args(p: argparse.ArgumentParser) -> None:
                         "AI at 5, 10, 20, 30, 50 %% kept; keep = only AD / AI at those fractions "
                         "(the part that depends on --fill); none")
     p.add_argument("--faithfulness-images", type=int, default=100,
-                   help="score the faithfulness measures on the first N unseen images (0 = all)")
+                   help="score the faithfulness measures on N unseen images evenly spaced over the set "
+                        "(0 = all)")
     p.add_argument("--curve-step", type=float, default=0.05,
                    help="largest share of pixels per deletion / insertion step")
     p.add_argument("--road-percentiles", default="10,30,50,70,90",

@@ -65,13 +65,16 @@ class FaithfulnessOptions:
     def enabled(self) -> bool:
         return self.measures != "none"
 
-    def subset(self, n: int) -> int:
-        """How many of ``n`` targets are scored."""
-        return n if self.images == 0 else min(self.images, n)
+    def targets(self, n: int) -> np.ndarray:
+        """Which of ``n`` targets are scored: ``images`` of them evenly spaced over the whole
+        set (all when 0), so a set stored class by class is scored on every class."""
+        k = n if self.images == 0 else min(self.images, n)
+        return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
 
     def describe(self) -> dict:
         """The options as written into a results file."""
-        return {"measures": self.measures, "images": self.images, "curve_step": self.step,
+        return {"measures": self.measures, "images": self.images,
+                "selection": "evenly spaced over the unseen set", "curve_step": self.step,
                 "keep_fractions": list(self.keep_fractions),
                 "road_percentiles": list(self.road_percentiles), "road_noise": self.road_noise,
                 "road_rule": "exact (the project's tie rule: exactly round((1 - p/100) S²) "
@@ -135,7 +138,7 @@ def evaluate_faithfulness(predict: Callable, normalize: Callable, raw: np.ndarra
                           heatmaps: np.ndarray, classes: np.ndarray, options: FaithfulnessOptions,
                           *, fill: str = "black", blur_sigma: float | None = None,
                           key: jax.Array | None = None) -> Faithfulness:
-    """Scores heat maps on the first ``options.subset(B)`` of their targets.
+    """Scores heat maps on ``options.targets(B)`` of their targets.
 
     Args:
       predict: ``predict(normalised [n, S, S, C]) -> logits`` (pass the same object every
@@ -153,9 +156,9 @@ def evaluate_faithfulness(predict: Callable, normalize: Callable, raw: np.ndarra
     """
     if not options.enabled:
         return Faithfulness(None, None, None)
-    n = options.subset(len(raw))
-    raw, heatmaps = np.asarray(raw[:n], np.float32), np.asarray(heatmaps[:n], np.float32)
-    classes = np.asarray(classes[:n], np.int32)
+    idx = options.targets(len(raw))
+    raw, heatmaps = np.asarray(raw[idx], np.float32), np.asarray(heatmaps[idx], np.float32)
+    classes = np.asarray(classes[idx], np.int32)
     common = dict(classes=classes, batch_size=options.batch_size)
     keep = F.keep_fraction_scores(predict, normalize, raw, heatmaps,
                                   fractions=options.keep_fractions, fill=fill,

@@ -538,7 +538,12 @@ def faithfulness_tables(t1: dict) -> list[str]:
         body = [[label] + [_measure_text(rows[n].get(m["key"]), fill_dependent) for m in measures]
                 for n, label in names]
         text += [intro, "", markdown_table(header, body)]
-    text += [f"On the first {cfg['images_scored']} unseen images, the same reused maps as AD / AI "
+    # Runs before the even spacing scored the first images in file order (one class, for a
+    # set stored class by class), and say so.
+    where = (f"{cfg['images_scored']} unseen images {cfg['selection']}" if cfg.get("selection")
+             else f"the first {cfg['images_scored']} unseen images in file order (for a data "
+                  "set stored class by class, images of its first classes only)")
+    text += [f"On {where}, the same reused maps as AD / AI "
              "(RI: the covering polytope's; the CAMs: the nearest centre's). Controls: Random, "
              "Centre square, and each method computed at the unseen image itself (own weights, "
              "no reuse; computed once). Mean ± std over runs.", ""]

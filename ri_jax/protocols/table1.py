@@ -26,7 +26,7 @@ default):
   * the fill's own class prior (``scoring.fill_prior_report``) on the unseen images.
 
 Faithfulness beyond AD / AI at 20 % (``config.faithfulness``, ``protocols.faithfulness``):
-on the first ``faithfulness.images`` unseen images, each method's reused maps (exactly
+on ``faithfulness.images`` unseen images evenly spaced over the set, each method's reused maps (exactly
 the maps AD / AI score: k-means inputs, then the covering polytope or the nearest centre),
 "Random", the deterministic controls and every method computed at the unseen image itself
 ("… (own weights)", no reuse, computed once; RI's with the first run's boundary key) get
@@ -70,7 +70,7 @@ class Table1Config:
         first, 0 = all); None leaves ACE out.
       inverse: also score every method's inverse (doubles the masked forward passes).
       faithfulness: deletion / insertion curves, ROAD and AD / AI at several keep fractions
-        of every heat-map method and control, on the first ``faithfulness.images`` unseen
+        of every heat-map method and control, on ``faithfulness.images`` evenly spaced unseen
         images (``protocols.faithfulness``); off by default.
     """
 
@@ -281,9 +281,9 @@ def _own_input_faithfulness(model: Model, ref_psi: np.ndarray, unseen_raw: np.nd
     RI's own polytope is built with the first run's boundary key; "Grad-CAM (own
     weights)" is a Table 1 control already and is scored by the caller.
     """
-    n = config.faithfulness.subset(len(unseen_raw))
-    raw, psi = unseen_raw[:n], unseen_features.psi[:n]
-    classes = unseen_features.predictions[:n]
+    idx = config.faithfulness.targets(len(unseen_raw))
+    raw, psi = unseen_raw[idx], unseen_features.psi[idx]
+    classes = unseen_features.predictions[idx]
     out = {}
     for method in methods.method_names():
         name = method + OWN_INPUT
@@ -294,7 +294,7 @@ def _own_input_faithfulness(model: Model, ref_psi: np.ndarray, unseen_raw: np.nd
                                        key=routing.protocol_keys(seed).boundaries).interpretations
         else:
             own = methods.cam_interpretations(method, model, raw, psi, classes)
-        maps = methods.interpretation_heatmaps(own, np.arange(n), psi, raw.shape[1])
+        maps = methods.interpretation_heatmaps(own, np.arange(len(idx)), psi, raw.shape[1])
         out[name] = _faithfulness(model, raw, maps, classes, config,
                                   key=jax.random.fold_in(jax.random.key(seed), 2))
     return out
