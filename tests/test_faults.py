@@ -5,7 +5,6 @@ Tiny data in tmp_path. Tests that need root (a tmpfs) or a second process skip w
 reason when the machine cannot run them."""
 
 import errno
-import json
 import os
 import signal
 import socket
