@@ -37,7 +37,8 @@ from PIL import Image
 from ri_jax.baselines.gradcam import gradcam_weights_batch
 from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES, check_head
 from ri_jax.boundaries import pool_keys
-from ri_jax.data import ImageSet, _to_square_rgb, decode_image, load_for_model, sample_per_class
+from ri_jax.data import (IMAGE_EXTENSIONS, ImageSet, _to_square_rgb, decode_image, load_for_model,
+                         sample_per_class)
 from ri_jax.errors import RIInputError
 from ri_jax.files import display_name
 from ri_jax.featurize import Features, compute_features
@@ -284,9 +285,6 @@ def choose_inputs(labels: np.ndarray, count: int, *, seed: int) -> np.ndarray:
     return np.asarray(alternating[:count], np.int64)
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
-
-
 def image_files(paths: Sequence[str | os.PathLike], name: str = "images") -> list[Path]:
     """Image files of ``paths``: files as given, folders searched recursively (sorted).
 
@@ -297,10 +295,10 @@ def image_files(paths: Sequence[str | os.PathLike], name: str = "images") -> lis
     for path in map(Path, paths):
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file()
-                           and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+                           and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
             if not found:
                 raise RIInputError(f"{name}: folder {path} holds no image file "
-                                   f"({', '.join(IMAGE_SUFFIXES)})")
+                                   f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
             files += found
         elif path.is_file():
             files.append(path)
