@@ -8,7 +8,7 @@ with the library's public functions:
   features   decode, resize, ψ and logits in batches (``ri_jax.featurize.compute_features``)
   boundaries Q boundaries by Eq. 2 (``ri_jax.boundaries.sample_boundaries``)
   sides      packed sides of the references, sides and class masks of the inputs
-  solve      Algorithm 1 for every input (``ri_jax.solver.solve_classes``)
+  solve      Algorithm 1 for every input (``ri_jax.solver._solve_classes``)
   explain    Eq. 6 ranking, channel weights and heat maps of each input and of its
              top-k similar references (``ri_jax.interpreter.explain``, vmapped in chunks)
 
@@ -33,13 +33,14 @@ import numpy as np
 from benchmarks.common import (DEFAULT_OUT, block, describe_machine, finish, format_table,
                                load_model, record)
 from benchmarks.bench_boundaries import EMBEDDED_SHAPE
-from ri_jax.boundaries import sample_boundaries, sample_indices, sides, sides_packed
+from ri_jax.boundaries import sample_boundaries, sample_indices, side_bits
 from ri_jax.data import load_dataset
 from ri_jax.featurize import compute_features
 from ri_jax.heatmaps import polytope_heatmap, ri_channel_weights
 from ri_jax.interpreter import ReferenceSet, explain
 from ri_jax.ranking import rank_covered, semantic_distance
-from ri_jax.solver import solve_classes, unpack_bits
+from ri_jax.solver import _solve_classes
+from ri_jax.bits import unpack_bits
 
 
 def _chunks(n: int, size: int):
@@ -77,13 +78,13 @@ def run_pipeline(model, args, *, seed: int) -> tuple[dict[str, float], dict[str,
 
     chosen, bounds = stage("boundaries", boundaries)
 
-    def side_bits():
-        return sides_packed(bounds, psi), sides(bounds, psi).T
+    def sides():
+        return side_bits(bounds, psi), side_bits(bounds, psi, packed=False).T
 
-    words, x_sides = stage("sides", side_bits)
+    words, x_sides = stage("sides", sides)
     n = psi.shape[0]
     classes = int(preds.max()) + 1
-    result = stage("solve", lambda: solve_classes(words, x_sides, preds, preds,
+    result = stage("solve", lambda: _solve_classes(words, x_sides, preds, preds,
                                                   num_classes=classes))
     refs = ReferenceSet(feats=psi, preds=preds, boundary_refs=chosen, boundaries=bounds,
                         side_words=words)

@@ -1,12 +1,12 @@
 """Algorithm 1: ri_jax's batched packed solver against the NumPy peer, and its scaling.
 
 Part 1 (comparison): a batch of inputs at one (|Q|, |R|), solved by
-``ri_jax.solver.solve_batch`` (end to end: packing the side matrix and the
+``ri_jax.solver._solve_batch`` (end to end: packing the side matrix and the
 class masks, building every match matrix, solving) and by
 ``benchmarks.peers.greedy_peer_batch`` (one input after another). Both must
 select the same boundaries in the same order before anything is timed.
 
-Part 2 (scaling): ``solve_batch`` over a grid of |Q| × |R| × batch, with time,
+Part 2 (scaling): ``_solve_batch`` over a grid of |Q| × |R| × batch, with time,
 memory and the fitted growth exponents of time in |Q|, |R| and the batch.
 
 Problems come from ``benchmarks.common.synthetic_problem`` (real Eq. 2
@@ -19,7 +19,7 @@ structure at any size.
 
 On a CPU the script asks XLA for one host device per usable core (unless
 ``XLA_FLAGS`` already sets ``--xla_force_host_platform_device_count``), so the
-``sharded_solve_batch`` rows split the batch over all cores.
+``_sharded_solve_batch`` rows split the batch over all cores.
 
 Times are wall-clock and CPU seconds (the machine may be shared; see the load in
 the JSON). The scaling table uses the best of the timed runs.
@@ -47,9 +47,10 @@ from benchmarks.common import (DEFAULT_OUT, block, describe_machine, finish, for
                                record, synthetic_problem, time_call)
 from benchmarks.peers import greedy_peer_batch
 from ri_jax import solver
-from ri_jax.sharding import (default_device_lanes, local_solve_batch, make_mesh,
-                             sharded_solve_batch, sharded_solve_classes)
-from ri_jax.solver import num_words, pack_bits, positive_words, solve_batch, solve_classes
+from ri_jax.sharding import make_mesh
+from ri_jax.solver import (_default_device_lanes, _local_solve_batch, _sharded_solve_batch,
+                           _sharded_solve_classes, _solve_batch, _solve_classes, positive_words)
+from ri_jax.bits import num_words, pack_bits
 
 GRID_Q = (10, 50, 100, 200)
 GRID_R = (1_000, 5_000, 20_000, 100_000)
@@ -60,31 +61,31 @@ DEFAULT_MAX_WORDS = 100_000_000
 
 
 def ours_vmapped(problem, num_refs: int):
-    """``ri_jax.solver.solve_batch`` from the unpacked side matrix to the selections."""
+    """``ri_jax.solver._solve_batch`` from the unpacked side matrix to the selections."""
     side_words = pack_bits(jnp.asarray(problem.sides))
     positive = positive_words(problem.ref_preds, problem.x_preds, num_classes=2)
-    return block(solve_batch(side_words, num_refs, jnp.asarray(problem.x_sides), positive))
+    return block(_solve_batch(side_words, num_refs, jnp.asarray(problem.x_sides), positive))
 
 
 def ours_classes(problem):
-    """``ri_jax.solver.solve_classes`` (what the interpreter runs) from the same start."""
+    """``ri_jax.solver._solve_classes`` (what the interpreter runs) from the same start."""
     side_words = pack_bits(jnp.asarray(problem.sides))
-    return block(solve_classes(side_words, jnp.asarray(problem.x_sides), problem.ref_preds,
+    return block(_solve_classes(side_words, jnp.asarray(problem.x_sides), problem.ref_preds,
                                problem.x_preds, num_classes=2))
 
 
 def ours_sharded_classes(problem, mesh):
-    """``ri_jax.sharding.sharded_solve_classes`` over every device, same start and end."""
+    """``ri_jax.sharding._sharded_solve_classes`` over every device, same start and end."""
     side_words = pack_bits(jnp.asarray(problem.sides))
-    return sharded_solve_classes(side_words, problem.x_sides, problem.ref_preds,
+    return _sharded_solve_classes(side_words, problem.x_sides, problem.ref_preds,
                                  problem.x_preds, num_classes=2, mesh=mesh)
 
 
 def ours_sharded(problem, num_refs: int, mesh, lanes="auto"):
-    """``ri_jax.sharding.sharded_solve_batch`` over every device, same start and end."""
+    """``ri_jax.sharding._sharded_solve_batch`` over every device, same start and end."""
     side_words = pack_bits(jnp.asarray(problem.sides))
     positive = positive_words(problem.ref_preds, problem.x_preds, num_classes=2)
-    return sharded_solve_batch(side_words, num_refs, problem.x_sides, positive, mesh=mesh,
+    return _sharded_solve_batch(side_words, num_refs, problem.x_sides, positive, mesh=mesh,
                                lanes=lanes)
 
 
@@ -106,13 +107,13 @@ def compare(args, rec) -> None:
     peer_wall = (time.perf_counter() - start) * b / peer_n
     peer_cpu = (time.process_time() - start_cpu) * b / peer_n
     solvers = {
-        "ri_jax.solver.solve_batch (one device)": lambda: ours_vmapped(problem, r),
-        "ri_jax.solver.solve_classes (one device, references grouped by class)":
+        "ri_jax.solver._solve_batch (one device)": lambda: ours_vmapped(problem, r),
+        "ri_jax.solver._solve_classes (one device, references grouped by class)":
             lambda: ours_classes(problem),
-        f"ri_jax.sharding.sharded_solve_batch ({mesh.size} device(s), "
-        f"{default_device_lanes(mesh)} lanes each)": lambda: ours_sharded(problem, r, mesh),
-        f"ri_jax.sharding.sharded_solve_classes ({mesh.size} device(s), "
-        f"{default_device_lanes(mesh)} lanes each)": lambda: ours_sharded_classes(problem, mesh),
+        f"ri_jax.sharding._sharded_solve_batch ({mesh.size} device(s), "
+        f"{_default_device_lanes(mesh)} lanes each)": lambda: ours_sharded(problem, r, mesh),
+        f"ri_jax.sharding._sharded_solve_classes ({mesh.size} device(s), "
+        f"{_default_device_lanes(mesh)} lanes each)": lambda: ours_sharded_classes(problem, mesh),
     }
     rows = []
     for label, fn in solvers.items():
@@ -172,7 +173,7 @@ SCALING_COLUMNS = ["Q", "R", "batch", "vmap_s", "sharded_s", "steps_max", "packe
 
 def scaling(args, rec) -> None:
     mesh = make_mesh()
-    lanes = default_device_lanes(mesh)
+    lanes = _default_device_lanes(mesh)
     rows, skipped = [], []
     print("  ".join(SCALING_COLUMNS), flush=True)
     for q, r in itertools.product(args.grid_q, args.grid_r):
@@ -190,21 +191,21 @@ def scaling(args, rec) -> None:
                                        == jnp.asarray(problem.x_preds[:b])[:, None]))
             x_sides = jnp.asarray(problem.x_sides[:b])
             words = problem.side_words
-            result = block(solve_batch(words, r, x_sides, positive))
-            vmapped = time_call(lambda: block(solve_batch(words, r, x_sides, positive)),
+            result = block(_solve_batch(words, r, x_sides, positive))
+            vmapped = time_call(lambda: block(_solve_batch(words, r, x_sides, positive)),
                                 repeat=args.repeat, warmup=0)
             host = (np.asarray(words), np.asarray(x_sides), np.asarray(positive))
-            sharded = time_call(lambda: sharded_solve_batch(*host[:1], r, *host[1:], mesh=mesh),
+            sharded = time_call(lambda: _sharded_solve_batch(*host[:1], r, *host[1:], mesh=mesh),
                                 repeat=args.repeat)
             steps = max(1, int(np.max(result.num_selected)))
             row = {"Q": q, "R": r, "batch": b, "vmap_s": vmapped["best"],
                    "sharded_s": sharded["best"], "steps_max": steps,
                    "packed_MiB": (4 * (words.size + positive.size) + x_sides.size) / 2**20,
-                   # solve_batch validates on the host and runs this jitted function.
-                   "xla_vmap_MiB": xla_memory(solver._solve_batch.lower(
+                   # _solve_batch validates on the host and runs this jitted function.
+                   "xla_vmap_MiB": xla_memory(solver._solve_batch_jit.lower(
                        words, jnp.int32(r), x_sides, positive, None)) / 2**20,
                    "xla_sharded_MiB": xla_memory(jax.jit(functools.partial(
-                       local_solve_batch, lanes=lanes)).lower(
+                       _local_solve_batch, lanes=lanes)).lower(
                        words, jnp.int32(r), x_sides, positive)) / 2**20,
                    "ns_per_word_step": 1e9 * vmapped["best"] / (b * q * num_words(r) * steps)}
             rows.append(row)
@@ -221,8 +222,8 @@ def scaling(args, rec) -> None:
     rec["skipped"] = skipped
     rec["exponents"] = exponents
     rec["notes"].append(
-        "scaling: vmap_s = ri_jax.solver.solve_batch, sharded_s = "
-        f"ri_jax.sharding.sharded_solve_batch ({lanes} lanes per device), each the best of "
+        "scaling: vmap_s = ri_jax.solver._solve_batch, sharded_s = "
+        f"ri_jax.sharding._sharded_solve_batch ({lanes} lanes per device), each the best of "
         f"{args.repeat} runs after a compile run, inputs already packed; xla_*_MiB = XLA's "
         "compiled memory analysis (arguments + outputs + temporaries), the peak device "
         "memory of the solve; packed_MiB = the packed side words, class masks and input "
@@ -255,7 +256,7 @@ def main(argv=None) -> None:
                    help="time the peer on this many inputs and extrapolate (default: all)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs of ours per cell")
     p.add_argument("--lanes", type=int, nargs="*", default=[0, 1, 8, 32, 64, 128],
-                   help="lanes (inputs in flight per device, sharded_solve_batch's lanes) "
+                   help="lanes (inputs in flight per device, _sharded_solve_batch's lanes) "
                         "to sweep (0 = the whole batch at once)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic problems")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling grid")

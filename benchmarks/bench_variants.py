@@ -11,7 +11,7 @@ Then the authors' per-input path stage by stage, with the library's own function
   features  ψ and classes of the inputs (both variants pay it)
   pools     drawing each pool from D(x), the boundary searches (``search_lanes``) and Eq. 2
   sides     the references' packed sides against every input's own Q boundaries, with the
-            products kept for Eq. 6 (``sides_packed_per_input(dots=True)``)
+            products kept for Eq. 6 (``side_bits(dots=True)``)
   solve     Algorithm 1 (δ = 0), the authors' extras and loosen step
   explain   Eq. 6 from the products, channel weights, heat maps (top-k references)
 
@@ -50,13 +50,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import HelpFormatter, DEFAULT_OUT, block, finish, format_table, record, time_call
-from ri_jax.boundaries import (draw_pools, pool_boundaries, pool_keys, sides_packed_per_input)
+from ri_jax.boundaries import (draw_pools, pool_boundaries, pool_keys, side_bits)
 from ri_jax.data import load_dataset
 from ri_jax.featurize import compute_features
 from ri_jax.interpreter import Diagnostics, RepresentativeInterpreter, _explain_batch
 from ri_jax.models.loading import load_model
 from ri_jax.ranking import pool_distances
-from ri_jax.solver import keep_adding_batch, loosen_batch, positive_words, solve_batch
+from ri_jax.solver import _keep_adding_batch, _loosen_batch, positive_words, _solve_batch
 from ri_jax.variants import VARIANT_NAMES, ri_variant
 
 # The issue's bound: the authors' variant at most this many times the paper's, per input.
@@ -159,15 +159,15 @@ def main(argv=None) -> dict:
 
     own, found = timed("authors", "pools (draw, search, Eq. 2)", pools)
     words, dots = timed("authors", "sides (and Eq. 6 products)",
-                        lambda: sides_packed_per_input(own, ref_feats, dots=True))
+                        lambda: side_bits(own, ref_feats, dots=True))
     dots_x = jnp.einsum("bqhwc,bhwc->bq", own.w, feats, precision="highest")
     x_sides = (dots_x + own.b) > 0
     positives = positive_words(ref_preds, preds, num_classes=authors.num_classes)
 
     def solve():
-        r = solve_batch(words, n, x_sides, positives, jnp.zeros((b,), jnp.int32))
-        r = keep_adding_batch(words, n, x_sides, positives, r)
-        kept = loosen_batch(words, n, x_sides, positives, r.selected)
+        r = _solve_batch(words, n, x_sides, positives, jnp.zeros((b,), jnp.int32))
+        r = _keep_adding_batch(words, n, x_sides, positives, r)
+        kept = _loosen_batch(words, n, x_sides, positives, r.selected)
         return r._replace(selected=kept.selected, num_selected=kept.num_selected)
 
     result = timed("authors", "solve (Algorithm 1, extras, loosen)", solve)

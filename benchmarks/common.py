@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ri_jax.boundaries import sample_boundaries, sample_indices, sides
+from ri_jax.boundaries import sample_boundaries, sample_indices, side_bits
 from ri_jax.checkpoint import json_default
 from ri_jax.files import atomic_write_text
 from ri_jax.provenance import code_version
-from ri_jax.solver import pack_bits
+from ri_jax.bits import pack_bits
 
 DEFAULT_OUT = Path(__file__).parent / "results"
 
@@ -210,11 +210,11 @@ def synthetic_problem(num_refs: int, num_boundaries: int, batch: int, *, key: ja
 
     chosen = sample_indices(num_refs, num_boundaries, key=jax.random.fold_in(key, 1))
     bounds = sample_boundaries(head, refs[chosen], piecewise_linear=True)
-    ref_sides = sides(bounds, refs)
+    ref_sides = side_bits(bounds, refs, packed=False)
     return SolverProblem(
         sides=np.asarray(ref_sides),
         side_words=block(pack_bits(ref_sides)),
-        x_sides=np.asarray(sides(bounds, inputs).T),
+        x_sides=np.asarray(side_bits(bounds, inputs, packed=False).T),
         ref_preds=np.asarray(jnp.argmax(head(refs), axis=1), np.int32),
         x_preds=np.asarray(jnp.argmax(head(inputs), axis=1), np.int32))
 

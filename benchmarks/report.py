@@ -94,7 +94,7 @@ def render(rec: dict) -> str:
         out.append(table(comp["rows"]))
         if rec.get("lanes_sweep"):
             out.append("\nLanes (inputs in flight per device, refilled as each stops; "
-                       "`sharded_solve_batch`'s `lanes`), same problem:\n\n"
+                       "`_sharded_solve_batch`'s `lanes`), same problem:\n\n"
                        + table(rec["lanes_sweep"]))
         if rec.get("rows"):
             out.append("\nScaling (seconds; memory in MiB):\n\n" + table(rec["rows"]))

@@ -6,14 +6,14 @@ images to printable, plottable interpretations in one call (``ri_jax.api``).
 """
 
 from ri_jax.api import Explanation, Explanations, explain
-from ri_jax.boundaries import Boundaries, sample_boundaries, sample_indices, sides, sides_packed
+from ri_jax.boundaries import Boundaries, sample_boundaries, sample_indices, side_bits
 from ri_jax.heatmaps import cam, polytope_heatmap, ri_channel_weights
 from ri_jax.interpreter import Diagnostics, Interpretation, RepresentativeInterpreter
 from ri_jax.model import Model
 from ri_jax.models.loading import load_model
 from ri_jax.ranking import rank_covered, semantic_distance
 from ri_jax.regions import DecisionRegions, covers, predict
-from ri_jax.solver import GreedyResult, pack_bits, solve_batch, solve_classes, solve_greedy, unpack_bits
+from ri_jax.solver import GreedyResult, solve
 
 __version__ = "0.1.0"
 
@@ -31,7 +31,6 @@ __all__ = [
     "covers",
     "explain",
     "load_model",
-    "pack_bits",
     "polytope_heatmap",
     "predict",
     "rank_covered",
@@ -39,10 +38,6 @@ __all__ = [
     "sample_boundaries",
     "sample_indices",
     "semantic_distance",
-    "sides",
-    "sides_packed",
-    "solve_batch",
-    "solve_classes",
-    "solve_greedy",
-    "unpack_bits",
+    "side_bits",
+    "solve",
 ]

@@ -35,8 +35,7 @@ import numpy as np
 from PIL import Image
 
 from ri_jax.baselines.gradcam import gradcam_weights_batch
-from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES, check_head
-from ri_jax.boundaries import pool_keys
+from ri_jax.boundaries import DEFAULT_NUM_BOUNDARIES, check_head, pool_keys
 from ri_jax.data import (IMAGE_EXTENSIONS, ImageSet, _to_square_rgb, decode_image, load_for_model,
                          sample_per_class)
 from ri_jax.errors import RIInputError
@@ -47,6 +46,7 @@ from ri_jax.html_report import explanations_report, write_report
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
 from ri_jax.model import Model, softmax
 from ri_jax.models.loading import load_model
+from ri_jax.regions import covered_by_class
 from ri_jax.variants import RIVariant
 from ri_jax.plots import (DISTANCE_NOTE, HEATMAP_NOTE, MISCLASSIFIED_NOTE, Cell, image_grid,
                           interpretation_figure, polytope_description)
@@ -541,10 +541,8 @@ def explanations_from(model: Model, res: Interpretation, raw: np.ndarray, source
             predicted_class=classes[in_pred[b]], probability=float(in_probs[b, in_pred[b]]),
             num_boundaries=int(res.num_selected[b]), num_sampled=int(res.selected.shape[1]),
             num_references=len(refs), num_covered=int(res.num_covered[b]),
-            covered_predicted={c: int(np.sum(covered & (ref_preds == k)))
-                               for k, c in enumerate(classes)},
-            covered_labels={c: int(np.sum(covered & (refs.labels == k)))
-                            for k, c in enumerate(classes)},
+            covered_predicted=covered_by_class(covered, ref_preds, classes),
+            covered_labels=covered_by_class(covered, refs.labels, classes),
             delta=int(res.delta[b]), heatmap=np.asarray(res.heatmap[b]),
             gradcam_heatmap=gradcam[b, 0],
             similar=tuple(Reference(

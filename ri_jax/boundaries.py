@@ -36,8 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ri_jax.bits import WORD_BITS, num_words, pack_bits, valid_words
 from ri_jax.errors import all_finite
-from ri_jax.solver import WORD_BITS, num_words, pack_bits, valid_words
+from ri_jax.sharding import batch_spec, padded_size, replicate, shard_batch, to_host
 
 Array = jax.Array
 
@@ -286,36 +287,16 @@ def _map_feature_chunks(fn, w_flat, b, flat, chunk):
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *parts)
 
 
-def sides(boundaries: Boundaries, feats: Array, *, chunk_size: int = 1024) -> Array:
-    """Side of every feature map for every boundary: ⟨W_h, ψ_n⟩ + b_h > 0.
-
-    Args:
-      boundaries: ``Boundaries(w [Q, *feat_shape], b [Q])``.
-      feats: [N, *feat_shape].
-      chunk_size: feature maps per matmul (rounded up to a multiple of 32); the last chunk is
-        padded so every chunk reuses one compiled kernel.
-
-    Returns:
-      bool[Q, N].
-    """
+def _sides(boundaries: Boundaries, feats: Array, *, chunk_size: int = 1024) -> Array:
+    """bool[Q, N] sides of N feature maps against Q boundaries, in padded chunks of maps
+    (every chunk reuses one compiled kernel)."""
     w_flat, b, flat, chunk = _check_sides_args(boundaries, feats, chunk_size)
     return _map_feature_chunks(_side_chunk, w_flat, b, flat, chunk)[:, :flat.shape[0]]
 
 
-def sides_packed(boundaries: Boundaries, feats: Array, *, chunk_size: int = 1024) -> Array:
-    """``sides`` packed along the feature maps (see ``ri_jax.solver.pack_bits``).
-
-    Each chunk (a multiple of 32 feature maps) is packed as soon as it is computed, so the
-    memory held is the packed words, Q·⌈N/32⌉ uint32, plus one chunk of bools.
-
-    Args:
-      boundaries: ``Boundaries(w [Q, *feat_shape], b [Q])``.
-      feats: [N, *feat_shape].
-      chunk_size: as in ``sides``.
-
-    Returns:
-      uint32[Q, ⌈N/32⌉], padding bits zero.
-    """
+def _sides_packed(boundaries: Boundaries, feats: Array, *, chunk_size: int = 1024) -> Array:
+    """``_sides`` packed, uint32[Q, ⌈N/32⌉]: each chunk (a multiple of 32 maps) is packed as
+    soon as it is computed, so the memory held is the words plus one chunk of bools."""
     w_flat, b, flat, chunk = _check_sides_args(boundaries, feats, chunk_size)
     words = _map_feature_chunks(_side_chunk_packed, w_flat, b, flat, chunk)
     n = flat.shape[0]
@@ -323,41 +304,89 @@ def sides_packed(boundaries: Boundaries, feats: Array, *, chunk_size: int = 1024
     return words[:, :num_words(n)] & valid_words(n, num_words(n))
 
 
-def sides_packed_per_input(boundaries: Boundaries, feats: Array, *, chunk_size: int = 1024,
-                           dots: bool = False) -> Array | tuple[Array, Array]:
-    """Packed sides of N feature maps against each input's own boundaries.
+def _sides_and_dots(boundaries: Boundaries, feats: Array, *,
+                    chunk_size: int = 1024) -> tuple[Array, Array]:
+    """``_sides_packed`` and the products ⟨W_h, ψ_n⟩ they were taken from, float32[Q, N]."""
+    w_flat, b, flat, chunk = _check_sides_args(boundaries, feats, chunk_size)
+    words, products = _map_feature_chunks(_side_chunk_dots, w_flat, b, flat, chunk)
+    n = flat.shape[0]
+    return words[:, :num_words(n)] & valid_words(n, num_words(n)), products[:, :n]
 
-    All B·Q normals go through one [B·Q, D] × [D, chunk] product per chunk of feature
-    maps: the Q·N·D multiply-adds per input that the sides cost at least.
+
+@functools.partial(jax.jit, static_argnames=("mesh", "packed"))
+def _sharded_side_kernel(w_flat: Array, b: Array, feats_flat: Array, mesh, packed: bool) -> Array:
+    from jax.sharding import PartitionSpec
+    spec = batch_spec(mesh)
+
+    def local(w_flat, b, feats_flat):
+        side = _side_chunk(w_flat, b, feats_flat)  # the one-device rule and precision
+        return pack_bits(side) if packed else side
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(), spec),
+                         out_specs=PartitionSpec(None, *spec))(w_flat, b, feats_flat)
+
+
+def _sharded_sides(boundaries: Boundaries, feats, mesh, packed: bool) -> np.ndarray:
+    """``_sides`` / ``_sides_packed`` with the feature maps split over ``mesh``'s devices.
+
+    Each device packs whole words (its share is padded to a multiple of 32 maps), so the
+    per-device words concatenate into the global packing; padding bits are cleared.
+    Returns a host array.
+    """
+    w_flat, b, flat, _ = _check_sides_args(boundaries, feats, 1)
+    flat = np.asarray(flat)
+    if not np.all(np.isfinite(flat)):
+        raise ValueError("feats: expected finite floating feature maps")
+    n = flat.shape[0]
+    size = padded_size(n, mesh, granule=WORD_BITS if packed else 1)
+    out = to_host(_sharded_side_kernel(replicate(w_flat, mesh), replicate(b, mesh),
+                                       shard_batch(flat, mesh, size=size), mesh, packed))
+    if not packed:
+        return out[:, :n]
+    return out[:, :num_words(n)] & np.asarray(valid_words(n, num_words(n)))
+
+
+def side_bits(boundaries: Boundaries, feats: Array, *, packed: bool = True, dots: bool = False,
+              mesh=None, chunk_size: int = 1024):
+    """The side of every feature map for every boundary, ⟨W_h, ψ_n⟩ + b_h > 0 (§4.1).
+
+    The one function for side bits: against one shared sample (``b`` [Q]) or against each
+    input's own pool (``b`` [B, Q]: all B·Q normals go through one [B·Q, D] × [D, chunk]
+    product per chunk of maps, the Q·N·D multiply-adds per input the sides cost at least),
+    packed along the maps or not, on one device or split over the devices of ``mesh``.
 
     Args:
-      boundaries: ``Boundaries(w [B, Q, *feat_shape], b [B, Q])``, one pool per input.
-      feats: [N, *feat_shape].
-      chunk_size: feature maps per matmul, as in ``sides``.
-      dots: also return the products ⟨W_h, ψ_n⟩ the sides were taken from, so Eq. 6
-        (``ranking.pool_distances``) needs no second pass over the feature maps.
+      boundaries: ``Boundaries(w [Q, *feat_shape], b [Q])`` or, one pool per input,
+        ``Boundaries(w [B, Q, *feat_shape], b [B, Q])``.
+      feats: [N, *feat_shape] feature maps.
+      packed: pack the bits along the N maps (``ri_jax.bits.pack_bits``), padding bits zero.
+      dots: also return the products ⟨W_h, ψ_n⟩ the bits were taken from, so Eq. 6
+        (``ranking.pool_distances``) needs no second pass over the maps (packed, one device).
+      mesh: a ``jax.sharding.Mesh``: split the maps over its devices (a host array back).
+      chunk_size: maps per matmul on one device (rounded up to a multiple of 32; the last
+        chunk is zero-padded so every chunk reuses one compiled kernel).
 
     Returns:
-      uint32[B, Q, ⌈N/32⌉]; with ``dots``, (that, float32[B, Q, N]). Memory: the outputs
-      plus one [B·Q, chunk] block of bools and float products; call it on chunks of
-      inputs to bound B.
+      bool[*lead, N], or packed uint32[*lead, ⌈N/32⌉], where ``lead`` is ``b``'s shape;
+      with ``dots``, (that, float32[*lead, N]).
     """
     w, b = jnp.asarray(boundaries.w), jnp.asarray(boundaries.b)
-    if w.ndim < 3 or b.shape != w.shape[:2]:
-        raise ValueError(f"boundaries: expected w [B, Q, *feat_shape] and b [B, Q], got "
-                         f"{w.shape} and {b.shape}")
-    bq = w.shape[0] * w.shape[1]
-    flat = Boundaries(w.reshape((bq,) + w.shape[2:]), b.reshape(bq))
-    if not dots:
-        words = sides_packed(flat, feats, chunk_size=chunk_size)
-        return words.reshape(w.shape[:2] + words.shape[1:])
-    w_flat, b_flat, feats_flat, chunk = _check_sides_args(flat, feats, chunk_size)
-    words, products = _map_feature_chunks(_side_chunk_dots, w_flat, b_flat, feats_flat, chunk)
-    n = feats_flat.shape[0]
-    # Bits of zero-padded feature maps may be set (b > 0): clear the padding bits.
-    words = words[:, :num_words(n)] & valid_words(n, num_words(n))
-    return (words.reshape(w.shape[:2] + words.shape[1:]),
-            products[:, :n].reshape(w.shape[:2] + (n,)))
+    if b.ndim not in (1, 2) or w.ndim < b.ndim + 1 or w.shape[:b.ndim] != b.shape:
+        raise ValueError(f"boundaries: expected w [Q, *feat_shape] and b [Q], or w [B, Q, "
+                         f"*feat_shape] and b [B, Q], got {w.shape} and {b.shape}")
+    lead = b.shape
+    flat = Boundaries(w.reshape((-1,) + w.shape[b.ndim:]), b.reshape(-1))
+    if dots and (mesh is not None or not packed):
+        raise ValueError("dots: the products come with packed bits on one device "
+                         "(packed=True, mesh=None)")
+    if dots:
+        words, products = _sides_and_dots(flat, feats, chunk_size=chunk_size)
+        return words.reshape(lead + words.shape[1:]), products.reshape(lead + products.shape[1:])
+    if mesh is not None:
+        out = _sharded_sides(flat, feats, mesh, packed)
+    else:
+        out = (_sides_packed if packed else _sides)(flat, feats, chunk_size=chunk_size)
+    return out.reshape(lead + out.shape[1:])
 
 
 class BoundaryPoints(NamedTuple):

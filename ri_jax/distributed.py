@@ -11,9 +11,9 @@ process runs the same program on the same arguments. What each one does:
   platform-independent), the sample's ψ are on every process after the gather,
   process 0's Eq. 2 result is broadcast (``broadcast_one_to_all``) so all
   processes hold its exact bits even on hosts whose CPUs compile differently;
-* **packed sides**: split into the same word-aligned chunks ``boundaries.sides``
+* **packed sides**: split into the same word-aligned chunks ``boundaries.side_bits``
   uses in one process, each process packs its chunks, the words are gathered;
-* **solve**: ``sharding.sharded_solve_classes`` over a mesh of every device of every
+* **solve**: ``solver.solve(mesh=...)`` over a mesh of every device of every
   process (integer arithmetic only, so any split gives the same answer);
 * **per-input pools** (the authors' variant): each process runs its share of the
   interpreter's whole chunks of inputs (search, Eq. 2, sides, solve), gathered;
@@ -41,15 +41,15 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, sample_boundaries,
-                               sample_indices, sides)
+                               sample_indices, side_bits)
 from ri_jax.buckets import pad_rows
 from ri_jax.data import ImageSet
 from ri_jax.featurize import Features, compute_features
 from ri_jax.interpreter import (InMemoryStore, ModelFns, ReferenceSet, RepresentativeInterpreter,
                                 chunks_in_turn)
 from ri_jax.model import Model
-from ri_jax.sharding import make_mesh, sharded_solve_classes
-from ri_jax.solver import WORD_BITS, GreedyResult, pack_bits
+from ri_jax.sharding import make_mesh
+from ri_jax.bits import WORD_BITS, num_words, valid_words
 
 Array = jax.Array
 
@@ -67,7 +67,7 @@ REMOTE_JOIN_TIMEOUT_S = 300.0
 _JAX_TIMEOUT_MARGIN_S = 60
 # Exit status of a process that could not join (the scripts' usage-error status).
 USAGE_EXIT = 2
-# Rows per ``boundaries.sides`` matmul, the chunk its one-process call uses.
+# Rows per ``boundaries.side_bits`` matmul, the chunk its one-process call uses.
 SIDE_CHUNK = 1024
 
 
@@ -360,17 +360,17 @@ def distributed_features(model: Model, images: ImageSet,
 
 
 def side_chunk_size(num_refs: int) -> int:
-    """Width of ``boundaries.sides``'s matmuls for ``num_refs`` feature maps (its own rule)."""
+    """Width of ``boundaries.side_bits``'s matmuls for ``num_refs`` feature maps (its own rule)."""
     return min(-(-SIDE_CHUNK // WORD_BITS), -(-int(num_refs) // WORD_BITS)) * WORD_BITS
 
 
-def chunk_sides_packed(boundaries: Boundaries, feats: np.ndarray, chunk: int) -> np.ndarray:
+def _chunk_side_bits(boundaries: Boundaries, feats: np.ndarray, chunk: int) -> np.ndarray:
     """Packed sides of consecutive feature maps, with the matmul shape of a longer call.
 
     ``feats`` is a run of whole ``chunk``-sized pieces of a longer reference set (the
     last one may be short): each piece is zero-padded to ``chunk`` and goes through one
-    ``sides(..., chunk_size=chunk)`` matmul, exactly as inside the longer call, so the
-    bits are those of ``sides_packed(boundaries, longer)`` for these references.
+    ``side_bits(..., chunk_size=chunk)`` matmul, exactly as inside the longer call, so the
+    bits are those of ``side_bits(boundaries, longer)`` for these references.
 
     Args:
       boundaries: ``Boundaries(w [Q, *feat_shape], b [Q])``.
@@ -383,7 +383,8 @@ def chunk_sides_packed(boundaries: Boundaries, feats: np.ndarray, chunk: int) ->
     m = feats.shape[0]
     padded = -(-m // chunk) * chunk
     feats = np.pad(np.asarray(feats), [(0, padded - m)] + [(0, 0)] * (feats.ndim - 1))
-    return np.asarray(pack_bits(sides(boundaries, feats, chunk_size=chunk)[:, :m]))
+    words = side_bits(boundaries, feats, chunk_size=chunk)[:, :num_words(m)]
+    return np.asarray(words & valid_words(m, num_words(m)))
 
 
 def shared_boundaries(head_fn: Callable[[Array], Array], feats: np.ndarray, *, key: Array,
@@ -417,8 +418,8 @@ def from_main_process(tree: Any) -> Any:
     return jax.tree.map(jnp.asarray, multihost_utils.broadcast_one_to_all(jax.device_get(tree)))
 
 
-def distributed_sides_packed(boundaries: Boundaries, feats: np.ndarray) -> np.ndarray:
-    """``boundaries.sides_packed(boundaries, feats)``, its chunks split over the processes.
+def _distributed_side_bits(boundaries: Boundaries, feats: np.ndarray) -> np.ndarray:
+    """``boundaries.side_bits(boundaries, feats)``, its chunks split over the processes.
 
     Returns:
       uint32[Q, ⌈N/32⌉], identical on every process and to the one-process call.
@@ -427,7 +428,7 @@ def distributed_sides_packed(boundaries: Boundaries, feats: np.ndarray) -> np.nd
     chunk = side_chunk_size(n)
     start, stop = share_range(n, chunk)
     q = boundaries.w.shape[0]
-    local = (chunk_sides_packed(boundaries, feats[start:stop], chunk) if stop > start
+    local = (_chunk_side_bits(boundaries, feats[start:stop], chunk) if stop > start
              else np.zeros((q, 0), np.uint32))
     # Shares start on multiples of 32 references, so their words concatenate.
     return gather_shares(local.T, -(-n // WORD_BITS), chunk // WORD_BITS).T
@@ -462,11 +463,11 @@ def sharded_reference_features(fns: ModelFns, images: Array, progress: bool) -> 
 def sharded_sample(fns: ModelFns, feats: Array, preds: Array, *, key: Array,
                    num_boundaries: int, piecewise_linear: bool | None) -> ReferenceSet:
     """``interpreter.shared_sample`` with process 0's boundaries (``shared_boundaries``) and
-    the packed sides split between processes (``distributed_sides_packed``)."""
+    the packed sides split between processes (``_distributed_side_bits``)."""
     chosen, bounds = shared_boundaries(fns.raw_head, feats, key=key,
                                        num_boundaries=num_boundaries,
                                        piecewise_linear=piecewise_linear)
-    words = distributed_sides_packed(bounds, np.asarray(feats))
+    words = _distributed_side_bits(bounds, np.asarray(feats))
     return ReferenceSet(feats=feats, preds=preds, boundary_refs=chosen, boundaries=bounds,
                         side_words=jnp.asarray(words))
 
@@ -478,7 +479,7 @@ class ShardedStore:
     Reference feature maps are computed in per-process shares of whole batches and
     gathered (or given, ``is_features``, the same on every process). With the shared
     sample the boundaries come from ``shared_boundaries``, the packed sides from
-    ``distributed_sides_packed``, and every batched solve is sharded over ``mesh``. With
+    ``_distributed_side_bits``, and every batched solve is sharded over ``mesh``. With
     per-input pools (the authors' variant) each process runs its share of whole chunks of
     inputs, exactly the one-process chunks (search, Eq. 2, sides, solve, Eq. 6), and the
     answers are gathered. Explanations, heat maps and regions run on every process (the
@@ -518,14 +519,6 @@ class ShardedStore:
 
     def features(self, indices: Array) -> Array:
         return self.local.features(indices)
-
-    def solve_shared(self, side_words, x_sides, preds, delta, *, num_classes: int) -> GreedyResult:
-        """Algorithm 1 against the shared sample, sharded over the mesh (the classes come
-        from the head and the interpreter's checks, as in ``InMemoryStore``)."""
-        result = sharded_solve_classes(side_words, x_sides, self.reference_set.preds, preds,
-                                       delta, num_classes=num_classes, mesh=self.mesh,
-                                       check=False)
-        return GreedyResult(*(jnp.asarray(f) for f in result))
 
     def pool_floats_per_input(self) -> int:
         return self.local.pool_floats_per_input()

@@ -75,7 +75,7 @@ def ri_channel_weights(w: Array, b: Array, psi_x: Array) -> Array:
 
     Returns:
       [Q, c]: α_{h,k} = spatial mean of s_h W_h^k with s_h = sign so that ⟨s_h W_h, ψ(x)⟩ + s_h b_h > 0
-      (s_h = −1 when x lies exactly on the boundary, matching ``boundaries.sides``, which puts
+      (s_h = −1 when x lies exactly on the boundary, matching ``boundaries.side_bits``, which puts
       such points on the negative side, so α always points into x's polytope).
     """
     side = jnp.einsum("qhwc,hwc->q", w, psi_x, precision=jax.lax.Precision.HIGHEST) + b

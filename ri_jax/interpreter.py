@@ -25,16 +25,16 @@ from tqdm.auto import tqdm
 
 from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, cap_num_boundaries,
                                check_head, draw_pools, is_piecewise_linear, pool_boundaries,
-                               pool_keys, sample_boundaries, sample_indices, sides, sides_packed,
-                               sides_packed_per_input, warn_not_piecewise_linear)
+                               pool_keys, sample_boundaries, sample_indices, side_bits,
+                               warn_not_piecewise_linear)
 from ri_jax.buckets import bucket_size, first_rows, pad_rows, repeat_last_row
 from ri_jax.errors import all_finite
 from ri_jax.heatmaps import polytope_heatmap, ri_channel_weights
 from ri_jax.model import Model
 from ri_jax.ranking import pool_distances, rank_covered, semantic_distance
 from ri_jax.regions import DecisionRegions
-from ri_jax.solver import (GreedyResult, keep_adding_batch, loosen_batch, popcount,
-                           positive_words, solve_batch, solve_classes, unpack_bits)
+from ri_jax.solver import GreedyResult, solve
+from ri_jax.bits import popcount, unpack_bits
 from ri_jax.variants import DEFAULT_VARIANT, RIVariant, ri_variant
 
 Array = jax.Array
@@ -405,7 +405,7 @@ def shared_sample(fns: ModelFns, feats: Array, preds: Array, *, key: Array,
     chosen = sample_indices(feats.shape[0], num_boundaries, key=key)
     bounds = sample_boundaries(fns.raw_head, feats[chosen], piecewise_linear=piecewise_linear)
     return ReferenceSet(feats=feats, preds=preds, boundary_refs=chosen, boundaries=bounds,
-                        side_words=sides_packed(bounds, feats))
+                        side_words=side_bits(bounds, feats))
 
 
 def reference_set_from(fns: ModelFns, references: Array, *, key: Array, num_boundaries: int,
@@ -452,8 +452,9 @@ class InMemoryStore:
     """A reference store holding every reference's ψ on this process (the default).
 
     Every reference store offers what this one does (duck-typed, no common base):
-    ``reference_set``, ``num_boundaries``, ``image_shape``, ``feature_spec``, and the
-    methods ``features``, ``solve_shared``, ``pool_floats_per_input``, ``pool_sides``,
+    ``reference_set``, ``num_boundaries``, ``image_shape``, ``feature_spec``, ``mesh`` (the
+    devices the shared sample's solve is split over, or None), and the methods
+    ``features``, ``pool_floats_per_input``, ``pool_sides``,
     ``pool_distances``, ``map_chunks`` and ``explain``.
 
     Args:
@@ -470,6 +471,7 @@ class InMemoryStore:
         self.reference_set = reference_set
         self.num_boundaries = num_boundaries
         self.image_shape = image_shape
+        self.mesh = None  # one device: the solve is not split
         feats = reference_set.feats
         self.feature_spec = jax.ShapeDtypeStruct(feats.shape[1:], feats.dtype)
 
@@ -490,17 +492,6 @@ class InMemoryStore:
         """ψ of references by index, any shape [...] → [..., h, w, c]."""
         return self.reference_set.feats[indices]
 
-    def solve_shared(self, side_words, x_sides, preds, delta, *, num_classes: int) -> GreedyResult:
-        """Algorithm 1 against the shared sample; ``solve_classes`` regroups the references
-        by class.
-
-        The arrays are valid by construction (the references' classes come from the head,
-        the inputs' were checked by the interpreter), so ``check=False``: no batch waits on
-        a host-side check of all N classes again.
-        """
-        return solve_classes(side_words, x_sides, self.reference_set.preds, preds, delta,
-                             num_classes=num_classes, check=False)
-
     def pool_floats_per_input(self) -> int:
         """Floats one input's pool holds: its Q normals and its Q·N products."""
         n = self.reference_set.preds.shape[0]
@@ -517,7 +508,7 @@ class InMemoryStore:
         Returns:
           (uint32[B, Q, ⌈N/32⌉], float32[B, Q, N] products for ``pool_distances``).
         """
-        return sides_packed_per_input(bounds, self.reference_set.feats, dots=True)
+        return side_bits(bounds, self.reference_set.feats, dots=True)
 
     def pool_distances(self, bounds: Boundaries, selected: Array, dots_x: Array,
                        dots: Array) -> Array:
@@ -719,36 +710,20 @@ class RepresentativeInterpreter:
         delta = jnp.zeros((b,), jnp.int32) if self.variant.delta == "zero" else None
         if self.variant.sampling == "shared":
             refs = self.reference_set
-            x_sides = sides(refs.boundaries, feats).T
+            x_sides = side_bits(refs.boundaries, feats, packed=False).T
             result, greedy = self._solve(refs.side_words, x_sides, preds, delta)
             return (refs.boundaries, result,
                     shared_diagnostics(refs.boundary_refs, x_sides, result, greedy), None)
         return self._solve_pools(feats, preds, self._keys(keys, b), delta, progress)
 
     def _solve(self, side_words, x_sides, preds, delta):
-        """Algorithm 1, the authors' extras and the loosen step as the variant asks.
-
-        ``side_words`` is the shared [Q, W] matrix or [B, Q, W] per-input pools; only the
-        pools, the extras and the loosen step take Class(x) as packed bits. The second
-        value is |P(x)| before the loosen step (extras included).
-        """
-        num_classes = self.num_classes
+        """``solver.solve`` as the variant asks: Algorithm 1, the authors' extras and the
+        loosen step; the shared sample's solve split over the store's ``mesh``."""
         variant = self.variant
-        positives = (positive_words(self.reference_set.preds, preds, num_classes=num_classes)
-                     if side_words.ndim == 3 or variant.loosen or variant.keep_adding else None)
-        if side_words.ndim == 3:
-            result = solve_batch(side_words, self.num_refs, x_sides, positives, delta)
-        else:
-            result = self.store.solve_shared(side_words, x_sides, preds, delta,
-                                             num_classes=num_classes)
-        if variant.keep_adding:
-            result = keep_adding_batch(side_words, self.num_refs, x_sides, positives, result)
-        greedy = result.num_selected
-        if self.variant.loosen:
-            kept = loosen_batch(side_words, self.num_refs, x_sides, positives, result.selected)
-            result = result._replace(selected=kept.selected, num_selected=kept.num_selected,
-                                     order=_compact_order(result.order, kept.selected))
-        return result, greedy
+        return solve(side_words, x_sides, ref_classes=self.reference_set.preds, x_classes=preds,
+                     num_classes=self.num_classes, delta=delta, keep_adding=variant.keep_adding,
+                     loosen=variant.loosen, mesh=self.store.mesh if side_words.ndim == 2 else None,
+                     check=False)
 
     def _solve_pools(self, feats, preds, keys, delta, progress):
         """The authors' per-input pools, in chunks of inputs of bounded memory, spread as the
@@ -900,11 +875,3 @@ class RepresentativeInterpreter:
         if rows != v:
             per_input = first_rows(per_input, rows=v)
         return DecisionRegions(**{"w": bounds.w, "b": bounds.b, **per_input})
-
-
-def _compact_order(order: Array, kept: Array) -> Array:
-    """Selection order [B, Q] without the dropped boundaries, −1 padded (order preserved)."""
-    keep = (order >= 0) & jnp.take_along_axis(kept, jnp.maximum(order, 0), axis=1)
-    position = jnp.argsort(~keep, axis=1, stable=True)
-    return jnp.where(jnp.take_along_axis(keep, position, axis=1),
-                     jnp.take_along_axis(order, position, axis=1), -1)

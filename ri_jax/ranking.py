@@ -96,7 +96,7 @@ def pool_distances(selected: Array, dots_x: Array, dots: Array, w: Array) -> Arr
     Args:
       selected: bool[B, Q], each input's P(x).
       dots_x: float[B, Q], ⟨W_h, ψ(x)⟩ for each input's own boundaries.
-      dots: float[B, Q, N], ⟨W_h, ψ(r_n)⟩ (``boundaries.sides_packed_per_input(dots=True)``).
+      dots: float[B, Q, N], ⟨W_h, ψ(r_n)⟩ (``boundaries.side_bits(dots=True)``).
       w: [B, Q, *feat_shape] the normals W_h.
 
     Returns:

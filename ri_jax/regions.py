@@ -13,8 +13,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ri_jax.boundaries import Boundaries, sides
+from ri_jax.boundaries import Boundaries, side_bits
 
 Array = jax.Array
 
@@ -84,7 +85,7 @@ def covers(regions: DecisionRegions, feats: Array, *, chunk_size: int = 1024) ->
     Args:
       regions: ``DecisionRegions`` with V polytopes.
       feats: [N, *feat_shape].
-      chunk_size: feature maps per side computation (see ``boundaries.sides``).
+      chunk_size: feature maps per side computation (see ``boundaries.side_bits``).
 
     Returns:
       bool[N, V]: True when feature map n is on x_v's side of every boundary selected by v
@@ -94,7 +95,8 @@ def covers(regions: DecisionRegions, feats: Array, *, chunk_size: int = 1024) ->
     _check_regions(regions)
     if regions.b.ndim == 2:
         return _covers_per_region(regions, feats, chunk_size)
-    side = sides(Boundaries(regions.w, regions.b), feats, chunk_size=chunk_size).T  # [N, Q]
+    side = side_bits(Boundaries(regions.w, regions.b), feats, packed=False,
+                     chunk_size=chunk_size).T  # [N, Q]
     # Count the selected boundaries on which n and x_v disagree; exact in float32 for Q < 2^24.
     wrong_if_true = (regions.selected & ~regions.signs).astype(jnp.float32)
     wrong_if_false = (regions.selected & regions.signs).astype(jnp.float32)
@@ -107,9 +109,8 @@ def covers(regions: DecisionRegions, feats: Array, *, chunk_size: int = 1024) ->
 
 def _covers_per_region(regions: DecisionRegions, feats: Array, chunk_size: int) -> Array:
     """``covers`` when each polytope has its own pool: sides against all V·Q boundaries."""
-    v, q = regions.b.shape
-    flat = Boundaries(regions.w.reshape((v * q,) + regions.w.shape[2:]), regions.b.reshape(-1))
-    side = sides(flat, feats, chunk_size=chunk_size).reshape(v, q, -1)  # [V, Q, N]
+    side = side_bits(Boundaries(regions.w, regions.b), feats, packed=False,
+                     chunk_size=chunk_size)  # [V, Q, N]
     wrong = regions.selected[:, :, None] & (side != regions.signs[:, :, None])
     return ~jnp.any(wrong, axis=1).T
 
@@ -134,3 +135,19 @@ def predict(regions: DecisionRegions, feats: Array, *, chunk_size: int = 1024) -
     chosen = jnp.where(covered_any, best, -1)
     label = jnp.where(covered_any, regions.label.astype(jnp.int32)[best], -1)
     return RegionPrediction(label=label, covered_any=covered_any, chosen_region=chosen)
+
+
+def covered_by_class(covered, classes, class_names) -> dict[str, int]:
+    """How many covered references each class holds (by prediction or by label).
+
+    Args:
+      covered: bool[N], the references inside a polytope.
+      classes: int[N], each reference's class id (−1: unknown, counted nowhere).
+      class_names: the name of each class id.
+
+    Returns:
+      class name → count, every class listed (zeros too), in class order.
+    """
+    counts = np.bincount(np.asarray(classes)[np.asarray(covered, bool)] + 1,
+                         minlength=len(class_names) + 1)[1:]
+    return {name: int(count) for name, count in zip(class_names, counts)}

@@ -11,16 +11,17 @@ until at most ``delta`` references of D(x) (the other classes) stay covered.
 
 The paper's text (§4.2) runs this with δ = τ(x) over one shared sample Q. The
 authors' public code (``SubmodularMinerAG.mineInvariant`` in the ``dnn_invariant``
-family) differs in four ways, all available here:
+family) differs in four ways, all available through ``solve``, the module's one entry
+point (the kernels below it are private, each tested against a slow loop of its rule):
 
-* δ = 0 instead of τ(x) (``delta`` of ``solve_batch``);
+* δ = 0 instead of τ(x) (``solve``'s ``delta``);
 * a per-input pool of boundaries, so each input brings its own side words
-  (``solve_batch`` with ``side_words`` [B, Q, W]);
+  (``solve`` with ``side_words`` [B, Q, W]);
 * when δ cannot be reached, their greedy does not stop where ours does (no boundary
   removes another D(x) reference): it keeps adding, in index order, each boundary that
   removes nothing, then re-picks selected ones, until 111 picks (their ``steps > 110``);
-  ``keep_adding_batch`` appends those extras to ``_greedy``'s answer;
-* the **loosen step** after the greedy (``loosen``, ``loosen_batch``): "visit the
+  ``solve(keep_adding=True)`` appends those extras to ``_greedy``'s answer;
+* the **loosen step** after the greedy (``solve(loosen=True)``): "visit the
   selected boundaries in index order; drop boundary j if removing it from the current
   P (after earlier drops) leaves both the count of covered same-class references and
   the count of covered D(x) references unchanged". It runs over the extras too and
@@ -31,22 +32,21 @@ family) differs in four ways, all available here:
 Their float ratio (nom + 1e-5) / (den + 1e-10) orders candidates with den > 0 exactly
 as the integer rule here (for fewer than 10^5 references), ties included.
 
-Sets of references are stored as bit sets: uint32 words along the reference
-axis, little-endian within a word (bit j of word k is reference 32·k + j), the
-padding bits past the last reference always zero. The inner loop then works on
+Sets of references are stored as bit sets (``ri_jax.bits``). The inner loop works on
 Q × ⌈N/32⌉ words with ``lax.population_count``. A batch shares the references'
 packed side matrix [Q, W]; each input adds only its side bits [Q] and class
 bits [W], so 1,000 inputs × |Q| = 50 × |R| = 5,000 need well under 10 MiB.
 
-A batch against one shared sample runs on ``solve_lanes``: a few dozen inputs in flight,
+A batch against one shared sample runs on ``_solve_lanes``: a few dozen inputs in flight,
 each lane taking the next input as soon as its own stops, so no input waits for a
 slower one (a vmapped while loop runs every input for as many steps as the slowest).
 With at most 65,535 references the exact ratio comparison fits in uint32 products.
 
-When Class(x) is "the references predicted as x's class", ``solve_classes`` first
+When Class(x) is "the references predicted as x's class", ``_solve_classes`` first
 regroups the references so every class starts on a fresh word (``class_blocks``): a word
 then holds only Class(x) or only D(x) references, and one popcount per word gives both
-counts of Eq. 4 instead of two. Its answers are ``solve_batch``'s, ``covered`` included.
+counts of Eq. 4 instead of two. Its answers are ``_solve_batch``'s, ``covered`` included.
+``solve(mesh=...)`` splits the inputs over a mesh's devices (``shard_map``), bit for bit.
 """
 
 from __future__ import annotations
@@ -58,73 +58,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import Mesh, PartitionSpec as P
 
+from ri_jax.bits import WORD_BITS, num_words, pack_bits, popcount, unpack_bits, valid_words
 from ri_jax.buckets import bucket_size, first_rows, zero_pad
+from ri_jax.sharding import batch_spec, replicate, shard_batch, to_host
 
 Array = jax.Array
 
-WORD_BITS = 32
 _ALL_ONES = np.uint32(0xFFFFFFFF)
-_BIT_WEIGHTS = np.left_shift(np.uint32(1), np.arange(WORD_BITS, dtype=np.uint32))
-
-
-def num_words(num_refs: int) -> int:
-    """Number of uint32 words that hold ``num_refs`` bits."""
-    return -(-int(num_refs) // WORD_BITS)
-
-
-def pack_bits(bits: Array) -> Array:
-    """Packs booleans along the last axis into uint32 words.
-
-    Args:
-      bits: bool[..., N].
-
-    Returns:
-      uint32[..., ⌈N/32⌉]: bit j of word k is ``bits[..., 32k + j]``; padding bits are zero.
-    """
-    bits = bits if hasattr(bits, "dtype") else np.asarray(bits)
-    if bits.dtype != jnp.bool_:
-        raise ValueError(f"bits: expected a bool array, got dtype {bits.dtype}")
-    if bits.ndim < 1:
-        raise ValueError("bits: expected at least one axis (the bits to pack)")
-    return _pack_bits(bits)
-
-
-@jax.jit
-def _pack_bits(bits: Array) -> Array:
-    # Jitted so that an eager call compiles one program per shape, not one per step.
-    n = bits.shape[-1]
-    words = num_words(n)
-    pad = [(0, 0)] * (bits.ndim - 1) + [(0, words * WORD_BITS - n)]
-    grouped = jnp.pad(bits, pad).reshape(bits.shape[:-1] + (words, WORD_BITS))
-    # Distinct powers of two: the sum is the bitwise OR and cannot overflow.
-    return jnp.sum(jnp.where(grouped, _BIT_WEIGHTS, np.uint32(0)), axis=-1, dtype=jnp.uint32)
-
-
-def unpack_bits(words: Array, num_bits: int) -> Array:
-    """Inverse of ``pack_bits``.
-
-    Args:
-      words: uint32[..., W].
-      num_bits: N ≤ 32·W, the number of meaningful bits.
-
-    Returns:
-      bool[..., N].
-    """
-    words = words if hasattr(words, "dtype") else np.asarray(words)
-    if words.dtype != jnp.uint32:
-        raise ValueError(f"words: expected uint32 words, got dtype {words.dtype}")
-    if words.ndim < 1:
-        raise ValueError("words: expected at least one axis (the words)")
-    if not 0 <= num_bits <= words.shape[-1] * WORD_BITS:
-        raise ValueError(f"num_bits: {num_bits} does not fit in {words.shape[-1]} words")
-    return _unpack_bits(words, int(num_bits))
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _unpack_bits(words: Array, num_bits: int) -> Array:
-    bits = (words[..., None] & _BIT_WEIGHTS) != 0
-    return bits.reshape(words.shape[:-1] + (-1,))[..., :num_bits]
 
 
 @functools.partial(jax.jit, static_argnames="num_classes")
@@ -148,7 +90,7 @@ class ClassBlocks(NamedTuple):
     """References regrouped by class, every class starting on a fresh word.
 
     In this layout each word holds references of one class only, so one popcount per
-    word gives both of Algorithm 1's counts (``solve_classes``).
+    word gives both of Algorithm 1's counts (``_solve_classes``).
 
     Attributes:
       slot: int32[N], bit position of reference n (stable within a class); padding
@@ -209,19 +151,6 @@ def to_blocks(words: Array, blocks: ClassBlocks) -> Array:
     moved = jnp.zeros(bits.shape[:-1] + (width,), jnp.bool_).at[..., blocks.slot].set(
         bits, mode="drop")
     return pack_bits(moved)
-
-
-def valid_words(num_refs, num_word: int) -> Array:
-    """uint32[num_word] with the first ``num_refs`` bits set (``num_refs`` may be traced)."""
-    index = jnp.arange(num_word * WORD_BITS).reshape(num_word, WORD_BITS)
-    return jnp.sum(jnp.where(index < num_refs, _BIT_WEIGHTS, np.uint32(0)), axis=-1,
-                   dtype=jnp.uint32)
-
-
-def popcount(words: Array) -> Array:
-    """Number of set bits along the last axis, int32[...]."""
-    # Summing in uint32 keeps XLA's CPU loop vectorised (~5× faster than summing int32 casts).
-    return jnp.sum(lax.population_count(words), axis=-1, dtype=jnp.uint32).astype(jnp.int32)
 
 
 class GreedyResult(NamedTuple):
@@ -452,7 +381,7 @@ def _solve_packed(match_words, positive_words, delta, num_refs):
     return _greedy(match_words, x_side, positive, negative, delta)
 
 
-def solve_greedy_packed(match_words: Array, positive_words: Array, delta=None, *,
+def _solve_greedy_packed(match_words: Array, positive_words: Array, delta=None, *,
                         num_refs) -> GreedyResult:
     """Algorithm 1 on packed sets (jittable; vmap over all array arguments for a batch).
 
@@ -485,8 +414,8 @@ def solve_greedy_packed(match_words: Array, positive_words: Array, delta=None, *
     return _solve_packed(match_words, positive_words, delta, num_refs)
 
 
-def solve_greedy(match: Array, positive: Array, delta=None) -> GreedyResult:
-    """Algorithm 1 on boolean matrices: packs them and runs ``solve_greedy_packed``.
+def _solve_greedy(match: Array, positive: Array, delta=None) -> GreedyResult:
+    """Algorithm 1 on boolean matrices: packs them and runs ``_solve_greedy_packed``.
 
     Args:
       match: bool[Q, N], True where reference n lies on x's side of boundary h.
@@ -508,7 +437,7 @@ def solve_greedy(match: Array, positive: Array, delta=None) -> GreedyResult:
     if positive.dtype != jnp.bool_ or positive.shape != match.shape[1:]:
         raise ValueError(f"positive: expected bool{match.shape[1:]}, got "
                          f"{positive.dtype}{positive.shape}")
-    return solve_greedy_packed(pack_bits(match), pack_bits(positive), delta,
+    return _solve_greedy_packed(pack_bits(match), pack_bits(positive), delta,
                                num_refs=match.shape[1])
 
 
@@ -516,7 +445,7 @@ def match_words(side_words: Array, x_side: Array, num_refs) -> Array:
     """Packed match matrix of one input: XNOR of the reference sides with x's side bits.
 
     Args:
-      side_words: uint32[Q, W], packed sides of the references (``boundaries.sides_packed``).
+      side_words: uint32[Q, W], packed sides of the references (``boundaries._sides_packed``).
       x_side: bool[Q], x's side of each boundary.
       num_refs: N, the number of references (padding bits are cleared).
 
@@ -528,7 +457,7 @@ def match_words(side_words: Array, x_side: Array, num_refs) -> Array:
 
 _CHUNK_WORDS = 1 << 20
 
-# Inputs in flight at once in ``solve_lanes`` (``default_lanes`` caps them by the words of
+# Inputs in flight at once in ``_solve_lanes`` (``default_lanes`` caps them by the words of
 # their [lanes, Q, W] temporaries). With lanes refilled as inputs finish, more lanes cost no
 # lockstep waste; 64 amortises XLA:CPU's per-operation cost over enough work
 # (``python -m benchmarks.bench_solver`` sweeps it).
@@ -546,7 +475,7 @@ def _tau(side_words: Array, flips: Array, negative: Array, lanes: int) -> Array:
     return lax.map(one, (flips, negative), batch_size=lanes)
 
 
-def solve_lanes(side_words: Array, x_sides: Array, positive: Array, negative: Array,
+def _solve_lanes(side_words: Array, x_sides: Array, positive: Array, negative: Array,
                 delta: Array | None, *, lanes: int = DEFAULT_LANES,
                 pure_words: bool = False,
                 first_counts: tuple[Array, Array] | None = None,
@@ -671,9 +600,9 @@ def default_lanes(num_boundaries: int, num_word: int) -> int:
 
 
 @jax.jit
-def _solve_batch(side_words, num_refs, x_sides, positive_words, delta):
+def _solve_batch_jit(side_words, num_refs, x_sides, positive_words, delta):
     positive, negative = jax.vmap(class_sets, (0, None))(positive_words, num_refs)
-    return solve_lanes(side_words, x_sides, positive, negative, delta,
+    return _solve_lanes(side_words, x_sides, positive, negative, delta,
                        lanes=default_lanes(*side_words.shape))
 
 
@@ -700,10 +629,10 @@ def _first_counts(blocked: Array, blocks: ClassBlocks, x_sides: Array, x_classes
     return nom, den
 
 
-def solve_blocks(side_words: Array, blocked: Array, blocks: ClassBlocks, x_sides: Array,
+def _solve_blocks(side_words: Array, blocked: Array, blocks: ClassBlocks, x_sides: Array,
                  x_classes: Array, delta: Array | None, *, lanes: int,
                  num_inputs=None) -> GreedyResult:
-    """``solve_classes`` as a traceable function, once the layout is made (no checks).
+    """``_solve_classes`` as a traceable function, once the layout is made (no checks).
 
     Args:
       side_words: uint32[Q, ⌈N/32⌉], the sides in reference order.
@@ -712,8 +641,8 @@ def solve_blocks(side_words: Array, blocked: Array, blocks: ClassBlocks, x_sides
       x_sides: bool[B, Q].
       x_classes: int32[B].
       delta: int32[B], or None for each input's τ.
-      lanes: inputs in flight (``solve_lanes``).
-      num_inputs: rows past it are padding (``solve_lanes``; default B).
+      lanes: inputs in flight (``_solve_lanes``).
+      num_inputs: rows past it are padding (``_solve_lanes``; default B).
 
     Returns:
       ``GreedyResult`` with a leading batch axis B, ``covered`` in reference order.
@@ -721,7 +650,7 @@ def solve_blocks(side_words: Array, blocked: Array, blocks: ClassBlocks, x_sides
     own = blocks.word_class[None, :] == x_classes[:, None]  # [B, W']
     positive = jnp.where(own, blocks.valid, np.uint32(0))
     negative = jnp.where(own, np.uint32(0), blocks.valid)
-    result = solve_lanes(blocked, x_sides, positive, negative, delta, lanes=lanes,
+    result = _solve_lanes(blocked, x_sides, positive, negative, delta, lanes=lanes,
                          pure_words=True,
                          first_counts=_first_counts(blocked, blocks, x_sides, x_classes),
                          num_inputs=num_inputs)
@@ -738,11 +667,11 @@ def solve_blocks(side_words: Array, blocked: Array, blocks: ClassBlocks, x_sides
 
 
 @functools.partial(jax.jit, static_argnames="num_classes")
-def _solve_classes(side_words, x_sides, ref_classes, x_classes, delta, num_refs, num_inputs,
+def _solve_classes_jit(side_words, x_sides, ref_classes, x_classes, delta, num_refs, num_inputs,
                    num_classes):
     blocks = class_blocks(ref_classes, num_classes=num_classes, num_refs=num_refs)
     blocked = to_blocks(side_words, blocks)
-    return solve_blocks(side_words, blocked, blocks, x_sides, x_classes, delta,
+    return _solve_blocks(side_words, blocked, blocks, x_sides, x_classes, delta,
                         lanes=default_lanes(*blocked.shape), num_inputs=num_inputs)
 
 
@@ -754,7 +683,7 @@ def _padded_class_problem(x_sides, ref_classes, x_classes, delta, *, rows: int, 
 
 
 def check_class_args(side_words, x_sides, ref_classes, x_classes, num_classes: int) -> int:
-    """Validates ``solve_classes``'s arrays (NumPy or JAX); returns N."""
+    """Validates ``_solve_classes``'s arrays (NumPy or JAX); returns N."""
     n = ref_classes.shape[0] if ref_classes.ndim == 1 else -1
     if n < 1 or not np.issubdtype(ref_classes.dtype, np.integer):
         raise ValueError(f"ref_classes: expected int[N >= 1], got "
@@ -775,12 +704,12 @@ def check_class_args(side_words, x_sides, ref_classes, x_classes, num_classes: i
     return n
 
 
-def solve_classes(side_words: Array, x_sides: Array, ref_classes: Array, x_classes: Array,
+def _solve_classes(side_words: Array, x_sides: Array, ref_classes: Array, x_classes: Array,
                   delta: Array | None = None, *, num_classes: int,
                   check: bool = True) -> GreedyResult:
-    """``solve_batch`` where Class(x) is "the references predicted as x's class".
+    """``_solve_batch`` where Class(x) is "the references predicted as x's class".
 
-    The same answers as ``solve_batch(side_words, N, x_sides, positive_words(ref_classes,
+    The same answers as ``_solve_batch(side_words, N, x_sides, positive_words(ref_classes,
     x_classes, num_classes=num_classes), delta)``, faster: inside, the references are
     regrouped by class (``class_blocks``) so each greedy step makes one popcount per word
     instead of two; ``covered`` is then rebuilt in reference order from P(x). The solver
@@ -813,14 +742,14 @@ def solve_classes(side_words: Array, x_sides: Array, ref_classes: Array, x_class
     if (rows, refs) != (b, n):
         x_sides, ref_classes, x_classes, delta = _padded_class_problem(
             x_sides, ref_classes, x_classes, delta, rows=rows, refs=refs)
-    result = _solve_classes(jnp.asarray(side_words), jnp.asarray(x_sides),
+    result = _solve_classes_jit(jnp.asarray(side_words), jnp.asarray(x_sides),
                             jnp.asarray(ref_classes), jnp.asarray(x_classes), delta,
                             np.int32(n), np.int32(b), num_classes)
     return result if rows == b else first_rows(result, rows=b)
 
 
 def check_batch_args(side_words, num_refs, x_sides, positive_words) -> tuple[int, int, int]:
-    """Validates ``solve_batch``'s arrays (NumPy or JAX); returns (Q, W, B)."""
+    """Validates ``_solve_batch``'s arrays (NumPy or JAX); returns (Q, W, B)."""
     if side_words.dtype != np.uint32 or side_words.ndim != 2 or side_words.shape[0] == 0:
         raise ValueError(f"side_words: expected uint32[Q >= 1, W], got "
                          f"{side_words.dtype}{side_words.shape}")
@@ -861,7 +790,7 @@ def _check_delta_batch(delta, b: int):
     return delta.astype(jnp.int32)
 
 
-def solve_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words: Array,
+def _solve_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words: Array,
                 delta: Array | None = None) -> GreedyResult:
     """Algorithm 1 for a batch of inputs against one reference set, in one jitted call.
 
@@ -871,7 +800,7 @@ def solve_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words
     Args:
       side_words: uint32[Q, W], packed sides of the N references against one shared sample
         Q (the paper's variant), or uint32[B, Q, W], each input's own boundaries (the
-        authors' per-input pools; ``boundaries.sides_packed_per_input``).
+        authors' per-input pools; ``boundaries._sides_packed_per_input``).
       num_refs: N.
       x_sides: bool[B, Q], each input's side of each (of its) boundaries.
       positive_words: uint32[B, W], packed references predicted as each input's class.
@@ -891,7 +820,7 @@ def solve_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words
         return _solve_batch_per_input(side_words, jnp.asarray(num_refs, jnp.int32), x_sides,
                                       positive_words, _check_delta_batch(delta, b))
     q, w, b = check_batch_args(side_words, num_refs, x_sides, positive_words)
-    return _solve_batch(side_words, jnp.asarray(num_refs, jnp.int32), x_sides,
+    return _solve_batch_jit(side_words, jnp.asarray(num_refs, jnp.int32), x_sides,
                         positive_words, _check_delta_batch(delta, b))
 
 
@@ -1002,29 +931,29 @@ def _check_shared_or_own(side_words, num_refs, x_sides, positive_words) -> tuple
 
 
 @functools.partial(jax.jit, static_argnames="max_steps")
-def _keep_adding_batch(side_words, num_refs, x_sides, positive_words, result, max_steps):
+def _keep_adding_batch_jit(side_words, num_refs, x_sides, positive_words, result, max_steps):
     return _map_inputs(functools.partial(_keep_adding, max_steps=max_steps), side_words,
                        num_refs, x_sides, positive_words, result)
 
 
-def keep_adding_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words: Array,
+def _keep_adding_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words: Array,
                       result: GreedyResult, *, max_steps: int = AUTHORS_MAX_STEPS
                       ) -> GreedyResult:
     """The authors' greedy from Algorithm 1's answer, for a batch, in one jitted call.
 
-    Where ``solve_batch`` stops (no boundary removes another D(x) reference) while δ is
+    Where ``_solve_batch`` stops (no boundary removes another D(x) reference) while δ is
     not reached, the authors' code keeps adding the boundaries that remove nothing, in
     index order, then re-picks selected ones, until ``max_steps`` picks (``_keep_adding``);
-    its loosen step (``loosen_batch``) then runs over that larger set, so it may keep one
+    its loosen step (``_loosen_batch``) then runs over that larger set, so it may keep one
     of those extras instead of a boundary the greedy chose. The authors' loop also stops
     after ``max_steps`` picks while δ is reachable, which binds only when |Q| > max_steps.
 
     Args:
-      side_words: uint32[Q, W] or uint32[B, Q, W], as in ``solve_batch``.
+      side_words: uint32[Q, W] or uint32[B, Q, W], as in ``_solve_batch``.
       num_refs: N.
       x_sides: bool[B, Q].
       positive_words: uint32[B, W].
-      result: ``GreedyResult`` of ``solve_batch`` or ``solve_classes`` (batch axis B).
+      result: ``GreedyResult`` of ``_solve_batch`` or ``_solve_classes`` (batch axis B).
       max_steps: the authors' cap on picks (111: their ``steps > 110`` after ``steps += 1``).
 
     Returns:
@@ -1038,7 +967,7 @@ def keep_adding_batch(side_words: Array, num_refs: int, x_sides: Array, positive
     _check_shared_or_own(side_words, num_refs, x_sides, positive_words)
     if int(max_steps) < 1:
         raise ValueError(f"max_steps: must be >= 1, got {max_steps}")
-    return _keep_adding_batch(side_words, jnp.asarray(num_refs, jnp.int32), x_sides,
+    return _keep_adding_batch_jit(side_words, jnp.asarray(num_refs, jnp.int32), x_sides,
                               positive_words, jax.tree.map(jnp.asarray, result),
                               int(max_steps))
 
@@ -1089,11 +1018,11 @@ def _loosen(side_words: Array, x_side: Array, positive: Array, negative: Array,
 
 
 @jax.jit
-def _loosen_batch(side_words, num_refs, x_sides, positive_words, selected):
+def _loosen_batch_jit(side_words, num_refs, x_sides, positive_words, selected):
     return _map_inputs(_loosen, side_words, num_refs, x_sides, positive_words, selected)
 
 
-def loosen_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words: Array,
+def _loosen_batch(side_words: Array, num_refs: int, x_sides: Array, positive_words: Array,
                  selected: Array) -> LoosenResult:
     """The authors' loosen step after Algorithm 1, for a batch, in one jitted call.
 
@@ -1102,7 +1031,7 @@ def loosen_batch(side_words: Array, num_refs: int, x_sides: Array, positive_word
     D(x) count unchanged. The covered set, and so every count, is unchanged by the step.
 
     Args:
-      side_words: uint32[Q, W] or uint32[B, Q, W], as in ``solve_batch``.
+      side_words: uint32[Q, W] or uint32[B, Q, W], as in ``_solve_batch``.
       num_refs: N.
       x_sides: bool[B, Q].
       positive_words: uint32[B, W].
@@ -1118,5 +1047,254 @@ def loosen_batch(side_words: Array, num_refs: int, x_sides: Array, positive_word
     q, b = _check_shared_or_own(side_words, num_refs, x_sides, positive_words)
     if selected.dtype != jnp.bool_ or selected.shape != (b, q):
         raise ValueError(f"selected: expected bool[{b}, {q}], got {selected.dtype}{selected.shape}")
-    return _loosen_batch(side_words, jnp.asarray(num_refs, jnp.int32), x_sides,
+    return _loosen_batch_jit(side_words, jnp.asarray(num_refs, jnp.int32), x_sides,
                          positive_words, selected)
+
+
+def _default_device_lanes(mesh: Mesh) -> int | None:
+    """Inputs in flight per device: ``DEFAULT_LANES`` on CPUs, the whole share on
+    accelerators.
+
+    On a CPU a few dozen lanes, each refilled with the next input as soon as its own
+    stops (``_solve_lanes``), keep their words in cache and amortise XLA's
+    per-operation cost (lane sweep in benchmarks/RESULTS.md). GPUs and TPUs want the
+    whole batch in parallel.
+    """
+    return DEFAULT_LANES if all(d.platform == "cpu" for d in mesh.devices.flat) else None
+
+
+def _local_solve_batch(side_words: Array, num_refs, x_sides: Array, positive_words: Array,
+                      delta: Array | None = None, *, lanes: int | None = None
+                      ) -> GreedyResult:
+    """``_solve_batch`` as a traceable function (no host-side checks).
+
+    Args:
+      side_words: uint32[Q, W] packed sides of the references.
+      num_refs: N (may be traced).
+      x_sides: bool[B, Q].
+      positive_words: uint32[B, W].
+      delta: int32[B] or None for each input's τ.
+      lanes: inputs in flight (``_solve_lanes``'s lanes); None puts the whole
+        batch in flight at once.
+
+    Returns:
+      ``GreedyResult`` with a leading batch axis B.
+    """
+    positive, negative = jax.vmap(class_sets, (0, None))(positive_words, num_refs)
+    in_flight = x_sides.shape[0] if lanes is None else int(lanes)
+    return _solve_lanes(side_words, x_sides, positive, negative, delta, lanes=in_flight)
+
+
+@functools.partial(jax.jit, static_argnames=("mesh", "lanes"))
+def _sharded_solve_batch_jit(side_words, num_refs, x_sides, positive_words, delta,
+                             mesh: Mesh, lanes: int | None) -> GreedyResult:
+    spec = batch_spec(mesh)
+    local = functools.partial(_local_solve_batch, lanes=lanes)
+    args = (side_words, num_refs, x_sides, positive_words, delta)
+    specs = (P(), P(), spec, spec, None if delta is None else spec)
+    # Each device runs its own while loops to completion: no cross-device sync per step.
+    # check_vma=False: the solver's loop carries start as constants (not marked as varying
+    # over the mesh axis); every value is per-device anyway.
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=spec,
+                         check_vma=False)(*args)
+
+
+def _sharded_solve_batch(side_words, num_refs: int, x_sides, positive_words, delta=None, *,
+                        mesh: Mesh, lanes: int | None | str = "auto") -> GreedyResult:
+    """``_solve_batch`` with the inputs split over the devices.
+
+    The batch is padded to a multiple of the device count; padded inputs are solved
+    and dropped.
+
+    Args:
+      side_words: uint32[Q, W] packed sides of the N references (replicated).
+      num_refs: N.
+      x_sides: bool[B, Q], each input's side of each boundary.
+      positive_words: uint32[B, W], packed references predicted as each input's class.
+      delta: int[B] bounds ≥ 0, or None for each input's τ.
+      mesh: the device mesh.
+      lanes: inputs each device solves together (see ``_local_solve_batch``);
+        "auto" is ``_default_device_lanes(mesh)``, capped on CPUs by ``default_lanes``.
+
+    Returns:
+      ``GreedyResult`` of host arrays with a leading batch axis B.
+    """
+    side_words = np.asarray(side_words)
+    x_sides = np.asarray(x_sides)
+    positive_words = np.asarray(positive_words)
+    q, w, b = check_batch_args(side_words, num_refs, x_sides, positive_words)
+    delta = _shard_delta(delta, b, mesh)
+    lanes = _resolve_lanes(lanes, mesh, q, w)
+    result = _sharded_solve_batch_jit(
+        replicate(side_words, mesh), replicate(np.int32(num_refs), mesh),
+        shard_batch(x_sides, mesh), shard_batch(positive_words, mesh), delta, mesh, lanes=lanes)
+    return GreedyResult(*(to_host(field)[:b] for field in result))
+
+
+def _shard_delta(delta, b: int, mesh: Mesh):
+    """Checks the bounds δ (int[B] ≥ 0 or None) and splits them over the devices."""
+    if delta is None:
+        return None
+    delta = np.asarray(delta)
+    if delta.shape != (b,) or not np.issubdtype(delta.dtype, np.integer):
+        raise ValueError(f"delta: expected int[{b}] or None, got {delta.dtype}{delta.shape}")
+    if np.any(delta < 0):
+        raise ValueError("delta: every bound must be >= 0")
+    return shard_batch(delta.astype(np.int32), mesh)
+
+
+def _resolve_lanes(lanes, mesh: Mesh, q: int, w: int) -> int | None:
+    """``lanes`` resolved: "auto" is ``_default_device_lanes``, capped by ``default_lanes``."""
+    if lanes == "auto":
+        lanes = _default_device_lanes(mesh)
+        return None if lanes is None else min(lanes, default_lanes(q, w))
+    if lanes is not None and (not isinstance(lanes, (int, np.integer)) or lanes < 1):
+        raise ValueError(f"lanes: expected a positive int, None or 'auto', got {lanes!r}")
+    return lanes
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "mesh", "lanes"))
+def _sharded_solve_classes_jit(side_words, x_sides, ref_classes, x_classes, delta,
+                               num_classes: int, mesh: Mesh, lanes: int | None) -> GreedyResult:
+    blocks = class_blocks(ref_classes, num_classes=num_classes)
+    blocked = to_blocks(side_words, blocks)
+    spec = batch_spec(mesh)
+
+    def local(side_words, blocked, blocks, x_sides, x_classes, delta):
+        in_flight = x_sides.shape[0] if lanes is None else lanes
+        return _solve_blocks(side_words, blocked, blocks, x_sides, x_classes, delta,
+                            lanes=in_flight)
+
+    specs = (P(), P(), P(), spec, spec, None if delta is None else spec)
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=spec, check_vma=False)(
+        side_words, blocked, blocks, x_sides, x_classes, delta)
+
+
+def _sharded_solve_classes(side_words, x_sides, ref_classes, x_classes, delta=None, *,
+                          num_classes: int, mesh: Mesh, lanes: int | None | str = "auto",
+                          check: bool = True) -> GreedyResult:
+    """``_solve_classes`` with the inputs split over the devices.
+
+    The class-blocked layout is made once and replicated; each device solves its share of
+    the inputs (padded to a multiple of the device count, padding dropped).
+
+    Args:
+      side_words: uint32[Q, ⌈N/32⌉] packed sides of the N references (replicated).
+      x_sides: bool[B, Q], each input's side of each boundary.
+      ref_classes: int[N], the references' predicted classes.
+      x_classes: int[B], the inputs' predicted classes.
+      delta: int[B] bounds ≥ 0, or None for each input's τ.
+      num_classes: more than every class id.
+      mesh: the device mesh.
+      lanes: inputs in flight per device, as in ``_sharded_solve_batch``.
+      check: validate the arrays first, as ``solver._solve_classes`` does (the bounds δ
+        are always checked). False skips it for arrays valid by construction.
+
+    Returns:
+      ``GreedyResult`` of host arrays with a leading batch axis B.
+    """
+    side_words = np.asarray(side_words)
+    x_sides = np.asarray(x_sides)
+    ref_classes = np.asarray(ref_classes)
+    x_classes = np.asarray(x_classes)
+    if check:
+        check_class_args(side_words, x_sides, ref_classes, x_classes, num_classes)
+    b = x_sides.shape[0]
+    delta = _shard_delta(delta, b, mesh)
+    q, w = side_words.shape
+    lanes = _resolve_lanes(lanes, mesh, q, w + num_classes)
+    result = _sharded_solve_classes_jit(
+        replicate(side_words, mesh), shard_batch(x_sides, mesh),
+        replicate(ref_classes.astype(np.int32), mesh), shard_batch(x_classes.astype(np.int32), mesh),
+        delta, num_classes, mesh, lanes)
+    return GreedyResult(*(to_host(field)[:b] for field in result))
+
+@functools.partial(jax.jit, static_argnames="mesh")
+def _sharded_solve_per_input_jit(side_words, num_refs, x_sides, positive_words, delta, mesh):
+    spec = batch_spec(mesh)
+    specs = (spec, P(), spec, spec, None if delta is None else spec)
+    return jax.shard_map(_solve_batch_per_input, mesh=mesh, in_specs=specs, out_specs=spec,
+                         check_vma=False)(side_words, num_refs, x_sides, positive_words, delta)
+
+
+def _sharded_solve_per_input(side_words, num_refs: int, x_sides, positive_words, delta=None, *,
+                             mesh: Mesh) -> GreedyResult:
+    """``_solve_batch`` on per-input side words [B, Q, W], the inputs split over ``mesh``'s
+    devices (padded to a multiple of the device count, padding dropped); host arrays."""
+    b = x_sides.shape[0]
+    delta = _shard_delta(delta, b, mesh)
+    result = _sharded_solve_per_input_jit(
+        shard_batch(np.asarray(side_words), mesh), replicate(np.int32(num_refs), mesh),
+        shard_batch(np.asarray(x_sides), mesh), shard_batch(np.asarray(positive_words), mesh),
+        delta, mesh)
+    return GreedyResult(*(to_host(field)[:b] for field in result))
+
+
+def _compact_order(order: Array, kept: Array) -> Array:
+    """Selection order [B, Q] without the dropped boundaries, −1 padded (order preserved)."""
+    keep = (order >= 0) & jnp.take_along_axis(kept, jnp.maximum(order, 0), axis=1)
+    position = jnp.argsort(~keep, axis=1, stable=True)
+    return jnp.where(jnp.take_along_axis(keep, position, axis=1),
+                     jnp.take_along_axis(order, position, axis=1), -1)
+
+
+def solve(side_words: Array, x_sides: Array, *, ref_classes: Array, x_classes: Array,
+          num_classes: int, delta: Array | None = None, keep_adding: bool = False,
+          loosen: bool = False, mesh: Mesh | None = None,
+          check: bool = True) -> tuple[GreedyResult, Array]:
+    """Algorithm 1 for a batch of inputs, with the authors' extras and loosen step if asked.
+
+    The one solve function: Class(x) is "the references predicted as x's class" and D(x)
+    the rest. Against one shared sample the references are regrouped by class first
+    (``_solve_classes``: one popcount per word); with a pool per input each input brings
+    its own side words. ``mesh`` splits the inputs over its devices; the answers are the
+    same bit for bit.
+
+    Args:
+      side_words: uint32[Q, ⌈N/32⌉] packed sides of the N references against one shared
+        sample, or uint32[B, Q, ⌈N/32⌉] against each input's own pool
+        (``boundaries.side_bits``).
+      x_sides: bool[B, Q], each input's side of each (of its) boundaries.
+      ref_classes: int[N], the references' predicted classes.
+      x_classes: int[B], the inputs' predicted classes.
+      num_classes: more than every class id (static).
+      delta: int[B] bounds ≥ 0 on the covered D(x) references, or None for each τ(x).
+      keep_adding: where δ cannot be reached, keep adding as the authors' greedy does
+        (``_keep_adding``: the boundaries that remove nothing, in index order, up to 111
+        picks).
+      loosen: the authors' loosen step after the greedy (``_loosen``).
+      mesh: a ``jax.sharding.Mesh`` to split the inputs over (None: the default device).
+      check: validate the arrays (shapes, dtypes, class ids) first; False is for callers
+        whose arrays are valid by construction.
+
+    Returns:
+      (``GreedyResult`` with a leading batch axis B, after the extras and the loosen
+      step; int32[B] |P(x)| before the loosen step, extras included).
+    """
+    num_refs = int(np.shape(ref_classes)[0])
+    per_input = np.ndim(side_words) == 3
+    if check:
+        shared = side_words[0] if per_input else side_words
+        check_class_args(shared, x_sides, ref_classes, x_classes, num_classes)
+        delta = _check_delta_batch(delta, np.shape(x_sides)[0])
+    positives = (positive_words(ref_classes, x_classes, num_classes=num_classes)
+                 if per_input or keep_adding or loosen else None)
+    if per_input:
+        result = (_solve_batch(side_words, num_refs, x_sides, positives, delta) if mesh is None
+                  else _sharded_solve_per_input(side_words, num_refs, x_sides, positives, delta,
+                                                mesh=mesh))
+    elif mesh is None:
+        result = _solve_classes(side_words, x_sides, ref_classes, x_classes, delta,
+                                num_classes=num_classes, check=False)
+    else:
+        result = _sharded_solve_classes(side_words, x_sides, ref_classes, x_classes, delta,
+                                        num_classes=num_classes, mesh=mesh, check=False)
+    result = jax.tree.map(jnp.asarray, result)
+    if keep_adding:
+        result = _keep_adding_batch(side_words, num_refs, x_sides, positives, result)
+    greedy = result.num_selected
+    if loosen:
+        kept = _loosen_batch(side_words, num_refs, x_sides, positives, result.selected)
+        result = result._replace(selected=kept.selected, num_selected=kept.num_selected,
+                                 order=_compact_order(result.order, kept.selected))
+    return result, greedy

@@ -34,9 +34,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ri_jax.boundaries import (DEFAULT_NUM_BOUNDARIES, Boundaries, sample_boundaries,
-                               sample_indices, sides_packed_per_input)
+                               sample_indices, side_bits)
 from ri_jax.buckets import pad_rows
-from ri_jax.distributed import (chunk_sides_packed, from_main_process, gather_shares,
+from ri_jax.distributed import (_chunk_side_bits, from_main_process, gather_shares,
                                 is_main_process, share_range, side_chunk_size)
 from ri_jax.heatmaps import polytope_heatmap, ri_channel_weights
 from ri_jax.interpreter import (Diagnostics, Interpretation, ModelFns, ReferenceSet,
@@ -44,8 +44,8 @@ from ri_jax.interpreter import (Diagnostics, Interpretation, ModelFns, Reference
                                 interpretation_from)
 from ri_jax.ranking import (distance_from_projections, pool_distances, projection, projections,
                             unit_normals)
-from ri_jax.solver import (WORD_BITS, GreedyResult, num_words, solve_classes, unpack_bits,
-                           valid_words)
+from ri_jax.bits import WORD_BITS, num_words, unpack_bits, valid_words
+from ri_jax.solver import GreedyResult
 from ri_jax.variants import DEFAULT_VARIANT, RIVariant
 
 Array = jax.Array
@@ -150,7 +150,7 @@ def stream_references(features_fn: Callable[[Array], Array], head_fn: Callable[[
         held = np.concatenate(buffer)
         feats, rest = held[:rows], held[rows:]
         row = done[0]  # a multiple of ``chunk``, so of 32: side words start on a word
-        words = chunk_sides_packed(bounds, feats, chunk)
+        words = _chunk_side_bits(bounds, feats, chunk)
         local_words[:, row // WORD_BITS:row // WORD_BITS + words.shape[1]] = words
         local_proj[row:row + rows] = np.asarray(project(normals, jnp.asarray(feats)))
         if keep_features:
@@ -164,7 +164,7 @@ def stream_references(features_fn: Callable[[Array], Array], head_fn: Callable[[
         local_preds[first - start:first - start + len(psi)] = np.argmax(
             np.asarray(head_jit(pad_rows(psi, size)))[:len(psi)], axis=1)
         buffer.append(psi)
-        while sum(len(b) for b in buffer) >= chunk:  # side chunks fall where sides() puts them
+        while sum(len(b) for b in buffer) >= chunk:  # side chunks fall where side_bits puts them
             flush(chunk)
     if buffer:
         flush(sum(len(b) for b in buffer))
@@ -192,7 +192,7 @@ def _chunk_sides(bounds: Boundaries, psi: Array, chunk: int) -> tuple[Array, Arr
     """
     m = psi.shape[0]
     padded = jnp.pad(psi, [(0, chunk - m)] + [(0, 0)] * (psi.ndim - 1))
-    words, dots = sides_packed_per_input(bounds, padded, chunk_size=chunk, dots=True)
+    words, dots = side_bits(bounds, padded, chunk_size=chunk, dots=True)
     return words[..., :num_words(m)] & valid_words(m, num_words(m)), dots[..., :m]
 
 
@@ -278,6 +278,7 @@ class StreamedStore:
                                           side_words=streamed.side_words)
         self.num_boundaries = int(streamed.boundary_refs.shape[0])
         self.image_shape = np.asarray(load_images(np.zeros(1, np.int64))).shape[1:]
+        self.mesh = None  # one device: the solve is not split
         self.feature_spec = jax.ShapeDtypeStruct(tuple(streamed.boundaries.w.shape[1:]),
                                                  jnp.float32)
 
@@ -313,11 +314,6 @@ class StreamedStore:
             psi = in_batches(self.fns.features, np.asarray(self._load_images(flat)),
                              self.fns.batch_size)
         return psi.reshape(idx.shape + psi.shape[1:])
-
-    def solve_shared(self, side_words, x_sides, preds, delta, *, num_classes: int) -> GreedyResult:
-        """Algorithm 1 against the shared sample, as ``InMemoryStore.solve_shared``."""
-        return solve_classes(side_words, x_sides, self.streamed.preds, preds, delta,
-                             num_classes=num_classes, check=False)
 
     def pool_floats_per_input(self) -> int:
         """Floats one input's pool holds: its side words (Q·⌈N/32⌉) and Q normals; every

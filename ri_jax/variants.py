@@ -5,8 +5,8 @@
   each input x draws its own pool of |Q| references from D(x), and each boundary is Eq. 2 at
   the point of G's decision boundary found by a line search between ψ(x) and ψ(r)
   (``boundaries.search_boundary_point``); δ = 0; where δ cannot be reached, their greedy's
-  extras (``solver.keep_adding_batch``); the loosen step after Algorithm 1
-  (``solver.loosen_batch``). It gives each input its own polytope.
+  extras (``solver.solve(keep_adding=True)``); the loosen step after Algorithm 1
+  (``solver.solve(loosen=True)``). It gives each input its own polytope.
 * ``"paper"`` (the paper's text): one sample Q of boundaries at random references, shared
   by every input (Eq. 2 at ψ(r)); δ = τ(x); the greedy stops where no boundary removes
   another D(x) reference; no loosen step. Most inputs of a class then get the same few
@@ -39,7 +39,7 @@ class RIVariant:
       delta: ``"tau"``: δ = τ(x) (paper); ``"zero"``: δ = 0 (authors).
       keep_adding: where δ is not reached once no boundary removes another D(x)
         reference, keep adding those that remove nothing, in index order, up to the
-        authors' 111 picks (``solver.keep_adding_batch``; authors). False stops there.
+        authors' 111 picks (``solver.solve(keep_adding=True)``; authors). False stops there.
       loosen: run the authors' loosen step after Algorithm 1.
       max_search_steps: cap on each boundary search (``"per_input"`` only).
       search_tol: the search stops when ΔG² < search_tol (the authors' 1e-5).

@@ -12,10 +12,10 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ri_jax.boundaries import (SEARCH_STEP, SEARCH_TOLERANCE, Boundaries, delta_g, draw_pools,
-                               pool_boundaries, pool_keys, sample_boundaries, sample_indices, sides,
-                               sides_packed, sides_packed_per_input)
+                               pool_boundaries, pool_keys, sample_boundaries, sample_indices, side_bits,
+                               _sides_packed)
 from ri_jax.models.vgg import ModelConfig, make_vgg
-from ri_jax.solver import pack_bits
+from ri_jax.bits import pack_bits
 
 FEAT = (2, 2, 3)
 
@@ -177,18 +177,19 @@ def test_sides_match_numpy(seed, n, chunk):
     b = rng.normal(size=5).astype(np.float32)
     feats = rng.normal(size=(n,) + FEAT).astype(np.float32)
     values = np.einsum("qijk,nijk->qn", w.astype(np.float64), feats.astype(np.float64)) + b[:, None]
-    got = np.asarray(sides(Boundaries(jnp.asarray(w), jnp.asarray(b)), jnp.asarray(feats),
-                           chunk_size=chunk))
+    got = np.asarray(side_bits(Boundaries(jnp.asarray(w), jnp.asarray(b)), jnp.asarray(feats),
+                               packed=False, chunk_size=chunk))
     assert got.shape == (5, n) and got.dtype == bool
     clear = np.abs(values) > 1e-4  # float32 rounding may flip values this close to 0
     np.testing.assert_array_equal(got[clear], (values > 0)[clear])
-    packed = sides_packed(Boundaries(jnp.asarray(w), jnp.asarray(b)), jnp.asarray(feats),
+    packed = _sides_packed(Boundaries(jnp.asarray(w), jnp.asarray(b)), jnp.asarray(feats),
                           chunk_size=chunk)
     np.testing.assert_array_equal(packed, pack_bits(jnp.asarray(got)))
     # Chunks of feature maps give exactly the one-chunk answer, the padded last one too.
     one = Boundaries(jnp.asarray(w), jnp.asarray(b))
-    np.testing.assert_array_equal(got, sides(one, jnp.asarray(feats), chunk_size=1024))
-    np.testing.assert_array_equal(packed, sides_packed(one, jnp.asarray(feats), chunk_size=1024))
+    np.testing.assert_array_equal(got, side_bits(one, jnp.asarray(feats), packed=False,
+                                                 chunk_size=1024))
+    np.testing.assert_array_equal(packed, _sides_packed(one, jnp.asarray(feats), chunk_size=1024))
 
 
 def test_bad_inputs():
@@ -211,11 +212,11 @@ def test_bad_inputs():
         sample_boundaries(head, feats, piecewise_linear="yes")
     bounds = Boundaries(jnp.ones((3,) + FEAT), jnp.zeros(3))
     with pytest.raises(ValueError, match="feats"):
-        sides(bounds, jnp.ones((2, 3, 3, 3)))
+        side_bits(bounds, jnp.ones((2, 3, 3, 3)))
     with pytest.raises(ValueError, match="boundaries"):
-        sides(Boundaries(jnp.ones((3,) + FEAT), jnp.zeros(4)), feats)
+        side_bits(Boundaries(jnp.ones((3,) + FEAT), jnp.zeros(4)), feats)
     with pytest.raises(ValueError, match="chunk_size"):
-        sides(bounds, feats, chunk_size=0)
+        side_bits(bounds, feats, chunk_size=0)
 
 
 # --- The authors' search for boundary points (per-input pools) -------------------------
@@ -384,14 +385,14 @@ def test_draw_pools_without_replacement_from_other_classes(seed, n, pool):
 
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n=st.sampled_from([1, 31, 32, 33, 64, 70]))
-def test_sides_packed_per_input_matches_sides(seed, n):
+def test_side_bits_per_input_match_each_pool(seed, n):
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(3, 4) + FEAT).astype(np.float32)
     b = rng.normal(size=(3, 4)).astype(np.float32)
     feats = rng.normal(size=(n,) + FEAT).astype(np.float32)
-    words = sides_packed_per_input(Boundaries(w, b), feats, chunk_size=32)
+    words = side_bits(Boundaries(w, b), feats, chunk_size=32)
     for i in range(3):
-        expected = pack_bits(sides(Boundaries(w[i], b[i]), feats))
+        expected = pack_bits(side_bits(Boundaries(w[i], b[i]), feats, packed=False))
         np.testing.assert_array_equal(words[i], expected)
 
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import balanced, forced_devices
 from ri_jax import distributed as dist
-from ri_jax.boundaries import Boundaries, sides_packed
+from ri_jax.boundaries import Boundaries, side_bits
 from ri_jax.interpreter import RepresentativeInterpreter
 from ri_jax.variants import ri_variant
 
@@ -46,12 +46,12 @@ def test_chunked_sides_are_the_one_call_sides(n, q, seed):
     feats = rng.standard_normal((n, 3)).astype(np.float32)
     bounds = Boundaries(jnp.asarray(rng.standard_normal((q, 3)), jnp.float32),
                         jnp.asarray(rng.standard_normal(q), jnp.float32))
-    want = np.asarray(sides_packed(bounds, feats))
-    np.testing.assert_array_equal(dist.distributed_sides_packed(bounds, feats), want)
+    want = np.asarray(side_bits(bounds, feats))
+    np.testing.assert_array_equal(dist._distributed_side_bits(bounds, feats), want)
     chunk = dist.side_chunk_size(n)
     for first in range(0, n, chunk):
         np.testing.assert_array_equal(
-            dist.chunk_sides_packed(bounds, feats[first:first + 2 * chunk], chunk),
+            dist._chunk_side_bits(bounds, feats[first:first + 2 * chunk], chunk),
             want[:, first // 32:(first + 2 * chunk + 31) // 32])
 
 

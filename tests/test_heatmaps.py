@@ -158,7 +158,7 @@ def test_weights_from_x_are_reused_unchanged_on_other_images():
 
 
 def test_point_on_the_boundary_is_oriented_like_its_side_bit():
-    # ⟨W, 0⟩ + 0 = 0: boundaries.sides puts x on the negative side, so α must be −mean(W).
+    # ⟨W, 0⟩ + 0 = 0: boundaries.side_bits puts x on the negative side, so α must be −mean(W).
     w = jnp.asarray(np.arange(12, dtype=np.float32).reshape(1, 2, 2, 3))
     alphas = ri_channel_weights(w, jnp.zeros(1), jnp.zeros((2, 2, 3)))
     np.testing.assert_allclose(alphas[0], -w[0].mean(axis=(0, 1)))

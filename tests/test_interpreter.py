@@ -10,13 +10,13 @@ import pytest
 
 from ri_jax import interpreter as interpreter_module
 from ri_jax import solver
-from ri_jax.boundaries import sides
+from ri_jax.boundaries import side_bits
 from ri_jax.heatmaps import polytope_heatmap
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
 from ri_jax.models.vgg import ModelConfig, make_vgg
 from ri_jax.ranking import semantic_distance
 from ri_jax.regions import DecisionRegions, covers, predict
-from ri_jax.solver import unpack_bits
+from ri_jax.bits import unpack_bits
 from ri_jax.variants import ri_variant
 
 CONFIG = ModelConfig(arch="vgg11", width=1 / 16, image_size=32, num_classes=2)
@@ -100,13 +100,13 @@ def test_interpret_end_to_end(setup):
     for i in (0, 5, 17):
         r = interp.interpret(refs[i], top_k=TOP_K)
         psi_x = interp.reference_set.feats[i]
-        x_side = sides(interp.reference_set.boundaries, psi_x[None])[:, 0]
+        x_side = side_bits(interp.reference_set.boundaries, psi_x[None], packed=False)[:, 0]
         check_one(interp, r, psi_x, x_side)
         assert bool(r.covered[i]), "a reference is covered by its own polytope"
         assert int(r.predicted_class) == preds[i]
     r = interp.interpret(others[0], top_k=TOP_K)
     psi = interp.features(others[:1])[0]
-    check_one(interp, r, psi, sides(interp.reference_set.boundaries, psi[None])[:, 0])
+    check_one(interp, r, psi, side_bits(interp.reference_set.boundaries, psi[None], packed=False)[:, 0])
     assert int(r.predicted_class) == int(jnp.argmax(fns.apply(params, others[:1])[0]))
 
 
@@ -119,7 +119,7 @@ def test_interpret_batch_agrees_and_does_not_retrace(setup):
         single = interp.interpret(xs[i], top_k=TOP_K)
         for (name, got), want in zip(fields(batch).items(), fields(single).values()):
             np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5, err_msg=name)
-    sizes = (solver._solve_classes._cache_size(), interpreter_module._explain_batch._cache_size(),
+    sizes = (solver._solve_classes_jit._cache_size(), interpreter_module._explain_batch._cache_size(),
              interp.fns.features._cache_size())
     interp.interpret_batch(jnp.concatenate([others[3:], refs[10:15]]), top_k=TOP_K)
     # Five inputs run in the bucket of eight (padded with copies, dropped again): their
@@ -128,7 +128,7 @@ def test_interpret_batch_agrees_and_does_not_retrace(setup):
     for (name, got), want in zip(fields(five).items(), fields(batch).values()):
         assert got.shape[0] == 5, name
         np.testing.assert_allclose(got, want[:5], rtol=1e-6, atol=1e-6, err_msg=name)
-    assert (solver._solve_classes._cache_size(), interpreter_module._explain_batch._cache_size(),
+    assert (solver._solve_classes_jit._cache_size(), interpreter_module._explain_batch._cache_size(),
             interp.fns.features._cache_size()) == sizes
 
 
@@ -146,12 +146,12 @@ def test_class_count_is_the_heads_so_a_class_no_reference_has_reuses_the_solver(
     assert interp.num_classes == 3
     assert set(np.asarray(interp.reference_set.preds).tolist()) == {0, 1}
     first = interp.interpret_batch(refs[:4], top_k=2)
-    size = solver._solve_classes._cache_size()
+    size = solver._solve_classes_jit._cache_size()
     new_class = refs[:4].copy()
     new_class[:, 0, 0, 1] = 10.0
     second = interp.interpret_batch(new_class, top_k=2)
     assert np.all(np.asarray(second.predicted_class) == 2)
-    assert solver._solve_classes._cache_size() == size
+    assert solver._solve_classes_jit._cache_size() == size
     np.testing.assert_array_equal(first.predicted_class, np.asarray(interp.reference_set.preds)[:4])
 
 
@@ -169,12 +169,12 @@ def test_regions_for_agree_with_interpretations(setup):
     assert np.all(np.asarray(pred.covered_any))
     # Five inputs are solved in the bucket of eight: their rows, the shared boundaries
     # whole, and no new compilation of the solver.
-    size = solver._solve_classes._cache_size()
+    size = solver._solve_classes_jit._cache_size()
     five = interp.regions_for(feats[:5])
     for name in ("selected", "signs", "label", "num_covered_refs"):
         np.testing.assert_array_equal(getattr(five, name), getattr(regions, name)[:5], name)
     assert five.w.shape == regions.w.shape and five.b.shape == (Q,)
-    assert solver._solve_classes._cache_size() == size
+    assert solver._solve_classes_jit._cache_size() == size
 
 
 @pytest.mark.parametrize("variant", ["paper", "authors"])

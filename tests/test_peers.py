@@ -14,7 +14,8 @@ from benchmarks.peers import BoundaryPeer, _best, greedy_peer, greedy_peer_batch
 from ri_jax import metrics
 from ri_jax.boundaries import sample_boundaries
 from ri_jax.models.vgg import VGG, make_vgg
-from ri_jax.solver import pack_bits, solve_batch, solve_greedy
+from ri_jax.solver import _solve_batch, _solve_greedy
+from ri_jax.bits import pack_bits
 
 # A few fixed shapes so the jitted solver compiles once per shape, not per example.
 SHAPES = [(1, 7), (5, 40), (8, 70), (12, 33)]
@@ -35,7 +36,7 @@ def random_instance(rng, q, n):
 def test_greedy_peer_matches_solver(shape, seed, delta):
     match, positive = random_instance(np.random.default_rng(seed), *shape)
     peer = greedy_peer(match, positive, delta)
-    ours = solve_greedy(jnp.asarray(match), jnp.asarray(positive),
+    ours = _solve_greedy(jnp.asarray(match), jnp.asarray(positive),
                         None if delta is None else jnp.int32(delta))
     np.testing.assert_array_equal(peer.order, np.asarray(ours.order))
     assert peer.num_selected == int(ours.num_selected)
@@ -55,7 +56,7 @@ def test_greedy_peer_batch_matches_solve_batch(seed, with_delta):
     x_preds = rng.integers(0, 3, b).astype(np.int32)
     delta = rng.integers(0, 4, b).astype(np.int32) if with_delta else None
     peer = greedy_peer_batch(sides, x_sides, ref_preds, x_preds, delta)
-    ours = solve_batch(pack_bits(jnp.asarray(sides)), n, jnp.asarray(x_sides),
+    ours = _solve_batch(pack_bits(jnp.asarray(sides)), n, jnp.asarray(x_sides),
                        pack_bits(jnp.asarray(ref_preds[None] == x_preds[:, None])),
                        None if delta is None else jnp.asarray(delta))
     np.testing.assert_array_equal(peer.order, np.asarray(ours.order))

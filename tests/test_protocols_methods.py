@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from ri_jax.protocols import methods
 from ri_jax.baselines import gradcam_pp_weights, gradcam_weights, scorecam_weights
-from ri_jax.boundaries import sides
+from ri_jax.boundaries import side_bits
 from ri_jax.heatmaps import cam, ri_channel_weights
 from ri_jax.regions import covers
 from conftest import as_model
@@ -132,7 +132,7 @@ def test_ri_interpretations_are_the_interpreters(protocol_model, protocol_ri):
                                    ri_channel_weights(bounds.w, bounds.b, psi[v]), atol=1e-5)
     # Each polytope covers its own input, and its sides are the input's sides.
     assert np.all(np.diag(np.asarray(covers(res.regions, psi[:5]))))
-    np.testing.assert_array_equal(res.regions.signs, np.asarray(sides(bounds, psi[:5])).T)
+    np.testing.assert_array_equal(res.regions.signs, np.asarray(side_bits(bounds, psi[:5], packed=False)).T)
     drawn = methods.interpretation_heatmaps(res.interpretations, np.arange(5), psi[:5], S)
     np.testing.assert_allclose(drawn, res.details.heatmap, atol=1e-5)
 

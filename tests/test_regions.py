@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ri_jax.regions import DecisionRegions, covers, predict
+from ri_jax.regions import DecisionRegions, covered_by_class, covers, predict
 
 # Boundaries in a 2-D feature space: x > 0, y > 0, x + y > 3.
 W = jnp.asarray([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
@@ -88,3 +88,11 @@ def test_bad_inputs():
         covers(REGIONS._replace(label=REGIONS.label[:2]), POINTS)
     with pytest.raises(ValueError, match="feats"):
         predict(REGIONS, jnp.ones((3, 5)))
+
+
+def test_covered_by_class_counts_each_class_and_skips_unknown_labels():
+    covered = np.array([1, 1, 0, 1, 1, 1], bool)
+    classes = np.array([0, 2, 1, -1, 2, 2])
+    assert covered_by_class(covered, classes, ("a", "b", "c")) == {"a": 1, "b": 0, "c": 3}
+    assert covered_by_class(np.zeros(6, bool), classes, ("a", "b", "c")) == {"a": 0, "b": 0,
+                                                                            "c": 0}

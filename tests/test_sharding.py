@@ -19,19 +19,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import forced_devices
-from ri_jax import sharding
-from ri_jax.boundaries import Boundaries, sides_packed
+from ri_jax import sharding, solver
+from ri_jax.boundaries import Boundaries, _sides_packed, side_bits
 from ri_jax.models.vgg import make_vgg, vgg_model
-from ri_jax.solver import pack_bits, positive_words, solve_batch
+from ri_jax.solver import positive_words, _solve_batch
+from ri_jax.bits import pack_bits
 
 ROOT = Path(__file__).resolve().parents[1]
 
 MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
-    from ri_jax import sharding
-    from ri_jax.boundaries import Boundaries, sides, sides_packed
+    from ri_jax import sharding, solver
+    from ri_jax.boundaries import Boundaries, side_bits, _sides_packed
     from ri_jax.models.vgg import ModelConfig, make_vgg, vgg_model
-    from ri_jax.solver import pack_bits, positive_words, solve_batch
+    from ri_jax.solver import positive_words, _solve_batch
+    from ri_jax.bits import pack_bits
 
     assert jax.device_count() == 4, jax.devices()
     mesh = sharding.make_mesh()
@@ -67,10 +69,10 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     bounds = Boundaries(w=jnp.asarray(rng.normal(size=(5, 2, 2, 32)), jnp.float32),
                         b=jnp.asarray(rng.normal(size=5), jnp.float32))
     feats = np.maximum(rng.normal(size=(70, 2, 2, 32)), 0).astype(np.float32)
-    np.testing.assert_array_equal(sharding.sharded_sides(bounds, feats, mesh),
-                                  np.asarray(sides(bounds, feats)))
-    words = sharding.sharded_sides_packed(bounds, feats, mesh)
-    np.testing.assert_array_equal(words, np.asarray(sides_packed(bounds, feats)))
+    np.testing.assert_array_equal(side_bits(bounds, feats, packed=False, mesh=mesh),
+                                  np.asarray(side_bits(bounds, feats, packed=False)))
+    words = side_bits(bounds, feats, mesh=mesh)
+    np.testing.assert_array_equal(words, np.asarray(_sides_packed(bounds, feats)))
 
     # Solve: B = 7 inputs over 4 devices, with each input's tau and with given bounds.
     x_sides = rng.random((7, 5)) < 0.5
@@ -79,9 +81,9 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
     positive = np.asarray(pack_bits(jnp.asarray(preds[None] == x_preds[:, None])))
     bounds_given = rng.integers(0, 5, 7).astype(np.int32)
     for delta, chunk in ((None, "auto"), (bounds_given, None), (None, 3)):
-        ours = sharding.sharded_solve_batch(words, 70, x_sides, positive, delta, mesh=mesh,
+        ours = solver._sharded_solve_batch(words, 70, x_sides, positive, delta, mesh=mesh,
                                             lanes=chunk)
-        ref = solve_batch(jnp.asarray(words), 70, jnp.asarray(x_sides), jnp.asarray(positive),
+        ref = _solve_batch(jnp.asarray(words), 70, jnp.asarray(x_sides), jnp.asarray(positive),
                           None if delta is None else jnp.asarray(delta))
         for name, a, b in zip(ref._fields, ours, ref):
             np.testing.assert_array_equal(a, np.asarray(b), err_msg=name)
@@ -89,13 +91,30 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent("""
         # The class-blocked solve, three classes (one absent from the inputs), same answers.
         preds3 = rng.integers(0, 3, 70)
         x_preds3 = rng.integers(0, 2, 7)
-        blocked = sharding.sharded_solve_classes(words, x_sides, preds3, x_preds3, delta,
+        blocked = solver._sharded_solve_classes(words, x_sides, preds3, x_preds3, delta,
                                                  num_classes=3, mesh=mesh, lanes=chunk)
-        ref = solve_batch(jnp.asarray(words), 70, jnp.asarray(x_sides),
+        ref = _solve_batch(jnp.asarray(words), 70, jnp.asarray(x_sides),
                           positive_words(preds3, x_preds3, num_classes=3),
                           None if delta is None else jnp.asarray(delta))
         for name, a, b in zip(ref._fields, blocked, ref):
             np.testing.assert_array_equal(a, np.asarray(b), err_msg=name)
+
+    # The public entry points with mesh= give the one-device answers: per-input pools
+    # (B = 7, Q = 5) for the side bits, and solve() on shared and per-input side words
+    # with the authors' extras and loosen step.
+    pools = Boundaries(w=jnp.asarray(rng.normal(size=(7, 5, 2, 2, 32)), jnp.float32),
+                       b=jnp.asarray(rng.normal(size=(7, 5)), jnp.float32))
+    own = side_bits(pools, feats, mesh=mesh)
+    np.testing.assert_array_equal(own, np.asarray(side_bits(pools, feats)))
+    for side_words, x in ((words, x_sides), (own, rng.random((7, 5)) < 0.5)):
+        for delta in (None, np.zeros(7, np.int32)):
+            kwargs = dict(ref_classes=preds3, x_classes=x_preds3, num_classes=3, delta=delta,
+                          keep_adding=True, loosen=True)
+            split, split_greedy = solver.solve(side_words, x, mesh=mesh, **kwargs)
+            ref, ref_greedy = solver.solve(jnp.asarray(side_words), x, **kwargs)
+            for name, a, b in zip(ref._fields, split, ref):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+            np.testing.assert_array_equal(np.asarray(split_greedy), np.asarray(ref_greedy))
     print("OK")
 """)
 
@@ -131,28 +150,28 @@ def test_bad_arguments_raise_value_errors(tiny_config):
         sharding.shard_batch(np.float32(1), mesh)
     words = np.zeros((2, 1), np.uint32)
     with pytest.raises(ValueError, match="side_words"):
-        sharding.sharded_solve_batch(words.astype(np.int32), 5, np.zeros((1, 2), bool),
+        solver._sharded_solve_batch(words.astype(np.int32), 5, np.zeros((1, 2), bool),
                                      np.zeros((1, 1), np.uint32), mesh=mesh)
     with pytest.raises(ValueError, match="num_refs"):
-        sharding.sharded_solve_batch(words, 33, np.zeros((1, 2), bool),
+        solver._sharded_solve_batch(words, 33, np.zeros((1, 2), bool),
                                      np.zeros((1, 1), np.uint32), mesh=mesh)
     with pytest.raises(ValueError, match="x_sides"):
-        sharding.sharded_solve_batch(words, 5, np.zeros((1, 3), bool),
+        solver._sharded_solve_batch(words, 5, np.zeros((1, 3), bool),
                                      np.zeros((1, 1), np.uint32), mesh=mesh)
     with pytest.raises(ValueError, match="positive_words"):
-        sharding.sharded_solve_batch(words, 5, np.zeros((1, 2), bool),
+        solver._sharded_solve_batch(words, 5, np.zeros((1, 2), bool),
                                      np.zeros((2, 1), np.uint32), mesh=mesh)
     with pytest.raises(ValueError, match="delta"):
-        sharding.sharded_solve_batch(words, 5, np.zeros((1, 2), bool),
+        solver._sharded_solve_batch(words, 5, np.zeros((1, 2), bool),
                                      np.zeros((1, 1), np.uint32), np.array([-1]), mesh=mesh)
     with pytest.raises(ValueError, match="lanes"):
-        sharding.sharded_solve_batch(words, 5, np.zeros((1, 2), bool),
+        solver._sharded_solve_batch(words, 5, np.zeros((1, 2), bool),
                                      np.zeros((1, 1), np.uint32), mesh=mesh, lanes=0)
     bounds = Boundaries(w=jnp.zeros((2, 3)), b=jnp.zeros(2))
     with pytest.raises(ValueError, match="feats"):
-        sharding.sharded_sides(bounds, np.zeros((4, 5), np.float32), mesh)
+        side_bits(bounds, np.zeros((4, 5), np.float32), packed=False, mesh=mesh)
     with pytest.raises(ValueError, match="feats"):
-        sharding.sharded_sides_packed(bounds, np.full((4, 3), np.nan, np.float32), mesh)
+        side_bits(bounds, np.full((4, 3), np.nan, np.float32), mesh=mesh)
     with pytest.raises(ValueError, match="model"):
         sharding.sharded_features(None, np.zeros((1, 32, 32, 3)), mesh)
     with pytest.raises(ValueError, match="raw_images"):
@@ -171,18 +190,18 @@ def test_one_device_sides_and_solve_match_unsharded(n, chunk, seed):
     bounds = Boundaries(w=jnp.asarray(rng.normal(size=(q, 6)), jnp.float32),
                         b=jnp.asarray(rng.normal(size=q), jnp.float32))
     feats = rng.normal(size=(n, 6)).astype(np.float32)
-    words = sharding.sharded_sides_packed(bounds, feats, mesh)
-    np.testing.assert_array_equal(words, np.asarray(sides_packed(bounds, feats)))
+    words = side_bits(bounds, feats, mesh=mesh)
+    np.testing.assert_array_equal(words, np.asarray(_sides_packed(bounds, feats)))
     x_sides = rng.random((3, q)) < 0.5
     positive = np.asarray(pack_bits(jnp.asarray(rng.random((3, n)) < 0.5)))
-    ours = sharding.sharded_solve_batch(words, n, x_sides, positive, mesh=mesh, lanes=chunk)
-    ref = solve_batch(jnp.asarray(words), n, jnp.asarray(x_sides), jnp.asarray(positive))
+    ours = solver._sharded_solve_batch(words, n, x_sides, positive, mesh=mesh, lanes=chunk)
+    ref = _solve_batch(jnp.asarray(words), n, jnp.asarray(x_sides), jnp.asarray(positive))
     for name, a, b in zip(ref._fields, ours, ref):
         np.testing.assert_array_equal(a, np.asarray(b), err_msg=name)
     ref_preds, x_preds = rng.integers(0, 2, n), rng.integers(0, 2, 3)
-    ours = sharding.sharded_solve_classes(words, x_sides, ref_preds, x_preds, num_classes=2,
+    ours = solver._sharded_solve_classes(words, x_sides, ref_preds, x_preds, num_classes=2,
                                           mesh=mesh, lanes=chunk)
-    ref = solve_batch(jnp.asarray(words), n, jnp.asarray(x_sides),
+    ref = _solve_batch(jnp.asarray(words), n, jnp.asarray(x_sides),
                       positive_words(ref_preds, x_preds, num_classes=2))
     for name, a, b in zip(ref._fields, ours, ref):
         np.testing.assert_array_equal(a, np.asarray(b), err_msg=name)

@@ -12,10 +12,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ri_jax import solver as solver_module
-from ri_jax.solver import (GreedyResult, _better, _mul_wide, class_blocks, class_sets, loosen_batch,
-                           match_words, num_words, pack_bits, popcount, positive_words,
-                           solve_batch, solve_classes, solve_greedy, solve_greedy_packed,
-                           solve_lanes, to_blocks, unpack_bits)
+from ri_jax.solver import (GreedyResult, _better, _mul_wide, class_blocks, class_sets,
+                           _loosen_batch, match_words, positive_words, _solve_batch, _solve_classes,
+                           _solve_greedy, _solve_greedy_packed, _solve_lanes, to_blocks)
+from ri_jax.bits import num_words, pack_bits, popcount, unpack_bits
 
 SHAPES = [(1, 5), (4, 33), (6, 64), (7, 70)]
 
@@ -77,7 +77,7 @@ def assert_matches_reference(result: GreedyResult, ref, n):
 def test_matches_reference(seed, shape, patterns, delta):
     rng = np.random.default_rng(seed)
     match, positive = random_instance(rng, *shape, patterns)
-    result = solve_greedy(jnp.asarray(match), jnp.asarray(positive), delta)
+    result = _solve_greedy(jnp.asarray(match), jnp.asarray(positive), delta)
     ref = greedy_reference(match, positive, delta)
     assert_matches_reference(result, ref, shape[1])
 
@@ -92,7 +92,7 @@ def test_invariants(seed, shape, patterns, delta):
     x = rng.integers(0, n)
     match[:, x] = True  # x is a reference: it lies on its own side of every boundary
     positive[x] = True
-    r = solve_greedy(jnp.asarray(match), jnp.asarray(positive), delta)
+    r = _solve_greedy(jnp.asarray(match), jnp.asarray(positive), delta)
     covered = np.asarray(unpack_bits(r.covered, n))
     assert covered[x], "x must be covered by its own polytope"
     order = np.asarray(r.order)
@@ -122,7 +122,7 @@ def test_invariants(seed, shape, patterns, delta):
 def test_empty_polytope_when_delta_already_met():
     match = jnp.asarray(np.random.default_rng(0).random((5, 40)) < 0.5)
     positive = jnp.arange(40) < 30
-    r = solve_greedy(match, positive, 10)  # 10 negatives in total
+    r = _solve_greedy(match, positive, 10)  # 10 negatives in total
     assert int(r.num_selected) == 0 and not np.any(np.asarray(r.selected))
     assert np.all(np.asarray(r.order) == -1)
     assert np.all(np.asarray(unpack_bits(r.covered, 40)))
@@ -131,7 +131,7 @@ def test_empty_polytope_when_delta_already_met():
 
 def test_single_class_gives_empty_polytope_and_zero_tau():
     match = jnp.asarray(np.random.default_rng(1).random((4, 37)) < 0.5)
-    r = solve_greedy(match, jnp.ones(37, bool))
+    r = _solve_greedy(match, jnp.ones(37, bool))
     assert int(r.tau) == 0 and int(r.delta) == 0 and int(r.num_selected) == 0
     assert int(r.num_covered_positive) == 37 and bool(r.reached)
 
@@ -140,7 +140,7 @@ def test_stops_when_no_candidate_left():
     # Both negatives lie on x's side of every boundary: τ = 2 and nothing can remove them.
     match = jnp.asarray([[True, True, False, True], [True, True, True, False]])
     positive = jnp.asarray([False, False, True, True])
-    r = solve_greedy(match, positive, 0)
+    r = _solve_greedy(match, positive, 0)
     assert int(r.num_selected) == 0 and not bool(r.reached)
     assert int(r.num_covered_negative) == 2 and int(r.tau) == 2
 
@@ -153,7 +153,7 @@ def test_tie_breaks_by_larger_denominator_then_lower_index():
                       [False, False, False, False, True],
                       [False, False, False, False, True]])
     match[:, 4] = True
-    r = solve_greedy(jnp.asarray(match), jnp.asarray(positive), 0)
+    r = _solve_greedy(jnp.asarray(match), jnp.asarray(positive), 0)
     assert list(np.asarray(r.order)) == [1, -1, -1]
 
 
@@ -165,10 +165,10 @@ def test_jit_vmap_and_no_retrace():
     positive = jnp.asarray(np.stack([c[1] for c in cases]))
     deltas = jnp.asarray(rng.integers(0, 5, b), jnp.int32)
 
-    traced = jax.jit(chex.assert_max_traces(solve_greedy, n=1))
+    traced = jax.jit(chex.assert_max_traces(_solve_greedy, n=1))
     singles = [traced(match[i], positive[i], deltas[i]) for i in range(b)]
-    batched = jax.vmap(solve_greedy)(match, positive, deltas)
-    batched_tau = jax.vmap(solve_greedy, in_axes=(0, 0, None))(match, positive, None)
+    batched = jax.vmap(_solve_greedy)(match, positive, deltas)
+    batched_tau = jax.vmap(_solve_greedy, in_axes=(0, 0, None))(match, positive, None)
     for i in range(b):
         chex.assert_trees_all_equal(singles[i], jax.tree.map(lambda a: a[i], batched))
         ref = greedy_reference(np.asarray(match[i]), np.asarray(positive[i]), None)
@@ -184,8 +184,8 @@ def test_packed_and_bool_paths_agree():
         pw = np.array(pack_bits(jnp.asarray(positive)))
         mw[:, -1] |= garbage  # bits past num_refs must be ignored
         pw[-1] |= garbage
-        packed = solve_greedy_packed(jnp.asarray(mw), jnp.asarray(pw), None, num_refs=n)
-        chex.assert_trees_all_equal(packed, solve_greedy(jnp.asarray(match), jnp.asarray(positive)))
+        packed = _solve_greedy_packed(jnp.asarray(mw), jnp.asarray(pw), None, num_refs=n)
+        chex.assert_trees_all_equal(packed, _solve_greedy(jnp.asarray(match), jnp.asarray(positive)))
 
 
 @settings(max_examples=30, deadline=None)
@@ -199,7 +199,7 @@ def test_solve_batch_matches_per_input(seed, use_delta):
     x_class = rng.integers(0, 3, b)
     positive = ref_class[None, :] == x_class[:, None]
     delta = jnp.asarray(rng.integers(0, 6, b), jnp.int32) if use_delta else None
-    r = solve_batch(pack_bits(jnp.asarray(side)), n, jnp.asarray(x_sides),
+    r = _solve_batch(pack_bits(jnp.asarray(side)), n, jnp.asarray(x_sides),
                     pack_bits(jnp.asarray(positive)), delta)
     for i in range(b):
         match = side == x_sides[i][:, None]
@@ -210,7 +210,7 @@ def test_solve_batch_matches_per_input(seed, use_delta):
 @functools.partial(jax.jit, static_argnames="lanes")
 def lanes_solve(side_words, num_refs, x_sides, positive_words, delta, *, lanes):
     positive, negative = jax.vmap(class_sets, (0, None))(positive_words, num_refs)
-    return solve_lanes(side_words, x_sides, positive, negative, delta, lanes=lanes)
+    return _solve_lanes(side_words, x_sides, positive, negative, delta, lanes=lanes)
 
 
 # Fewer, more and as many lanes as inputs; tie-heavy instances; one shape per batch size.
@@ -227,7 +227,7 @@ def test_refilled_lanes_match_reference(seed, b, lanes, patterns, use_delta):
     ref_class = rng.integers(0, 3, n)
     positive = ref_class[None, :] == rng.integers(0, 3, b)[:, None]
     delta = jnp.asarray(rng.integers(0, 6, b), jnp.int32) if use_delta else None
-    # solve_lanes caps the lanes at B; capping here too keeps one compilation per program.
+    # _solve_lanes caps the lanes at B; capping here too keeps one compilation per program.
     r = lanes_solve(pack_bits(jnp.asarray(side)), n, jnp.asarray(x_sides),
                     pack_bits(jnp.asarray(positive)), delta, lanes=min(lanes, b))
     for i in range(b):
@@ -295,23 +295,23 @@ def test_bad_inputs():
     match = jnp.ones((3, 10), bool)
     positive = jnp.ones(10, bool)
     with pytest.raises(ValueError, match="match"):
-        solve_greedy(jnp.ones((3, 10), jnp.int32), positive)
+        _solve_greedy(jnp.ones((3, 10), jnp.int32), positive)
     with pytest.raises(ValueError, match="match"):
-        solve_greedy(jnp.ones(10, bool), positive)
+        _solve_greedy(jnp.ones(10, bool), positive)
     with pytest.raises(ValueError, match="positive"):
-        solve_greedy(match, jnp.ones(11, bool))
+        _solve_greedy(match, jnp.ones(11, bool))
     with pytest.raises(ValueError, match="delta"):
-        solve_greedy(match, positive, -1)
+        _solve_greedy(match, positive, -1)
     with pytest.raises(ValueError, match="delta"):
-        solve_greedy(match, positive, 1.5)
+        _solve_greedy(match, positive, 1.5)
     with pytest.raises(ValueError, match="num_refs"):
-        solve_greedy_packed(pack_bits(match), pack_bits(positive), num_refs=33)
+        _solve_greedy_packed(pack_bits(match), pack_bits(positive), num_refs=33)
     with pytest.raises(ValueError, match="match_words"):
-        solve_greedy_packed(jnp.zeros((0, 1), jnp.uint32), jnp.zeros(1, jnp.uint32), num_refs=1)
+        _solve_greedy_packed(jnp.zeros((0, 1), jnp.uint32), jnp.zeros(1, jnp.uint32), num_refs=1)
     with pytest.raises(ValueError, match="x_sides"):
-        solve_batch(pack_bits(match), 10, jnp.ones((2, 4), bool), jnp.zeros((2, 1), jnp.uint32))
+        _solve_batch(pack_bits(match), 10, jnp.ones((2, 4), bool), jnp.zeros((2, 1), jnp.uint32))
     with pytest.raises(ValueError, match="delta"):
-        solve_batch(pack_bits(match), 10, jnp.ones((2, 3), bool), jnp.zeros((2, 1), jnp.uint32),
+        _solve_batch(pack_bits(match), 10, jnp.ones((2, 3), bool), jnp.zeros((2, 1), jnp.uint32),
                     jnp.asarray([0, -1]))
     with pytest.raises(ValueError, match="bits"):
         pack_bits(jnp.ones(3, jnp.int32))
@@ -327,7 +327,7 @@ def test_solve_batch_in_chunks(monkeypatch):
     side = rng.random((q, n)) < 0.5
     x_sides = rng.random((b, q)) < 0.5
     positive = rng.random((b, n)) < 0.5
-    r = solve_batch(pack_bits(jnp.asarray(side)), n, jnp.asarray(x_sides),
+    r = _solve_batch(pack_bits(jnp.asarray(side)), n, jnp.asarray(x_sides),
                     pack_bits(jnp.asarray(positive)))
     for i in range(b):
         ref = greedy_reference(side == x_sides[i][:, None], positive[i], None)
@@ -353,7 +353,7 @@ def test_solve_classes_matches_reference(seed, case, patterns):
     ref_class = rng.integers(0, present, n)
     x_class = rng.integers(0, num_classes, b)
     delta = jnp.asarray(rng.integers(0, 6, b), jnp.int32) if use_delta else None
-    r = solve_classes(pack_bits(jnp.asarray(side)), jnp.asarray(x_sides), ref_class, x_class,
+    r = _solve_classes(pack_bits(jnp.asarray(side)), jnp.asarray(x_sides), ref_class, x_class,
                       delta, num_classes=num_classes)
     for i in range(b):
         match = side == x_sides[i][:, None]
@@ -375,7 +375,7 @@ _to_blocks = jax.jit(to_blocks)
 
 # N on and across word edges, up to several words per class; one compilation per (N, C),
 # so eight pairs cover every N and every C from 1 to 5 (of the 40 combinations). N off a
-# word edge is laid out as solve_classes lays it out: padded to the words' 32·W
+# word edge is laid out as _solve_classes lays it out: padded to the words' 32·W
 # references (any class ids past N, any bits there), the padding in no word.
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1),
@@ -410,20 +410,20 @@ def test_class_blocks_put_each_class_in_its_own_words(seed, n_and_classes):
 def test_solve_classes_rejects_bad_inputs():
     words = np.zeros((2, 1), np.uint32)
     with pytest.raises(ValueError, match="ref_classes"):
-        solve_classes(words, np.zeros((1, 2), bool), np.zeros((0,), np.int32), [0], num_classes=2)
+        _solve_classes(words, np.zeros((1, 2), bool), np.zeros((0,), np.int32), [0], num_classes=2)
     with pytest.raises(ValueError, match="side_words"):
-        solve_classes(np.zeros((2, 2), np.uint32), np.zeros((1, 2), bool), [0, 1], [0],
+        _solve_classes(np.zeros((2, 2), np.uint32), np.zeros((1, 2), bool), [0, 1], [0],
                       num_classes=2)
     with pytest.raises(ValueError, match="x_classes"):
-        solve_classes(words, np.zeros((1, 2), bool), [0, 1], [0, 1], num_classes=2)
+        _solve_classes(words, np.zeros((1, 2), bool), [0, 1], [0, 1], num_classes=2)
     with pytest.raises(ValueError, match="x_sides"):
-        solve_classes(words, np.zeros((1, 3), bool), [0, 1], [0], num_classes=2)
+        _solve_classes(words, np.zeros((1, 3), bool), [0, 1], [0], num_classes=2)
     with pytest.raises(ValueError, match=r"ref_classes: every class must be in \[0, 2\)"):
-        solve_classes(words, np.zeros((1, 2), bool), [0, 2], [0], num_classes=2)
+        _solve_classes(words, np.zeros((1, 2), bool), [0, 2], [0], num_classes=2)
     with pytest.raises(ValueError, match="x_classes: every class"):
-        solve_classes(words, np.zeros((1, 2), bool), [0, 1], [-1], num_classes=2)
+        _solve_classes(words, np.zeros((1, 2), bool), [0, 1], [-1], num_classes=2)
     with pytest.raises(ValueError, match="delta"):
-        solve_classes(words, np.zeros((1, 2), bool), [0, 1], [0], np.array([-1]), num_classes=2)
+        _solve_classes(words, np.zeros((1, 2), bool), [0, 1], [0], np.array([-1]), num_classes=2)
 
 
 def test_removal_counts_do_not_carry_between_halves():
@@ -484,7 +484,7 @@ def test_per_input_side_words_match_reference(seed, shape, patterns, zero_delta)
     q, n = shape
     side, x_sides, positive, match = per_input_batch(rng, 3, q, n, patterns)
     delta = np.zeros(3, np.int32) if zero_delta else None
-    result = solve_batch(pack_bits(jnp.asarray(side)), n, jnp.asarray(x_sides),
+    result = _solve_batch(pack_bits(jnp.asarray(side)), n, jnp.asarray(x_sides),
                          pack_bits(jnp.asarray(positive)), delta)
     for i in range(3):
         ref = greedy_reference(match[i], positive[i], 0 if zero_delta else None)
@@ -507,11 +507,11 @@ def test_loosen_matches_reference_and_keeps_counts(seed, shape, patterns, per_in
     words = pack_bits(jnp.asarray(side if per_input else side[0]))
     pos_words = pack_bits(jnp.asarray(positive))
     if greedy:
-        selected = np.asarray(solve_batch(words, n, jnp.asarray(x_sides), pos_words,
+        selected = np.asarray(_solve_batch(words, n, jnp.asarray(x_sides), pos_words,
                                           np.zeros(3, np.int32)).selected)
     else:  # any selection, e.g. redundant boundaries
         selected = rng.random((3, q)) < 0.6
-    out = loosen_batch(words, n, jnp.asarray(x_sides), pos_words, jnp.asarray(selected))
+    out = _loosen_batch(words, n, jnp.asarray(x_sides), pos_words, jnp.asarray(selected))
     for i in range(3):
         expected = loosen_reference(match[i], positive[i], selected[i])
         np.testing.assert_array_equal(np.asarray(out.selected[i]), expected)
@@ -527,10 +527,10 @@ def test_loosen_matches_reference_and_keeps_counts(seed, shape, patterns, per_in
 def test_loosen_rejects_bad_selection():
     words = pack_bits(jnp.ones((4, 40), bool))
     with pytest.raises(ValueError, match="selected"):
-        loosen_batch(words, 40, jnp.ones((2, 4), bool), jnp.zeros((2, 2), jnp.uint32),
+        _loosen_batch(words, 40, jnp.ones((2, 4), bool), jnp.zeros((2, 2), jnp.uint32),
                      jnp.ones((2, 3), bool))
     with pytest.raises(ValueError, match="side_words"):
-        solve_batch(pack_bits(jnp.ones((3, 4, 40), bool)), 40, jnp.ones((2, 4), bool),
+        _solve_batch(pack_bits(jnp.ones((3, 4, 40), bool)), 40, jnp.ones((2, 4), bool),
                     jnp.zeros((2, 2), jnp.uint32))
 
 
@@ -594,9 +594,9 @@ def test_authors_rules_with_extras_cap_and_loosen(seed):
         side, x_sides, positive, match, delta = authors_problems(rng, b, q, n)
         words, pos_words = pack_bits(jnp.asarray(side)), pack_bits(jnp.asarray(positive))
         x = jnp.asarray(x_sides)
-        greedy = solve_batch(words, n, x, pos_words, jnp.asarray(delta))
-        ours = solver_module.keep_adding_batch(words, n, x, pos_words, greedy)
-        ours, kept = jax.device_get((ours, loosen_batch(words, n, x, pos_words, ours.selected)))
+        greedy = _solve_batch(words, n, x, pos_words, jnp.asarray(delta))
+        ours = solver_module._keep_adding_batch(words, n, x, pos_words, greedy)
+        ours, kept = jax.device_get((ours, _loosen_batch(words, n, x, pos_words, ours.selected)))
         for i in range(b):
             picks, before, after = authors_reference(match[i], positive[i], int(delta[i]))
             distinct = list(dict.fromkeys(picks))
@@ -622,9 +622,9 @@ def test_keep_adding_on_a_shared_sample_and_with_delta_reached():
     side = np.broadcast_to(side[:1], side.shape)
     words, pos_words = pack_bits(jnp.asarray(side)), pack_bits(jnp.asarray(positive))
     x = jnp.asarray(x_sides)
-    greedy = solve_batch(words[0], 50, x, pos_words, jnp.asarray(delta))
-    shared = solver_module.keep_adding_batch(words[0], 50, x, pos_words, greedy)
-    own = solver_module.keep_adding_batch(words, 50, x, pos_words, greedy)
+    greedy = _solve_batch(words[0], 50, x, pos_words, jnp.asarray(delta))
+    shared = solver_module._keep_adding_batch(words[0], 50, x, pos_words, greedy)
+    own = solver_module._keep_adding_batch(words, 50, x, pos_words, greedy)
     for a, b in zip(shared, own):
         np.testing.assert_array_equal(a, b)
     # Where δ was reached nothing is added.
@@ -632,4 +632,4 @@ def test_keep_adding_on_a_shared_sample_and_with_delta_reached():
     np.testing.assert_array_equal(np.asarray(shared.selected)[done],
                                   np.asarray(greedy.selected)[done])
     with pytest.raises(ValueError, match="max_steps"):
-        solver_module.keep_adding_batch(words[0], 50, x, pos_words, greedy, max_steps=0)
+        solver_module._keep_adding_batch(words[0], 50, x, pos_words, greedy, max_steps=0)

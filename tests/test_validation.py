@@ -18,7 +18,7 @@ from ri_jax.cli import check_output_dir, run_script
 from ri_jax.data import DatasetError, decode_image, load_dataset, stratified_split
 from ri_jax.errors import CheckpointError, RIInputError, TrainingDivergedError
 from ri_jax.featurize import FeatureCacheWarning, compute_features
-from ri_jax.solver import solve_greedy
+from ri_jax.solver import _solve_greedy
 from ri_jax.training import HISTORY_FILE, TrainConfig, train_and_evaluate
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
@@ -290,7 +290,7 @@ def test_14_train_numbers_are_validated_naming_the_option(tmp_path, capsys, opti
 
 def test_15_solver_with_zero_references_is_a_clear_error():
     with pytest.raises(ValueError, match=r"match: need at least one reference \(N >= 1\)"):
-        solve_greedy(np.zeros((3, 0), bool), np.zeros((0,), bool))
+        _solve_greedy(np.zeros((3, 0), bool), np.zeros((0,), bool))
 
 
 # 16 ------------------------------------------------------------- error layer

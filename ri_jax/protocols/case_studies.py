@@ -27,6 +27,7 @@ from ri_jax.protocols import ace_adapter, methods, routing, scoring
 from ri_jax.protocols.ace_adapter import ACE_DISCOVERY_IMAGES, ACESettings
 from ri_jax.protocols.methods import RIOptions
 from ri_jax.protocols.scoring import MaskingOptions
+from ri_jax.regions import covered_by_class
 
 BLOCKS = ("similar by RI", "Euclidean neighbours")
 LAYOUTS = ("full", "paper")
@@ -229,10 +230,8 @@ def run_case_studies(model: Model, inputs: CaseInputs, refs: CaseReferences, *,
                "misclassified": bool(inputs.labels[b] != in_pred[b]),
                "ri": {"num_boundaries": int(ri.details.num_selected[b]),
                       "num_covered": int(ri.details.num_covered[b]),
-                      "covered_predicted": {n: int(np.sum(covered & (ref_pred == k)))
-                                            for k, n in enumerate(classes)},
-                      "covered_labels": {n: int(np.sum(covered & (refs.labels == k)))
-                                         for k, n in enumerate(classes)},
+                      "covered_predicted": covered_by_class(covered, ref_pred, classes),
+                      "covered_labels": covered_by_class(covered, refs.labels, classes),
                       "delta": int(ri.details.delta[b]), "empty_polytope": bool(ri.details.empty[b])},
                "blocks": {}, "figure": f"case_{int(index)}.png"}
         blocks = []
