@@ -295,10 +295,16 @@ class Setup(NamedTuple):
     unseen_features: Features
 
 
+def feature_cache(args: argparse.Namespace, out: Path) -> Path:
+    """The feature cache folder, ``--cache-dir`` or ``<out>/cache``, checked (creates nothing)."""
+    cache = Path(args.cache_dir) if getattr(args, "cache_dir", None) else out / "cache"
+    check_output_dir(cache, "--cache-dir")
+    return cache
+
+
 def load_setup(args: argparse.Namespace, out: Path, *, need_unseen: bool = True) -> Setup:
     """Loads the model and data, samples references/unseen images, computes (cached) features."""
-    cache = Path(args.cache_dir) if getattr(args, "cache_dir", None) else out / "cache"
-    check_output_dir(cache, "--cache-dir")  # before any computation
+    cache = feature_cache(args, out)  # before any computation
     model = load_model(args.model)
     train = load_data(args, "train", model)
     refs = train.subset(sample_per_class(train.labels, args.refs_per_class, seed=args.seed))

@@ -5,7 +5,8 @@
 For each chosen input x of the test split, RI (§3–5) finds the polytope P(x) over
 |Q| boundaries sampled from the reference set, ranks the references it covers by
 the semantic distance of Eq. 6 and reuses x's channel weights (Eq. 5) to draw heat
-maps on x and on its top-k similar references. Written into ``--out``:
+maps on x and on its top-k similar references: ``ri_jax.explain`` does it (the same seed
+gives the same answer from Python), sharded on several processes. Written into ``--out``:
 
 * ``input_<i>.png`` per input (i = its index in the test split): the input and its
   top-k similar references, raw on top and with the RI heat map below, predicted
@@ -37,20 +38,16 @@ import argparse
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from common import (print_written, HelpFormatter, add_common_args, add_distributed_args, add_html_arg, load_data,
                     markdown_cell, remove_stale_outputs,
-                    add_ri_variant_arg, describe_run, load_setup, parse_indices, start_run,
+                    add_ri_variant_arg, describe_run, feature_cache, parse_indices, start_run,
                     write_csv, write_json)
-from ri_jax.api import Explanations, choose_inputs, explanations_from, own_images
-from ri_jax.boundaries import pool_keys
+from ri_jax.api import Explanations, choose_inputs, explain, own_images
 from ri_jax.cli import positive_int, run_script
-from ri_jax.distributed import representative_interpreter
-from ri_jax.featurize import compute_features
 from ri_jax.files import atomic_write_text, display_name
-from ri_jax.html_report import explanations_report, write_report
+from ri_jax.models.loading import load_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -107,8 +104,8 @@ def summary_markdown(records: list[dict], config: dict) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     out = start_run(args)
-    setup = load_setup(args, out, need_unseen=False)
-    model, refs, ref_feats = setup.model, setup.references, setup.ref_features
+    cache = feature_cache(args, out)  # before any computation
+    model = load_model(args.model)
     if args.images:
         test = own_images(args.images, model.image_size, model.class_names, name="--images")
         chosen = np.arange(len(test))
@@ -119,27 +116,17 @@ def main(argv=None) -> dict:
                       else choose_inputs(test.labels, args.num_inputs, seed=args.seed))
         except ValueError as e:
             sys.exit(str(e))
-    top_k = min(args.top_k, len(refs))
-
-    # Sharded (and bit-identical) when run on several processes.
-    interpreter = representative_interpreter(
-        model, ref_feats.psi, key=jax.random.key(args.seed), num_boundaries=args.num_boundaries,
-        batch_size=args.batch_size, is_features=True, progress=not args.no_progress,
-        variant=args.ri_variant)
-    raw_inputs = test.raw(chosen)
-    in_feats = compute_features(model, test, chosen, batch_size=args.batch_size,
-                                progress=False)
-    # The same pools as ri_jax.explain: input i's is drawn with fold_in(key(seed), its id).
-    keys = pool_keys(jax.random.key(args.seed), np.asarray(chosen, np.int32))
     print(f"interpreting {len(chosen)} input(s) ...", file=sys.stderr, flush=True)
-    res = interpreter.interpret_features(jax.numpy.asarray(in_feats.psi), top_k=top_k,
-                                         image_size=model.image_size, keys=keys)
-    explained = explanations_from(model, res, raw_inputs, test, chosen, in_feats, refs, ref_feats)
-    res = jax.device_get(res)
-    diag = res.diagnostics
+    # The one-call API's own path (sharded, with the same answer, on several processes).
+    explained = explain(test, inputs=chosen, model=model, data=args.data, top_k=args.top_k,
+                        num_boundaries=args.num_boundaries, variant=args.ri_variant,
+                        refs_per_class=args.refs_per_class, seed=args.seed,
+                        batch_size=args.batch_size, cache_dir=cache, progress=not args.no_progress)
+    run = explained.config
 
     records = []
-    for b, (test_index, e) in enumerate(zip(chosen, explained)):  # a handful of inputs
+    for test_index, e in zip(chosen, explained):  # a handful of inputs
+        diag = e.details.diagnostics
         similar = [{"rank": r.rank, "reference_index": r.index, "file": r.file,
                     "distance": r.distance, "true_label": r.true_class,
                     "predicted_class": r.predicted_class, "probability": r.probability}
@@ -149,24 +136,23 @@ def main(argv=None) -> dict:
                "misclassified": bool(e.misclassified), "num_boundaries": e.num_boundaries,
                "num_covered": e.num_covered,
                "num_covered_same_class": e.covered_predicted[e.predicted_class],
-               "num_covered_other_class": int(res.num_covered_other[b]),
+               "num_covered_other_class": int(e.details.num_covered_other),
                "num_covered_label_matches": e.covered_labels[e.predicted_class],
                "covered_predicted": dict(e.covered_predicted),
                "covered_labels": dict(e.covered_labels), "description": e.describe(),
-               "delta": e.delta, "tau": int(diag.tau[b]), "reached": bool(diag.reached[b]),
+               "delta": e.delta, "tau": int(diag.tau), "reached": bool(diag.reached),
                "empty_polytope": e.empty,
-               "num_boundaries_before_loosen": int(diag.num_selected_greedy[b]),
-               "search_steps_mean": float(np.mean(diag.search_steps[b])),
-               "searches_not_converged": int(np.sum(~diag.search_converged[b])),
+               "num_boundaries_before_loosen": int(diag.num_selected_greedy),
+               "search_steps_mean": float(np.mean(diag.search_steps)),
+               "searches_not_converged": int(np.sum(~diag.search_converged)),
                "similar": similar,
                "figure": f"input_{int(test_index)}.png"}
         records.append(rec)
         e.save(out / rec["figure"])
 
-    shared = interpreter.reference_set.boundary_refs
-    config = describe_run(args, model_source=model.source, num_references=len(refs), top_k=top_k,
-                          inputs_used=[int(i) for i in chosen],
-                          boundary_references=None if shared is None else np.asarray(shared))
+    config = describe_run(args, model_source=run["model"], num_references=run["num_references"],
+                          top_k=run["top_k"], inputs_used=[int(i) for i in chosen],
+                          boundary_references=run["boundary_references"])
     payload = {"inputs": records, "config": config}
     write_json(out / "summary.json", payload)
     write_csv(out / "summary.csv", [
@@ -176,10 +162,9 @@ def main(argv=None) -> dict:
          "similar_distances": " ".join(f"{s['distance']:.6g}" for s in r["similar"])}
         for r in records])
     if args.html:
-        run = Explanations(explained, {"model": args.model, "data": args.data,
-                                       "num_references": len(refs),
-                                       "num_boundaries": args.num_boundaries, "seed": args.seed})
-        write_report(out, explanations_report(run), overwrite=args.resume)
+        page = Explanations(explained, {**run, "model": args.model,
+                                        "num_boundaries": args.num_boundaries})
+        page.save_html(out, overwrite=args.resume)
     text = display_name(summary_markdown(records, config))  # printable in any terminal
     atomic_write_text(out / "summary.md", text)
     # A --resume with other inputs, or without --html, must not leave the last run's files.

@@ -15,9 +15,11 @@ references the polytope covers, and ``plot()`` / ``save()`` / ``save_html()``.
 
 Inputs are test images of the data spec (``inputs`` picks test indices; by default
 ``num_inputs`` are drawn with ``seed``, alternating between classes so every class
-appears), or your own images: uint8 arrays [B, H, W, 3] / [H, W, 3] or image files,
-converted like the data sets (RGB, shorter side resized, centre-cropped). The pure
-functions underneath are unchanged; ``ri_options`` go to ``RepresentativeInterpreter``.
+appears), your own images: uint8 arrays [B, H, W, 3] / [H, W, 3] or image files,
+converted like the data sets (RGB, shorter side resized, centre-cropped), or an
+``ImageSet`` already loaded. The pure functions underneath are unchanged; ``ri_options``
+go to ``RepresentativeInterpreter``. In a multi-process run (``jax.distributed``) every
+process computes its share, and the answer is the one-process answer bit for bit.
 """
 
 from __future__ import annotations
@@ -212,7 +214,8 @@ class Explanations(Sequence[Explanation]):
 
     Attributes:
       items: the explanations.
-      config: checkpoint, data, references, |Q|, seed and the RI options used.
+      config: checkpoint, data, references, |Q|, seed, the shared sample's references
+        (``boundary_references``, the paper's variant; else None) and the RI options used.
     """
 
     def __init__(self, items: Sequence[Explanation], config: Mapping[str, Any]):
@@ -410,9 +413,10 @@ def explain(images=None, *, model: str | os.PathLike | Model = "default", refere
     """Representative interpretations of a few images, ready to print, plot and save.
 
     Args:
-      images: None (test images of ``data``), uint8 arrays [B, H, W, 3] / [H, W, 3], or image
-        files or folders (searched recursively); your images are resized and centre-cropped
-        to the model's input size.
+      images: None (test images of ``data``), uint8 arrays [B, H, W, 3] / [H, W, 3], image
+        files or folders (searched recursively), or an ``ImageSet`` at the model's input size
+        and classes (``load_for_model``, ``own_images``); your images are resized and
+        centre-cropped to the model's input size.
       model: a ``ri_jax.Model`` (e.g. ``Model.from_functions``) or a spec for
         ``ri_jax.load_model``: ``"default"`` (the embedded VGG-19), a checkpoint folder, or
         ``"keras:DIR"``.
@@ -420,7 +424,8 @@ def explain(images=None, *, model: str | os.PathLike | Model = "default", refere
         image files or folders, uint8 arrays, or an ``ImageSet``.
       data: data spec of the default references (its train split) and default inputs (its
         test split): ``"default"``, a folder ``root/<split>/<class>/``, or ``"tfds:NAME"``.
-      inputs: test-split indices to explain (``images`` None only).
+      inputs: indices to explain: in the test split (``images`` None) or in the ``ImageSet``
+        given as ``images`` (default: all of it); not with arrays or files.
       num_inputs: test images drawn with ``seed``, alternating classes, when ``inputs`` is None.
       top_k: similar references kept per input.
       num_boundaries: |Q|, boundaries per input (Eq. 2).
@@ -451,42 +456,54 @@ def explain(images=None, *, model: str | os.PathLike | Model = "default", refere
     model = load_model(model)
     check_model_fits(model)
     refs = _references(references, data, model, refs_per_class, seed)
-    if images is None:
-        source = load_for_model(data, "test", image_size=model.image_size,
-                                class_names=model.class_names)
-        if inputs is None:
+    if images is None or isinstance(images, ImageSet):
+        source = images if images is not None else load_for_model(
+            data, "test", image_size=model.image_size, class_names=model.class_names)
+        if (source.image_size, tuple(source.class_names)) != (model.image_size, model.class_names):
+            raise RIInputError(f"images: an ImageSet at {source.image_size} px of classes "
+                               f"{list(source.class_names)}; the model's are "
+                               f"{model.image_size} px and {list(model.class_names)}")
+        if inputs is not None:
+            chosen = np.asarray(inputs, np.int64).reshape(-1)
+            if chosen.size == 0 or chosen.min() < 0 or chosen.max() >= len(source):
+                raise RIInputError(f"inputs: expected {'test ' * (images is None)}indices in "
+                                   f"[0, {len(source)}), got {chosen.tolist()}")
+        elif images is not None:
+            chosen = np.arange(len(source))
+        else:
             if isinstance(num_inputs, bool) or not isinstance(num_inputs, (int, np.integer)) \
                     or num_inputs < 1:
                 raise RIInputError(f"num_inputs: must be a positive integer, got {num_inputs!r}")
             chosen = choose_inputs(source.labels, num_inputs, seed=seed)
-        else:
-            chosen = np.asarray(inputs, np.int64).reshape(-1)
-            if chosen.size == 0 or chosen.min() < 0 or chosen.max() >= len(source):
-                raise RIInputError(f"inputs: expected test indices in [0, {len(source)}), got "
-                                   f"{chosen.tolist()}")
     else:
         if inputs is not None:
-            raise RIInputError("inputs: selects test images, so give either images or inputs")
+            raise RIInputError("inputs: picks test images or an ImageSet's, not arrays or files")
         source = own_images(images, model.image_size, model.class_names)
         chosen = np.arange(len(source))
+    featurize, store = compute_features, None
+    if jax.process_count() > 1:  # the multi-process module only where there are processes
+        from ri_jax.distributed import ShardedStore, distributed_features
+        featurize, store = distributed_features, ShardedStore.builder()
     cache = None if cache_dir is None else Path(cache_dir)
-    ref_feats = compute_features(model, refs, batch_size=batch_size, cache_dir=cache,
-                                 progress=progress, desc="reference features")
+    ref_feats = featurize(model, refs, batch_size=batch_size, cache_dir=cache,
+                          progress=progress, desc="reference features")
     in_feats = compute_features(model, source, chosen, batch_size=batch_size, progress=False)
     top_k = min(int(top_k), len(refs))
     interpreter = RepresentativeInterpreter(
         model, ref_feats.psi, key=jax.random.key(seed), num_boundaries=num_boundaries,
         batch_size=batch_size, is_features=True, progress=progress, variant=variant,
-        **ri_options)
+        **{"store": store, **ri_options})
     raw = source.raw(chosen)
     keys = pool_keys(jax.random.key(seed), np.asarray(chosen, np.int32))
     res = jax.device_get(interpreter.interpret_features(
         jnp.asarray(in_feats.psi), top_k=top_k, image_size=model.image_size, keys=keys))
     items = explanations_from(model, res, raw, source, chosen, in_feats, refs, ref_feats)
+    shared = interpreter.reference_set.boundary_refs  # the paper's variant's sample, else None
     config = {"model": model.source, "data": data, "num_references": len(refs),
               "num_boundaries": int(res.selected.shape[1]), "variant": interpreter.variant.name,
               "seed": seed, "top_k": top_k, "refs_per_class": refs_per_class,
               "inputs": [int(i) for i in chosen] if images is None else None,
+              "boundary_references": None if shared is None else [int(i) for i in shared],
               "ri_options": dict(ri_options)}
     return Explanations(items, config)
 

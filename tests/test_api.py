@@ -117,6 +117,8 @@ def test_explain_own_uint8_images_and_options(tiny_setup):
         ri_jax.explain(images, inputs=[0], checkpoint=checkpoint, data=data)
     with pytest.raises(ValueError, match="inputs"):
         ri_jax.explain(inputs=[99], checkpoint=checkpoint, data=data)
+    with pytest.raises(ValueError, match="images: an ImageSet at 40 px"):
+        ri_jax.explain(load_dataset(data, "test", image_size=40), checkpoint=checkpoint, data=data)
     with pytest.raises(ValueError, match="top_k"):
         ri_jax.explain(checkpoint=checkpoint, data=data, top_k=0)
     with pytest.raises(TypeError, match="no_such_option"):
@@ -201,8 +203,11 @@ def test_tensorflow_datasets_is_imported_only_for_tfds_specs():
 
 
 @pytest.mark.slow
-def test_interpret_script_and_explain_give_the_same_answers(protocol_model, tiny_config, tmp_path):
-    """The main job and the one-call API draw the same pools for the same seed and inputs."""
+@pytest.mark.parametrize("variant", ["authors", "paper"])
+def test_interpret_script_and_explain_give_the_same_answers(protocol_model, tiny_config, tmp_path,
+                                                            variant):
+    """The main job is a shell over the one-call API: for the same seed and inputs, the same
+    pools (or shared sample) and the same answer, bit for bit."""
     sys.path.insert(0, str(ROOT / "experiments"))
     import interpret
 
@@ -217,17 +222,21 @@ def test_interpret_script_and_explain_give_the_same_answers(protocol_model, tiny
     data = str(tmp_path / "data")
     script = interpret.main(["--model", str(checkpoint), "--data", data, "--out",
                              str(tmp_path / "out"), "--inputs", "0,3,5", "--num-boundaries", "5",
-                             "--top-k", "2", "--seed", "3", "--no-progress"])
+                             "--top-k", "2", "--seed", "3", "--no-progress",
+                             "--ri-variant", variant])
     api = ri_jax.explain(model=str(checkpoint), data=data, inputs=[0, 3, 5], num_boundaries=5,
-                         top_k=2, seed=3, progress=False)
-    assert script["config"]["ri_variant"] == api.config["variant"] == "authors"
+                         top_k=2, seed=3, progress=False, variant=variant)
+    assert script["config"]["ri_variant"] == api.config["variant"] == variant
+    shared = script["config"]["boundary_references"]
+    assert shared == api.config["boundary_references"]
+    assert (shared is None) == (variant == "authors")
     for record, e in zip(script["inputs"], api):
         assert record["file"] == e.file and record["predicted_class"] == e.predicted_class
         assert record["num_boundaries"] == e.num_boundaries
         assert record["num_covered"] == e.num_covered
+        assert record["tau"] == int(e.details.diagnostics.tau)
         assert [s["file"] for s in record["similar"]] == [r.file for r in e.similar]
-        assert [s["distance"] for s in record["similar"]] == pytest.approx(
-            [r.distance for r in e.similar], rel=1e-6)
+        assert [s["distance"] for s in record["similar"]] == [r.distance for r in e.similar]
 
 
 @pytest.mark.slow
