@@ -50,7 +50,7 @@ from ri_jax.cli import positive_int, run_script
 from ri_jax.featurize import compute_features
 from ri_jax.html_report import Report, case_study_input, write_report
 from ri_jax.plots import DISTANCE_NOTE, MISCLASSIFIED_NOTE, CaseBlock, case_study_figure
-from ri_jax.protocols.case_studies import (ACE_DISCOVERY_IMAGES, BLOCKS, CaseInputs,
+from ri_jax.protocols.case_studies import (ACE_DISCOVERY_IMAGES, BLOCKS, CONTROLS_SHOWN, CaseInputs,
                                            CaseReferences, CaseStudiesConfig, run_case_studies)
 from ri_jax.protocols.report import markdown_table
 
@@ -68,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="full: every method under both blocks; paper: RI under RI's images, "
                         "baselines under the Euclidean neighbours (Figure 2)")
     p.add_argument("--with-controls", action="store_true",
-                   help="add the Random and Grad-CAM (own weights) rows")
+                   help=f"add the rows of the controls {' and '.join(CONTROLS_SHOWN)}")
     add_fill_args(p)
     add_ace_args(p, max_images_help=f"ACE discovery set size: x and its nearest references "
                                     f"(0 = {ACE_DISCOVERY_IMAGES})")

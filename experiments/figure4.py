@@ -52,6 +52,7 @@ from ri_jax.cli import positive_int, positive_int_list, run_script
 from ri_jax.plots import K_CURVES_NOTE, k_curves_figure
 from ri_jax.protocols.figure4 import (ACE_DISCOVERY_IMAGES, DEFAULT_KS, Figure4Config,
                                       run_figure4)
+from ri_jax.protocols.methods import method_names
 from ri_jax.protocols.report import markdown_table
 
 
@@ -65,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-boundaries", type=positive_int, default=50, help="|Q| for RI")
     add_ri_variant_arg(p)
     p.add_argument("--no-controls", action="store_true",
-                   help="skip the controls (Random, Grad-CAM own weights, Centre square)")
+                   help=f"skip the controls ({', '.join(method_names('control'))})")
     p.add_argument("--block-size", type=positive_int, default=16,
                    help="inputs whose K similar images are evaluated together (memory ~ block·K images)")
     add_fill_args(p)

@@ -107,8 +107,8 @@ def test_figure4_curves_controls_and_k1_cross_check(tiny_setup):
                                   "--runs", "2", "--block-size", "3"])
     saved = json.loads((out / "figure4.json").read_text())
     assert saved["ks"] == [1, 3, 8] and saved["ks_dropped"] == [50]
-    assert saved["methods"].keys() == set(methods.method_names())
-    assert saved["controls"].keys() == set(methods.CONTROLS)
+    assert saved["methods"].keys() == set(methods.method_names("ri", "cam"))
+    assert saved["controls"].keys() == set(methods.method_names("control"))
     for name, block in list(saved["methods"].items()) + list(saved["controls"].items()):
         for metric in ("mAD", "mAI"):
             assert all(0 <= v <= 100 for v in block[metric]["mean"])
@@ -124,7 +124,7 @@ def test_figure4_curves_controls_and_k1_cross_check(tiny_setup):
     for t in saved["ties"].values():
         assert t["maps"] > 0 and 0 <= t["tied_maps"] <= t["maps"]
     assert "covered references only" in saved["notes"]["fewer_than_k"]
-    assert len(read_csv(out / "figure4.csv")) == (len(methods.method_names()) + len(methods.CONTROLS)) * 3
+    assert len(read_csv(out / "figure4.csv")) == len(methods.method_names("ri", "cam", "control")) * 3
     assert (out / "figure4.png").stat().st_size > 0 and "K=8" in (out / "figure4.md").read_text()
 
     # K = 1 is x alone: Grad-CAM reused at x is Grad-CAM with x's own weights, and both
@@ -158,7 +158,7 @@ def test_case_studies_blocks_scores_and_layout(tiny_setup):
     assert saved["inputs"] == json.loads(json.dumps(result["inputs"]))
     # The case studies' controls are the two that draw a heat map per image (not the
     # centre square, which is the same mask on every image).
-    names = set(methods.method_names()) | {"Random", "Grad-CAM (own weights)"}
+    names = set(methods.method_names("ri", "cam")) | {"Random", "Grad-CAM (own weights)"}
     assert saved["mean_masked_scores"].keys() == names
     for rec in saved["inputs"]:
         assert (out / rec["figure"]).is_file()
@@ -201,7 +201,7 @@ def test_figure4_with_ace_on_the_first_inputs(tiny_setup):
                           "--no-controls", "--ace-inputs", "1"] + ACE_TINY)
     saved = json.loads((out / "figure4.json").read_text())
     ace = saved["methods"][methods.ACE]
-    assert set(saved["methods"]) == set(methods.method_names()) | {methods.ACE}
+    assert set(saved["methods"]) == set(methods.method_names("ri", "cam")) | {methods.ACE}
     for metric in ("mAD", "mAI"):
         assert len(ace[metric]["mean"]) == len(ace[metric]["std"]) == 3
         assert all(np.isfinite(v) and 0 <= v <= 100 for v in ace[metric]["mean"])

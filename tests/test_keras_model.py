@@ -197,7 +197,7 @@ def test_a_grey_model_runs_every_cam_method_and_the_mean_fill():
     raw = np.random.default_rng(2).random((3, 8, 8, 3)).astype(np.float32)
     psi = np.asarray(model.features(model.normalize(raw)))
     classes = np.asarray(model.head(psi)).argmax(-1)
-    for method in methods.cam_method_names():
+    for method in methods.method_names("cam"):
         alphas = methods.cam_weights(method, model, raw, psi, classes)
         assert alphas.shape == (3, 4) and np.all(np.isfinite(alphas))
     grey = make_fill("mean", model.normalize, 8).colour  # the raw grey that normalises to 0

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ri_jax.protocols import methods
+from ri_jax.protocols import ace_adapter, methods
 from ri_jax.baselines import gradcam_pp_weights, gradcam_weights, scorecam_weights
 from ri_jax.boundaries import side_bits
 from ri_jax.heatmaps import cam, ri_channel_weights
@@ -31,7 +31,7 @@ def test_cam_weights_match_per_image_calls(protocol_model):
                                                 int(classes[i])),
     }
     idx = np.arange(5)
-    for method in methods.cam_method_names():
+    for method in methods.method_names("cam"):
         got = methods.cam_interpretations(method, as_model(fns, params), raw[idx], psi[idx], classes[idx],
                                      chunk_size=2, channel_chunk=8)
         assert got.alphas.shape == (5, 1, psi.shape[-1]) and got.selected.all()
@@ -108,14 +108,18 @@ def test_interpretation_heatmaps_reject_bad_input():
                                    np.array([0, 1]), psi, S)
 
 
-def test_random_heatmaps_are_seeded_and_uniform():
-    a = methods.random_heatmaps(50, S, key=jax.random.key(1))
+def test_random_control_is_seeded_and_uniform():
+    random = lambda n, seed: methods.control_heatmaps(
+        "Random", None, np.zeros((n, S, S, 3), np.float32), None, None, key=jax.random.key(seed))
+    a = random(50, 1)
     assert a.shape == (50, S, S) and a.min() >= 0 and a.max() < 1
-    np.testing.assert_array_equal(a, methods.random_heatmaps(50, S, key=jax.random.key(1)))
-    assert not np.array_equal(a, methods.random_heatmaps(50, S, key=jax.random.key(2)))
+    np.testing.assert_array_equal(a, random(50, 1))
+    assert not np.array_equal(a, random(50, 2))
     assert abs(a.mean() - 0.5) < 0.01
-    with pytest.raises(ValueError, match="n"):
-        methods.random_heatmaps(0, S, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="raw"):
+        random(0, 0)
+    with pytest.raises(ValueError, match="key"):
+        methods.control_heatmaps("Random", None, np.zeros((2, S, S, 3)), None, None)
 
 
 # ---- RI ---------------------------------------------------------------------------------------
@@ -149,29 +153,71 @@ def test_ri_summary_counts(protocol_ri):
     assert s["tau"]["mean"] == pytest.approx(float(np.mean(d.diagnostics.tau)))
 
 
-def test_a_registered_cam_method_runs_through_table1(protocol_model):
-    """Adding a CAM method is one function and one ``register_cam_method`` call."""
+def test_the_registry_holds_every_method_and_control_in_table_order():
+    assert methods.method_names() == ("RI", "Grad-CAM", "Grad-CAM++", "Score-CAM", "ACE", "Random",
+                                      "Grad-CAM (own weights)", "Centre square")
+    assert methods.method_names("control", "ri") == ("RI", "Random", "Grad-CAM (own weights)",
+                                                     "Centre square")
+    assert methods.method(methods.RI).function is methods.ri_at_inputs
+    assert methods.method(methods.ACE).function is ace_adapter.ace_interpretations
+    assert [methods.method(n).random for n in methods.method_names("control")] == [True, False, False]
+    with pytest.raises(ValueError, match="kinds"):
+        methods.method_names("baseline")
+    with pytest.raises(ValueError, match="unknown method"):
+        methods.method("Toy")
+
+
+@pytest.fixture
+def registered():
+    """Registers entries for one test and removes them after it."""
+    names = []
+    yield names
+    for name in names:
+        methods._REGISTRY.pop(name)
+
+
+def _table1(protocol_model, **config):
     from ri_jax.featurize import Features
     from ri_jax.protocols.table1 import Table1Config, run_table1
+
+    fns, params, raw, psi, classes = protocol_model
+    model = as_model(fns, params)
+    feats = Features(psi, np.asarray(model.head(psi)), classes, np.arange(len(psi)))
+    return run_table1(model, feats, feats, lambda i: raw[i], raw, num_classes=2, seeds=[0],
+                      config=Table1Config(per_class=2, ri=methods.RIOptions(num_boundaries=4),
+                                          **config))
+
+
+def test_a_registered_cam_method_runs_through_table1(protocol_model, registered):
+    """Adding a CAM method is one function and one ``register_cam_method`` call."""
 
     def toy_weights(model, raw, psi, classes, *, channel_chunk):
         return jnp.ones(psi.shape[:1] + psi.shape[-1:], jnp.float32)  # every channel alike
 
     fns, params, raw, psi, classes = protocol_model
-    model = as_model(fns, params)
-    logits = np.asarray(model.head(psi))
-    feats = Features(psi, logits, classes, np.arange(len(psi)))
     methods.register_cam_method("Toy-CAM", toy_weights)
-    try:
-        assert methods.method_names()[-1] == "Toy-CAM"
-        alphas = methods.cam_weights("Toy-CAM", model, raw[:3], psi[:3], classes[:3])
-        np.testing.assert_array_equal(alphas, np.ones((3, psi.shape[-1])))
-        result = run_table1(model, feats, feats, lambda i: raw[i], raw, num_classes=2,
-                            seeds=[0], config=Table1Config(
-                                per_class=2, ri=methods.RIOptions(num_boundaries=4),
-                                inverse=False))
-        assert "Toy-CAM" in result.runs[0] and "Toy-CAM" in result.to_json()["methods"]
-    finally:
-        methods._CAM_METHODS.pop("Toy-CAM")
+    registered.append("Toy-CAM")
+    assert methods.method_names("ri", "cam")[-1] == "Toy-CAM"
+    alphas = methods.cam_weights("Toy-CAM", as_model(fns, params), raw[:3], psi[:3], classes[:3])
+    np.testing.assert_array_equal(alphas, np.ones((3, psi.shape[-1])))
+    result = _table1(protocol_model, inverse=False)
+    assert "Toy-CAM" in result.runs[0] and "Toy-CAM" in result.to_json()["methods"]
     with pytest.raises(ValueError, match="taken"):
         methods.register_cam_method("RI", toy_weights)
+
+
+def test_a_registered_control_is_a_table1_row(protocol_model, registered):
+    """Adding a control is one function and one ``register_control`` call."""
+
+    def corner(model, raw, psi, classes, *, key):  # the top-left corner first
+        ramp = -np.add.outer(np.arange(raw.shape[1]), np.arange(raw.shape[1]))
+        return np.broadcast_to(ramp, raw.shape[:3]).astype(np.float32)
+
+    methods.register_control("Toy corner", corner)
+    registered.append("Toy corner")
+    saved = _table1(protocol_model).to_json()
+    assert list(saved["controls"]) == ["Random", "Grad-CAM (own weights)", "Centre square",
+                                       "Toy corner"]
+    assert "Toy corner" not in saved["methods"] and "inverse" in saved["controls"]["Toy corner"]
+    with pytest.raises(ValueError, match="taken"):
+        methods.register_control("Grad-CAM", corner)

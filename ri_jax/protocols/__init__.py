@@ -2,8 +2,9 @@
 
 Building blocks:
 
-* ``methods``: the channel-weight methods in one shape (RI via ``ri_at_inputs`` and
-  ``RIOptions``, Grad-CAM, Grad-CAM++, Score-CAM, the controls) and their heat maps;
+* ``methods``: the method registry (RI, Grad-CAM, Grad-CAM++, Score-CAM, ACE and the
+  controls, one entry each), the channel-weight methods in one shape (RI via
+  ``ri_at_inputs`` and ``RIOptions``) and their heat maps;
 * ``ace_adapter``: ACE's concept discovery and kept segments;
 * ``routing``: k-means inputs, which interpretation serves which image, similar images;
 * ``scoring``: masking (``MaskingOptions``) and AD / AI;

@@ -31,6 +31,8 @@ from ri_jax.regions import covered_by_class
 
 BLOCKS = ("similar by RI", "Euclidean neighbours")
 LAYOUTS = ("full", "paper")
+# The registered controls ``CaseStudiesConfig.controls`` adds as rows, in this order.
+CONTROLS_SHOWN = ("Random", "Grad-CAM (own weights)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +44,7 @@ class CaseStudiesConfig:
       ri: how RI is built (|Q|, batch sizes).
       layout: "full" draws every method under both blocks; "paper" RI only under RI's
         images and the baselines only under the Euclidean neighbours (Figure 2).
-      controls: add the Random and Grad-CAM (own weights) rows.
+      controls: add the rows of the controls ``CONTROLS_SHOWN``.
       batch_size: images per forward pass when scoring.
       masking: how heat maps become masked images.
       ace: ACE settings (``max_images``: discovery set size, x included, 0 = 50); None
@@ -151,8 +153,8 @@ def run_case_studies(model: Model, inputs: CaseInputs, refs: CaseReferences, *,
 
     ri = methods.ri_at_inputs(model, psi, in_raw, config.ri, key=jax.random.key(seed),
                               top_k=k)
-    interps = {"RI": ri.interpretations}
-    for method in methods.cam_method_names():
+    interps = {methods.RI: ri.interpretations}
+    for method in methods.method_names("cam"):
         interps[method] = methods.cam_interpretations(method, model, in_raw, in_feats.psi,
                                                       in_pred, progress=progress)
     ri_similar = np.asarray(ri.details.similar)
@@ -183,12 +185,11 @@ def run_case_studies(model: Model, inputs: CaseInputs, refs: CaseReferences, *,
 
     maps = {m: methods.interpretation_heatmaps(interps[m], owner, t_psi, size) for m in interps}
     if config.controls:
-        maps["Random"] = methods.random_heatmaps(len(owner), size,
-                                                 key=jax.random.fold_in(jax.random.key(seed), 1))
         t_pred = np.where(is_input, in_pred[owner], ref_feats.predictions[np.maximum(ref_of, 0)])
-        own = methods.cam_interpretations("Grad-CAM", model, t_raw, t_psi, t_pred)
-        maps["Grad-CAM (own weights)"] = methods.interpretation_heatmaps(
-            own, np.arange(len(owner)), t_psi, size)
+        for control in CONTROLS_SHOWN:
+            maps[control] = methods.control_heatmaps(
+                control, model, t_raw, t_psi, t_pred,
+                key=jax.random.fold_in(jax.random.key(seed), 1))
     masked = {m: scoring.masked_class_scores(model, t_raw, maps[m], score_class,
                                              masking=config.masking,
                                              batch_size=config.batch_size)[0] for m in maps}
@@ -215,9 +216,9 @@ def run_case_studies(model: Model, inputs: CaseInputs, refs: CaseReferences, *,
         ace_report = {**ace_adapter.ace_summary(results, found), "discovery_images": 1 + n_near}
 
     def shown(method: str, block: str) -> bool:
-        if config.layout == "full" or method not in methods.method_names() + (methods.ACE,):
+        if config.layout == "full" or method not in methods.method_names("ri", "cam", "ace"):
             return True
-        return (method == "RI") == (block == BLOCKS[0])
+        return (method == methods.RI) == (block == BLOCKS[0])
 
     records, rows, panels, titles = [], [], [], []
     ref_pred = ref_feats.predictions

@@ -9,7 +9,8 @@ AI (Eqs. 7–8) are averaged over S and then over the N inputs, for every K.
   distance in Ω; x's channel weights are reused on each (§6.1).
 * ACE (optional, on only the first ``ace_inputs`` inputs): its discovery set is x plus
   its nearest references in Ω; S = the same Euclidean neighbours as the CAMs.
-* Controls: "Random" and "Grad-CAM (own weights)" on the Euclidean neighbours.
+* Controls (every registered control: "Random", "Grad-CAM (own weights)", "Centre
+  square"), on the Euclidean neighbours.
 
 x itself is S's first image for every method (``routing.input_first``); when P(x)
 covers fewer than K references, RI is evaluated on the covered ones only
@@ -47,7 +48,7 @@ class Figure4Config:
       num_inputs: reference images used as inputs, N (capped by the reference set).
       ks: K values, increasing.
       ri: how RI is built (|Q|, batch sizes).
-      controls: add the Random and own-weights controls.
+      controls: add every registered control (``methods.method_names("control")``).
       block_size: inputs whose K similar images are evaluated together.
       batch_size: images per forward pass when scoring.
       masking: how heat maps become masked images.
@@ -152,19 +153,19 @@ def _run_once(model: Model, feats: Features,
     # The first kmax ranks hold x or, besides x, at least kmax − 1 others: enough for input_first.
     ranked = np.asarray(ri.details.ranked)[:, :kmax]
     count = np.asarray(ri.details.num_covered)
-    similar = {"RI": routing.input_first(inputs, ranked,
-                                         np.arange(kmax)[None, :] < count[:, None], kmax)}
+    similar = {methods.RI: routing.input_first(inputs, ranked,
+                                               np.arange(kmax)[None, :] < count[:, None], kmax)}
     neighbours = routing.euclidean_neighbours(psi[inputs], psi, kmax)
     similar["Euclidean"] = routing.input_first(inputs, neighbours, np.ones_like(neighbours, bool),
                                                kmax)
 
-    interps = {"RI": ri.interpretations}
-    for method in methods.cam_method_names():
+    interps = {methods.RI: ri.interpretations}
+    for method in methods.method_names("cam"):
         interps[method] = methods.cam_interpretations(
             method, model, raw_inputs, psi[inputs], preds[inputs], progress=progress)
-    controls = methods.CONTROLS if config.controls else ()
+    controls = methods.method_names("control") if config.controls else ()
     names = list(interps) + list(controls)
-    uses = {m: "RI" if m == "RI" else "Euclidean" for m in names}
+    uses = {m: methods.RI if m == methods.RI else "Euclidean" for m in names}
 
     grids = {m: (np.zeros((len(inputs), kmax)), np.zeros((len(inputs), kmax), bool)) for m in names}
     ties = {m: {"maps": 0, "tied_maps": 0, "tied_pixels_dropped": 0, "flat_maps": 0} for m in names}
@@ -194,8 +195,8 @@ def _run_once(model: Model, feats: Features,
                 t["flat_maps"] += int(np.sum(flat))
 
     curves = {m: curves_over_k(*grids[m], similar[uses[m]][1], ks) for m in names}
-    report = {"RI": methods.ri_summary(ri)}
-    for m in methods.cam_method_names():
+    report = {methods.RI: methods.ri_summary(ri)}
+    for m in methods.method_names("cam"):
         report[m] = {"interpretations": len(inputs), "channel_weights": f"{m} at each input x",
                      "similar_images": SIMILAR_EUCLIDEAN}
     if config.ace is not None:
@@ -302,7 +303,8 @@ def run_figure4(model: Model, ref_features: Features,
             for s in seeds]
     return Figure4Result(
         ks=ks, ks_dropped=dropped, runs=runs,
-        methods=list(methods.method_names()) + ([methods.ACE] if config.ace is not None else []),
-        controls=list(methods.CONTROLS) if config.controls else [],
+        methods=list(methods.method_names("ri", "cam"))
+        + ([methods.ACE] if config.ace is not None else []),
+        controls=list(methods.method_names("control")) if config.controls else [],
         ace_discovery_images=(config.ace.max_images or ACE_DISCOVERY_IMAGES)
         if config.ace is not None else None)

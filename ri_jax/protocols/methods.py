@@ -1,7 +1,13 @@
-"""The channel-weight methods in one shape, so the §6 protocols treat them alike (§6.1, §6.4).
+"""The method registry, and the channel-weight methods in one shape (§6.1, §6.4).
 
-A method gives *interpretations at input images* and draws them as *heat maps on
-target images*:
+The registry: RI, every CAM method, ACE and every control is one ``Method`` entry (name,
+kind, one function); the protocols, the scripts' help and so the reports take their rows
+from ``method_names(*kinds)``, in table order (RI, the CAMs, ACE, the controls). A new CAM
+method is one ``weights`` function and one ``register_cam_method`` call; a new control one
+``heatmaps`` function and one ``register_control`` call.
+
+A channel-weight method (RI, a CAM) gives *interpretations at input images* and draws them
+as *heat maps on target images*:
 
 1. ``Interpretations(alphas [V, Q, c], selected bool[V, Q])``, one per input image x_v.
    RI keeps the channel weights of all |Q| sampled boundaries oriented towards x_v
@@ -18,7 +24,8 @@ The class a CAM explains at x is the model's prediction Class(x), as for RI.
 RI's interpretations are built in one place, ``ri_at_inputs``, from an ``RIOptions``;
 every protocol calls it.
 
-Controls (``CONTROLS``; not the paper's methods, they make the numbers readable):
+Controls (not the paper's methods, they make the numbers readable), drawn with
+``control_heatmaps``:
   * ``"Random"``: i.i.d. uniform heat-map values, i.e. a uniformly random 20 % of
     the pixels (ties have probability zero);
   * ``"Grad-CAM (own weights)"``: Grad-CAM computed at each target itself, no reuse;
@@ -34,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +55,7 @@ from ri_jax.heatmaps import polytope_heatmap
 from ri_jax.interpreter import Interpretation, RepresentativeInterpreter
 from ri_jax.metrics import centre_square_heatmap
 from ri_jax.model import Model
+from ri_jax.protocols.ace_adapter import ace_interpretations
 from ri_jax.protocols.statistics import mean_min_max
 from ri_jax.protocols.batching import check_batch, check_choice, check_positive, map_chunks
 from ri_jax.ranking import unit_normals
@@ -56,46 +64,104 @@ from ri_jax.variants import RIVariant, ri_variant
 
 Array = jax.Array
 
-CONTROLS = ("Random", "Grad-CAM (own weights)", "Centre square")
-ACE = "ACE"  # segment-based; see protocols.ace_adapter
+# The kinds of entry, in table order; each fixes the calling convention of ``Method.function``.
+KINDS = ("ri", "cam", "ace", "control")
+RI = "RI"
+ACE = "ACE"
+# Suffix naming a method computed at each target itself, no reuse: the "Grad-CAM (own weights)"
+# control, and Table 1's own-input faithfulness controls.
+OWN_WEIGHTS = " (own weights)"
 
-CamWeights = Callable[..., Array]
-_CAM_METHODS: dict[str, CamWeights] = {}
+
+class Method(NamedTuple):
+    """One entry of the method registry.
+
+    Attributes:
+      name: its name in results, tables and figures, e.g. ``"Grad-CAM"``.
+      kind: one of ``KINDS``, which fixes ``function``'s calling convention:
+        ``"ri"``: ``ri_at_inputs(model, ref_psi, raw_inputs, options, *, key, top_k,
+        progress) -> RIInterpretations``;
+        ``"cam"``: ``weights(model, raw [B, S, S, 3], psi [B, h, w, c], classes int[B], *,
+        channel_chunk) -> float32[B, c]``, the channel weights at each input for its class,
+        jittable (it runs inside ``jax.jit`` with ``model`` static);
+        ``"ace"``: ``ace_adapter.ace_interpretations(model, discovery_sets, classes, config,
+        *, key, cache, random_images, progress) -> list[ACEResult]``;
+        ``"control"``: ``heatmaps(model, raw [B, S, S, 3], psi [B, h, w, c], classes int[B],
+        *, key) -> float32[B, S, S]``, heat maps on the targets themselves (no reuse).
+      function: the entry's one function.
+      random: (controls) its maps are a random draw from ``key``: drawn anew in every run and
+        scored without an inverse (the inverse of a random draw is another one).
+    """
+
+    name: str
+    kind: str
+    function: Callable[..., Any]
+    random: bool = False
 
 
-def register_cam_method(name: str, weights: CamWeights) -> None:
-    """Adds a CAM method to every protocol, table, figure and report (the method registry).
+_REGISTRY: dict[str, Method] = {}
+
+
+def _register(entry: Method) -> None:
+    """Adds ``entry``, or replaces the entry of its name when that has the same kind."""
+    if not isinstance(entry.name, str) or not entry.name:
+        raise ValueError(f"name: expected a non-empty string, got {entry.name!r}")
+    taken = _REGISTRY.get(entry.name)
+    if taken is not None and taken.kind != entry.kind:
+        raise ValueError(f"name: {entry.name!r} is taken by the {taken.kind} entry")
+    if not callable(entry.function):
+        raise ValueError(f"{entry.name}: expected a callable, got {entry.function!r}")
+    _REGISTRY[entry.name] = entry
+
+
+def register_cam_method(name: str, weights: Callable[..., Array]) -> None:
+    """Adds a CAM method to every protocol, table, figure and report.
 
     Args:
-      name: the method's name in results, e.g. ``"Grad-CAM"``.
+      name: the method's name in results, e.g. ``"Grad-CAM"`` (not taken by another kind).
       weights: ``weights(model, raw [B, S, S, 3], psi [B, h, w, c], classes int[B], *,
         channel_chunk) -> float32[B, c]``, the channel weights at each input for its class;
         jittable (it runs inside ``jax.jit`` with ``model`` static).
     """
-    if not isinstance(name, str) or not name or name in ("RI", ACE) + CONTROLS:
-        raise ValueError(f"name: {name!r} is empty or taken by RI, ACE or a control")
-    if not callable(weights):
-        raise ValueError(f"weights: expected a callable, got {weights!r}")
-    _CAM_METHODS[name] = weights
+    _register(Method(name, "cam", weights))
 
 
-def cam_method_names() -> tuple[str, ...]:
-    """The registered CAM methods, in registration order."""
-    return tuple(_CAM_METHODS)
+def register_control(name: str, heatmaps: Callable[..., np.ndarray], *,
+                     random: bool = False) -> None:
+    """Adds a control to Table 1, Figure 4 and the reports.
+
+    Args:
+      name: the control's name in results, e.g. ``"Random"`` (not taken by another kind).
+      heatmaps: ``heatmaps(model, raw [B, S, S, 3], psi [B, h, w, c], classes int[B], *,
+        key) -> float32[B, S, S]``, its heat maps on the targets (``classes``: the model's
+        prediction on each).
+      random: the maps are a random draw from ``key`` (drawn anew in every run, no inverse);
+        otherwise they ignore ``key`` and a protocol may compute them once.
+    """
+    _register(Method(name, "control", heatmaps, bool(random)))
 
 
-def method_names() -> tuple[str, ...]:
-    """RI and every registered CAM method: the methods Table 1, Figure 4 and the case studies run."""
-    return ("RI",) + cam_method_names()
+def method(name: str) -> Method:
+    """The registry's entry ``name`` (``ValueError`` naming the choices when unknown)."""
+    check_choice(name, tuple(_REGISTRY))
+    return _REGISTRY[name]
 
 
-register_cam_method("Grad-CAM", lambda model, raw, psi, classes, *, channel_chunk:
-                    gradcam_weights_batch(model.head, psi, classes))
-register_cam_method("Grad-CAM++", lambda model, raw, psi, classes, *, channel_chunk:
-                    gradcam_pp_weights_batch(model.head, psi, classes))
-register_cam_method("Score-CAM", lambda model, raw, psi, classes, *, channel_chunk:
-                    scorecam_weights_batch(model.forward, model.normalize, raw, psi, classes,
-                                           chunk_size=channel_chunk))
+def method_names(*kinds: str) -> tuple[str, ...]:
+    """The registered names of ``kinds`` (every kind when none are given), in table order.
+
+    Args:
+      kinds: some of ``KINDS``, e.g. ``method_names("ri", "cam")`` for the methods that give
+        channel weights, ``method_names("control")`` for the controls.
+
+    Returns:
+      Names ordered by kind as in ``KINDS``, then by registration.
+    """
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown:
+        raise ValueError(f"kinds: unknown {unknown}; choose from {list(KINDS)}")
+    return tuple(m.name for kind in KINDS if not kinds or kind in kinds
+                 for m in _REGISTRY.values() if m.kind == kind)
 
 
 class Interpretations(NamedTuple):
@@ -143,10 +209,10 @@ class RIOptions:
     variant: RIVariant = ri_variant()
 
 
-@functools.partial(jax.jit, static_argnames=("model", "method", "channel_chunk"))
-def _cam_weights_chunk(model: Model, method: str, raw: Array, psi: Array,
+@functools.partial(jax.jit, static_argnames=("model", "weights", "channel_chunk"))
+def _cam_weights_chunk(model: Model, weights: Callable[..., Array], raw: Array, psi: Array,
                        classes: Array, channel_chunk: int | None) -> Array:
-    return _CAM_METHODS[method](model, raw, psi, classes, channel_chunk=channel_chunk)
+    return weights(model, raw, psi, classes, channel_chunk=channel_chunk)
 
 
 def cam_weights(method: str, model: Model, raw: np.ndarray, psi: np.ndarray,
@@ -155,7 +221,7 @@ def cam_weights(method: str, model: Model, raw: np.ndarray, psi: np.ndarray,
     """Channel weights of a CAM method at input images.
 
     Args:
-      method: a registered CAM method (``cam_method_names()``).
+      method: a registered CAM method (``method_names("cam")``).
       model: the ``ri_jax.model.Model``.
       raw: float32[V, S, S, 3] raw input images in [0, 1] (only Score-CAM reads them).
       psi: float32[V, h, w, c] their feature maps ψ.
@@ -168,7 +234,7 @@ def cam_weights(method: str, model: Model, raw: np.ndarray, psi: np.ndarray,
     Returns:
       float32[V, c].
     """
-    check_choice(method, cam_method_names())
+    check_choice(method, method_names("cam"))
     psi = check_batch(psi, "psi", 4)
     raw = check_batch(raw, "raw", 4, len(psi))
     classes = check_batch(classes, "classes", 1, len(psi)).astype(np.int32)
@@ -176,7 +242,7 @@ def cam_weights(method: str, model: Model, raw: np.ndarray, psi: np.ndarray,
                                                                         psi.dtype)).shape[-1]
     if classes.min() < 0 or classes.max() >= num_classes:
         raise ValueError(f"classes: values must lie in [0, {num_classes})")
-    fn = functools.partial(_cam_weights_chunk, model, method,
+    fn = functools.partial(_cam_weights_chunk, model, _REGISTRY[method].function,
                            channel_chunk=None if channel_chunk is None
                            else check_positive(channel_chunk, "channel_chunk"))
     return map_chunks(fn, (raw, psi, classes), chunk_size, progress=progress,
@@ -458,24 +524,24 @@ def interpretation_heatmaps(interps: Interpretations, which: np.ndarray, psi: np
                       progress=progress, desc="heat maps")
 
 
-def random_heatmaps(n: int, image_size: int, *, key: Array) -> np.ndarray:
+def random_heatmaps(model: Model, raw: np.ndarray, psi: np.ndarray, classes: np.ndarray, *,
+                    key: Array) -> np.ndarray:
     """The "Random" control: i.i.d. uniform maps, so the kept 20 % is a uniform random subset.
 
     Args:
-      n: number of maps.
-      image_size: side S.
+      model, psi, classes: unused (the control convention, ``Method``).
+      raw: float32[B, S, S, 3] raw target images (only their number and size are read).
       key: PRNG key.
 
     Returns:
-      float32[n, S, S] in [0, 1).
+      float32[B, S, S] in [0, 1).
     """
-    n = check_positive(n, "n")
-    image_size = check_positive(image_size, "image_size")
-    return np.asarray(jax.random.uniform(key, (n, image_size, image_size)))
+    raw = check_batch(raw, "raw", 4)
+    return np.asarray(jax.random.uniform(key, raw.shape[:3]))
 
 
 def own_gradcam_heatmaps(model: Model, raw: np.ndarray, psi: np.ndarray,
-                         classes: np.ndarray, *, chunk_size: int = 32) -> np.ndarray:
+                         classes: np.ndarray, *, key: Array | None = None) -> np.ndarray:
     """The "Grad-CAM (own weights)" control: Grad-CAM computed at each target itself.
 
     Args:
@@ -483,40 +549,64 @@ def own_gradcam_heatmaps(model: Model, raw: np.ndarray, psi: np.ndarray,
       raw: float32[B, S, S, 3] raw target images.
       psi: float32[B, h, w, c] their feature maps.
       classes: int[B] the class explained on each target.
-      chunk_size: targets per jitted call.
+      key: unused (deterministic).
 
     Returns:
       float32[B, S, S].
     """
     raw = check_batch(raw, "raw", 4)
-    own = cam_interpretations("Grad-CAM", model, raw, psi, classes, chunk_size=chunk_size)
-    return interpretation_heatmaps(own, np.arange(len(raw)), psi, raw.shape[1],
-                                   chunk_size=chunk_size)
+    own = cam_interpretations("Grad-CAM", model, raw, psi, classes, chunk_size=32)
+    return interpretation_heatmaps(own, np.arange(len(raw)), psi, raw.shape[1], chunk_size=32)
 
 
-def control_heatmaps(control: str, model: Model, raw: np.ndarray,
-                     psi: np.ndarray, classes: np.ndarray, *, key: Array | None = None,
-                     chunk_size: int = 32) -> np.ndarray:
-    """Heat maps of a control on target images.
+def centre_square_heatmaps(model: Model, raw: np.ndarray, psi: np.ndarray,
+                           classes: np.ndarray, *, key: Array | None = None) -> np.ndarray:
+    """The "Centre square" control: ``metrics.centre_square_heatmap`` on every target.
 
     Args:
-      control: one of ``CONTROLS``.
+      model, psi, classes, key: unused (it reads neither the model nor the image).
+      raw: float32[B, S, S, 3] raw target images (only their number and size are read).
+
+    Returns:
+      float32[B, S, S], the same map on every target.
+    """
+    raw = check_batch(raw, "raw", 4)
+    return np.broadcast_to(centre_square_heatmap(raw.shape[1]), raw.shape[:3]).copy()
+
+
+def control_heatmaps(control: str, model: Model, raw: np.ndarray, psi: np.ndarray,
+                     classes: np.ndarray, *, key: Array | None = None) -> np.ndarray:
+    """Heat maps of a registered control on target images.
+
+    Args:
+      control: one of ``method_names("control")``.
       model: the ``ri_jax.model.Model``.
       raw: float32[B, S, S, 3] raw target images.
       psi: float32[B, h, w, c] their feature maps.
       classes: int[B] the model's prediction on each target.
-      key: PRNG key, required by "Random".
-      chunk_size: targets per jitted call.
+      key: PRNG key, required by a random control (``Method.random``).
 
     Returns:
-      float32[B, S, S] ("Centre square": the same map on every target).
+      float32[B, S, S].
     """
-    check_choice(control, CONTROLS)
-    raw = check_batch(raw, "raw", 4)
-    if control == "Random":
-        if key is None:
-            raise ValueError('key: the "Random" control needs a PRNG key')
-        return random_heatmaps(len(raw), raw.shape[1], key=key)
-    if control == "Centre square":
-        return np.broadcast_to(centre_square_heatmap(raw.shape[1]), raw.shape[:3]).copy()
-    return own_gradcam_heatmaps(model, raw, psi, classes, chunk_size=chunk_size)
+    check_choice(control, method_names("control"), "control")
+    entry = _REGISTRY[control]
+    if entry.random and key is None:
+        raise ValueError(f"key: the {control!r} control draws its maps at random and needs a "
+                         "PRNG key")
+    return entry.function(model, check_batch(raw, "raw", 4), psi, classes, key=key)
+
+
+# The registry's entries, in table order within each kind.
+_register(Method(RI, "ri", ri_at_inputs))
+register_cam_method("Grad-CAM", lambda model, raw, psi, classes, *, channel_chunk:
+                    gradcam_weights_batch(model.head, psi, classes))
+register_cam_method("Grad-CAM++", lambda model, raw, psi, classes, *, channel_chunk:
+                    gradcam_pp_weights_batch(model.head, psi, classes))
+register_cam_method("Score-CAM", lambda model, raw, psi, classes, *, channel_chunk:
+                    scorecam_weights_batch(model.forward, model.normalize, raw, psi, classes,
+                                           chunk_size=channel_chunk))
+_register(Method(ACE, "ace", ace_interpretations))
+register_control("Random", random_heatmaps, random=True)
+register_control("Grad-CAM" + OWN_WEIGHTS, own_gradcam_heatmaps)
+register_control("Centre square", centre_square_heatmaps)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from ri_jax.protocols.methods import OWN_WEIGHTS
 from ri_jax.protocols.statistics import format_mean_std
 
 
@@ -438,6 +439,13 @@ def table1_fill_section(fill: str, t1: dict) -> list[str]:
             "predicts on the unmasked image. Percent, mean ± std over runs.", ""]
 
 
+def baseline_controls(controls: Sequence[str]) -> list[str]:
+    """The controls a method should clearly beat (e.g. Random, Centre square): all but the
+    methods computed at each image itself (``… (own weights)``), which are compared with the
+    method's reused maps instead."""
+    return [c for c in controls if not c.endswith(OWN_WEIGHTS)]
+
+
 def fill_claims(t1: dict) -> dict[str, bool]:
     """Statements about the methods, each true or false on one fill's Table 1 (by the means).
 
@@ -461,10 +469,9 @@ def fill_claims(t1: dict) -> dict[str, bool]:
             if "inverse" in s:
                 claims[f"{name} clearly beats its own inverse on {metric}"] = clear(
                     s, s["inverse"], metric, low)
-            for control in ("Random", "Centre square"):
-                if control in controls:
-                    claims[f"{name} clearly beats the {control} control on {metric}"] = clear(
-                        s, controls[control], metric, low)
+            for control in baseline_controls(controls):
+                claims[f"{name} clearly beats the {control} control on {metric}"] = clear(
+                    s, controls[control], metric, low)
     return claims
 
 
@@ -594,11 +601,10 @@ def measure_claims(cols: dict[str, dict], methods: Sequence[str]) -> dict[str, d
         for m in present:
             put(f"{m} is the best method", label,
                 all(_better(rows[m], rows[o], low) for o in present if o != m))
-            for control in ("Random", "Centre square"):
-                if control in rows:
-                    put(f"{m} clearly beats the {control} control", label,
-                        _clearly(rows[m], rows[control], low))
-            own = f"{m} (own weights)"
+            for control in baseline_controls([n for n in rows if n not in methods]):
+                put(f"{m} clearly beats the {control} control", label,
+                    _clearly(rows[m], rows[control], low))
+            own = m + OWN_WEIGHTS
             if own in rows:
                 put(f"{m} reused is at least as good as {own}", label,
                     not _better(rows[own], rows[m], low))

@@ -95,7 +95,8 @@ class Table1Result(NamedTuple):
       masking: the ``MaskingOptions`` used.
       image_size: side S of the images.
       faithfulness: per run, ``{name: Faithfulness}`` of every heat-map method, control and
-        own-input control (``OWN_INPUT``; the same object in every run); empty lists when off.
+        own-input control (``methods.OWN_WEIGHTS``; the same object in every run); empty lists
+        when off.
       faithfulness_options: the ``FaithfulnessOptions`` used.
     """
 
@@ -136,8 +137,9 @@ class Table1Result(NamedTuple):
         ``inverse`` where scored), ``per_class``, ``fill_prior``, ``interpretations`` (per
         name and run, what they were), ``tie_rule`` and ``masking`` (fill, σ)."""
         names = list(self.runs[0])
-        return {"methods": {n: self.summary(n) for n in names if n not in methods.CONTROLS},
-                "controls": {n: self.summary(n) for n in methods.CONTROLS},
+        controls = methods.method_names("control")
+        return {"methods": {n: self.summary(n) for n in names if n not in controls},
+                "controls": {n: self.summary(n) for n in names if n in controls},
                 "per_class": {n: self.per_class(n) for n in names},
                 "fill_prior": self.fill_prior,
                 "interpretations": {n: [res[n][1] for res in self.runs] for n in names},
@@ -171,8 +173,9 @@ class Table1Result(NamedTuple):
     def csv_rows(self) -> list[dict]:
         """One row per run and name: AD, AI, the inverse's AD / AI (None where not scored)
         and the scalar report fields."""
+        controls = methods.method_names("control")
         return [{"run": r, "seed": s, "method": n,
-                 "kind": "control" if n in methods.CONTROLS else "method",
+                 "kind": "control" if n in controls else "method",
                  "AD": res[n][0].ad, "AI": res[n][0].ai,
                  "AD_inverse": inv[n].ad if n in inv else None,
                  "AI_inverse": inv[n].ai if n in inv else None,
@@ -183,14 +186,9 @@ class Table1Result(NamedTuple):
                 for n in res]
 
 
-# Own-input controls of the faithfulness measures: each method computed at the unseen image
-# itself, no reuse ("Grad-CAM (own weights)" is also a Table 1 control).
-OWN_INPUT = " (own weights)"
-
-
 def is_control(name: str) -> bool:
-    """Whether a Table 1 name is a control (``methods.CONTROLS`` or an own-input control)."""
-    return name in methods.CONTROLS or name.endswith(OWN_INPUT)
+    """Whether a Table 1 name is a control (a registered control or an own-input control)."""
+    return name in methods.method_names("control") or name.endswith(methods.OWN_WEIGHTS)
 
 
 def _run_once(model: Model, ref_features: Features, unseen_features: Features,
@@ -214,11 +212,11 @@ def _run_once(model: Model, ref_features: Features, unseen_features: Features,
     faithful = lambda maps: _faithfulness(model, unseen_raw, maps, un_f.predictions, config,
                                           key=jax.random.fold_in(keys.random, 1))
     out, inverses, faith = {}, {}, {}
-    for method in tqdm(methods.method_names(), desc=f"run seed={seed}", disable=not progress,
-                       leave=False):
-        if method == "RI":
-            ri = methods.ri_at_inputs(model, ref_f.psi, raw_inputs, config.ri,
-                                      key=keys.boundaries)
+    for method in tqdm(methods.method_names("ri", "cam"), desc=f"run seed={seed}",
+                       disable=not progress, leave=False):
+        entry = methods.method(method)
+        if entry.kind == "ri":
+            ri = entry.function(model, ref_f.psi, raw_inputs, config.ri, key=keys.boundaries)
             route, interps = routing.route_ri(ri.regions, un_f.psi, km.centres), ri.interpretations
             extra = methods.ri_summary(ri, methods.cam_weights("Grad-CAM", model,
                                                                raw_inputs, in_psi, in_cls))
@@ -253,15 +251,19 @@ def _run_once(model: Model, ref_features: Features, unseen_features: Features,
                                      "mean": float(np.mean([len(m) for m in members])),
                                      "min": int(min(len(m) for m in members))},
                                  **routing.routing_report(nearest)})
-    maps = methods.random_heatmaps(len(unseen_raw), size, key=keys.random)
-    ev = evaluate(maps)
-    out["Random"] = (ev, {"reuse": False, **ev.tie_report()})
-    if config.faithfulness.enabled:
-        faith["Random"] = faithful(maps)
-    for name, (ev, report, inverse) in fixed.items():
-        out[name] = (ev, report)
-        if inverse is not None:
-            inverses[name] = inverse
+    for name in methods.method_names("control"):  # random ones drawn now, the rest from fixed
+        if name in fixed:
+            ev, report, inverse = fixed[name]
+            out[name] = (ev, report)
+            if inverse is not None:
+                inverses[name] = inverse
+            continue
+        maps = methods.control_heatmaps(name, model, unseen_raw, un_f.psi, un_f.predictions,
+                                        key=keys.random)
+        ev = evaluate(maps)
+        out[name] = (ev, {"reuse": False, **ev.tie_report()})
+        if config.faithfulness.enabled:
+            faith[name] = faithful(maps)
     return out, inverses, {**faith, **fixed_faithfulness}
 
 
@@ -285,13 +287,14 @@ def _own_input_faithfulness(model: Model, ref_psi: np.ndarray, unseen_raw: np.nd
     raw, psi = unseen_raw[idx], unseen_features.psi[idx]
     classes = unseen_features.predictions[idx]
     out = {}
-    for method in methods.method_names():
-        name = method + OWN_INPUT
-        if name in methods.CONTROLS:
+    for method in methods.method_names("ri", "cam"):
+        name = method + methods.OWN_WEIGHTS
+        if name in methods.method_names("control"):
             continue
-        if method == "RI":
-            own = methods.ri_at_inputs(model, ref_psi, raw, config.ri,
-                                       key=routing.protocol_keys(seed).boundaries).interpretations
+        entry = methods.method(method)
+        if entry.kind == "ri":
+            own = entry.function(model, ref_psi, raw, config.ri,
+                                 key=routing.protocol_keys(seed).boundaries).interpretations
         else:
             own = methods.cam_interpretations(method, model, raw, psi, classes)
         maps = methods.interpretation_heatmaps(own, np.arange(len(idx)), psi, raw.shape[1])
@@ -327,11 +330,13 @@ def run_table1(model: Model, ref_features: Features, unseen_features: Features,
         raise ValueError(f"class_names: {len(names)} names for {num_classes} classes")
     ace_cache = ACECache() if config.ace is not None else None
     size = unseen_raw.shape[1]
-    # The controls that involve no random choice run once: Grad-CAM at each unseen image
-    # itself, and the same centred square on every image.
+    # The controls that involve no random choice (e.g. Grad-CAM at each unseen image itself,
+    # the same centred square on every image) run once.
     fixed, fixed_faithfulness = {}, {}
     seeds = list(seeds)
-    for control in ("Grad-CAM (own weights)", "Centre square"):
+    for control in methods.method_names("control"):
+        if methods.method(control).random:
+            continue
         maps = methods.control_heatmaps(control, model, unseen_raw, un_f.psi,
                                         un_f.predictions)
         score = lambda inverse: scoring.evaluate_heatmaps(
