@@ -105,7 +105,8 @@ DEVIATIONS = {
              "table.",
              "Beside the paper's AD / AI at 20 %, Table 1 scores every method and control with "
              "deletion / insertion curves, ROAD and AD / AI at 5, 10, 20, 30 and 50 % kept, on "
-             "100 unseen images evenly spaced over the set (measures the paper does not use)."],
+             "unseen images evenly spaced over the set (each table says how many; measures the "
+             "paper does not use)."],
     "quick": ["--quick: one run per table, 200 unseen images, 10 Figure 4 inputs with K ≤ 10, "
               "|Q| ∈ {1, 10, 50} for Figures 5–6, one case study, ACE on 2 Figure 4 inputs. "
               "A smoke test, not a result."],

@@ -35,6 +35,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from ri_jax.bits import WORD_BITS, num_words, pack_bits, valid_words
 from ri_jax.errors import all_finite
@@ -315,7 +316,6 @@ def _sides_and_dots(boundaries: Boundaries, feats: Array, *,
 
 @functools.partial(jax.jit, static_argnames=("mesh", "packed"))
 def _sharded_side_kernel(w_flat: Array, b: Array, feats_flat: Array, mesh, packed: bool) -> Array:
-    from jax.sharding import PartitionSpec
     spec = batch_spec(mesh)
 
     def local(w_flat, b, feats_flat):
@@ -335,8 +335,6 @@ def _sharded_sides(boundaries: Boundaries, feats, mesh, packed: bool) -> np.ndar
     """
     w_flat, b, flat, _ = _check_sides_args(boundaries, feats, 1)
     flat = np.asarray(flat)
-    if not np.all(np.isfinite(flat)):
-        raise ValueError("feats: expected finite floating feature maps")
     n = flat.shape[0]
     size = padded_size(n, mesh, granule=WORD_BITS if packed else 1)
     out = to_host(_sharded_side_kernel(replicate(w_flat, mesh), replicate(b, mesh),

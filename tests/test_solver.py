@@ -633,3 +633,33 @@ def test_keep_adding_on_a_shared_sample_and_with_delta_reached():
                                   np.asarray(greedy.selected)[done])
     with pytest.raises(ValueError, match="max_steps"):
         solver_module._keep_adding_batch(words[0], 50, x, pos_words, greedy, max_steps=0)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_solve_is_the_authors_rules_on_classes_shared_and_per_input(seed):
+    # The public entry point: Class(x) from predicted classes, the authors' extras and loosen
+    # step; the same answer from per-input side words and from one shared [Q, W] matrix.
+    rng = np.random.default_rng(seed)
+    b, q, n = 12, 15, 60
+    ref_classes = rng.integers(0, 3, n)
+    x_classes = rng.integers(0, 3, b)
+    side = rng.random((q, n)) < rng.uniform(0.5, 0.95)
+    side[rng.random(q) < 0.3] = True
+    x_sides = rng.random((b, q)) < 0.5
+    delta = np.where(rng.random(b) < 0.6, 0, rng.integers(0, 5, b)).astype(np.int32)
+    words = pack_bits(jnp.asarray(side))
+    kwargs = dict(ref_classes=ref_classes, x_classes=x_classes, num_classes=3, delta=delta,
+                  keep_adding=True, loosen=True)
+    shared, shared_greedy = solver_module.solve(words, x_sides, **kwargs)
+    own, own_greedy = solver_module.solve(jnp.broadcast_to(words, (b,) + words.shape), x_sides,
+                                          **kwargs)
+    for name, a, c in zip(shared._fields, shared, own):
+        np.testing.assert_array_equal(a, c, err_msg=name)
+    np.testing.assert_array_equal(shared_greedy, own_greedy)
+    for i in range(b):
+        match = side == x_sides[i][:, None]
+        picks, before, after = authors_reference(match, ref_classes == x_classes[i], int(delta[i]))
+        assert int(shared_greedy[i]) == len(dict.fromkeys(picks))
+        np.testing.assert_array_equal(shared.selected[i], after)
+        assert int(shared.num_selected[i]) == int(np.sum(after))
