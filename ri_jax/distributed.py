@@ -551,9 +551,9 @@ class ShardedStore:
         local = jax.tree.map(lambda *xs: np.concatenate(xs)[:stop - start], *parts)
         return jax.tree.map(lambda a: jnp.asarray(gather_shares(a, b, chunk)), local)
 
-    def explain(self, *args, **kwargs):
-        """``InMemoryStore.explain``, on every process."""
-        return self.local.explain(*args, **kwargs)
+    def interpretation(self, *args, **kwargs):
+        """``InMemoryStore.interpretation``, on every process."""
+        return self.local.interpretation(*args, **kwargs)
 
 
 def sharded_interpreter(*args, mesh=None, **kwargs) -> RepresentativeInterpreter:

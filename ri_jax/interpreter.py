@@ -455,7 +455,7 @@ class InMemoryStore:
     ``reference_set``, ``num_boundaries``, ``image_shape``, ``feature_spec``, ``mesh`` (the
     devices the shared sample's solve is split over, or None), and the methods
     ``features``, ``pool_floats_per_input``, ``pool_sides``,
-    ``pool_distances``, ``map_chunks`` and ``explain``.
+    ``pool_distances``, ``map_chunks`` and ``interpretation``.
 
     Args:
       reference_set: ``ReferenceSet`` (``feats`` [N, h, w, c] held).
@@ -520,9 +520,9 @@ class InMemoryStore:
         """``chunks_in_turn``: every chunk of inputs on this process."""
         return chunks_in_turn(run, b, chunk, progress)
 
-    def explain(self, bounds: Boundaries, feats: Array, preds: Array, result: GreedyResult,
-                diagnostics: Diagnostics, distances: Array | None, *, top_k: int,
-                image_size: int) -> Interpretation:
+    def interpretation(self, bounds: Boundaries, feats: Array, preds: Array,
+                       result: GreedyResult, diagnostics: Diagnostics, distances: Array | None,
+                       *, top_k: int, image_size: int) -> Interpretation:
         """``Interpretation``s [B, ...] from the solve (``_explain_batch``)."""
         return _explain_batch(self.reference_set.feats, bounds, feats, preds, result,
                               diagnostics, distances, top_k=top_k, image_size=image_size)
@@ -825,7 +825,7 @@ class RepresentativeInterpreter:
         preds = self.predict_classes(feats)
         bounds, result, diagnostics, distances = self._solve_features(feats, preds, keys=keys,
                                                                       progress=progress)
-        out = self.store.explain(bounds, feats, preds, result, diagnostics, distances,
+        out = self.store.interpretation(bounds, feats, preds, result, diagnostics, distances,
                                  top_k=top_k, image_size=int(image_size))
         return out if rows == b else first_rows(out, rows=b)
 

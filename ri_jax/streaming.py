@@ -369,9 +369,9 @@ class StreamedStore:
         """``interpreter.chunks_in_turn``: every chunk of inputs on this process."""
         return chunks_in_turn(run, b, chunk, progress)
 
-    def explain(self, bounds: Boundaries, feats: Array, preds: Array, result: GreedyResult,
-                diagnostics: Diagnostics, distances: Array | None, *, top_k: int,
-                image_size: int) -> Interpretation:
+    def interpretation(self, bounds: Boundaries, feats: Array, preds: Array,
+                       result: GreedyResult, diagnostics: Diagnostics, distances: Array | None,
+                       *, top_k: int, image_size: int) -> Interpretation:
         """``Interpretation``s [B, ...] from the solve: Eq. 6 from the projections (shared
         sample) or the pools' distances, then the similar references' heat maps drawn on
         their ψ, recomputed for those shown only."""

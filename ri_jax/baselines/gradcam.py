@@ -57,7 +57,7 @@ def num_classes_of(head_fn: HeadFn, psi) -> int:
     return jax.eval_shape(head_fn, jax.ShapeDtypeStruct((1, *psi.shape), psi.dtype)).shape[-1]
 
 
-def check_batch(head_fn: HeadFn, psis: Array, class_idx) -> None:
+def check_cam_batch(head_fn: HeadFn, psis: Array, class_idx) -> None:
     """Validates a batch [B, h, w, c] of feature maps and its int[B] classes."""
     if jnp.ndim(psis) != 4:
         raise ValueError(f"psis: expected a batch of feature maps [B, h, w, c], got shape {jnp.shape(psis)}")
@@ -106,5 +106,5 @@ def gradcam_weights_batch(head_fn: HeadFn, psis: Array, class_idx: Array) -> Arr
     Returns:
       [B, c] channel weights.
     """
-    check_batch(head_fn, psis, class_idx)
+    check_cam_batch(head_fn, psis, class_idx)
     return jax.vmap(lambda p, k: gradcam_weights(head_fn, p, k))(psis, jnp.asarray(class_idx))

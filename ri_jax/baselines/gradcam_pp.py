@@ -26,7 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ri_jax.baselines.gradcam import HeadFn, check_batch, class_score_grad
+from ri_jax.baselines.gradcam import HeadFn, check_cam_batch, class_score_grad
 
 Array = jax.Array
 
@@ -63,5 +63,5 @@ def gradcam_pp_weights_batch(head_fn: HeadFn, psis: Array, class_idx: Array) -> 
     Returns:
       [B, c] channel weights.
     """
-    check_batch(head_fn, psis, class_idx)
+    check_cam_batch(head_fn, psis, class_idx)
     return jax.vmap(lambda p, k: gradcam_pp_weights(head_fn, p, k))(psis, jnp.asarray(class_idx))
