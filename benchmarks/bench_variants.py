@@ -21,22 +21,22 @@ evaluations and Eq. 2 one forward and backward pass at Q points, each counted in
 XLA's cost analysis and turned into milliseconds at the dense float32 matmul rate measured
 in the same run. The record says where the time goes and how far each stage is from it.
 
-Where the time goes (64 inputs, |Q| = 50, N = 2,000; the recorded run, on a 2-core CPU
-with both cores free): the authors' variant costs ~7.6 ms per input against the paper's
-~1.4 ms (5.5× wall; an earlier run with about one core busy gave 14.0 against 2.2 ms, 6.4×).
-Its pools take ~6.4 ms: 3,200 boundary searches of 20.5 steps on average, i.e. ~1,024 head
-evaluations of 1.12 MFLOP per input, plus Eq. 2 at those 50 points; the sides ~1.7 ms
-(230 M multiply-adds per input); ψ of the inputs ~0.9 ms (both variants pay it); Eq. 6 and
-the heat maps ~0.7 ms; the solver ~0.1 ms. At the float32 matmul rate measured in the same
-run the floor is ~6.3 ms per input (sides 1.7 ms, searches and Eq. 2 4.6 ms): the sides run
-at their floor and the pools at 1.4× theirs (the head's matmuls at 128 rows, the lanes'
-refills and the last searches to finish). Before this benchmark's changes the same call
-took ~15× the paper variant: a vmapped search stepped every search as long as the slowest
-one (54 steps), Eq. 6 made a second Q·N·D pass, and XLA:CPU's select-and-scatter made
-Eq. 2's backward pass through the max-pool 5× slower than the one-hot derivative it uses
-now. The floor plus the inputs' ψ is ~5.2× the paper variant on this machine: the issue's
-5× bound is below what the authors' search costs here (its number of head evaluations is
-fixed by their step rule).
+Where the time goes (64 inputs, |Q| = 50, N = 2,000; the recorded run, on a shared 2-core
+CPU): the authors' variant costs ~8.2 ms per input against the paper's ~1.45 ms (5.7× wall;
+six runs on this machine gave 5.4× to 6.4×, the spread of its load). Its pools take ~4.6 ms:
+3,200 boundary searches of 20.5 steps on average, i.e. ~1,024 head evaluations of 1.12 MFLOP
+per input (their number fixed by the authors' step rule), plus Eq. 2 at those 50 points; the
+sides ~1.6 ms (230 M multiply-adds per input); ψ of the inputs ~0.8 ms (both variants pay
+it); Eq. 6 and the heat maps ~0.7 ms; the solver ~0.05 ms. At the float32 matmul rate
+measured in the same run the floor is ~5.1 ms per input (sides 1.4 ms, searches and Eq. 2
+3.7 ms): the sides run at 1.2× their floor and the pools at 1.2× theirs (the head's matmuls
+at 128 rows, the lanes' refills and the last searches to finish). Before this benchmark's
+changes the same call took ~15× the paper variant: a vmapped search stepped every search as
+long as the slowest one (54 steps), Eq. 6 made a second Q·N·D pass, XLA:CPU's
+select-and-scatter made Eq. 2's backward pass through the max-pool 5× slower than the
+one-hot derivative it uses now, and the pools were copied through the explain step's map.
+The floor plus the inputs' ψ is 4.1× to 5.2× the paper variant here, depending on the
+matmul rate a run measures: the 5× bound leaves the other stages little or no room.
 
     python -m benchmarks.bench_variants [--inputs 64] [--checkpoint default]
 """

@@ -158,8 +158,8 @@ class Interpretation(NamedTuple):
 
 def _explain_with(ref_feats: Array, bounds: Boundaries, psi_x: Array, predicted_class: Array,
                   result: GreedyResult, diagnostics: Diagnostics,
-                  distances: Array | None = None, *, top_k: int, image_size: int,
-                  own_pool: bool = False) -> Interpretation:
+                  distances: Array | None = None, *, top_k: int,
+                  image_size: int) -> Interpretation:
     """Turns Algorithm 1's result for one input into an ``Interpretation`` (§5).
 
     Args:
@@ -173,7 +173,6 @@ def _explain_with(ref_feats: Array, bounds: Boundaries, psi_x: Array, predicted_
         from their sides' products), else None to compute them here.
       top_k: number of similar references to return, 1 ≤ top_k ≤ N.
       image_size: side S of the heat maps.
-      own_pool: ``bounds`` are x's own pool (kept as ``pool_w/b``), not the shared sample.
 
     Returns:
       ``Interpretation``.
@@ -183,8 +182,7 @@ def _explain_with(ref_feats: Array, bounds: Boundaries, psi_x: Array, predicted_
         distances = semantic_distance(bounds.w, result.selected, psi_x, ref_feats)
     alphas = ri_channel_weights(bounds.w, bounds.b, psi_x)
     out = interpretation_from(predicted_class, result, diagnostics, covered, distances, alphas,
-                              psi_x, top_k=top_k, image_size=image_size,
-                              pool=bounds if own_pool else None)
+                              psi_x, top_k=top_k, image_size=image_size)
     draw = jax.vmap(polytope_heatmap, in_axes=(None, None, 0, None))
     similar_maps = draw(alphas, result.selected, ref_feats[out.ranked[:top_k]], image_size)
     return out._replace(similar_heatmaps=jnp.where((out.similar >= 0)[:, None, None],
@@ -193,11 +191,11 @@ def _explain_with(ref_feats: Array, bounds: Boundaries, psi_x: Array, predicted_
 
 def interpretation_from(predicted_class: Array, result: GreedyResult, diagnostics: Diagnostics,
                         covered: Array, distances: Array, alphas: Array, psi_x: Array, *,
-                        top_k: int, image_size: int,
-                        pool: Boundaries | None = None) -> Interpretation:
+                        top_k: int, image_size: int) -> Interpretation:
     """The ``Interpretation`` of one input from its covered set and Eq. 6 distances.
 
-    The similar references' heat maps are left zero (drawing them needs their ψ).
+    The similar references' heat maps are left zero (drawing them needs their ψ), and so is
+    the pool (``pool_w``/``pool_b`` None): a batch of per-input pools sets it whole.
 
     Args:
       predicted_class: int32 Class(x).
@@ -209,7 +207,6 @@ def interpretation_from(predicted_class: Array, result: GreedyResult, diagnostic
       psi_x: [h, w, c] feature map of x.
       top_k: number of similar references to return, 1 ≤ top_k ≤ N.
       image_size: side S of the heat maps.
-      pool: x's own ``Boundaries`` (per-input pools), or None with the shared sample.
 
     Returns:
       ``Interpretation``.
@@ -229,8 +226,7 @@ def interpretation_from(predicted_class: Array, result: GreedyResult, diagnostic
         alphas=alphas,
         heatmap=polytope_heatmap(alphas, result.selected, psi_x, image_size),
         similar_heatmaps=jnp.zeros((top_k, image_size, image_size), jnp.float32),
-        diagnostics=diagnostics, pool_w=None if pool is None else pool.w,
-        pool_b=None if pool is None else pool.b)
+        diagnostics=diagnostics, pool_w=None, pool_b=None)
 
 
 def _explain(refs: ReferenceSet, psi_x: Array, predicted_class: Array, result: GreedyResult, *,
@@ -264,15 +260,18 @@ def _explain_batch(ref_feats: Array, bounds: Boundaries, feats: Array, preds: Ar
     def one(args):
         own, psi_x, c, res, diag, d = args
         return _explain_with(ref_feats, bounds if own is None else own, psi_x, c, res, diag, d,
-                             top_k=top_k, image_size=image_size, own_pool=per_input)
+                             top_k=top_k, image_size=image_size)
 
     # polytope_heatmap holds Q low-resolution maps and one full-size map per drawing,
     # (1 + top_k)·(Q·h·w + S²) floats per input: vmapped chunks bound that memory.
     q, h, w = bounds.w.shape[-4:-1]
     per_row = (1 + top_k) * (q * h * w + image_size ** 2)
     chunk = max(1, min(feats.shape[0], _EXPLAIN_CHUNK_FLOATS // per_row))
-    return jax.lax.map(one, (bounds if per_input else None, feats, preds, result, diagnostics,
-                             distances), batch_size=chunk)
+    out = jax.lax.map(one, (bounds if per_input else None, feats, preds, result, diagnostics,
+                            distances), batch_size=chunk)
+    # Each input's pool is already a [B, Q, ...] array: kept as it is, not copied row by
+    # row through the map's outputs.
+    return out._replace(pool_w=bounds.w, pool_b=bounds.b) if per_input else out
 
 
 # Floats held at once by the per-input pools (256 MiB): each input's boundary normals, and

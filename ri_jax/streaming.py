@@ -202,13 +202,12 @@ _EXPLAIN_CHUNK_FLOATS = 1 << 26
 
 def _explain_streamed(bounds: Boundaries, psi_x: Array, predicted_class: Array,
                       result: GreedyResult, diagnostics: Diagnostics, distances: Array, *,
-                      top_k: int, image_size: int, own_pool: bool) -> Interpretation:
+                      top_k: int, image_size: int) -> Interpretation:
     """An ``Interpretation`` of one input from its Eq. 6 distances; similar heat maps left zero."""
     covered = unpack_bits(result.covered, distances.shape[0])
     alphas = ri_channel_weights(bounds.w, bounds.b, psi_x)
     return interpretation_from(predicted_class, result, diagnostics, covered, distances, alphas,
-                               psi_x, top_k=top_k, image_size=image_size,
-                               pool=bounds if own_pool else None)
+                               psi_x, top_k=top_k, image_size=image_size)
 
 
 @functools.partial(jax.jit, static_argnames=("top_k", "image_size"))
@@ -228,13 +227,15 @@ def _explain_streamed_batch(refs: StreamedReferences, bounds: Boundaries, feats:
             d = distance_from_projections(res.selected, projection(refs.normals, psi_x),
                                           refs.projections)
         return _explain_streamed(own, psi_x, c, res, diag, d, top_k=top_k,
-                                 image_size=image_size, own_pool=per_input)
+                                 image_size=image_size)
 
     # Each input draws its Q boundary maps at full size: chunks bound that memory.
     chunk = max(1, min(feats.shape[0],
                        _EXPLAIN_CHUNK_FLOATS // (bounds.w.shape[-4] * image_size ** 2)))
-    return jax.lax.map(one, (bounds if per_input else None, feats, preds, result, diagnostics,
-                             distances), batch_size=chunk)
+    out = jax.lax.map(one, (bounds if per_input else None, feats, preds, result, diagnostics,
+                            distances), batch_size=chunk)
+    # The pools are already [B, Q, ...]: kept as they are, not copied through the map.
+    return out._replace(pool_w=bounds.w, pool_b=bounds.b) if per_input else out
 
 
 @functools.partial(jax.jit, static_argnames=("image_size",))
