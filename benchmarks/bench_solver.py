@@ -75,14 +75,14 @@ def ours_classes(problem):
 
 
 def ours_sharded_classes(problem, mesh):
-    """``ri_jax.sharding._sharded_solve_classes`` over every device, same start and end."""
+    """``ri_jax.solver._sharded_solve_classes`` over every device, same start and end."""
     side_words = pack_bits(jnp.asarray(problem.sides))
     return _sharded_solve_classes(side_words, problem.x_sides, problem.ref_preds,
                                  problem.x_preds, num_classes=2, mesh=mesh)
 
 
 def ours_sharded(problem, num_refs: int, mesh, lanes="auto"):
-    """``ri_jax.sharding._sharded_solve_batch`` over every device, same start and end."""
+    """``ri_jax.solver._sharded_solve_batch`` over every device, same start and end."""
     side_words = pack_bits(jnp.asarray(problem.sides))
     positive = positive_words(problem.ref_preds, problem.x_preds, num_classes=2)
     return _sharded_solve_batch(side_words, num_refs, problem.x_sides, positive, mesh=mesh,
@@ -110,9 +110,9 @@ def compare(args, rec) -> None:
         "ri_jax.solver._solve_batch (one device)": lambda: ours_vmapped(problem, r),
         "ri_jax.solver._solve_classes (one device, references grouped by class)":
             lambda: ours_classes(problem),
-        f"ri_jax.sharding._sharded_solve_batch ({mesh.size} device(s), "
+        f"ri_jax.solver._sharded_solve_batch ({mesh.size} device(s), "
         f"{_default_device_lanes(mesh)} lanes each)": lambda: ours_sharded(problem, r, mesh),
-        f"ri_jax.sharding._sharded_solve_classes ({mesh.size} device(s), "
+        f"ri_jax.solver._sharded_solve_classes ({mesh.size} device(s), "
         f"{_default_device_lanes(mesh)} lanes each)": lambda: ours_sharded_classes(problem, mesh),
     }
     rows = []
@@ -223,7 +223,7 @@ def scaling(args, rec) -> None:
     rec["exponents"] = exponents
     rec["notes"].append(
         "scaling: vmap_s = ri_jax.solver._solve_batch, sharded_s = "
-        f"ri_jax.sharding._sharded_solve_batch ({lanes} lanes per device), each the best of "
+        f"ri_jax.solver._sharded_solve_batch ({lanes} lanes per device), each the best of "
         f"{args.repeat} runs after a compile run, inputs already packed; xla_*_MiB = XLA's "
         "compiled memory analysis (arguments + outputs + temporaries), the peak device "
         "memory of the solve; packed_MiB = the packed side words, class masks and input "

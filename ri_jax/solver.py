@@ -445,7 +445,7 @@ def match_words(side_words: Array, x_side: Array, num_refs) -> Array:
     """Packed match matrix of one input: XNOR of the reference sides with x's side bits.
 
     Args:
-      side_words: uint32[Q, W], packed sides of the references (``boundaries._sides_packed``).
+      side_words: uint32[Q, W], packed sides of the references (``boundaries.side_bits``).
       x_side: bool[Q], x's side of each boundary.
       num_refs: N, the number of references (padding bits are cleared).
 
@@ -800,7 +800,7 @@ def _solve_batch(side_words: Array, num_refs: int, x_sides: Array, positive_word
     Args:
       side_words: uint32[Q, W], packed sides of the N references against one shared sample
         Q (the paper's variant), or uint32[B, Q, W], each input's own boundaries (the
-        authors' per-input pools; ``boundaries._sides_packed_per_input``).
+        authors' per-input pools; ``boundaries.side_bits``).
       num_refs: N.
       x_sides: bool[B, Q], each input's side of each (of its) boundaries.
       positive_words: uint32[B, W], packed references predicted as each input's class.
